@@ -1,0 +1,95 @@
+"""What a backend is: the contract every built-in and third-party backend fulfils.
+
+A backend is a plain object registered through the ``convengine_register_backends``
+hook. Subclassing :class:`Backend` is the easy way to get the defaults right, but the
+engine only relies on the attributes and methods documented here, and it never trusts
+them: every call into a backend is guarded, and every output is checked.
+
+Two-phase execution: :meth:`Backend.prepare` runs once per (problem, weights) and does
+everything that does not depend on the input (weight re-layouts, kernel FFTs, uploads
+to a GPU); it returns an *executor*, a callable ``execute(x) -> y`` that must be
+stateless (it may be called many times, and concurrently).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+
+from .problem import ConvProblem
+
+#: Accumulates the products of the direct formula (in any order, as BLAS does):
+#: error grows like the float epsilon times a small factor.
+EXACT = "exact"
+#: Goes through a transform (FFT, Winograd): error is larger and depends on sizes.
+LOSSY = "lossy"
+
+#: Normwise relative error ``max|y - y_ref| / max|y_ref|`` each class is expected to stay
+#: within, per dtype. An accuracy budget (``Engine(max_rel_error=...)``) admits a backend
+#: only if its bound for the problem's dtype is at most the budget.
+ERROR_BOUNDS = {
+    EXACT: {"float32": 1e-6, "float64": 1e-14},
+    LOSSY: {"float32": 1e-4, "float64": 1e-11},
+}
+
+Executor = Callable[[np.ndarray], np.ndarray]
+
+
+class Backend:
+    """Base class for convolution backends; override what differs.
+
+    Attributes
+    ----------
+    name:
+        Unique, lower-case identifier used in ``backend=`` and preference lists.
+    device:
+        ``"cpu"`` or ``"cuda"``; where the computation runs.
+    numerical_class:
+        :data:`EXACT` or :data:`LOSSY` (see :data:`ERROR_BOUNDS`).
+    version:
+        The backend's own version; part of the tuning-cache key so that an upgrade
+        never reuses a stale measurement.
+    """
+
+    name: str = ""
+    device: str = "cpu"
+    numerical_class: str = EXACT
+    version: str = "0"
+
+    def availability(self) -> Optional[str]:
+        """Return ``None`` if the backend can run on this machine, else the reason it cannot."""
+        return None
+
+    def supports(self, problem: ConvProblem) -> Optional[str]:
+        """Return ``None`` if the backend computes ``problem``, else a short reason why not."""
+        return None
+
+    def error_bound(self, dtype: str) -> float:
+        """Expected normwise relative error for ``dtype``; defaults to the numerical class's bound."""
+        return ERROR_BOUNDS[self.numerical_class][dtype]
+
+    def estimate_seconds(self, problem: ConvProblem, machine) -> Optional[float]:
+        """Predicted execution time, for the ``"auto"`` policy; ``None`` means "no estimate".
+
+        ``machine`` is a :class:`convengine.costmodel.MachineProfile` with the measured
+        GEMM rate and memory bandwidth of this machine.
+        """
+        return None
+
+    def fingerprint(self) -> dict:
+        """Versions of the software and device this backend's speed depends on (tuning-cache key)."""
+        return {"version": self.version}
+
+    def prepare(self, problem: ConvProblem, weight: np.ndarray, bias: Optional[np.ndarray]) -> Executor:
+        """Build the input-independent state and return ``execute(x) -> y``.
+
+        ``weight`` and ``bias`` are C-contiguous arrays of ``problem.dtype`` with the shapes
+        ``problem.weight_shape`` and ``(out_channels,)`` (``bias`` is ``None`` when absent);
+        they must not be modified. ``execute`` receives a C-contiguous input of
+        ``problem.input_shape`` and returns a new array of ``problem.output_shape`` and dtype.
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} on {self.device}>"
