@@ -1,3 +1,77 @@
-"""convengine: 2-D convolution with a choice of backends, and the means to choose well."""
+"""convengine: 2-D convolution with a choice of backends, and the means to choose well.
+
+>>> import numpy as np, convengine as ce
+>>> x = np.arange(9.0).reshape(1, 1, 3, 3)
+>>> k = np.array([[0.0, 1.0], [2.0, 3.0]]).reshape(1, 1, 2, 2)
+>>> ce.conv2d(x, k)[0, 0]
+array([[19., 25.],
+       [37., 43.]])
+"""
+
+from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .backend import EXACT, LOSSY, Backend
+from .engine import BackendError, Engine, PreparedConv, default_engine
+from .hookspecs import hookimpl
+from .plugins import PluginWarning, default_registry
+from .problem import ConvProblem
+from .selection import BackendUnavailableError, Decision
+from .threads import get_num_threads, set_num_threads
+
+__all__ = [
+    "Backend", "BackendError", "BackendInfo", "BackendUnavailableError", "ConvProblem", "Decision", "EXACT",
+    "Engine", "LOSSY", "PluginWarning", "PreparedConv", "conv2d", "explain", "get_num_threads", "hookimpl",
+    "list_backends", "set_num_threads",
+]
+
+
+def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, backend: Optional[str] = None):
+    """2-D cross-correlation with the semantics of ``torch.nn.functional.conv2d``.
+
+    ``x`` is ``(N, C_in, H, W)`` (or unbatched ``(C_in, H, W)``), ``weight`` is
+    ``(C_out, C_in/groups, kH, kW)``, ``bias`` is ``(C_out,)`` or ``None``; float32 or float64,
+    all of one dtype, which the output keeps. ``stride`` and ``dilation`` are an int or a pair;
+    ``padding`` an int, a pair, a 4-tuple ``(top, bottom, left, right)``, ``"valid"`` or
+    ``"same"``. ``backend`` names one backend; otherwise the default engine (policy ``"auto"``)
+    chooses. Inputs are never modified.
+    """
+    return default_engine().conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation,
+                                   groups=groups, backend=backend)
+
+
+def explain(x, weight, bias=None, **params) -> Decision:
+    """The default engine's decision for a problem; see :meth:`Engine.explain`."""
+    return default_engine().explain(x, weight, bias, **params)
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """A registered backend as ``list_backends`` reports it."""
+
+    name: str
+    device: str
+    available: bool
+    reason: Optional[str]
+    numerical_class: str
+    plugin: str
+
+
+def list_backends() -> list[BackendInfo]:
+    """Every registered backend (and every plugin that failed to load) with its availability."""
+    infos = []
+    for entry in default_registry().entries():
+        backend = entry.backend
+        infos.append(BackendInfo(
+            name=entry.name,
+            device=str(getattr(backend, "device", "?")),
+            available=entry.available,
+            reason=entry.unavailable_reason,
+            numerical_class=str(getattr(backend, "numerical_class", "?")),
+            plugin=entry.plugin,
+        ))
+    return infos

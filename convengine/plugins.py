@@ -85,8 +85,9 @@ class Registry:
     # -- collection ------------------------------------------------------------------------
     def _collect(self) -> None:
         pm = self.plugin_manager
-        for plugin in pm.get_plugins():
-            plugin_name = pm.get_name(plugin) or repr(plugin)
+        for plugin_name, plugin in pm.list_name_plugin():  # registration order: built-ins first
+            if plugin is None:  # blocked
+                continue
             collected: list[Backend] = []
             caller = pm.subset_hook_caller(
                 "convengine_register_backends", remove_plugins=[p for p in pm.get_plugins() if p is not plugin]

@@ -1,0 +1,63 @@
+"""``naive``: the direct convolution loops, compiled with Numba.
+
+It supports every problem (any stride, padding, dilation, groups), which makes it the
+fallback that guarantees dispatch always finds a backend. Its speed is that of plain
+loops: useful for small layers and as a second opinion, not for ResNet-sized work.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import EXACT, Backend
+from ..hookspecs import hookimpl
+from ..problem import ConvProblem
+from ..threads import numba_threads
+
+# Fraction of the machine's GEMM rate that vectorised direct loops reach (order of magnitude).
+DIRECT_LOOP_EFFICIENCY = 0.08
+
+
+class NaiveBackend(Backend):
+    name = "naive"
+    numerical_class = EXACT
+    version = "1"
+
+    def availability(self):
+        try:
+            import numba  # noqa: F401
+        except ImportError as exc:
+            return f"numba is not importable: {exc}"
+        return None
+
+    def fingerprint(self) -> dict:
+        import numba
+
+        return {"version": self.version, "numba": numba.__version__}
+
+    def estimate_seconds(self, problem: ConvProblem, machine) -> float:
+        rate = machine.gemm_flops(problem.dtype) * DIRECT_LOOP_EFFICIENCY
+        return problem.flops / rate + 1e-5
+
+    def prepare(self, problem: ConvProblem, weight, bias):
+        from ._naive_kernels import direct_conv
+
+        dtype = np.dtype(problem.dtype)
+        w = weight.copy()
+        b = bias.copy() if bias is not None else np.zeros(problem.out_channels, dtype)
+        top, bottom, left, right = problem.padding
+        (sh, sw), (dh, dw) = problem.stride, problem.dilation
+
+        def execute(x: np.ndarray) -> np.ndarray:
+            xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right))) if any(problem.padding) else x
+            out = np.empty(problem.output_shape, dtype)
+            numba_threads()
+            direct_conv(xp, w, b, out, sh, sw, dh, dw, problem.groups)
+            return out
+
+        return execute
+
+
+@hookimpl
+def convengine_register_backends(register):
+    register(NaiveBackend())

@@ -1,0 +1,102 @@
+"""What this machine can do, measured once: the inputs of the ``"auto"`` cost model.
+
+Backends predict their own time from a :class:`MachineProfile` (``Backend.estimate_seconds``),
+because only a backend knows its algorithm's FLOPs and memory traffic. The profile holds the
+two rates those predictions need: numpy's BLAS GEMM throughput (the practical compute limit
+of the machine) and its streaming memory bandwidth. Measuring takes a fraction of a second,
+so the result is kept in the tuning cache, keyed by the hardware fingerprint.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+
+GEMM_SIZE = 1024
+BANDWIDTH_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class MachineProfile:
+    """Measured throughputs: GEMM FLOP/s per dtype, and memory bandwidth in bytes/s."""
+
+    gemm_flops_float32: float
+    gemm_flops_float64: float
+    bandwidth: float
+
+    def gemm_flops(self, dtype: str) -> float:
+        return self.gemm_flops_float32 if dtype == "float32" else self.gemm_flops_float64
+
+    def describe(self) -> str:
+        return (f"GEMM {self.gemm_flops_float32 / 1e9:.1f} GFLOP/s float32, "
+                f"{self.gemm_flops_float64 / 1e9:.1f} GFLOP/s float64; memory {self.bandwidth / 1e9:.1f} GB/s")
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()  # warm caches and thread pools
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def measure_gemm_flops(dtype: str = "float32", size: int = GEMM_SIZE, repeats: int = 5) -> float:
+    """FLOP/s of numpy's BLAS on a square ``size`` x ``size`` product (with the configured threads)."""
+    from .threads import apply_blas_threads
+
+    apply_blas_threads()
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size)).astype(dtype)
+    b = rng.standard_normal((size, size)).astype(dtype)
+    out = np.empty_like(a)
+    seconds = _median_seconds(lambda: np.matmul(a, b, out=out), repeats)
+    return 2.0 * size**3 / seconds
+
+
+def measure_bandwidth(nbytes: int = BANDWIDTH_BYTES, repeats: int = 5) -> float:
+    """Bytes/s moved by a large array copy (read + write)."""
+    src = np.ones(nbytes // 8)
+    dst = np.empty_like(src)
+    seconds = _median_seconds(lambda: np.copyto(dst, src), repeats)
+    return 2.0 * nbytes / seconds
+
+
+def measure_machine() -> MachineProfile:
+    return MachineProfile(
+        gemm_flops_float32=measure_gemm_flops("float32"),
+        gemm_flops_float64=measure_gemm_flops("float64"),
+        bandwidth=measure_bandwidth(),
+    )
+
+
+_profile: Optional[MachineProfile] = None
+_lock = threading.Lock()
+
+
+def machine_profile(cache=None) -> MachineProfile:
+    """This machine's profile: from this process, else from ``cache`` (a TuningCache), else measured."""
+    global _profile
+    with _lock:
+        if _profile is not None:
+            return _profile
+        key = None
+        if cache is not None:
+            from .hardware import fingerprint_digest, host_fingerprint
+
+            key = "machine-profile:" + fingerprint_digest(host_fingerprint())
+            record = cache.get(key)
+            try:
+                _profile = MachineProfile(**record) if record else None
+            except TypeError:  # a record of another shape: measure again
+                _profile = None
+        if _profile is None:
+            _profile = measure_machine()
+            if cache is not None:
+                cache.put(key, asdict(_profile))
+        return _profile

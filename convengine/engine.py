@@ -1,0 +1,304 @@
+"""The engine: validates a call, selects a backend, runs it, and checks what comes back.
+
+The engine knows backends only through the registry and the :class:`~convengine.Backend`
+contract; it never names a particular one. It distrusts them: a backend that raises or
+returns an output of the wrong shape or dtype is excluded for the rest of the process and,
+unless the caller named it explicitly, the call is retried on the next choice.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from . import selection
+from .plugins import PluginWarning, Registry, default_registry
+from .problem import SUPPORTED_DTYPES, ConvProblem
+from .selection import Decision, Policy
+
+ENV_BACKEND = "CONVENGINE_BACKEND"
+
+
+class BackendError(RuntimeError):
+    """The explicitly requested backend failed or broke its contract."""
+
+
+def _as_array(value, name: str) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype.name not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {array.dtype}")
+    return array
+
+
+def _conv_arrays(x, weight, bias):
+    """Check types, dtypes and ranks; return C-contiguous arrays and whether ``x`` was unbatched."""
+    x = _as_array(x, "input")
+    weight = _as_array(weight, "weight")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"weight dtype {weight.dtype} does not match input dtype {x.dtype}; cast one of them")
+    if weight.ndim != 4:
+        raise ValueError(f"weight must be 4-D (C_out, C_in/groups, kH, kW), got {weight.ndim}-D shape {weight.shape}")
+    unbatched = x.ndim == 3
+    if unbatched:  # as torch: (C, H, W) in, (C_out, H_out, W_out) out
+        x = x[None]
+    if x.ndim != 4:
+        raise ValueError(f"input must be 4-D (N, C_in, H, W) or 3-D (C_in, H, W), got {x.ndim}-D shape {x.shape}")
+    if bias is not None:
+        bias = _as_array(bias, "bias")
+        if bias.dtype != x.dtype:
+            raise TypeError(f"bias dtype {bias.dtype} does not match input dtype {x.dtype}")
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"bias must have shape (C_out,) = ({weight.shape[0]},), got {bias.shape}")
+        bias = np.ascontiguousarray(bias)
+    return np.ascontiguousarray(x), np.ascontiguousarray(weight), bias, unbatched
+
+
+class PreparedConv:
+    """A convolution with fixed weights, ready to run on many inputs (the graph executor's unit).
+
+    Preparation (backend choice, weight re-layout) happens once per batch size.
+    """
+
+    def __init__(self, engine: "Engine", weight: np.ndarray, bias: Optional[np.ndarray], problem: ConvProblem,
+                 backend: Optional[str]):
+        self.engine = engine
+        self.problem = problem
+        self._weight = weight
+        self._bias = bias
+        self._backend = backend
+        self._by_batch: dict[int, tuple[str, object]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def backend(self) -> str:
+        """The backend chosen for the batch size given at preparation."""
+        return self._executor(self.problem.batch)[0]
+
+    def _executor(self, batch: int):
+        with self._lock:
+            if batch not in self._by_batch:
+                problem = self.problem.with_batch(batch)
+                self._by_batch[batch] = self.engine._prepare(problem, self._weight, self._bias, self._backend)
+            return self._by_batch[batch]
+
+    def __call__(self, x) -> np.ndarray:
+        x = _as_array(x, "input")
+        expected = self.problem.input_shape[1:]
+        if x.ndim != 4 or x.shape[1:] != expected:
+            raise ValueError(f"input must have shape (N, {', '.join(map(str, expected))}), got {x.shape}")
+        if x.dtype.name != self.problem.dtype:
+            raise TypeError(f"input dtype {x.dtype} does not match the prepared dtype {self.problem.dtype}")
+        problem = self.problem.with_batch(x.shape[0])
+        if problem.batch == 0:
+            return np.empty(problem.output_shape, problem.dtype)
+        name, execute = self._executor(problem.batch)
+        try:
+            return self.engine._run_checked(name, execute, problem, np.ascontiguousarray(x), self._backend)
+        except _Retry:
+            with self._lock:
+                self._by_batch.pop(problem.batch, None)
+            return self(x)
+
+
+class _Retry(Exception):
+    """Internal: the chosen backend broke and was excluded; select again."""
+
+
+class Engine:
+    """A configured dispatcher.
+
+    Parameters
+    ----------
+    policy:
+        ``"auto"`` (cost model, the default), ``"tune"`` (measure and cache), a backend name,
+        or a list of names in order of preference (the first eligible one runs).
+    max_rel_error:
+        Accuracy budget: backends whose expected normwise relative error for the problem's
+        dtype exceeds it are excluded (``1e-6`` keeps FFT and Winograd out of float32 work).
+        ``None`` admits every backend.
+    tuning_cache:
+        Where ``"tune"`` keeps its measurements: a :class:`~convengine.tuning_cache.TuningCache`,
+        a path, ``None`` for the default per-user location, or ``False`` for no persistence.
+    tune_budget_s:
+        Time allowed to measure all candidates for one problem (each runs at least once).
+    registry:
+        The backend registry (tests pass their own); by default every installed plugin.
+    """
+
+    def __init__(
+        self,
+        policy: Policy = "auto",
+        *,
+        max_rel_error: Optional[float] = None,
+        tuning_cache=None,
+        tune_budget_s: float = 1.0,
+        registry: Optional[Registry] = None,
+    ):
+        self.policy = _check_policy(policy)
+        if max_rel_error is not None and not (isinstance(max_rel_error, (int, float)) and max_rel_error > 0):
+            raise ValueError(f"max_rel_error must be a positive number or None, got {max_rel_error!r}")
+        if not (isinstance(tune_budget_s, (int, float)) and tune_budget_s > 0):
+            raise ValueError(f"tune_budget_s must be a positive number of seconds, got {tune_budget_s!r}")
+        self.max_rel_error = max_rel_error
+        self.tune_budget_s = float(tune_budget_s)
+        self._registry = registry
+        self._tuning_cache_arg = tuning_cache
+        self._tuning_cache = None
+        self._decisions: dict[tuple[ConvProblem, Optional[str]], Decision] = {}
+
+    def __repr__(self) -> str:
+        return f"Engine(policy={self.policy!r}, max_rel_error={self.max_rel_error!r})"
+
+    # -- public API --------------------------------------------------------------------------
+    @property
+    def registry(self) -> Registry:
+        return self._registry if self._registry is not None else default_registry()
+
+    def conv2d(self, x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+               backend: Optional[str] = None) -> np.ndarray:
+        """2-D cross-correlation with PyTorch's semantics; see :func:`convengine.conv2d`."""
+        x, weight, bias, unbatched = _conv_arrays(x, weight, bias)
+        problem = ConvProblem.from_shapes(x.shape, weight.shape, bias=bias is not None, stride=stride,
+                                          padding=padding, dilation=dilation, groups=groups, dtype=x.dtype)
+        y = PreparedConv(self, weight, bias, problem, backend)(x)
+        return y[0] if unbatched else y
+
+    def prepare(self, weight, bias=None, *, input_shape: Sequence[int], stride=1, padding=0, dilation=1, groups=1,
+                backend: Optional[str] = None) -> PreparedConv:
+        """Fix the weights and hyper-parameters now; run on inputs later with ``prepared(x)``."""
+        weight = _as_array(weight, "weight")
+        x_probe = np.empty((0, *tuple(input_shape)[1:]), weight.dtype) if len(input_shape) == 4 else None
+        if x_probe is None:
+            raise ValueError(f"input_shape must be (N, C_in, H, W), got {tuple(input_shape)}")
+        _, weight, bias, _ = _conv_arrays(x_probe, weight, bias)
+        problem = ConvProblem.from_shapes(input_shape, weight.shape, bias=bias is not None, stride=stride,
+                                          padding=padding, dilation=dilation, groups=groups, dtype=weight.dtype)
+        prepared = PreparedConv(self, weight.copy(), None if bias is None else bias.copy(), problem, backend)
+        if problem.batch:
+            prepared.backend  # choose and prepare now, so errors surface here
+        return prepared
+
+    def explain(self, x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+                backend: Optional[str] = None, dtype=None) -> Decision:
+        """Which backend would run this problem, and why. ``x``/``weight`` may be arrays or shapes."""
+        x_shape, x_dtype = _shape_and_dtype(x)
+        w_shape, w_dtype = _shape_and_dtype(weight)
+        problem = ConvProblem.from_shapes(x_shape, w_shape, bias=bias is not None, stride=stride, padding=padding,
+                                          dilation=dilation, groups=groups,
+                                          dtype=dtype or x_dtype or w_dtype or "float32")
+        return self.select(problem, backend)
+
+    def select(self, problem: ConvProblem, backend: Optional[str] = None) -> Decision:
+        """Decide (or recall) the backend for ``problem``; ``backend`` overrides the policy."""
+        key = (problem, backend)
+        if key not in self._decisions:
+            self._decisions[key] = self._decide(problem, backend)
+        return self._decisions[key]
+
+    # -- internals ---------------------------------------------------------------------------
+    def _decide(self, problem: ConvProblem, backend: Optional[str]) -> Decision:
+        forced = os.environ.get(ENV_BACKEND)
+        policy: Policy = forced or backend or self.policy
+        decision = Decision(problem=problem, policy=selection.describe_policy(policy))
+        selection.screen(problem, self.registry, self.max_rel_error, decision)
+        if forced:
+            decision.notes.append(f"forced by {ENV_BACKEND}={forced}")
+            selection.choose_explicit(decision, forced, f"set by {ENV_BACKEND}")
+        elif backend is not None:
+            selection.choose_explicit(decision, backend, "backend= argument")
+        elif isinstance(policy, str) and policy == "auto":
+            from .costmodel import machine_profile
+
+            selection.choose_by_cost(decision, self.registry, machine_profile(self.tuning_cache))
+        elif isinstance(policy, str) and policy == "tune":
+            from .tuning import tune
+
+            tune(self, decision)
+        elif isinstance(policy, str):
+            selection.choose_explicit(decision, policy, "engine policy")
+        else:
+            selection.choose_preferred(decision, policy)
+        return decision
+
+    @property
+    def tuning_cache(self):
+        """The persistent cache, or ``None`` when persistence is switched off."""
+        if self._tuning_cache is None and self._tuning_cache_arg is not False:
+            from .tuning_cache import TuningCache
+
+            arg = self._tuning_cache_arg
+            self._tuning_cache = arg if isinstance(arg, TuningCache) else TuningCache(arg)
+        return self._tuning_cache
+
+    def _is_explicit(self, backend: Optional[str]) -> bool:
+        return bool(os.environ.get(ENV_BACKEND) or backend or
+                    (isinstance(self.policy, str) and self.policy not in selection.NAMED_POLICIES))
+
+    def _prepare(self, problem: ConvProblem, weight, bias, backend: Optional[str]):
+        """Select and prepare, falling back past backends whose prepare() raises (unless explicit)."""
+        while True:
+            name = self.select(problem, backend).chosen
+            try:
+                return name, self.registry.get(name).backend.prepare(problem, weight, bias)
+            except Exception as exc:
+                self._exclude(name, f"prepare() raised {type(exc).__name__}: {exc}", backend, exc)
+
+    def _run_checked(self, name: str, execute, problem: ConvProblem, x: np.ndarray, backend: Optional[str]):
+        try:
+            y = execute(x)
+        except Exception as exc:
+            self._exclude(name, f"execute() raised {type(exc).__name__}: {exc}", backend, exc)
+            raise _Retry from exc
+        violation = output_violation(y, problem)
+        if violation:
+            self._exclude(name, violation, backend, None)
+            raise _Retry
+        return y
+
+    def _exclude(self, name: str, reason: str, backend: Optional[str], exc: Optional[BaseException]) -> None:
+        """Mark a misbehaving backend broken; raise if the caller insisted on it."""
+        explicit = self._is_explicit(backend)
+        self.registry.mark_broken(name, reason)
+        self._decisions.clear()
+        if explicit:
+            raise BackendError(f"backend {name!r} failed: {reason}") from exc
+
+
+def output_violation(y, problem: ConvProblem) -> Optional[str]:
+    """Why ``y`` is not a valid output for ``problem`` (``None`` when it is)."""
+    if isinstance(y, np.ndarray) and y.shape == problem.output_shape and y.dtype.name == problem.dtype:
+        return None
+    got = f"{type(y).__name__} {getattr(y, 'shape', '')} {getattr(y, 'dtype', '')}".strip()
+    return f"returned {got}, expected ndarray {problem.output_shape} {problem.dtype}"
+
+
+def _shape_and_dtype(value) -> tuple[tuple[int, ...], Optional[str]]:
+    if isinstance(value, np.ndarray):
+        return value.shape, value.dtype.name
+    if isinstance(value, (tuple, list)):
+        return tuple(value), None
+    array = np.asarray(value)
+    return array.shape, array.dtype.name
+
+
+def _check_policy(policy: Policy) -> Policy:
+    if isinstance(policy, str) and policy:
+        return policy
+    if isinstance(policy, (list, tuple)) and policy and all(isinstance(p, str) and p for p in policy):
+        return tuple(policy)
+    raise ValueError(f"policy must be 'auto', 'tune', a backend name, or a non-empty list of backend names; got {policy!r}")
+
+
+_default_engine: Optional[Engine] = None
+
+
+def default_engine() -> Engine:
+    """The engine behind :func:`convengine.conv2d`: ``policy="auto"``, no accuracy budget."""
+    global _default_engine
+    if _default_engine is None:
+        _default_engine = Engine()
+    return _default_engine

@@ -1,0 +1,227 @@
+"""Choosing a backend for a problem, and recording why.
+
+Every policy starts from the same candidate filter (available on this machine, within the
+accuracy budget, supports the problem) and then decides among the survivors:
+
+* an explicit name: that backend, or an error saying why it cannot run the problem;
+* a preference list: the first listed candidate;
+* ``"auto"``: the lowest time predicted by each backend's cost model, nothing is run;
+* ``"tune"``: each candidate is measured on the problem, the fastest wins, and the result is
+  kept in the per-machine tuning cache so the measurement happens once.
+
+The outcome is a :class:`Decision`, whose ``str()`` is the report ``explain`` prints.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from .plugins import BackendEntry, PluginWarning, Registry
+from .problem import ConvProblem
+
+Policy = Union[str, Sequence[str]]
+NAMED_POLICIES = ("auto", "tune")
+
+
+class BackendUnavailableError(ValueError):
+    """No backend allowed by the policy can run the problem; the message lists why, per backend."""
+
+
+@dataclass
+class Candidate:
+    """One backend's row in a decision."""
+
+    name: str
+    device: str = "?"
+    numerical_class: str = "?"
+    status: str = "candidate"  # chosen | candidate | excluded
+    reason: str = ""
+    predicted_s: Optional[float] = None
+    measured_s: Optional[float] = None
+
+
+@dataclass
+class Decision:
+    """Which backend runs a problem and why; ``str()`` gives the human-readable report."""
+
+    problem: ConvProblem
+    policy: str
+    chosen: Optional[str] = None
+    candidates: list[Candidate] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def row(self, name: str) -> Candidate:
+        return next(c for c in self.candidates if c.name == name)
+
+    @property
+    def eligible(self) -> list[str]:
+        return [c.name for c in self.candidates if c.status != "excluded"]
+
+    def __str__(self) -> str:
+        lines = [f"problem: {self.problem}", f"policy:  {self.policy}"]
+        lines += [f"note:    {note}" for note in self.notes]
+        lines.append(f"chosen:  {self.chosen or 'none'}")
+        header = ("backend", "device", "class", "status", "predicted", "measured", "reason")
+        rows = [header] + [
+            (c.name, c.device, c.numerical_class, c.status, _fmt_time(c.predicted_s), _fmt_time(c.measured_s), c.reason)
+            for c in self.candidates
+        ]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+        lines.append("")
+        for r in rows:
+            lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1])
+        return "\n".join(line.rstrip() for line in lines)
+
+
+def _fmt_time(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "-"
+    if not math.isfinite(seconds):
+        return "inf"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
+def describe_policy(policy: Policy) -> str:
+    return policy if isinstance(policy, str) else "prefer " + " > ".join(policy)
+
+
+def screen(problem: ConvProblem, registry: Registry, max_rel_error: Optional[float], decision: Decision) -> None:
+    """Fill ``decision.candidates`` with every registered backend, excluded ones with their reason."""
+    for entry in registry.entries():
+        backend = entry.backend
+        row = Candidate(
+            name=entry.name,
+            device=str(getattr(backend, "device", "?")),
+            numerical_class=str(getattr(backend, "numerical_class", "?")),
+        )
+        decision.candidates.append(row)
+        reason = _exclusion_reason(entry, problem, max_rel_error)
+        if reason:
+            row.status, row.reason = "excluded", reason
+
+
+def _exclusion_reason(entry: BackendEntry, problem: ConvProblem, max_rel_error: Optional[float]) -> Optional[str]:
+    unavailable = entry.unavailable_reason
+    if unavailable:
+        return f"not available: {unavailable}"
+    backend = entry.backend
+    if max_rel_error is not None:
+        try:
+            bound = float(backend.error_bound(problem.dtype))
+        except Exception as exc:
+            return f"error_bound() raised {type(exc).__name__}: {exc}"
+        if bound > max_rel_error:
+            return (f"accuracy: {backend.numerical_class} backend, expected error {bound:.0e} "
+                    f"exceeds the budget max_rel_error={max_rel_error:.0e}")
+    try:
+        unsupported = backend.supports(problem)
+    except Exception as exc:
+        warnings.warn(f"backend {entry.name!r}: supports() raised {type(exc).__name__}: {exc}", PluginWarning, stacklevel=4)
+        return f"supports() raised {type(exc).__name__}: {exc}"
+    if unsupported:
+        return f"unsupported: {unsupported}"
+    return None
+
+
+def choose_explicit(decision: Decision, name: str, source: str) -> None:
+    names = [c.name for c in decision.candidates]
+    if name not in names:
+        raise ValueError(f"unknown backend {name!r} ({source}); registered backends: {', '.join(names)}")
+    row = decision.row(name)
+    if row.status == "excluded":
+        raise BackendUnavailableError(f"backend {name!r} ({source}) cannot run {decision.problem}: {row.reason}")
+    _pick(decision, name, source)
+
+
+def choose_preferred(decision: Decision, preference: Sequence[str]) -> None:
+    names = {c.name for c in decision.candidates}
+    unknown = [p for p in preference if p not in names]
+    if unknown:
+        raise ValueError(f"unknown backend(s) in preference list: {', '.join(unknown)}; registered: {', '.join(sorted(names))}")
+    for rank, name in enumerate(preference):
+        if decision.row(name).status != "excluded":
+            _pick(decision, name, f"first eligible in the preference list (position {rank + 1})")
+            for other in decision.candidates:
+                if other.status == "candidate":
+                    other.reason = "not in the preference list" if other.name not in preference else "lower preference"
+            return
+    _raise_none_eligible(decision, only=preference)
+
+
+def choose_by_cost(decision: Decision, registry: Registry, machine) -> None:
+    """Rank eligible backends by their own prediction; those without one rank last."""
+    decision.notes.append(f"cost model inputs: {machine.describe()}")
+    for row in decision.candidates:
+        if row.status == "excluded":
+            continue
+        try:
+            estimate = registry.get(row.name).backend.estimate_seconds(decision.problem, machine)
+            row.predicted_s = None if estimate is None else float(estimate)
+        except Exception as exc:
+            row.reason = f"estimate_seconds() raised {type(exc).__name__}: {exc}"
+    ranked = sorted(
+        (c for c in decision.candidates if c.status != "excluded"),
+        key=lambda c: (c.predicted_s is None, c.predicted_s if c.predicted_s is not None else 0.0),
+    )
+    if not ranked:
+        _raise_none_eligible(decision)
+    _pick(decision, ranked[0].name, "lowest predicted time")
+    for row in ranked[1:]:
+        if not row.reason:
+            row.reason = "no estimate" if row.predicted_s is None else f"predicted {row.predicted_s / ranked[0].predicted_s:.2g}x slower" if ranked[0].predicted_s else "slower"
+
+
+def choose_by_measurement(
+    decision: Decision,
+    measure: Callable[[str], float],
+) -> dict[str, float]:
+    """Measure every eligible backend with ``measure(name) -> seconds``; pick the fastest."""
+    times: dict[str, float] = {}
+    for row in decision.candidates:
+        if row.status == "excluded":
+            continue
+        try:
+            row.measured_s = times[row.name] = measure(row.name)
+        except Exception as exc:
+            row.status, row.reason = "excluded", f"failed while tuning: {type(exc).__name__}: {exc}"
+    if not times:
+        _raise_none_eligible(decision)
+    best = min(times, key=times.get)
+    _pick(decision, best, "fastest measured")
+    for name, seconds in times.items():
+        if name != best:
+            decision.row(name).reason = f"measured {seconds / times[best]:.2g}x slower"
+    return times
+
+
+def _pick(decision: Decision, name: str, reason: str) -> None:
+    decision.chosen = name
+    row = decision.row(name)
+    row.status, row.reason = "chosen", reason
+
+
+def _raise_none_eligible(decision: Decision, only: Optional[Sequence[str]] = None) -> None:
+    rows = [c for c in decision.candidates if only is None or c.name in only]
+    detail = "; ".join(f"{c.name}: {c.reason or c.status}" for c in rows)
+    raise BackendUnavailableError(f"no backend can run {decision.problem} under policy {decision.policy!r}: {detail}")
+
+
+def timed_median(fn: Callable[[], object], budget_s: float, min_runs: int = 1, max_runs: int = 15) -> float:
+    """Median wall time of ``fn`` after one untimed warm-up call (which absorbs JIT compilation)."""
+    fn()
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < min_runs or (len(times) < max_runs and time.perf_counter() < deadline):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
