@@ -72,9 +72,9 @@ class CudaBackend(Backend):
 
             if cuda.is_available():
                 return None
-            detail = cuda.cuda_error()
         except Exception as exc:  # numba missing or broken: say so rather than fail
-            return f"numba.cuda cannot be imported: {type(exc).__name__}: {exc}"
+            return f"numba.cuda cannot be used: {type(exc).__name__}: {exc}"
+        detail = getattr(cuda, "cuda_error", lambda: None)()  # the driver's own words, when numba has them
         reason = (
             "no CUDA GPU or driver found (numba.cuda.is_available() is False); "
             "set NUMBA_ENABLE_CUDASIM=1 to run on Numba's CUDA simulator"
