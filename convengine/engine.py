@@ -8,6 +8,7 @@ unless the caller named it explicitly, the call is retried on the next choice.
 
 from __future__ import annotations
 
+import numbers
 import os
 import threading
 import warnings
@@ -70,13 +71,13 @@ class PreparedConv:
         self._weight = weight
         self._bias = bias
         self._backend = backend
-        self._by_batch: dict[int, tuple[str, object]] = {}
+        self._by_batch: dict[int, tuple[Decision, object]] = {}
         self._lock = threading.Lock()
 
     @property
     def backend(self) -> str:
         """The backend chosen for the batch size given at preparation."""
-        return self._executor(self.problem.batch)[0]
+        return self._executor(self.problem.batch)[0].chosen
 
     def _executor(self, batch: int):
         with self._lock:
@@ -95,9 +96,9 @@ class PreparedConv:
         problem = self.problem.with_batch(x.shape[0])
         if problem.batch == 0:
             return np.empty(problem.output_shape, problem.dtype)
-        name, execute = self._executor(problem.batch)
+        decision, execute = self._executor(problem.batch)
         try:
-            return self.engine._run_checked(name, execute, problem, np.ascontiguousarray(x), self._backend)
+            return self.engine._run_checked(decision, execute, problem, np.ascontiguousarray(x))
         except _Retry:
             with self._lock:
                 self._by_batch.pop(problem.batch, None)
@@ -139,11 +140,11 @@ class Engine:
         registry: Optional[Registry] = None,
     ):
         self.policy = _check_policy(policy)
-        if max_rel_error is not None and not (isinstance(max_rel_error, (int, float)) and max_rel_error > 0):
+        if max_rel_error is not None and not _positive_number(max_rel_error):
             raise ValueError(f"max_rel_error must be a positive number or None, got {max_rel_error!r}")
-        if not (isinstance(tune_budget_s, (int, float)) and tune_budget_s > 0):
+        if not _positive_number(tune_budget_s):
             raise ValueError(f"tune_budget_s must be a positive number of seconds, got {tune_budget_s!r}")
-        self.max_rel_error = max_rel_error
+        self.max_rel_error = None if max_rel_error is None else float(max_rel_error)
         self.tune_budget_s = float(tune_budget_s)
         self._registry = registry
         self._tuning_cache_arg = tuning_cache
@@ -194,7 +195,7 @@ class Engine:
 
     def select(self, problem: ConvProblem, backend: Optional[str] = None) -> Decision:
         """Decide (or recall) the backend for ``problem``; ``backend`` overrides the policy."""
-        key = (problem, backend)
+        key = (problem, backend, os.environ.get(ENV_BACKEND))
         if key not in self._decisions:
             self._decisions[key] = self._decide(problem, backend)
         return self._decisions[key]
@@ -203,7 +204,8 @@ class Engine:
     def _decide(self, problem: ConvProblem, backend: Optional[str]) -> Decision:
         forced = os.environ.get(ENV_BACKEND)
         policy: Policy = forced or backend or self.policy
-        decision = Decision(problem=problem, policy=selection.describe_policy(policy))
+        explicit = bool(forced or backend) or (isinstance(policy, str) and policy not in selection.NAMED_POLICIES)
+        decision = Decision(problem=problem, policy=selection.describe_policy(policy), explicit=explicit)
         selection.screen(problem, self.registry, self.max_rel_error, decision)
         if forced:
             decision.notes.append(f"forced by {ENV_BACKEND}={forced}")
@@ -234,38 +236,33 @@ class Engine:
             self._tuning_cache = arg if isinstance(arg, TuningCache) else TuningCache(arg)
         return self._tuning_cache
 
-    def _is_explicit(self, backend: Optional[str]) -> bool:
-        return bool(os.environ.get(ENV_BACKEND) or backend or
-                    (isinstance(self.policy, str) and self.policy not in selection.NAMED_POLICIES))
-
     def _prepare(self, problem: ConvProblem, weight, bias, backend: Optional[str]):
         """Select and prepare, falling back past backends whose prepare() raises (unless explicit)."""
         while True:
-            name = self.select(problem, backend).chosen
+            decision = self.select(problem, backend)
             try:
-                return name, self.registry.get(name).backend.prepare(problem, weight, bias)
+                return decision, self.registry.get(decision.chosen).backend.prepare(problem, weight, bias)
             except Exception as exc:
-                self._exclude(name, f"prepare() raised {type(exc).__name__}: {exc}", backend, exc)
+                self._exclude(decision, f"prepare() raised {type(exc).__name__}: {exc}", exc)
 
-    def _run_checked(self, name: str, execute, problem: ConvProblem, x: np.ndarray, backend: Optional[str]):
+    def _run_checked(self, decision: Decision, execute, problem: ConvProblem, x: np.ndarray):
         try:
             y = execute(x)
         except Exception as exc:
-            self._exclude(name, f"execute() raised {type(exc).__name__}: {exc}", backend, exc)
+            self._exclude(decision, f"execute() raised {type(exc).__name__}: {exc}", exc)
             raise _Retry from exc
         violation = output_violation(y, problem)
         if violation:
-            self._exclude(name, violation, backend, None)
+            self._exclude(decision, violation, None)
             raise _Retry
         return y
 
-    def _exclude(self, name: str, reason: str, backend: Optional[str], exc: Optional[BaseException]) -> None:
+    def _exclude(self, decision: Decision, reason: str, exc: Optional[BaseException]) -> None:
         """Mark a misbehaving backend broken; raise if the caller insisted on it."""
-        explicit = self._is_explicit(backend)
-        self.registry.mark_broken(name, reason)
+        self.registry.mark_broken(decision.chosen, reason)
         self._decisions.clear()
-        if explicit:
-            raise BackendError(f"backend {name!r} failed: {reason}") from exc
+        if decision.explicit:
+            raise BackendError(f"backend {decision.chosen!r} failed: {reason}") from exc
 
 
 def output_violation(y, problem: ConvProblem) -> Optional[str]:
@@ -283,6 +280,10 @@ def _shape_and_dtype(value) -> tuple[tuple[int, ...], Optional[str]]:
         return tuple(value), None
     array = np.asarray(value)
     return array.shape, array.dtype.name
+
+
+def _positive_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and value > 0
 
 
 def _check_policy(policy: Policy) -> Policy:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
+import re
 import threading
 import warnings
 from dataclasses import dataclass
@@ -65,6 +66,21 @@ class BackendEntry:
     def available(self) -> bool:
         return self.unavailable_reason is None
 
+    def attribute(self, attr: str) -> str:
+        """A declared attribute (``device``, ``numerical_class``) as text, ``"?"`` if reading it fails.
+
+        Plugins may compute these lazily (a ``device`` property probing for a GPU), so a read
+        can raise; it must not take the engine down.
+        """
+        if self.backend is None:  # a plugin that failed to load
+            return "-"
+        try:
+            return str(getattr(self.backend, attr))
+        except Exception as exc:
+            warnings.warn(f"backend {self.name!r} ({self.plugin}): reading {attr} raised {type(exc).__name__}: {exc}",
+                          PluginWarning, stacklevel=3)
+            return "?"
+
 
 class Registry:
     """Every backend the plugins registered, by name, plus the plugins that failed."""
@@ -84,26 +100,34 @@ class Registry:
 
     # -- collection ------------------------------------------------------------------------
     def _collect(self) -> None:
-        pm = self.plugin_manager
-        for plugin_name, plugin in pm.list_name_plugin():  # registration order: built-ins first
-            if plugin is None:  # blocked
-                continue
+        # Each plugin's implementation is called on its own, so that one raising cannot stop
+        # the others (a single pluggy hook call stops at the first exception). get_hookimpls()
+        # lists them in registration order: built-ins first.
+        hook = self.plugin_manager.hook.convengine_register_backends
+        for impl in hook.get_hookimpls():
             collected: list[Backend] = []
-            caller = pm.subset_hook_caller(
-                "convengine_register_backends", remove_plugins=[p for p in pm.get_plugins() if p is not plugin]
-            )
+            offered = {"register": lambda backend, _into=collected: _into.append(backend)}
             try:
-                caller(register=lambda backend, _into=collected: _into.append(backend))
+                impl.function(**{arg: offered[arg] for arg in impl.argnames})
             except Exception as exc:
-                self._record_failed_plugin(plugin_name, f"convengine_register_backends raised {type(exc).__name__}: {exc}")
+                self._record_failed_plugin(impl.plugin_name, f"convengine_register_backends raised {type(exc).__name__}: {exc}")
                 continue
             for backend in collected:
-                self._add(backend, plugin_name)
+                self._add(backend, impl.plugin_name)
 
     def _add(self, backend: object, plugin_name: str) -> None:
-        name = getattr(backend, "name", None)
-        problem = None
-        if not isinstance(name, str) or not name:
+        try:
+            name = getattr(backend, "name", None)
+        except Exception as exc:
+            name = None
+            problem = f"plugin {plugin_name}: reading the backend's name raised {type(exc).__name__}: {exc}"
+        else:
+            problem = None
+        if problem:
+            pass
+        elif isinstance(backend, type):
+            problem = f"plugin {plugin_name} registered the class {backend.__name__}, not an instance of it"
+        elif not isinstance(name, str) or not name:
             problem = f"plugin {plugin_name} registered {backend!r} without a string name"
         elif name in self._entries:
             problem = f"plugin {plugin_name} registered a second backend named {name!r} (first from {self._entries[name].plugin})"
@@ -144,11 +168,16 @@ class Registry:
                 warnings.warn(f"backend {name!r} ({entry.plugin}) excluded: {reason}", PluginWarning, stacklevel=3)
 
 
+def _normalize(name: str) -> str:
+    """Distribution names compare as pip compares them: case- and ``-_.``-insensitive."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _allowed_plugins() -> Optional[set[str]]:
     raw = os.environ.get("CONVENGINE_LOAD_PLUGINS")
     if raw is None:
         return None
-    return {part.strip() for part in raw.split(",") if part.strip()}
+    return {_normalize(part.strip()) for part in raw.split(",") if part.strip()}
 
 
 def create_plugin_manager(
@@ -167,8 +196,8 @@ def create_plugin_manager(
     if load_entry_points:
         allowed = _allowed_plugins()
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            dist_name = ep.dist.name if ep.dist is not None else None
-            if allowed is not None and ep.name not in allowed and dist_name not in allowed:
+            dist_name = _normalize(ep.dist.name) if ep.dist is not None else None
+            if allowed is not None and _normalize(ep.name) not in allowed and dist_name not in allowed:
                 continue
             try:
                 pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep.name)

@@ -55,6 +55,7 @@ class Decision:
     chosen: Optional[str] = None
     candidates: list[Candidate] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    explicit: bool = False  # the caller or operator named the backend: failures raise, no fallback
 
     def row(self, name: str) -> Candidate:
         return next(c for c in self.candidates if c.name == name)
@@ -97,12 +98,8 @@ def describe_policy(policy: Policy) -> str:
 def screen(problem: ConvProblem, registry: Registry, max_rel_error: Optional[float], decision: Decision) -> None:
     """Fill ``decision.candidates`` with every registered backend, excluded ones with their reason."""
     for entry in registry.entries():
-        backend = entry.backend
-        row = Candidate(
-            name=entry.name,
-            device=str(getattr(backend, "device", "?")),
-            numerical_class=str(getattr(backend, "numerical_class", "?")),
-        )
+        row = Candidate(name=entry.name, device=entry.attribute("device"),
+                        numerical_class=entry.attribute("numerical_class"))
         decision.candidates.append(row)
         reason = _exclusion_reason(entry, problem, max_rel_error)
         if reason:
@@ -118,18 +115,23 @@ def _exclusion_reason(entry: BackendEntry, problem: ConvProblem, max_rel_error: 
         try:
             bound = float(backend.error_bound(problem.dtype))
         except Exception as exc:
-            return f"error_bound() raised {type(exc).__name__}: {exc}"
+            return _plugin_fault(entry.name, f"error_bound() raised {type(exc).__name__}: {exc}")
         if bound > max_rel_error:
             return (f"accuracy: {backend.numerical_class} backend, expected error {bound:.0e} "
                     f"exceeds the budget max_rel_error={max_rel_error:.0e}")
     try:
         unsupported = backend.supports(problem)
     except Exception as exc:
-        warnings.warn(f"backend {entry.name!r}: supports() raised {type(exc).__name__}: {exc}", PluginWarning, stacklevel=4)
-        return f"supports() raised {type(exc).__name__}: {exc}"
+        return _plugin_fault(entry.name, f"supports() raised {type(exc).__name__}: {exc}")
     if unsupported:
         return f"unsupported: {unsupported}"
     return None
+
+
+def _plugin_fault(name: str, reason: str) -> str:
+    """Report a backend method that misbehaved; the reason goes into the decision too."""
+    warnings.warn(f"backend {name!r}: {reason}", PluginWarning, stacklevel=4)
+    return reason
 
 
 def choose_explicit(decision: Decision, name: str, source: str) -> None:
@@ -165,19 +167,24 @@ def choose_by_cost(decision: Decision, registry: Registry, machine) -> None:
             continue
         try:
             estimate = registry.get(row.name).backend.estimate_seconds(decision.problem, machine)
-            row.predicted_s = None if estimate is None else float(estimate)
         except Exception as exc:
-            row.reason = f"estimate_seconds() raised {type(exc).__name__}: {exc}"
-    ranked = sorted(
-        (c for c in decision.candidates if c.status != "excluded"),
-        key=lambda c: (c.predicted_s is None, c.predicted_s if c.predicted_s is not None else 0.0),
-    )
+            row.reason = _plugin_fault(row.name, f"estimate_seconds() raised {type(exc).__name__}: {exc}")
+            continue
+        if estimate is None:
+            row.reason = "no estimate"
+        elif isinstance(estimate, (int, float)) and math.isfinite(estimate) and estimate >= 0:
+            row.predicted_s = float(estimate)
+        else:
+            row.reason = _plugin_fault(row.name, f"estimate_seconds() returned {estimate!r}, not a time in seconds")
+    ranked = sorted((c for c in decision.candidates if c.status != "excluded"),
+                    key=lambda c: (c.predicted_s is None, c.predicted_s or 0.0))
     if not ranked:
         _raise_none_eligible(decision)
-    _pick(decision, ranked[0].name, "lowest predicted time")
+    best = ranked[0]
+    _pick(decision, best.name, "lowest predicted time" if best.predicted_s is not None else "no backend has an estimate")
     for row in ranked[1:]:
-        if not row.reason:
-            row.reason = "no estimate" if row.predicted_s is None else f"predicted {row.predicted_s / ranked[0].predicted_s:.2g}x slower" if ranked[0].predicted_s else "slower"
+        if row.predicted_s is not None:
+            row.reason = f"predicted {row.predicted_s / best.predicted_s:.2g}x slower" if best.predicted_s else "predicted slower"
 
 
 def choose_by_measurement(
@@ -192,7 +199,8 @@ def choose_by_measurement(
         try:
             row.measured_s = times[row.name] = measure(row.name)
         except Exception as exc:
-            row.status, row.reason = "excluded", f"failed while tuning: {type(exc).__name__}: {exc}"
+            row.status = "excluded"
+            row.reason = _plugin_fault(row.name, f"failed while tuning: {type(exc).__name__}: {exc}")
     if not times:
         _raise_none_eligible(decision)
     best = min(times, key=times.get)

@@ -6,12 +6,21 @@ spawning its own threads *inside* a Numba parallel region, and no backend does t
 
 The count comes from ``CONVENGINE_NUM_THREADS`` when set, else the cores this process may
 run on. :func:`set_num_threads` changes it at run time.
+
+Idle OpenMP workers busy-wait by default (libgomp spins for a while after each parallel
+region). When a Numba kernel (OpenMP threading layer) is followed by a BLAS or torch call,
+the spinning workers steal the cores the next call needs, and on a 2-core machine that
+costs several times the work itself. So, unless the user chose otherwise, idle OpenMP
+threads are told to sleep (``OMP_WAIT_POLICY=PASSIVE``); this must be set before any
+OpenMP runtime loads, hence at import.
 """
 
 from __future__ import annotations
 
 import os
 from typing import Optional
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _usable_cores() -> int:

@@ -1,0 +1,96 @@
+"""The ``torch`` backend: ``torch.nn.functional.conv2d`` behind convengine's contract.
+
+torch is imported lazily, in ``availability()`` and ``prepare()``, so that a machine
+without torch still imports this plugin and lists the backend as unavailable.
+"""
+
+from __future__ import annotations
+
+import convengine
+from convengine.threads import get_num_threads
+
+from . import __version__
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+class TorchBackend(convengine.Backend):
+    name = "torch"
+    numerical_class = convengine.EXACT
+    version = __version__
+
+    def __init__(self):
+        self._device = None
+
+    @property
+    def device(self) -> str:
+        """``cuda`` when torch sees a GPU, else ``cpu``."""
+        if self._device is None:
+            try:
+                self._device = "cuda" if _torch().cuda.is_available() else "cpu"
+            except Exception:
+                self._device = "cpu"
+        return self._device
+
+    def availability(self):
+        try:
+            _torch()
+        except Exception as exc:
+            return f"torch is not installed ({type(exc).__name__}: {exc}); pip install torch"
+        return None
+
+    def fingerprint(self) -> dict:
+        torch = _torch()
+        info = {"version": self.version, "torch": torch.__version__, "device": self.device}
+        if self.device == "cuda":
+            info["gpu"] = torch.cuda.get_device_name(0)
+            info["cudnn"] = torch.backends.cudnn.version()
+        return info
+
+    def error_bound(self, dtype: str) -> float:
+        """cuDNN may use TF32 tensor cores for float32 when torch allows it: then it is not exact."""
+        if dtype == "float32" and self.device == "cuda" and _torch().backends.cudnn.allow_tf32:
+            return 1e-3
+        return super().error_bound(dtype)
+
+    def estimate_seconds(self, problem, machine):
+        if self.device == "cuda":
+            transfer = 4 * (problem.batch * problem.in_channels * problem.height * problem.width
+                            + problem.batch * problem.out_channels * problem.out_height * problem.out_width)
+            return transfer / 12e9 + problem.flops / 20e12 + 3e-5
+        # oneDNN reaches most of the machine's GEMM rate on large layers.
+        return problem.flops / (0.8 * machine.gemm_flops(problem.dtype)) + 3e-5
+
+    def prepare(self, problem, weight, bias):
+        torch = _torch()
+        import torch.nn.functional as F
+
+        device = torch.device(self.device)
+        w = torch.from_numpy(weight.copy()).to(device)
+        b = None if bias is None else torch.from_numpy(bias.copy()).to(device)
+        top, bottom, left, right = problem.padding
+        symmetric = top == bottom and left == right
+        stride, dilation, groups = problem.stride, problem.dilation, problem.groups
+
+        def execute(x):
+            torch.set_num_threads(get_num_threads())
+            with torch.no_grad():
+                # torch refuses to wrap read-only memory without a warning; copy those.
+                t = torch.from_numpy(x if x.flags.writeable else x.copy()).to(device)
+                if symmetric:
+                    y = F.conv2d(t, w, b, stride=stride, padding=(top, left), dilation=dilation, groups=groups)
+                else:  # conv2d pads symmetrically only
+                    t = F.pad(t, (left, right, top, bottom))
+                    y = F.conv2d(t, w, b, stride=stride, padding=0, dilation=dilation, groups=groups)
+                return y.cpu().numpy()
+
+        return execute
+
+
+@convengine.hookimpl
+def convengine_register_backends(register):
+    register(TorchBackend())
