@@ -125,10 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from . import cli_models  # noqa: F401  (registers run, summary, tune)
+
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OSError) as exc:
         print(f"convengine {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

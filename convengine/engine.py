@@ -77,7 +77,11 @@ class PreparedConv:
     @property
     def backend(self) -> str:
         """The backend chosen for the batch size given at preparation."""
-        return self._executor(self.problem.batch)[0].chosen
+        return self.backend_for(self.problem.batch)
+
+    def backend_for(self, batch: int) -> str:
+        """The backend chosen for ``batch`` (choosing and preparing it now if needed)."""
+        return self._executor(batch)[0].chosen
 
     def _executor(self, batch: int):
         with self._lock:

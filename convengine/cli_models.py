@@ -1,0 +1,175 @@
+"""``convengine run``, ``summary`` and ``tune``: whole models from the zoo or from ONNX files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+from .cli import _ints, _policy, command
+
+
+def load_model(spec: str, in_channels=None):
+    """A zoo name (``resnet18``) or a path to an ``.onnx`` file."""
+    if spec.endswith(".onnx") or os.path.sep in spec or os.path.exists(spec):
+        from .graph.onnx_import import load_onnx
+
+        if not os.path.exists(spec):
+            raise ValueError(f"model file {spec!r} does not exist")
+        return load_onnx(spec)
+    from .models import get_model
+
+    return get_model(spec, **({"in_channels": in_channels} if in_channels else {}))
+
+
+def _model_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a zoo model (lenet, alexnet, resnet18/34/50/101/152, densenet121) or an .onnx file")
+
+
+def _engine_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", type=_policy, default="auto",
+                        help="auto (cost model, default), tune (measure per layer), a backend name, or a comma-separated preference list")
+    parser.add_argument("--backend", help="run every convolution on this backend (same as --policy NAME)")
+    parser.add_argument("--max-rel-error", type=float, help="accuracy budget; e.g. 1e-6 keeps lossy backends out")
+    parser.add_argument("--threads", type=int, help="threads for every backend (default: usable cores)")
+
+
+def _engine(args):
+    from . import set_num_threads
+    from .engine import Engine
+
+    if args.threads:
+        set_num_threads(args.threads)
+    return Engine(policy=args.backend or args.policy, max_rel_error=args.max_rel_error)
+
+
+def _input(graph, batch: int, seed: int = 0):
+    if len(graph.inputs) != 1:
+        raise ValueError(f"model has {len(graph.inputs)} inputs; the CLI runs single-input models")
+    spec = graph.inputs[0]
+    shape = tuple(batch if d is None else d for d in spec.shape)
+    return np.random.default_rng(seed).standard_normal(shape).astype(spec.dtype)
+
+
+# -- summary ------------------------------------------------------------------------------------
+
+
+def _summary_args(parser):
+    _model_arg(parser)
+    parser.add_argument("--input-shape", type=_ints, metavar="C,H,W or N,C,H,W",
+                        help="input shape to count for (default: the model's natural input, batch 1)")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+@command("summary", "print a model's per-layer parameter and MAC table", _summary_args)
+def _summary(args) -> int:
+    shape = args.input_shape
+    batch = shape[0] if shape and len(shape) == 4 else 1
+    chw = shape[-3:] if shape else None
+    graph = load_model(args.model, in_channels=chw[0] if chw else None)
+    natural = tuple(graph.inputs[0].shape[1:])
+    if chw and tuple(chw) != natural:
+        raise ValueError(f"model {args.model!r} is defined for input {natural} (C,H,W); got --input-shape {tuple(chw)}")
+    summary = graph.summary(input_shape=(batch,) + natural)
+    print(json.dumps(summary.to_dict(), indent=2) if args.json else summary)
+    return 0
+
+
+# -- run ----------------------------------------------------------------------------------------
+
+
+def _run_args(parser):
+    _model_arg(parser)
+    parser.add_argument("--batch", type=int, default=1)
+    _engine_args(parser)
+    parser.add_argument("--plan", help="a plan file from `convengine tune` fixing each layer's backend")
+    parser.add_argument("--force", action="store_true", help="use a plan tuned on other hardware")
+    parser.add_argument("--repeat", type=int, default=5, help="timed whole-model runs (median reported)")
+
+
+@command("run", "run a model, printing each layer's backend and time and the whole-model time", _run_args)
+def _run(args) -> int:
+    from .cli import _backends
+    from .graph.plan import Plan
+
+    if args.batch < 1:
+        raise ValueError(f"--batch must be at least 1, got {args.batch}")
+    print("backends on this machine:")
+    _backends(argparse.Namespace(json=False))
+    engine = _engine(args)
+    graph = load_model(args.model)
+    plan = Plan.load(args.plan, graph, force=args.force, backends=engine.registry.names()) if args.plan else None
+    from .graph.executor import CompiledGraph
+
+    start = time.perf_counter()
+    compiled = CompiledGraph(graph, engine, plan=plan, progress=True)
+    x = _input(graph, args.batch)
+    compiled.run(x)  # warm-up: JIT compilation, per-batch preparation
+    prepare_s = time.perf_counter() - start
+    per_layer: dict[str, list[float]] = {}
+    totals = []
+    for _ in range(max(1, args.repeat)):
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        y = compiled.run(x, timings=timings)
+        totals.append(time.perf_counter() - t0)
+        for name, seconds in timings.items():
+            per_layer.setdefault(name, []).append(seconds)
+    summary = graph.summary(input_shape=x.shape)
+    backends = compiled.layer_backends_for(args.batch)
+    print()
+    rows = [("layer", "op", "output shape", "backend", "median ms", "GMAC/s")]
+    for row in summary.layers:
+        if row.name not in per_layer:
+            continue  # folded into the preceding convolution
+        median = float(np.median(per_layer[row.name]))
+        rate = f"{row.macs / median / 1e9:.1f}" if row.macs and median > 0 else ""
+        rows.append((row.name, row.op, "x".join(map(str, row.output_shape)), backends.get(row.name, "-"),
+                     f"{median * 1e3:.3f}", rate))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    outputs = y if isinstance(y, dict) else {graph.outputs[0]: y}
+    print()
+    print(f"model {graph.name}, batch {args.batch}, policy {engine.policy if not args.plan else 'plan ' + args.plan}")
+    print(f"prepare + first run (incl. JIT compilation): {prepare_s:.2f} s")
+    print(f"whole model: median {np.median(totals) * 1e3:.2f} ms over {len(totals)} runs "
+          f"({summary.total_macs / 1e9:.2f} GMACs, {summary.total_macs / np.median(totals) / 1e9:.1f} GMAC/s)")
+    for name, value in outputs.items():
+        print(f"output {name}: shape {value.shape}, dtype {value.dtype}, finite {bool(np.isfinite(value).all())}")
+    return 0
+
+
+# -- tune ---------------------------------------------------------------------------------------
+
+
+def _tune_args(parser):
+    _model_arg(parser)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--output", "-o", help="plan file to write (default: MODEL-plan.json)")
+    parser.add_argument("--budget", type=float, default=1.0, help="seconds of measurement per layer")
+    parser.add_argument("--max-rel-error", type=float, help="accuracy budget; e.g. 1e-6 keeps lossy backends out")
+
+
+@command("tune", "measure every backend on each layer of a model and write the plan", _tune_args)
+def _tune(args) -> int:
+    from .engine import Engine
+    from .graph.executor import CompiledGraph
+    from .graph.plan import Plan
+
+    graph = load_model(args.model)
+    engine = Engine(policy="tune", max_rel_error=args.max_rel_error, tune_budget_s=args.budget)
+    compiled = CompiledGraph(graph, engine, progress=True, batch=args.batch)
+    plan = Plan.from_compiled(compiled)
+    output = args.output or f"{os.path.splitext(os.path.basename(args.model))[0]}-plan.json"
+    plan.save(output)
+    counts: dict[str, int] = {}
+    for backend in plan.layers.values():
+        counts[backend] = counts.get(backend, 0) + 1
+    print(f"tuned {len(plan.layers)} convolutions of {graph.name} at batch {args.batch}: "
+          + ", ".join(f"{b} x{n}" for b, n in sorted(counts.items())))
+    print(f"plan written to {output}")
+    return 0

@@ -1,0 +1,7 @@
+"""The graph executor: an IR for CNNs, shape inference, per-layer backend choice, execution."""
+
+from .builder import GraphBuilder
+from .executor import CompiledGraph
+from .ir import Graph, GraphError, Node, TensorSpec
+
+__all__ = ["CompiledGraph", "Graph", "GraphBuilder", "GraphError", "Node", "TensorSpec"]

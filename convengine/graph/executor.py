@@ -1,0 +1,171 @@
+"""Running a graph: prepare every layer once, then execute nodes in order, freeing as we go.
+
+Convolutions go through the engine (``Engine.prepare``), which picks a backend per layer
+under its policy; this module knows no backend. Batch normalisation that directly follows a
+convolution is folded into that convolution's weights and bias at compile time (unless
+``fold_batchnorm=False``). Each intermediate tensor is dropped as soon as its last
+consumer has run, so peak memory follows the widest point of the graph, not its length.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from ..engine import default_engine
+from .ir import Graph, GraphError, Node
+from .ops import OPS, conv_problem_args
+
+
+@dataclass
+class Step:
+    node: Node
+    conv: Any = None  # PreparedConv for Conv nodes
+    inputs: list[str] = field(default_factory=list)
+    release: list[str] = field(default_factory=list)  # tensors whose last consumer is this step
+
+
+class CompiledGraph:
+    """A graph with every convolution prepared; ``run`` may be called many times."""
+
+    def __init__(self, graph: Graph, engine=None, *, fold_batchnorm: bool = True, plan=None, progress: bool = False,
+                 batch: int = 1):
+        self.graph = graph
+        self.batch = batch
+        self.engine = engine or default_engine()
+        self.plan = plan
+        self.steps: list[Step] = []
+        layers = dict(plan.layers) if plan is not None else {}
+        folded = _foldable_batchnorms(graph) if fold_batchnorm else {}
+        skipped = {bn.name for _, bn in folded.values()}
+        nodes = [n for n in graph.nodes if n.name not in skipped]
+        iterator = nodes
+        if progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(nodes, desc=f"preparing {graph.name}", unit="layer", leave=False)
+        for node in iterator:
+            step = Step(node=node, inputs=[name for name in node.inputs if name])
+            if node.op == "Conv":
+                step.conv = self._prepare_conv(node, folded.get(node.name), layers.get(node.name))
+                step.inputs = [node.inputs[0]]
+                outputs = folded[node.name][1].outputs if node.name in folded else node.outputs
+                step.node = Node(node.name, node.op, node.inputs, outputs, node.attrs)
+            self.steps.append(step)
+        self._plan_releases()
+
+    # -- preparation -------------------------------------------------------------------------
+    def _prepare_conv(self, node: Node, fold, backend: Optional[str]):
+        params = self.graph.params
+        weight = params[node.inputs[1]]
+        bias = params[node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] else None
+        if fold is not None:
+            weight, bias = _fold(weight, bias, fold[1], params)
+        x_shape = self.graph.shapes[node.inputs[0]]
+        try:
+            return self.engine.prepare(weight, bias, input_shape=(self.batch,) + tuple(x_shape[1:]), backend=backend,
+                                       **conv_problem_args(node))
+        except (ValueError, TypeError) as exc:
+            raise GraphError(f"node {node.name!r} (Conv): {exc}") from exc
+
+    def _plan_releases(self) -> None:
+        last_use: dict[str, int] = {}
+        for i, step in enumerate(self.steps):
+            for name in step.inputs:
+                last_use[name] = i
+        keep = set(self.graph.outputs) | set(self.graph.params)
+        for name, i in last_use.items():
+            if name not in keep:
+                self.steps[i].release.append(name)
+
+    @property
+    def layer_backends(self) -> dict[str, str]:
+        """``{conv node name: backend}`` for the batch size given at preparation."""
+        return self.layer_backends_for(self.batch)
+
+    def layer_backends_for(self, batch: int) -> dict[str, str]:
+        return {s.node.name: s.conv.backend_for(batch) for s in self.steps if s.conv is not None}
+
+    # -- execution ---------------------------------------------------------------------------
+    def run(self, inputs, *, timings: Optional[dict] = None):
+        """Outputs for ``inputs`` (an array, or ``{name: array}``): one array, or a dict if several.
+
+        ``timings``, when given, receives ``{node name: seconds}`` for every step.
+        """
+        env = self._bind_inputs(inputs)
+        params = self.graph.params
+        for step in self.steps:
+            start = time.perf_counter() if timings is not None else 0.0
+            if step.conv is not None:
+                outputs = [step.conv(env[step.inputs[0]])]
+            else:
+                node = step.node
+                args = [(env[n] if n in env else params[n]) if n else None for n in node.inputs]
+                outputs = OPS[node.op].run(node, args)
+            for name, value in zip(step.node.outputs, outputs):
+                env[name] = value
+            for name in step.release:
+                env.pop(name, None)
+            if timings is not None:
+                timings[step.node.name] = time.perf_counter() - start
+        results = {name: env[name] for name in self.graph.outputs}
+        return results[self.graph.outputs[0]] if len(results) == 1 else results
+
+    def _bind_inputs(self, inputs) -> dict[str, np.ndarray]:
+        specs = {s.name: s for s in self.graph.inputs}
+        if not isinstance(inputs, dict):
+            if len(specs) != 1:
+                raise GraphError(f"graph {self.graph.name!r} has inputs {sorted(specs)}; pass a dict {{name: array}}")
+            inputs = {next(iter(specs)): inputs}
+        unknown = sorted(set(inputs) - set(specs))
+        missing = sorted(set(specs) - set(inputs))
+        if unknown or missing:
+            raise GraphError(f"graph {self.graph.name!r} inputs: unknown {unknown}, missing {missing}; expected {sorted(specs)}")
+        env = {}
+        batch = None
+        for name, value in inputs.items():
+            spec = specs[name]
+            array = np.asarray(value)
+            expected = "(" + ", ".join("N" if d is None else str(d) for d in spec.shape) + ")"
+            if array.dtype.name != spec.dtype:
+                raise GraphError(f"input {name!r} must be {spec.dtype}, got {array.dtype}")
+            if array.ndim != len(spec.shape) or any(d is not None and d != a for d, a in zip(spec.shape, array.shape)):
+                raise GraphError(f"input {name!r} must have shape {expected}, got {array.shape}")
+            if batch is not None and array.shape[0] != batch:
+                raise GraphError(f"inputs disagree on the batch size ({batch} vs {array.shape[0]} for {name!r})")
+            batch = array.shape[0]
+            env[name] = np.ascontiguousarray(array)
+        return env
+
+
+# -- batch-norm folding --------------------------------------------------------------------------
+
+
+def _foldable_batchnorms(graph: Graph) -> dict[str, tuple[Node, Node]]:
+    """``{conv name: (conv, bn)}`` for BatchNormalization nodes that alone consume a Conv's output."""
+    consumers: dict[str, list[Node]] = {}
+    for node in graph.nodes:
+        for name in node.inputs:
+            consumers.setdefault(name, []).append(node)
+    folds = {}
+    for node in graph.nodes:
+        if node.op != "Conv":
+            continue
+        users = consumers.get(node.outputs[0], [])
+        if (len(users) == 1 and users[0].op == "BatchNormalization" and node.outputs[0] not in graph.outputs
+                and all(name in graph.params for name in users[0].inputs[1:5])):
+            folds[node.name] = (node, users[0])
+    return folds
+
+
+def _fold(weight: np.ndarray, bias: Optional[np.ndarray], bn: Node, params) -> tuple[np.ndarray, np.ndarray]:
+    """Conv followed by BN == conv with weight * s and bias (b - mean) * s + beta, s = gamma / sqrt(var + eps)."""
+    gamma, beta, mean, var = (params[name].astype(np.float64) for name in bn.inputs[1:5])
+    scale = gamma / np.sqrt(var + bn.attrs.get("epsilon", 1e-5))
+    b = np.zeros_like(mean) if bias is None else bias.astype(np.float64)
+    new_weight = (weight.astype(np.float64) * scale[:, None, None, None]).astype(weight.dtype)
+    new_bias = ((b - mean) * scale + beta).astype(weight.dtype)
+    return new_weight, new_bias

@@ -1,0 +1,119 @@
+"""The graph IR: named tensors flowing through operator nodes.
+
+Operators and their attributes follow ONNX names and semantics (``Conv``, ``Gemm``,
+``MaxPool`` with ``pads``...), so an ONNX file maps onto the IR one node at a time and the
+model zoo speaks the same vocabulary. Parameters (weights) live in ``Graph.params`` under
+PyTorch ``state_dict`` names. The batch dimension of graph inputs is free (``None``);
+every other dimension is fixed, so shapes can be inferred once, at construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input: name, shape (``None`` marks the free batch dimension) and dtype."""
+
+    name: str
+    shape: tuple[Optional[int], ...]
+    dtype: str = "float32"
+
+
+@dataclass
+class Node:
+    """One operator application. ``inputs`` name activations or parameters; ``""`` is an omitted optional input."""
+
+    name: str
+    op: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+class GraphError(ValueError):
+    """The graph, its weights, or an input given to it is not what it must be."""
+
+
+@dataclass
+class Graph:
+    """A CNN as an ordered list of nodes (topologically sorted at construction)."""
+
+    name: str
+    inputs: list[TensorSpec]
+    outputs: list[str]
+    nodes: list[Node]
+    params: dict[str, np.ndarray]
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # inferred, batch dimension as 1
+
+    def __post_init__(self):
+        from .shapes import infer_shapes
+
+        self.nodes = _topological(self.nodes, {s.name for s in self.inputs} | set(self.params))
+        self.shapes = infer_shapes(self)
+        self._compiled = None
+
+    # -- execution ---------------------------------------------------------------------------
+    def compile(self, engine=None, *, fold_batchnorm: bool = True, plan=None):
+        """Prepare every layer (backend choice, weight packing) once; returns an executable graph."""
+        from .executor import CompiledGraph
+
+        self._compiled = CompiledGraph(self, engine=engine, fold_batchnorm=fold_batchnorm, plan=plan)
+        return self._compiled
+
+    def run(self, inputs):
+        """Run on one array (single-input graphs) or ``{input name: array}``; compiles on first use."""
+        if self._compiled is None:
+            self.compile()
+        return self._compiled.run(inputs)
+
+    def summary(self, input_shape=None):
+        """Per-layer rows (name, op, output shape, parameters, MACs, backend) and totals."""
+        from .summary import summarize
+
+        return summarize(self, self._compiled, input_shape)
+
+    # -- weights -----------------------------------------------------------------------------
+    def save_weights(self, path) -> None:
+        from .weights import save_weights
+
+        save_weights(self, path)
+
+    def load_weights(self, path) -> None:
+        from .weights import load_weights
+
+        load_weights(self, path)
+        self._compiled = None  # packed weights are stale
+
+
+def _topological(nodes: list[Node], available: set[str]) -> list[Node]:
+    """Order nodes so each runs after the producers of its inputs (stable for sorted input)."""
+    produced_by = {}
+    for node in nodes:
+        for out in node.outputs:
+            if out in produced_by:
+                raise GraphError(f"tensor {out!r} is produced by both {produced_by[out].name!r} and {node.name!r}")
+            produced_by[out] = node
+    ordered, done, visiting = [], set(available), set()
+
+    def visit(node: Node) -> None:
+        if node.name in visiting:
+            raise GraphError(f"graph has a cycle through node {node.name!r}")
+        visiting.add(node.name)
+        for name in node.inputs:
+            if name and name not in done:
+                if name not in produced_by:
+                    raise GraphError(f"node {node.name!r} ({node.op}) reads {name!r}, which nothing produces")
+                visit(produced_by[name])
+        visiting.discard(node.name)
+        if not all(out in done for out in node.outputs):
+            ordered.append(node)
+            done.update(node.outputs)
+
+    for node in nodes:
+        visit(node)
+    return ordered

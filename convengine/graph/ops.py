@@ -1,0 +1,382 @@
+"""Operators other than convolution: shape rules and numpy kernels, with ONNX semantics.
+
+Each operator is an :class:`Op` with ``infer(node, shapes) -> output shapes`` and
+``run(node, arrays) -> output arrays``. Convolution is listed too (for its shape rule) but
+runs through the engine, which is the executor's business, not this module's.
+Spatial attributes use ONNX's conventions: ``pads = [top, left, bottom, right]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from .ir import GraphError, Node
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Op:
+    infer: Callable[[Node, list[Shape]], list[Shape]]
+    run: Callable[[Node, list[np.ndarray]], list[np.ndarray]]
+
+
+OPS: dict[str, Op] = {}
+
+
+def op(name: str, infer):
+    def register(run):
+        OPS[name] = Op(infer, run)
+        return run
+
+    return register
+
+
+def _same(node, shapes):
+    return [shapes[0]]
+
+
+# -- convolution (shape only; runs through the engine) -------------------------------------------
+
+
+def conv_problem_args(node: Node) -> dict:
+    """Engine keyword arguments for a Conv node (ONNX pads -> (top, bottom, left, right))."""
+    top, left, bottom, right = node.attrs.get("pads", (0, 0, 0, 0))
+    return dict(stride=tuple(node.attrs.get("strides", (1, 1))), padding=(top, bottom, left, right),
+                dilation=tuple(node.attrs.get("dilations", (1, 1))), groups=int(node.attrs.get("group", 1)))
+
+
+def _conv_infer(node, shapes):
+    from ..problem import ConvProblem
+
+    x, w = shapes[0], shapes[1]
+    try:
+        problem = ConvProblem.from_shapes(x, w, **conv_problem_args(node))
+    except (ValueError, TypeError) as exc:
+        raise GraphError(f"node {node.name!r} (Conv): {exc}") from None
+    return [problem.output_shape]
+
+
+OPS["Conv"] = Op(_conv_infer, None)
+
+
+# -- normalisation -------------------------------------------------------------------------------
+
+
+@op("BatchNormalization", _same)
+def _batchnorm(node, arrays):
+    x, scale, bias, mean, var = arrays[:5]
+    factor = scale / np.sqrt(var + node.attrs.get("epsilon", 1e-5))
+    shift = bias - mean * factor
+    view = (1, -1) + (1,) * (x.ndim - 2)
+    return [(x * factor.reshape(view) + shift.reshape(view)).astype(x.dtype, copy=False)]
+
+
+@op("LRN", _same)
+def _lrn(node, arrays):
+    x = arrays[0]
+    size = int(node.attrs["size"])
+    alpha, beta, bias = node.attrs.get("alpha", 1e-4), node.attrs.get("beta", 0.75), node.attrs.get("bias", 1.0)
+    squared = np.square(x)
+    before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
+    padded = np.pad(squared, [(0, 0), (before, after)] + [(0, 0)] * (x.ndim - 2))
+    window = sum(padded[:, i:i + x.shape[1]] for i in range(size))
+    return [(x / (bias + alpha / size * window) ** beta).astype(x.dtype, copy=False)]
+
+
+# -- activations ---------------------------------------------------------------------------------
+
+
+@op("Relu", _same)
+def _relu(node, arrays):
+    return [np.maximum(arrays[0], 0)]
+
+
+@op("Sigmoid", _same)
+def _sigmoid(node, arrays):
+    x = arrays[0]
+    return [(1 / (1 + np.exp(-x))).astype(x.dtype, copy=False)]
+
+
+@op("Tanh", _same)
+def _tanh(node, arrays):
+    return [np.tanh(arrays[0])]
+
+
+@op("LeakyRelu", _same)
+def _leaky_relu(node, arrays):
+    x = arrays[0]
+    return [np.where(x >= 0, x, x * x.dtype.type(node.attrs.get("alpha", 0.01)))]
+
+
+@op("Clip", _same)
+def _clip(node, arrays):
+    x = arrays[0]
+    low, high = node.attrs.get("min", -np.inf), node.attrs.get("max", np.inf)
+    return [np.clip(x, x.dtype.type(low), x.dtype.type(high))]
+
+
+@op("Softmax", _same)
+def _softmax(node, arrays):
+    x = arrays[0]
+    axis = node.attrs.get("axis", -1)
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return [e / e.sum(axis=axis, keepdims=True)]
+
+
+@op("Dropout", _same)
+def _dropout(node, arrays):  # inference: identity
+    return [arrays[0]]
+
+
+@op("Identity", _same)
+def _identity(node, arrays):
+    return [arrays[0]]
+
+
+# -- pooling -------------------------------------------------------------------------------------
+
+
+def _pool_geometry(node: Node, shape: Shape):
+    """Per spatial axis: (kernel, stride, pad_begin, pad_end incl. ceil-mode extension, out size)."""
+    kernel = node.attrs["kernel_shape"]
+    strides = node.attrs.get("strides", (1,) * len(kernel))
+    dilations = node.attrs.get("dilations", (1,) * len(kernel))
+    pads = node.attrs.get("pads", (0,) * (2 * len(kernel)))
+    ceil = bool(node.attrs.get("ceil_mode", 0))
+    geometry = []
+    for axis, (k, s, d) in enumerate(zip(kernel, strides, dilations)):
+        size = shape[2 + axis]
+        begin, end = pads[axis], pads[axis + len(kernel)]
+        span = (k - 1) * d + 1
+        room = size + begin + end - span
+        if room < 0:
+            raise GraphError(f"node {node.name!r} ({node.op}): window {span} larger than padded input {size + begin + end}")
+        out = (math.ceil(room / s) if ceil else room // s) + 1
+        if ceil and (out - 1) * s >= size + begin:  # last window would start in the padding only
+            out -= 1
+        extra = max(0, (out - 1) * s + span - (size + begin + end))
+        geometry.append((k, s, d, begin, end + extra, end, out))
+    return geometry
+
+
+def _pool_infer(node, shapes):
+    shape = shapes[0]
+    if len(shape) != 4:
+        raise GraphError(f"node {node.name!r} ({node.op}) needs a 4-D NCHW input, got shape {shape}")
+    return [shape[:2] + tuple(g[-1] for g in _pool_geometry(node, shape))]
+
+
+def _windows(padded: np.ndarray, geometry) -> np.ndarray:
+    """A (N, C, out_h, out_w, kh, kw) strided view of pooling windows."""
+    (kh, sh, dh, *_, oh), (kw, sw, dw, *_, ow) = geometry
+    n, c, _, _ = padded.shape
+    s0, s1, s2, s3 = padded.strides
+    return as_strided(padded, (n, c, oh, ow, kh, kw), (s0, s1, s2 * sh, s3 * sw, s2 * dh, s3 * dw), writeable=False)
+
+
+def _pad_for_pool(x, geometry, value):
+    (_, _, _, top, bottom, _, _), (_, _, _, left, right, _, _) = geometry
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
+
+
+@op("MaxPool", _pool_infer)
+def _maxpool(node, arrays):
+    x = arrays[0]
+    geometry = _pool_geometry(node, x.shape)
+    return [_windows(_pad_for_pool(x, geometry, -np.inf), geometry).max(axis=(4, 5))]
+
+
+@op("AveragePool", _pool_infer)
+def _avgpool(node, arrays):
+    x = arrays[0]
+    geometry = _pool_geometry(node, x.shape)
+    total = _windows(_pad_for_pool(x, geometry, 0), geometry).sum(axis=(4, 5))
+    # Divisor: elements of each window inside the input, or inside input + explicit pads with
+    # count_include_pad; never the ceil-mode extension (PyTorch and ONNX agree on this).
+    (_, _, _, top, bottom, pad_bottom, _), (_, _, _, left, right, pad_right, _) = geometry
+    ones = np.ones((1, 1) + x.shape[2:], x.dtype)
+    if node.attrs.get("count_include_pad", 0):
+        ones = np.pad(ones, ((0, 0), (0, 0), (top, pad_bottom), (left, pad_right)), constant_values=1)
+        ones = np.pad(ones, ((0, 0), (0, 0), (0, bottom - pad_bottom), (0, right - pad_right)))
+    else:
+        ones = np.pad(ones, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    count = _windows(ones, geometry).sum(axis=(4, 5))
+    return [(total / count).astype(x.dtype, copy=False)]
+
+
+@op("GlobalAveragePool", lambda node, shapes: [shapes[0][:2] + (1,) * (len(shapes[0]) - 2)])
+def _global_avgpool(node, arrays):
+    x = arrays[0]
+    return [x.mean(axis=tuple(range(2, x.ndim)), keepdims=True)]
+
+
+@op("GlobalMaxPool", lambda node, shapes: [shapes[0][:2] + (1,) * (len(shapes[0]) - 2)])
+def _global_maxpool(node, arrays):
+    x = arrays[0]
+    return [x.max(axis=tuple(range(2, x.ndim)), keepdims=True)]
+
+
+# -- dense ---------------------------------------------------------------------------------------
+
+
+def _gemm_infer(node, shapes):
+    a, b = shapes[0], shapes[1]
+    if len(a) != 2 or len(b) != 2:
+        raise GraphError(f"node {node.name!r} (Gemm) needs 2-D inputs, got {a} and {b}")
+    m, k = a[::-1] if node.attrs.get("transA", 0) else a
+    k2, n = b[::-1] if node.attrs.get("transB", 0) else b
+    if k != k2:
+        raise GraphError(f"node {node.name!r} (Gemm): inner dimensions differ ({k} vs {k2}); input shape {a}, weight {b}")
+    return [(m, n)]
+
+
+@op("Gemm", _gemm_infer)
+def _gemm(node, arrays):
+    a, b = arrays[0], arrays[1]
+    a = a.T if node.attrs.get("transA", 0) else a
+    b = b.T if node.attrs.get("transB", 0) else b
+    y = np.matmul(a, b)
+    alpha, beta = node.attrs.get("alpha", 1.0), node.attrs.get("beta", 1.0)
+    if alpha != 1.0:
+        y *= y.dtype.type(alpha)
+    if len(arrays) > 2 and arrays[2] is not None:
+        y += arrays[2] * y.dtype.type(beta)
+    return [y]
+
+
+def _matmul_infer(node, shapes):
+    return [np.broadcast_shapes(shapes[0][:-2], shapes[1][:-2]) + (shapes[0][-2], shapes[1][-1])]
+
+
+@op("MatMul", _matmul_infer)
+def _matmul(node, arrays):
+    return [np.matmul(arrays[0], arrays[1])]
+
+
+# -- elementwise and structure -------------------------------------------------------------------
+
+
+def _broadcast(node, shapes):
+    try:
+        return [np.broadcast_shapes(*shapes)]
+    except ValueError:
+        raise GraphError(f"node {node.name!r} ({node.op}): shapes {shapes} do not broadcast") from None
+
+
+@op("Add", _broadcast)
+def _add(node, arrays):
+    return [arrays[0] + arrays[1]]
+
+
+@op("Sum", _broadcast)
+def _sum(node, arrays):
+    total = arrays[0]
+    for a in arrays[1:]:
+        total = total + a
+    return [total]
+
+
+@op("Mul", _broadcast)
+def _mul(node, arrays):
+    return [arrays[0] * arrays[1]]
+
+
+def _concat_infer(node, shapes):
+    axis = node.attrs.get("axis", 1) % len(shapes[0])
+    for s in shapes[1:]:
+        if len(s) != len(shapes[0]) or any(a != b for i, (a, b) in enumerate(zip(s, shapes[0])) if i != axis):
+            raise GraphError(f"node {node.name!r} (Concat): shapes {shapes} differ off axis {axis}")
+    out = list(shapes[0])
+    out[axis] = sum(s[axis] for s in shapes)
+    return [tuple(out)]
+
+
+@op("Concat", _concat_infer)
+def _concat(node, arrays):
+    return [np.concatenate(arrays, axis=node.attrs.get("axis", 1))]
+
+
+def _flatten_infer(node, shapes):
+    shape = shapes[0]
+    axis = node.attrs.get("axis", 1) % (len(shape) + 1) if shape else 0
+    return [(math.prod(shape[:axis]), math.prod(shape[axis:]))]
+
+
+@op("Flatten", _flatten_infer)
+def _flatten(node, arrays):
+    x = arrays[0]
+    axis = node.attrs.get("axis", 1) % (x.ndim + 1)
+    return [x.reshape(math.prod(x.shape[:axis]), -1)]
+
+
+def _reshape_target(node, shape: Shape) -> Shape:
+    target = list(node.attrs["shape"])
+    target = [shape[i] if d == 0 else d for i, d in enumerate(target)]
+    if -1 in target:
+        known = math.prod(d for d in target if d != -1)
+        target[target.index(-1)] = math.prod(shape) // known if known else 0
+    if math.prod(target) != math.prod(shape):
+        raise GraphError(f"node {node.name!r} (Reshape): cannot reshape {shape} to {node.attrs['shape']}")
+    return tuple(target)
+
+
+@op("Reshape", lambda node, shapes: [_reshape_target(node, shapes[0])])
+def _reshape(node, arrays):
+    x = arrays[0]
+    return [x.reshape(_reshape_target(node, x.shape))]
+
+
+def _transpose_perm(node, ndim):
+    return node.attrs.get("perm") or tuple(reversed(range(ndim)))
+
+
+@op("Transpose", lambda node, shapes: [tuple(shapes[0][p] for p in _transpose_perm(node, len(shapes[0])))])
+def _transpose(node, arrays):
+    return [np.ascontiguousarray(arrays[0].transpose(_transpose_perm(node, arrays[0].ndim)))]
+
+
+def _squeeze_shape(node, shape):
+    axes = node.attrs.get("axes")
+    if axes is None:
+        return tuple(d for d in shape if d != 1)
+    axes = {a % len(shape) for a in axes}
+    return tuple(d for i, d in enumerate(shape) if i not in axes)
+
+
+@op("Squeeze", lambda node, shapes: [_squeeze_shape(node, shapes[0])])
+def _squeeze(node, arrays):
+    return [arrays[0].reshape(_squeeze_shape(node, arrays[0].shape))]
+
+
+def _unsqueeze_shape(node, shape):
+    out = list(shape)
+    rank = len(shape) + len(node.attrs["axes"])
+    for axis in sorted(a % rank for a in node.attrs["axes"]):
+        out.insert(axis, 1)
+    return tuple(out)
+
+
+@op("Unsqueeze", lambda node, shapes: [_unsqueeze_shape(node, shapes[0])])
+def _unsqueeze(node, arrays):
+    return [arrays[0].reshape(_unsqueeze_shape(node, arrays[0].shape))]
+
+
+def _pad_infer(node, shapes):
+    shape, pads = shapes[0], node.attrs["pads"]
+    return [tuple(d + pads[i] + pads[i + len(shape)] for i, d in enumerate(shape))]
+
+
+@op("Pad", _pad_infer)
+def _pad(node, arrays):
+    x, pads = arrays[0], node.attrs["pads"]
+    mode = node.attrs.get("mode", "constant")
+    widths = [(pads[i], pads[i + x.ndim]) for i in range(x.ndim)]
+    if mode == "constant":
+        return [np.pad(x, widths, constant_values=node.attrs.get("value", 0.0))]
+    return [np.pad(x, widths, mode={"reflect": "reflect", "edge": "edge"}[mode])]
