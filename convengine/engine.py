@@ -32,6 +32,8 @@ def _as_array(value, name: str) -> np.ndarray:
     array = np.asarray(value)
     if array.dtype.name not in SUPPORTED_DTYPES:
         raise TypeError(f"{name} must be a float32 or float64 array, got dtype {array.dtype}")
+    if not array.dtype.isnative:  # backends are promised native-endian data
+        array = array.astype(array.dtype.newbyteorder("="))
     return array
 
 
@@ -98,7 +100,8 @@ class PreparedConv:
         if x.dtype.name != self.problem.dtype:
             raise TypeError(f"input dtype {x.dtype} does not match the prepared dtype {self.problem.dtype}")
         problem = self.problem.with_batch(x.shape[0])
-        if problem.batch == 0:
+        if problem.batch == 0:  # nothing to compute, but the backend request must still be valid
+            self.engine.select(problem, self._backend)
             return np.empty(problem.output_shape, problem.dtype)
         decision, execute = self._executor(problem.batch)
         try:

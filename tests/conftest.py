@@ -1,0 +1,128 @@
+"""Shared test helpers: the available backends, their tolerances, and the hypothesis profile.
+
+The suite runs unchanged on a machine with an NVIDIA GPU and on one without, where CI sets
+``NUMBA_ENABLE_CUDASIM=1`` so that the ``cuda`` backend runs on Numba's CUDA simulator (one
+Python thread per GPU thread: correct but very slow). Tests ask :func:`is_cuda_simulator`
+and shrink their shapes for it; on a real GPU the same tests run at full size.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import convengine as ce
+from convengine.backend import ERROR_BOUNDS, EXACT, LOSSY
+from convengine.engine import ENV_BACKEND
+from convengine.plugins import default_registry
+from convengine.problem import ConvProblem
+
+try:  # hypothesis is a test extra; files that do not use it must still run without it
+    from hypothesis import HealthCheck, settings
+except ImportError:  # pragma: no cover
+    settings = None
+
+if settings is not None:
+    settings.register_profile(
+        "ci",
+        deadline=None,  # Numba compiles on first use; the simulator is slow: timing is not under test
+        derandomize=True,  # the same examples on every run and machine
+        database=None,  # nothing written into the checkout
+        max_examples=25,
+        suppress_health_check=[HealthCheck.too_slow],
+        print_blob=True,
+    )
+    # A longer local run: HYPOTHESIS_PROFILE=thorough python -m pytest tests/test_conv2d_property.py
+    settings.register_profile("thorough", parent=settings.get_profile("ci"), derandomize=False, max_examples=500)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# -- backends ---------------------------------------------------------------------------------
+
+#: Every backend that can run on this machine, as ``list_backends`` reports it at collection.
+AVAILABLE_BACKENDS = tuple(info for info in ce.list_backends() if info.available)
+AVAILABLE_BACKEND_NAMES = tuple(info.name for info in AVAILABLE_BACKENDS)
+
+
+def backend_info(name: str) -> ce.BackendInfo:
+    """The :class:`convengine.BackendInfo` of an available backend."""
+    for info in AVAILABLE_BACKENDS:
+        if info.name == name:
+            return info
+    raise KeyError(f"{name!r} is not an available backend; available: {AVAILABLE_BACKEND_NAMES}")
+
+
+def backend_object(name: str):
+    """The registered backend object itself (for ``supports`` and ``error_bound``)."""
+    return default_registry().get(name).backend
+
+
+def is_cuda_simulator(name: str) -> bool:
+    """True when ``name`` is a CUDA backend running on Numba's simulator (tiny shapes only)."""
+    if backend_info(name).device != "cuda":
+        return False
+    import numba  # imported here: only CUDA backends need it
+
+    return bool(numba.config.ENABLE_CUDASIM)
+
+
+def is_lossy(name: str) -> bool:
+    return backend_info(name).numerical_class == LOSSY
+
+
+#: Normwise relative error (``relative_error``) tests accept, by numerical class and dtype:
+#: a margin above the class's documented ``ERROR_BOUNDS``.
+REL_TOLERANCE = {
+    EXACT: {"float32": 1e-5, "float64": 1e-12},
+    LOSSY: {"float32": 1e-3, "float64": 1e-10},
+}
+assert set(REL_TOLERANCE) == set(ERROR_BOUNDS), "a numerical class without a test tolerance"
+
+
+def tolerance(name: str, dtype) -> float:
+    """Normwise relative error allowed for backend ``name`` on ``dtype`` data.
+
+    The table entry for the backend's numerical class; a backend that documents a looser
+    bound of its own (``error_bound``, e.g. a GPU backend using TF32) gets ten times that.
+    """
+    numerical_class = backend_info(name).numerical_class
+    if numerical_class not in REL_TOLERANCE:
+        raise AssertionError(f"backend {name!r} has numerical class {numerical_class!r}, which has no tolerance")
+    dtype = np.dtype(dtype).name
+    declared = float(backend_object(name).error_bound(dtype))
+    return max(REL_TOLERANCE[numerical_class][dtype], 10 * declared)
+
+
+def unsupported_reason(name: str, x_shape, w_shape, *, dtype, bias: bool = False, **params):
+    """Why backend ``name`` declines this problem (its ``supports``), or ``None`` if it runs it.
+
+    Built-in backends support every problem; plugins (e.g. Winograd: 3x3, stride 1 only) may not.
+    """
+    x_shape = tuple(x_shape)
+    if len(x_shape) == 3:
+        x_shape = (1, *x_shape)
+    problem = ConvProblem.from_shapes(x_shape, tuple(w_shape), bias=bias, dtype=dtype, **params)
+    return backend_object(name).supports(problem)
+
+
+def skip_if_unsupported(name: str, x, w, bias=None, **params) -> None:
+    reason = unsupported_reason(name, np.shape(x), np.shape(w), dtype=np.asarray(x).dtype, bias=bias is not None,
+                                **params)
+    if reason:
+        pytest.skip(f"backend {name!r} does not support this problem: {reason}")
+
+
+@pytest.fixture(params=AVAILABLE_BACKEND_NAMES, ids=AVAILABLE_BACKEND_NAMES, scope="session")
+def backend_name(request) -> str:
+    """Each available backend's name in turn (session scope, so hypothesis tests may use it)."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def no_forced_backend():
+    """Unset ``CONVENGINE_BACKEND`` for a module, so that ``backend=`` really picks the backend."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv(ENV_BACKEND, raising=False)
+        yield
