@@ -94,9 +94,10 @@ class Registry:
             self._record_failed_plugin(name, reason)
 
     @classmethod
-    def load(cls, extra_plugins: Iterable[object] = (), load_entry_points: bool = True) -> "Registry":
+    def load(cls, extra_plugins: Iterable[object] = (), load_entry_points: bool = True,
+             builtins: bool = True) -> "Registry":
         """Built-ins, the allowed entry-point plugins and ``extra_plugins`` (tests use this)."""
-        return cls(*create_plugin_manager(extra_plugins, load_entry_points))
+        return cls(*create_plugin_manager(extra_plugins, load_entry_points, builtins))
 
     # -- collection ------------------------------------------------------------------------
     def _collect(self) -> None:
@@ -181,7 +182,7 @@ def _allowed_plugins() -> Optional[set[str]]:
 
 
 def create_plugin_manager(
-    extra_plugins: Iterable[object] = (), load_entry_points: bool = True
+    extra_plugins: Iterable[object] = (), load_entry_points: bool = True, builtins: bool = True
 ) -> tuple[pluggy.PluginManager, dict[str, str]]:
     """A plugin manager with the built-ins, the allowed entry-point plugins and ``extra_plugins``.
 
@@ -191,7 +192,7 @@ def create_plugin_manager(
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     failures: dict[str, str] = {}
-    for module_name in BUILTIN_PLUGINS:
+    for module_name in BUILTIN_PLUGINS if builtins else ():
         pm.register(importlib.import_module(module_name), name=module_name)
     if load_entry_points:
         allowed = _allowed_plugins()
