@@ -1,0 +1,77 @@
+"""The executor: input transform (Numba), 16 batched GEMMs (numpy/BLAS), output transform (Numba).
+
+Imported by :meth:`WinogradBackend.prepare`, never at plugin load, because it imports Numba.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import kernels
+
+try:  # the host's one thread setting for Numba and BLAS pools
+    from convengine.threads import apply_blas_threads, numba_threads
+except ImportError:  # pragma: no cover - an older convengine without the helpers: use the pools as they are
+    def apply_blas_threads() -> None:
+        return None
+
+    def numba_threads() -> int:
+        return 0
+
+#: Upper bound on the transformed input + GEMM output (``V`` + ``M``) held at once.
+DEFAULT_MAX_BUFFER_BYTES = 256 * 2**20
+#: Below that bound, batches are processed in chunks of images whose ``V`` + ``M`` take about
+#: this many bytes, or four times the transformed weights if that is more: small chunks stay
+#: in the last-level cache between the three phases, but every chunk streams all of ``U``
+#: again, which only pays when ``U`` is small (measured on ResNet layers at batch 8 and 32).
+CHUNK_TARGET_BYTES = 8 * 2**20
+
+
+def buffer_bytes_per_image(problem) -> int:
+    """Bytes of ``V`` and ``M`` for one image (the transformed input and the GEMM output)."""
+    tiles_h, tiles_w = kernels.tile_counts(problem.out_height, problem.out_width)
+    itemsize = np.dtype(problem.dtype).itemsize
+    return kernels.POSITIONS * (tiles_h * tiles_w + 64 // itemsize) * (problem.in_channels + problem.out_channels) * itemsize
+
+
+def build_executor(problem, weight: np.ndarray, bias: Optional[np.ndarray],
+                   max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES) -> Callable[[np.ndarray], np.ndarray]:
+    dtype = np.dtype(problem.dtype)
+    groups = problem.groups
+    c_in_g = problem.in_channels // groups
+    c_out_g = problem.out_channels // groups
+    tiles_h, tiles_w = kernels.tile_counts(problem.out_height, problem.out_width)
+    top, _, left, _ = problem.padding
+    u = kernels.transform_weights(weight, groups)  # (G, 16, C_out_g, C_in_g)
+    b = np.zeros(problem.out_channels, dtype) if bias is None else np.array(bias, dtype=dtype, copy=True)
+    target = min(max_buffer_bytes, max(CHUNK_TARGET_BYTES, 4 * u.nbytes))
+    images_per_chunk = max(1, target // max(buffer_bytes_per_image(problem), 1))
+    output_shape = problem.output_shape
+    per_image_tiles = tiles_h * tiles_w
+
+    def execute(x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x)
+        n_images = x.shape[0]
+        y = np.empty(output_shape, dtype)
+        for n0 in range(0, n_images, images_per_chunk):
+            n1 = min(n0 + images_per_chunk, n_images)
+            t = (n1 - n0) * per_image_tiles
+            t_pad = kernels.padded_tiles(t, dtype.itemsize)
+            v = np.empty((groups, c_in_g, kernels.POSITIONS, t_pad), dtype)
+            m = np.empty((groups, c_out_g, kernels.POSITIONS, t_pad), dtype)
+            numba_threads()
+            kernels.input_transform(x[n0:n1], v, top, left, tiles_h, tiles_w, c_in_g)
+            v_k = v.transpose(0, 2, 1, 3)[..., :t]  # (G, 16, C_in_g, T) views, unit column stride
+            m_k = m.transpose(0, 2, 1, 3)[..., :t]  # (G, 16, C_out_g, T)
+            if c_in_g == 1:  # depthwise-like: each product is an outer product, no reduction
+                np.multiply(u, v_k, out=m_k)
+            else:
+                apply_blas_threads()
+                np.matmul(u, v_k, out=m_k)  # one BLAS GEMM per (group, position)
+            numba_threads()
+            kernels.output_transform(m, b, y[n0:n1], tiles_h, tiles_w, c_out_g)
+        return y
+
+    return execute
