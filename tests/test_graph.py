@@ -1,0 +1,235 @@
+"""The graph executor: shape checks, BN folding, buffer release, weights, plans, summary, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import convengine as ce
+from convengine.cli import main
+from convengine.graph import Graph, GraphBuilder, GraphError, Node, TensorSpec
+from convengine.graph.executor import CompiledGraph
+from convengine.graph.plan import Plan
+from convengine.models import lenet, resnet18
+
+EXACT_ENGINE = ce.Engine(policy=["im2col", "naive"])
+
+
+def _small_resnet_like(seed=0):
+    """conv-BN-ReLU, a residual add and a dense head: the patterns the executor special-cases."""
+    b = GraphBuilder("tiny", (3, 12, 12), seed=seed)
+    x = b.relu(b.batchnorm(b.conv(b.input.name, 8, 3, padding=1, bias=False, name="conv1"), name="bn1"))
+    y = b.batchnorm(b.conv(x, 8, 3, padding=1, bias=False, name="conv2"), name="bn2")
+    x = b.relu(b.add(x, y))
+    x = b.flatten(b.global_avgpool(b.maxpool(x, 2)))
+    graph = b.build(b.dense(x, 5, name="fc"))
+    rng = np.random.default_rng(seed + 1)
+    for name, value in graph.params.items():  # non-trivial BN statistics, so folding is really tested
+        if name.endswith("running_var"):
+            graph.params[name] = rng.uniform(0.5, 2.0, value.shape).astype(value.dtype)
+        elif name.startswith("bn"):
+            graph.params[name] = rng.standard_normal(value.shape).astype(value.dtype)
+    return graph
+
+
+def _input(graph, batch=2, seed=0):
+    shape = (batch,) + tuple(graph.inputs[0].shape[1:])
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def test_batchnorm_folding_matches_separate_batchnorm():
+    graph = _small_resnet_like()
+    x = _input(graph)
+    folded = CompiledGraph(graph, EXACT_ENGINE, fold_batchnorm=True)
+    separate = CompiledGraph(graph, EXACT_ENGINE, fold_batchnorm=False)
+    assert len(folded.steps) == len(separate.steps) - 2  # both BNs folded away
+    np.testing.assert_allclose(folded.run(x), separate.run(x), rtol=1e-5, atol=1e-5)
+
+
+def test_results_do_not_depend_on_the_backend_per_layer():
+    graph = _small_resnet_like()
+    x = _input(graph, batch=3)
+    outputs = [CompiledGraph(graph, ce.Engine(policy=name)).run(x) for name in ("naive", "im2col", "fft")]
+    for y in outputs[1:]:
+        np.testing.assert_allclose(y, outputs[0], rtol=1e-4, atol=1e-4)
+
+
+def test_intermediate_buffers_are_released_after_their_last_consumer():
+    graph = resnet18()
+    compiled = CompiledGraph(graph, EXACT_ENGINE)
+    released = [name for step in compiled.steps for name in step.release]
+    intermediates = {out for step in compiled.steps for out in step.node.outputs} - set(graph.outputs)
+    assert set(released) == intermediates | {"input"} and len(released) == len(set(released))
+    # the widest point of ResNet-18 holds a handful of tensors, not the whole network's activations
+    live, peak = set(), 0
+    for step in compiled.steps:
+        live.update(step.node.outputs)
+        peak = max(peak, len(live))
+        live.difference_update(step.release)
+    assert peak <= 4
+
+
+def test_batch_size_is_free():
+    graph = lenet()
+    one, three = graph.run(_input(graph, 1)), graph.run(_input(graph, 3))
+    assert one.shape == (1, 10) and three.shape == (3, 10)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros((1, 28, 28), np.float32), r"input 'input' must have shape \(N, 1, 28, 28\)"),
+    (np.zeros((1, 3, 28, 28), np.float32), r"shape \(N, 1, 28, 28\)"),
+    (np.zeros((1, 1, 32, 32), np.float32), r"shape \(N, 1, 28, 28\)"),
+    (np.zeros((1, 1, 28, 28), np.float64), r"input 'input' must be float32"),
+    ({"image": np.zeros((1, 1, 28, 28), np.float32)}, r"unknown \['image'\], missing \['input'\]"),
+    ({}, r"missing \['input'\]"),
+])
+def test_bad_run_inputs_are_named(bad, match):
+    with pytest.raises(GraphError, match=match):
+        lenet().run(bad)
+
+
+def test_graph_construction_errors_name_the_node():
+    spec = TensorSpec("x", (None, 2, 4, 4))
+    with pytest.raises(GraphError, match=r"'n1'.*unsupported operator 'Gru'"):
+        Graph("g", [spec], ["y"], [Node("n1", "Gru", ["x"], ["y"])], {})
+    with pytest.raises(GraphError, match=r"'c'.*reads 'w'"):
+        Graph("g", [spec], ["y"], [Node("c", "Conv", ["x", "w"], ["y"])], {})
+    w = np.zeros((3, 5, 3, 3), np.float32)  # 5 input channels for a 2-channel input
+    with pytest.raises(GraphError, match=r"node 'c' \(Conv\).*input channels"):
+        Graph("g", [spec], ["y"], [Node("c", "Conv", ["x", "w"], ["y"])], {"w": w})
+
+
+# -- weights -------------------------------------------------------------------------------------
+
+
+def test_weights_round_trip(tmp_path):
+    graph = lenet(seed=1)
+    graph.save_weights(tmp_path / "w.npz")
+    other = lenet(seed=2)
+    other.load_weights(tmp_path / "w.npz")
+    x = _input(graph)
+    np.testing.assert_array_equal(graph.run(x), other.run(x))
+
+
+def test_torch_training_counters_are_ignored(tmp_path):
+    graph = resnet18()
+    params = dict(graph.params, **{"bn1.num_batches_tracked": np.array(7)})
+    np.savez(tmp_path / "w.npz", **params)
+    graph.load_weights(tmp_path / "w.npz")
+
+
+def test_bad_weights_are_refused_without_partial_loading(tmp_path):
+    graph = lenet(seed=1)
+    before = {k: v.copy() for k, v in graph.params.items()}
+    params = dict(graph.params)
+    params.pop("fc3.bias")
+    params["fc9.weight"] = np.zeros(3, np.float32)
+    params["conv1.weight"] = np.zeros((6, 1, 3, 3), np.float32)
+    params["fc1.weight"] = params["fc1.weight"] + 1  # a valid change that must not be applied
+    np.savez(tmp_path / "bad.npz", **params)
+    with pytest.raises(GraphError) as info:
+        graph.load_weights(tmp_path / "bad.npz")
+    message = str(info.value)
+    assert "missing: fc3.bias" in message and "unexpected: fc9.weight" in message
+    assert "conv1.weight (6, 1, 3, 3) (expected (6, 1, 5, 5))" in message
+    for name, value in before.items():
+        np.testing.assert_array_equal(graph.params[name], value)
+
+
+def test_object_and_corrupt_npz_files_are_refused(tmp_path):
+    graph = lenet()
+    np.savez(tmp_path / "objects.npz", **{"conv1.weight": np.array([object()], dtype=object)})
+    with pytest.raises(GraphError, match="object arrays"):
+        graph.load_weights(tmp_path / "objects.npz")
+    graph.save_weights(tmp_path / "good.npz")
+    data = (tmp_path / "good.npz").read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(GraphError, match="truncated.npz"):
+        graph.load_weights(tmp_path / "truncated.npz")
+
+
+# -- plans ---------------------------------------------------------------------------------------
+
+
+def test_plan_round_trip_fixes_each_layer(tmp_path):
+    graph = _small_resnet_like()
+    compiled = CompiledGraph(graph, EXACT_ENGINE)
+    plan = Plan.from_compiled(compiled)
+    plan.layers = {name: "naive" for name in plan.layers}
+    plan.save(tmp_path / "plan.json")
+    loaded = Plan.load(tmp_path / "plan.json", graph, backends=ce.Engine().registry.names())
+    replay = CompiledGraph(graph, ce.Engine(), plan=loaded)
+    assert set(replay.layer_backends.values()) == {"naive"}
+    np.testing.assert_allclose(replay.run(_input(graph)), compiled.run(_input(graph)), rtol=1e-4, atol=1e-5)
+
+
+def _saved_plan(tmp_path, graph, **changes):
+    plan = Plan.from_compiled(CompiledGraph(graph, EXACT_ENGINE))
+    data = {"format": "convengine-plan", "version": 1, "model": plan.model, "graph_digest": plan.graph_digest,
+            "hardware": plan.hardware, "layers": plan.layers, "host": plan.host}
+    data.update(changes)
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_plans_for_other_models_hardware_or_edited_are_refused(tmp_path):
+    graph = _small_resnet_like()
+    with pytest.raises(GraphError, match="made for model 'lenet'"):
+        Plan.load(_saved_plan(tmp_path, graph, model="lenet"), graph)
+    with pytest.raises(GraphError, match="other hardware"):
+        Plan.load(_saved_plan(tmp_path, graph, hardware="0123456789abcdef"), graph)
+    assert Plan.load(_saved_plan(tmp_path, graph, hardware="0123456789abcdef"), graph, force=True)
+    with pytest.raises(GraphError, match="do not match.*conv9"):
+        Plan.load(_saved_plan(tmp_path, graph, layers={"conv1": "naive", "conv9": "naive"}), graph)
+    with pytest.raises(GraphError, match="unknown backends.*'warp-drive'"):
+        Plan.load(_saved_plan(tmp_path, graph, layers={"conv1": "warp-drive", "conv2": "naive"}), graph,
+                  backends=ce.Engine().registry.names())
+    (tmp_path / "junk.json").write_text("{not json")
+    with pytest.raises(GraphError, match="junk.json"):
+        Plan.load(tmp_path / "junk.json", graph)
+    with pytest.raises(GraphError, match="not a convengine plan"):
+        Plan.load(_saved_plan(tmp_path, graph, format="something-else"), graph)
+
+
+# -- summary and CLI -----------------------------------------------------------------------------
+
+
+def test_summary_json_cli(capsys):
+    assert main(["summary", "lenet", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["model"] == "lenet" and data["total"]["params"] == 61_706
+    assert {"name", "op", "output_shape", "params", "macs", "backend"} <= set(data["layers"][0])
+    conv1 = next(layer for layer in data["layers"] if layer["name"] == "conv1")
+    assert conv1["output_shape"] == [1, 6, 28, 28] and conv1["macs"] == 6 * 28 * 28 * 25
+
+
+def test_summary_input_shape_scales_macs(capsys):
+    main(["summary", "lenet", "--json", "--input-shape", "4,1,28,28"])
+    assert json.loads(capsys.readouterr().out)["total"]["macs"] == 4 * 416_520
+    assert main(["summary", "lenet", "--input-shape", "1,32,32"]) == 2
+    assert "defined for input (1, 28, 28)" in capsys.readouterr().err
+
+
+def test_run_cli_prints_layers_backends_and_model_time(capsys):
+    assert main(["run", "lenet", "--batch", "2", "--repeat", "1", "--policy", "im2col,naive"]) == 0
+    out = capsys.readouterr().out
+    assert "backends on this machine" in out and "conv1" in out and "whole model: median" in out
+    assert "output fc3: shape (2, 10)" in out
+
+
+def test_tune_cli_writes_a_plan_that_run_accepts(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CONVENGINE_CACHE_DIR", str(tmp_path / "cache"))
+    plan = tmp_path / "lenet-plan.json"
+    assert main(["tune", "lenet", "--budget", "0.05", "-o", str(plan)]) == 0
+    assert set(json.loads(plan.read_text())["layers"]) == {"conv1", "conv2"}
+    assert main(["run", "lenet", "--plan", str(plan), "--repeat", "1"]) == 0
+    assert main(["run", "resnet18", "--plan", str(plan)]) == 2
+    assert "made for model 'lenet'" in capsys.readouterr().err
+
+
+def test_unknown_model_is_a_clear_cli_error(capsys):
+    assert main(["summary", "resnet19"]) == 2
+    assert "resnet19" in capsys.readouterr().err
