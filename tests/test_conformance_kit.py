@@ -73,3 +73,23 @@ class TestKitCatchesABrokenBackend:
 
         with pytest.raises(AssertionError):
             Probe().test_never_modifies_its_inputs()
+
+
+def _template_backend():
+    """The copyable plugin template (plugins/template), imported from its folder, uninstalled."""
+    import importlib
+    import pathlib
+    import sys
+
+    folder = pathlib.Path(__file__).resolve().parents[1] / "plugins" / "template"
+    sys.path.insert(0, str(folder))
+    try:
+        return importlib.import_module("convengine_mybackend.plugin").MyBackend()
+    finally:
+        sys.path.remove(str(folder))
+
+
+class TestPluginTemplate(BackendConformance):
+    """The template a plugin author copies must itself pass the kit."""
+
+    backend = _template_backend()
