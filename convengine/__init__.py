@@ -26,7 +26,7 @@ from .threads import get_num_threads, set_num_threads
 __all__ = [
     "Backend", "BackendError", "BackendInfo", "BackendUnavailableError", "ConvProblem", "Decision", "EXACT",
     "Engine", "LOSSY", "PluginWarning", "PreparedConv", "conv2d", "explain", "get_num_threads", "hookimpl",
-    "list_backends", "set_num_threads",
+    "list_backends", "load_onnx", "set_num_threads",
 ]
 
 
@@ -42,6 +42,13 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, b
     """
     return default_engine().conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation,
                                    groups=groups, backend=backend)
+
+
+def load_onnx(source):
+    """A :class:`convengine.graph.Graph` from an ONNX file, bytes or ``ModelProto`` (needs ``onnx``)."""
+    from .graph.onnx_import import load_onnx as _load
+
+    return _load(source)
 
 
 def explain(x, weight, bias=None, **params) -> Decision:

@@ -92,6 +92,10 @@ class Graph:
 
 def _topological(nodes: list[Node], available: set[str]) -> list[Node]:
     """Order nodes so each runs after the producers of its inputs (stable for sorted input)."""
+    names = [node.name for node in nodes]
+    if len(set(names)) != len(names):
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        raise GraphError(f"node names must be unique; repeated: {', '.join(duplicates)}")
     produced_by = {}
     for node in nodes:
         for out in node.outputs:

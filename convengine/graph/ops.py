@@ -100,7 +100,8 @@ def _relu(node, arrays):
 @op("Sigmoid", _same)
 def _sigmoid(node, arrays):
     x = arrays[0]
-    return [(1 / (1 + np.exp(-x))).astype(x.dtype, copy=False)]
+    e = np.exp(-np.abs(x))  # never overflows: 1/(1+e^-x) for x >= 0, e^x/(1+e^x) below
+    return [np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)]
 
 
 @op("Tanh", _same)
