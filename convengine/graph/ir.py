@@ -91,7 +91,7 @@ class Graph:
 
 
 def _topological(nodes: list[Node], available: set[str]) -> list[Node]:
-    """Order nodes so each runs after the producers of its inputs (stable for sorted input)."""
+    """Order nodes so each runs after the producers of its inputs (unchanged when already sorted)."""
     names = [node.name for node in nodes]
     if len(set(names)) != len(names):
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -102,22 +102,22 @@ def _topological(nodes: list[Node], available: set[str]) -> list[Node]:
             if out in produced_by:
                 raise GraphError(f"tensor {out!r} is produced by both {produced_by[out].name!r} and {node.name!r}")
             produced_by[out] = node
-    ordered, done, visiting = [], set(available), set()
-
-    def visit(node: Node) -> None:
-        if node.name in visiting:
-            raise GraphError(f"graph has a cycle through node {node.name!r}")
-        visiting.add(node.name)
-        for name in node.inputs:
-            if name and name not in done:
-                if name not in produced_by:
-                    raise GraphError(f"node {node.name!r} ({node.op}) reads {name!r}, which nothing produces")
-                visit(produced_by[name])
-        visiting.discard(node.name)
-        if not all(out in done for out in node.outputs):
-            ordered.append(node)
-            done.update(node.outputs)
-
     for node in nodes:
-        visit(node)
+        for name in node.inputs:
+            if name and name not in available and name not in produced_by:
+                raise GraphError(f"node {node.name!r} ({node.op}) reads {name!r}, which nothing produces")
+    # Repeated passes in the given order (iterative, so deep graphs cannot exhaust the stack);
+    # a graph that is already sorted takes one pass.
+    ordered, done, pending = [], set(available), list(nodes)
+    while pending:
+        waiting = []
+        for node in pending:
+            if all(not name or name in done for name in node.inputs):
+                ordered.append(node)
+                done.update(node.outputs)
+            else:
+                waiting.append(node)
+        if len(waiting) == len(pending):
+            raise GraphError(f"graph has a cycle through node {waiting[0].name!r}")
+        pending = waiting
     return ordered
