@@ -4,12 +4,15 @@ Absolute times on a shared machine are noise; ratios measured in the same run ar
 Every contender is prepared and warmed first (JIT compilation and weight packing stay out
 of the timings), then the contenders are timed in interleaved rounds so that a burst of
 load from a neighbour hits them all alike, and the median of the rounds is reported.
-Peers (``torch.nn.functional.conv2d``) are used only when installed; they are baselines,
-never dependencies.
+Peers (``torch.nn.functional.conv2d``, ONNX Runtime's ``Conv``) are used only when
+installed; they are baselines, never dependencies. In tables and benchmark parameters they
+are named ``peer:torch`` and ``peer:onnxruntime`` (:data:`PEERS`), apart from any backend
+(the ``torch`` plugin backend is a backend, not a peer).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -33,12 +36,55 @@ class Timing:
         return None if not self.median_s else self.flops / self.median_s / 1e9
 
 
+def simulated(device: str) -> Optional[str]:
+    """Why a backend on ``device`` must not be timed here (Numba's CUDA simulator), else ``None``."""
+    if device == "cuda" and os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+        return "runs on Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1): correct, but no measurement"
+    return None
+
+
 def problem_data(problem: ConvProblem, seed: int = 0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(problem.input_shape).astype(problem.dtype)
     w = rng.standard_normal(problem.weight_shape).astype(problem.dtype)
     b = rng.standard_normal(problem.out_channels).astype(problem.dtype) if problem.has_bias else None
     return x, w, b
+
+
+#: The peer libraries, by the name they carry in tables and benchmark parameters.
+PEERS = ("peer:torch", "peer:onnxruntime")
+
+
+class PeerUnavailable(RuntimeError):
+    """A peer cannot run here (not installed, or it has no kernel for the problem); says why."""
+
+
+def make_peer(name: str, problem: ConvProblem, x, w, b) -> Callable[[], object]:
+    """A warm-able call of peer ``name`` (one of :data:`PEERS`) on ``x`` with weights ``w``, ``b``.
+
+    Building it is the peer's "prepare" (tensor wrapping, an ONNX Runtime session); calling
+    it runs the convolution once. Raises :class:`PeerUnavailable` with the reason when the
+    peer is not installed or cannot run the problem.
+    """
+    if name == "peer:torch":
+        run = torch_peer(problem, x, w, b)
+        if run is None:
+            raise PeerUnavailable("torch is not installed (pip install torch)")
+        return run
+    if name == "peer:onnxruntime":
+        return onnxruntime_peer(problem, x, w, b)
+    raise KeyError(f"no peer named {name!r}; peers: {', '.join(PEERS)}")
+
+
+def available_peers(problem: ConvProblem, x, w, b) -> tuple[dict[str, Callable[[], object]], dict[str, str]]:
+    """Every peer that can run ``problem`` here, and why each other one cannot."""
+    peers, reasons = {}, {}
+    for name in PEERS:
+        try:
+            peers[name] = make_peer(name, problem, x, w, b)
+        except PeerUnavailable as exc:
+            reasons[name] = str(exc)
+    return peers, reasons
 
 
 def torch_peer(problem: ConvProblem, x, w, b) -> Optional[Callable[[], object]]:
@@ -61,6 +107,68 @@ def torch_peer(problem: ConvProblem, x, w, b) -> Optional[Callable[[], object]]:
     def run():
         with torch.no_grad():
             return F.conv2d(tx, tw, tb, stride=problem.stride, dilation=problem.dilation, groups=problem.groups, **pad_args)
+
+    return run
+
+
+def onnx_conv_model(problem: ConvProblem, w, b):
+    """A one-node ONNX model ``Y = Conv(X, W[, B])`` of ``problem``, with the weights as initializers.
+
+    Opset 13 and IR version 7, which every ONNX Runtime of recent years loads.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    elem = TensorProto.FLOAT if problem.dtype == "float32" else TensorProto.DOUBLE
+    top, bottom, left, right = problem.padding
+    initializers = [numpy_helper.from_array(np.ascontiguousarray(w), "W")]
+    inputs = ["X", "W"]
+    if b is not None:
+        initializers.append(numpy_helper.from_array(np.ascontiguousarray(b), "B"))
+        inputs.append("B")
+    node = helper.make_node("Conv", inputs, ["Y"], kernel_shape=[problem.kernel_h, problem.kernel_w],
+                            strides=list(problem.stride), pads=[top, left, bottom, right],
+                            dilations=list(problem.dilation), group=problem.groups)
+    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("X", elem, list(problem.input_shape))],
+                              [helper.make_tensor_value_info("Y", elem, list(problem.output_shape))], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="convengine.bench")
+    model.ir_version = 7
+    return model
+
+
+def onnxruntime_peer(problem: ConvProblem, x, w, b) -> Callable[[], object]:
+    """ONNX Runtime (CPU provider) running the one-node Conv model on ``x``.
+
+    ``intra_op_num_threads`` is convengine's thread count and execution is sequential; idle
+    workers do not spin (``session.intra_op.allow_spinning=0``), for the reason convengine
+    sets ``OMP_WAIT_POLICY=PASSIVE``: spinning threads would steal the cores of whichever
+    contender runs next in an interleaved round. Raises :class:`PeerUnavailable` without
+    onnx and onnxruntime, or when ONNX Runtime has no kernel for the problem (its CPU
+    provider has no float64 Conv).
+    """
+    try:
+        import onnx  # noqa: F401  (the model builder)
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise PeerUnavailable(f"onnx and onnxruntime are not both installed ({exc}); "
+                              "pip install onnx onnxruntime") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = get_num_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only
+    try:
+        session = ort.InferenceSession(onnx_conv_model(problem, w, b).SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+    except Exception as exc:  # e.g. NOT_IMPLEMENTED: no float64 Conv kernel
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "NOT_IMPLEMENTED" in message:
+            raise PeerUnavailable(f"onnxruntime has no {problem.dtype} Conv kernel (NOT_IMPLEMENTED)") from None
+        raise PeerUnavailable(f"onnxruntime cannot run it: {message[:200]}") from None
+    feeds = {"X": np.ascontiguousarray(x)}
+
+    def run():
+        return session.run(None, feeds)[0]
 
     return run
 
@@ -92,6 +200,10 @@ def compare(problem: ConvProblem, backends: dict[str, Callable[[np.ndarray], np.
             for name in contenders]
 
 
+def _rate(gflops: float) -> str:
+    return f"{gflops:.1f}" if gflops >= 1 else f"{gflops:.2g}"
+
+
 def format_table(problem: ConvProblem, timings: list[Timing], gemm_flops: Optional[float] = None) -> str:
     """One row per contender: median time, ratio to the fastest peer, GFLOP/s and share of GEMM peak."""
     peer_times = [t.median_s for t in timings if t.kind == "peer" and t.median_s]
@@ -104,7 +216,7 @@ def format_table(problem: ConvProblem, timings: list[Timing], gemm_flops: Option
             continue
         ratio = f"{t.median_s / reference:.2f}x" if reference else "-"
         share = f"{t.gflops * 1e9 / gemm_flops:.0%}" if gemm_flops else ""
-        rows.append((t.name, f"{t.median_s * 1e3:.3f} ms", ratio, f"{t.gflops:.1f}", share))
+        rows.append((t.name, f"{t.median_s * 1e3:.3f} ms", ratio, _rate(t.gflops), share))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [f"{problem}  ({problem.flops / 1e9:.3f} GFLOP)"]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]

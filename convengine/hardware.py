@@ -28,6 +28,7 @@ import numpy as np
 from threadpoolctl import threadpool_info
 
 from . import __version__
+from .threads import usable_cores
 
 UNKNOWN = "unknown"
 
@@ -62,7 +63,7 @@ def _collect() -> dict:
         "cpu_model": _guard(lambda: cpuinfo.get("model name") or platform.processor() or UNKNOWN),
         "cpu_flags": _guard(lambda: _flags_digest(cpuinfo)),
         "logical_cores": _guard(lambda: os.cpu_count() or UNKNOWN),
-        "usable_cores": _guard(_usable_cores),
+        "usable_cores": _guard(usable_cores),
         "machine": _guard(lambda: platform.machine() or UNKNOWN),
         "blas": _guard(_blas_libraries),
         "python": _guard(platform.python_version),
@@ -105,13 +106,6 @@ def _flags_digest(cpuinfo: dict) -> str:
     if not flags:
         return UNKNOWN
     return fingerprint_digest(sorted(set(flags.split())))
-
-
-def _usable_cores():
-    """Cores this process may run on: fewer than the machine's under taskset or a container."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or UNKNOWN
 
 
 def _blas_libraries() -> list:

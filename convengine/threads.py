@@ -22,28 +22,18 @@ from typing import Optional
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from .environment import positive_int  # noqa: E402
 
-def _usable_cores() -> int:
+
+def usable_cores() -> int:
+    """Cores this process may run on: fewer than the machine's under taskset or a container."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
 
 
-def _from_environment() -> int:
-    raw = os.environ.get("CONVENGINE_NUM_THREADS")
-    if not raw:
-        return _usable_cores()
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"CONVENGINE_NUM_THREADS must be a positive integer, got {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"CONVENGINE_NUM_THREADS must be a positive integer, got {raw!r}")
-    return value
-
-
-_num_threads = _from_environment()
+_num_threads = positive_int("CONVENGINE_NUM_THREADS", usable_cores())
 
 
 def get_num_threads() -> int:

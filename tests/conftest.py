@@ -126,3 +126,11 @@ def no_forced_backend():
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv(ENV_BACKEND, raising=False)
         yield
+
+
+@pytest.fixture
+def isolated_env(monkeypatch, tmp_path):
+    """Never touch the user's tuning cache, nor pick up the caller's backend or plugin overrides."""
+    monkeypatch.setenv("CONVENGINE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv(ENV_BACKEND, raising=False)
+    monkeypatch.delenv("CONVENGINE_LOAD_PLUGINS", raising=False)

@@ -23,12 +23,7 @@ from convengine.testing.reference import conv2d_reference, relative_error
 X_SHAPE, W_SHAPE = (2, 3, 8, 8), (4, 3, 3, 3)
 
 
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch, tmp_path):
-    """Never touch the user's cache (the cost model keeps its machine profile there)."""
-    monkeypatch.setenv("CONVENGINE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("CONVENGINE_BACKEND", raising=False)
-    monkeypatch.delenv("CONVENGINE_LOAD_PLUGINS", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated_env")
 
 
 class FakeBackend(Backend):

@@ -24,12 +24,7 @@ BUILTIN_NAMES = {"naive": "convengine.backends.naive", "im2col": "convengine.bac
                  "fft": "convengine.backends.fft", "cuda": "convengine.backends.cuda"}
 
 
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch, tmp_path):
-    """Never touch the user's cache or pick up the caller's overrides."""
-    monkeypatch.setenv("CONVENGINE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("CONVENGINE_BACKEND", raising=False)
-    monkeypatch.delenv("CONVENGINE_LOAD_PLUGINS", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated_env")
 
 
 class FakeBackend(Backend):

@@ -26,12 +26,7 @@ from convengine.tuning_cache import TuningCache, TuningCacheWarning
 X_SHAPE, W_SHAPE = (1, 2, 5, 5), (2, 2, 3, 3)
 
 
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch, tmp_path):
-    """Never touch the user's cache."""
-    monkeypatch.setenv("CONVENGINE_CACHE_DIR", str(tmp_path / "default-cache"))
-    monkeypatch.delenv("CONVENGINE_BACKEND", raising=False)
-    monkeypatch.delenv("CONVENGINE_LOAD_PLUGINS", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated_env")
 
 
 class SleepyBackend(Backend):
@@ -236,14 +231,14 @@ def test_tuning_without_persistence(tmp_path):
     decision = tune_engine(fakes_only(fast, SleepyBackend("slow", 0.01)), False).explain(X_SHAPE, W_SHAPE)
     assert decision.chosen == "fast"
     assert any("not persisted" in note for note in decision.notes)
-    assert not (tmp_path / "default-cache").exists()
+    assert not (tmp_path / "cache").exists()
 
 
 def test_default_cache_location_follows_the_env_var(tmp_path):
     decision = tune_engine(fakes_only(SleepyBackend("fast", 0.001), SleepyBackend("slow", 0.01)), None).explain(
         X_SHAPE, W_SHAPE)
     assert decision.chosen == "fast"
-    assert (tmp_path / "default-cache" / "tuning.json").exists()
+    assert (tmp_path / "cache" / "tuning.json").exists()
 
 
 # -- budget -----------------------------------------------------------------------------------

@@ -9,12 +9,11 @@ images and output rows, so memory stays bounded whatever the problem size.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..backend import EXACT, Backend
+from ..environment import positive_int
 from ..hookspecs import hookimpl
 from ..problem import ConvProblem
 from ..threads import apply_blas_threads
@@ -27,16 +26,7 @@ UNFOLD_PASSES = 3
 
 
 def _max_buffer_bytes() -> int:
-    raw = os.environ.get("CONVENGINE_IM2COL_MAX_BYTES")
-    if not raw:
-        return DEFAULT_MAX_BUFFER_BYTES
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"CONVENGINE_IM2COL_MAX_BYTES must be a positive integer (bytes), got {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"CONVENGINE_IM2COL_MAX_BYTES must be a positive integer (bytes), got {raw!r}")
-    return value
+    return positive_int("CONVENGINE_IM2COL_MAX_BYTES", DEFAULT_MAX_BUFFER_BYTES)
 
 
 def column_bytes(problem: ConvProblem) -> int:

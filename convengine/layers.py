@@ -1,0 +1,164 @@
+"""The convolution layers that matter, by name: what benchmarks and ``convengine bench`` run.
+
+Every distinct convolution shape of ResNet-50 and of AlexNet at a 224x224 input, plus the
+course's worked examples, each as a :class:`LayerSpec` (a shape without the batch size) that
+makes a :class:`~convengine.ConvProblem` for any batch and dtype:
+
+>>> from convengine.layers import layer
+>>> layer("resnet50.layer1.conv2").problem(batch=1).output_shape
+(1, 64, 56, 56)
+
+Names
+-----
+``course.*``
+    The three worked examples of the course (a 3x3 input, a 2x2 kernel): no padding,
+    padding 1, padding 1 with stride (3, 2). Tiny: they measure per-call overhead.
+``resnet50.*``
+    torchvision's ResNet-50 (v1.5: the stride of a down-sampling bottleneck is on its 3x3
+    convolution). ``conv1`` is the 7x7 stem; ``layerK.conv1/conv2/conv3`` are the 1x1, 3x3
+    and 1x1 convolutions of the repeated bottlenecks of stage K; ``layerK.0.*`` the shapes
+    that only the first bottleneck of a stage has (its wider input, its stride-2 3x3, its
+    ``downsample`` projection). A shape that recurs elsewhere in the network is listed once,
+    under its most frequent name, and :attr:`LayerSpec.count` says how often the network
+    runs it (the counts of all ResNet-50 specs add up to its 53 convolutions).
+``alexnet.*``
+    AlexNet as in the course: ``conv1`` 11x11 stride 4 padding 1 -> 96 channels on
+    3x224x224 (54x54 out), 3x3/2 max-pool (26x26), ``conv2`` 5x5 padding 2 -> 256, 3x3/2
+    max-pool (12x12), then ``conv3``-``conv5``: 3x3 padding 1 -> 384, 384, 256.
+
+Sets (:data:`SETS`): ``course``, ``resnet50``, ``alexnet``, ``all``, and ``quick``: a few
+small but representative layers (a 3x3, a 1x1, a strided stem, a tiny example) that tests
+and smoke runs use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence, Union
+
+from .problem import ConvProblem, Padding
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A named convolution layer: everything but the batch size and dtype."""
+
+    name: str
+    in_channels: int
+    height: int
+    width: int
+    out_channels: int
+    kernel: tuple[int, int]
+    stride: Union[int, tuple[int, int]] = 1
+    padding: Padding = 0
+    dilation: Union[int, tuple[int, int]] = 1
+    groups: int = 1
+    bias: bool = False
+    #: How many times the model runs a convolution of this shape (for model totals).
+    count: int = 1
+
+    @property
+    def model(self) -> str:
+        """The part of the name before the first dot: ``resnet50``, ``alexnet``, ``course``."""
+        return self.name.split(".", 1)[0]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.in_channels, self.height, self.width)
+
+    @property
+    def weight_shape(self) -> tuple[int, int, int, int]:
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel)
+
+    def problem(self, batch: int = 1, dtype="float32") -> ConvProblem:
+        """The :class:`ConvProblem` of this layer for ``batch`` images of ``dtype``."""
+        return ConvProblem.from_shapes((batch, *self.input_shape), self.weight_shape, bias=self.bias,
+                                       stride=self.stride, padding=self.padding, dilation=self.dilation,
+                                       groups=self.groups, dtype=dtype)
+
+    def conv_kwargs(self) -> dict:
+        """Keyword arguments for ``conv2d``/``Engine.prepare`` (``stride``, ``padding``, ...)."""
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+
+
+def _resnet50() -> tuple[LayerSpec, ...]:
+    specs = [LayerSpec("resnet50.conv1", 3, 224, 224, 64, (7, 7), stride=2, padding=3)]
+    # (stage, bottleneck width, blocks, input channels of block 0, spatial size at the stage's input)
+    stages = ((1, 64, 3, 64, 56), (2, 128, 4, 256, 56), (3, 256, 6, 512, 28), (4, 512, 3, 1024, 14))
+    for stage, width, blocks, first_in, size_in in stages:
+        out = 4 * width
+        stride = 1 if stage == 1 else 2
+        size = size_in // stride
+        p = f"resnet50.layer{stage}"
+        # the repeated bottlenecks (blocks 1..n-1); conv3 also runs in block 0, and in stage 1
+        # the downsample projection (1x1, 64 -> 256, stride 1) has conv3's shape as well
+        specs.append(LayerSpec(f"{p}.conv1", out, size, size, width, (1, 1), count=blocks - 1))
+        specs.append(LayerSpec(f"{p}.conv2", width, size, size, width, (3, 3), padding=1,
+                               count=blocks if stride == 1 else blocks - 1))
+        specs.append(LayerSpec(f"{p}.conv3", width, size, size, out, (1, 1), count=blocks + (stride == 1)))
+        # what only block 0 has
+        specs.append(LayerSpec(f"{p}.0.conv1", first_in, size_in, size_in, width, (1, 1)))
+        if stride != 1:
+            specs.append(LayerSpec(f"{p}.0.conv2", width, size_in, size_in, width, (3, 3), stride=2, padding=1))
+            specs.append(LayerSpec(f"{p}.0.downsample", first_in, size_in, size_in, out, (1, 1), stride=2))
+    return tuple(specs)
+
+
+_ALEXNET = (
+    LayerSpec("alexnet.conv1", 3, 224, 224, 96, (11, 11), stride=4, padding=1),
+    LayerSpec("alexnet.conv2", 96, 26, 26, 256, (5, 5), padding=2),
+    LayerSpec("alexnet.conv3", 256, 12, 12, 384, (3, 3), padding=1),
+    LayerSpec("alexnet.conv4", 384, 12, 12, 384, (3, 3), padding=1),
+    LayerSpec("alexnet.conv5", 384, 12, 12, 256, (3, 3), padding=1),
+)
+
+_COURSE = (
+    LayerSpec("course.example1", 1, 3, 3, 1, (2, 2)),
+    LayerSpec("course.example2", 1, 3, 3, 1, (2, 2), padding=1),
+    LayerSpec("course.example3", 1, 3, 3, 1, (2, 2), padding=1, stride=(3, 2)),
+)
+
+#: Every named layer, in a fixed order (course, ResNet-50, AlexNet).
+LAYERS: tuple[LayerSpec, ...] = _COURSE + _resnet50() + _ALEXNET
+
+_BY_NAME = {spec.name: spec for spec in LAYERS}
+assert len(_BY_NAME) == len(LAYERS), "duplicate layer names"
+
+#: Small, representative layers: a tiny example, a strided 3x3, a 1x1 and a wide 3x3 at 7x7.
+QUICK = ("course.example2", "resnet50.layer3.0.conv2", "resnet50.layer4.conv1", "resnet50.layer4.conv2")
+
+#: Named selections of layer names.
+SETS: dict[str, tuple[str, ...]] = {
+    "course": tuple(s.name for s in _COURSE),
+    "resnet50": tuple(s.name for s in LAYERS if s.model == "resnet50"),
+    "alexnet": tuple(s.name for s in _ALEXNET),
+    "quick": QUICK,
+    "all": tuple(s.name for s in LAYERS),
+}
+
+
+def layer(name: str) -> LayerSpec:
+    """The spec named ``name``; ``KeyError`` listing close names when there is none."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        import difflib
+
+        close = difflib.get_close_matches(name, _BY_NAME, n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known sets: {', '.join(SETS)}"
+        raise KeyError(f"no layer named {name!r}{hint}") from None
+
+
+def select(names: Optional[Iterable[str]] = None, sets: Optional[Iterable[str]] = None) -> tuple[LayerSpec, ...]:
+    """The specs named in ``names`` and in the sets ``sets``, in order, without repeats."""
+    chosen: list[str] = []
+    for set_name in sets or ():
+        if set_name not in SETS:
+            raise KeyError(f"no layer set named {set_name!r}; known sets: {', '.join(SETS)}")
+        chosen.extend(SETS[set_name])
+    chosen.extend(names or ())
+    return tuple(layer(name) for name in dict.fromkeys(chosen))
+
+
+def names(specs: Sequence[LayerSpec]) -> tuple[str, ...]:
+    return tuple(spec.name for spec in specs)

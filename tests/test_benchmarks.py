@@ -1,0 +1,222 @@
+"""The benchmark machinery: layer specs, peers, ``convengine bench``, and the asv suite.
+
+Nothing here judges a time: machines are shared and noisy. The tests check that the
+machinery runs and that what it prints is well-formed. The asv tests (``asv check`` over
+the whole suite, and a ``--quick`` run of a representative subset in the existing
+environment) carry the ``asv`` marker: deselect them with ``-m "not asv"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import convengine as ce
+from convengine import bench, layers
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE = ROOT / "benchmarks"
+
+
+# -- layers -----------------------------------------------------------------------------------
+
+
+def test_resnet50_specs_cover_all_53_convolutions_in_23_distinct_shapes():
+    specs = [s for s in layers.LAYERS if s.model == "resnet50"]
+    assert len(specs) == 23
+    assert sum(s.count for s in specs) == 53
+    assert len({s.problem() for s in specs}) == 23
+    # 4.09 GMACs at 224x224, the figure usually quoted for ResNet-50's convolutions
+    assert sum(s.problem().macs * s.count for s in specs) == 4_087_136_256
+
+
+def test_alexnet_specs_follow_the_course():
+    shapes = {s.name: s.problem().output_shape for s in layers.LAYERS if s.model == "alexnet"}
+    assert shapes == {
+        "alexnet.conv1": (1, 96, 54, 54),  # 11x11 stride 4 padding 1 on 224x224
+        "alexnet.conv2": (1, 256, 26, 26),  # after a 3x3/2 max-pool: 54 -> 26
+        "alexnet.conv3": (1, 384, 12, 12),  # after a 3x3/2 max-pool: 26 -> 12
+        "alexnet.conv4": (1, 384, 12, 12),
+        "alexnet.conv5": (1, 256, 12, 12),
+    }
+
+
+def test_course_examples_give_the_course_results():
+    x = np.arange(9.0).reshape(1, 1, 3, 3)
+    k = np.array([[0.0, 1.0], [2.0, 3.0]]).reshape(1, 1, 2, 2)
+    expected = {
+        "course.example1": [[19, 25], [37, 43]],
+        "course.example2": [[0, 3, 8, 4], [9, 19, 25, 10], [21, 37, 43, 16], [6, 7, 8, 0]],
+        "course.example3": [[0, 8], [6, 8]],
+    }
+    for name, want in expected.items():
+        spec = layers.layer(name)
+        assert spec.problem(1, "float64").input_shape == x.shape
+        np.testing.assert_array_equal(ce.conv2d(x, k, **spec.conv_kwargs())[0, 0], want)
+
+
+def test_sets_and_selection():
+    assert set(layers.SETS) == {"course", "resnet50", "alexnet", "quick", "all"}
+    for members in layers.SETS.values():
+        assert all(layers.layer(name) for name in members)
+    chosen = layers.select(["alexnet.conv1", "course.example1"], ["course"])
+    assert layers.names(chosen) == ("course.example1", "course.example2", "course.example3", "alexnet.conv1")
+    problem = layers.layer("resnet50.layer1.conv2").problem(batch=32, dtype="float64")
+    assert (problem.batch, problem.dtype, problem.output_shape) == (32, "float64", (32, 64, 56, 56))
+    with pytest.raises(KeyError, match="did you mean resnet50.layer1.conv2"):
+        layers.layer("resnet50.layer1.conv22")
+    with pytest.raises(KeyError, match="no layer set"):
+        layers.select(sets=["vgg"])
+
+
+# -- peers ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("peer", bench.PEERS)
+def test_peers_compute_the_convolution(peer):
+    problem = ce.ConvProblem.from_shapes((2, 4, 9, 8), (6, 2, 3, 2), bias=True, stride=(2, 1),
+                                         padding=(1, 0, 2, 1), dilation=(1, 2), groups=2)
+    x, w, b = bench.problem_data(problem)
+    try:
+        run = bench.make_peer(peer, problem, x, w, b)
+    except bench.PeerUnavailable as exc:
+        pytest.skip(str(exc))
+    expected = ce.conv2d(x, w, b, stride=problem.stride, padding=problem.padding, dilation=problem.dilation,
+                         groups=problem.groups, backend="im2col")
+    got = np.asarray(run())
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_onnxruntime_peer_explains_what_it_cannot_run():
+    pytest.importorskip("onnxruntime")
+    problem = layers.layer("course.example1").problem(1, "float64")
+    with pytest.raises(bench.PeerUnavailable, match="float64"):
+        bench.make_peer("peer:onnxruntime", problem, *bench.problem_data(problem))
+    with pytest.raises(KeyError):
+        bench.make_peer("peer:tvm", problem, *bench.problem_data(problem))
+
+
+# -- convengine bench -------------------------------------------------------------------------
+
+
+def _bench(capsys, *argv) -> tuple[int, str, str]:
+    import convengine.cli_bench  # noqa: F401  (registers the command, if cli.py does not yet)
+    from convengine.cli import main
+
+    code = main(["bench", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_bench_json_is_well_formed(capsys):
+    code, out, _ = _bench(capsys, "--layer", "course.example1", "--layer", "course.example3", "--rounds", "1",
+                          "--backend", "im2col", "--backend", "winograd", "--json", "--no-progress")
+    assert code == 0
+    report = json.loads(out)
+    assert report["gemm_flops"] > 0 and report["rounds"] == 1 and report["batch"] == 1
+    assert [layer["layer"] for layer in report["layers"]] == ["course.example1", "course.example3"]
+    for layer in report["layers"]:
+        by_name = {r["contender"]: r for r in layer["results"]}
+        assert by_name["im2col"]["median_s"] > 0 and by_name["im2col"]["gflops"] > 0
+        assert any(name.startswith("auto (") for name in by_name)
+        if "winograd" in by_name:  # the plugin is installed: a 2x2 kernel is not its business
+            assert by_name["winograd"]["median_s"] is None and "unsupported" in by_name["winograd"]["error"]
+        peers = [r for r in layer["results"] if r["kind"] == "peer" and r["median_s"]]
+        if peers:
+            assert min(r["ratio_to_peer"] for r in peers) == pytest.approx(1.0)
+    assert report["models"] == []
+
+
+def test_bench_tables_and_model_totals(capsys):
+    code, out, err = _bench(capsys, "--set", "alexnet", "--rounds", "1", "--backend", "im2col")
+    assert code == 0
+    assert re.search(r"^practical limit: numpy GEMM \d+\.\d GFLOP/s", out, re.M)
+    for name in layers.SETS["alexnet"]:
+        assert f"\n{name}\n" in out
+    assert re.search(r"^im2col\s+\d+\.\d{3} ms\s+(\d+\.\d\dx|-)\s+\d", out, re.M)
+    assert "alexnet: all 5 convolutions (5 distinct shapes" in out
+    assert re.search(r"^best backend per layer\s+\d+\.\d\d ms", out, re.M)
+    assert "convengine bench" in err  # the progress bar, on stderr
+
+
+def test_bench_rejects_unknown_names(capsys):
+    code, _, err = _bench(capsys, "--layer", "resnet50.layer9.conv1")
+    assert code == 2 and "no layer named" in err
+    code, _, err = _bench(capsys, "--layer", "course.example1", "--backend", "nope")
+    assert code == 2 and "unknown backend" in err
+
+
+def test_bench_lists_layers(capsys):
+    code, out, _ = _bench(capsys, "--list")
+    assert code == 0
+    assert len([line for line in out.splitlines() if not line.startswith("--set")]) == len(layers.LAYERS)
+
+
+# -- the asv suite ----------------------------------------------------------------------------
+
+#: A representative subset for the --quick run: a tiny course example and a 3x3 ResNet
+#: layer at batch 1 (every benchmark: execute, peak memory, GFLOP/s, prepare), and a 1x1
+#: layer at batch 32, each with every contender (skipped ones included).
+QUICK_BENCH = [
+    r"^conv2d\.Conv2D\w*\.\w+\('(course\.example2|resnet50\.layer4\.conv2)'",
+    r"^conv2d\.Conv2DBatch32\.time_execute\('resnet50\.layer3\.conv1'",
+]
+
+
+@pytest.fixture(scope="module")
+def asv_env(tmp_path_factory):
+    """The environment for asv: its own HOME (asv's machine file, convengine's tuning cache)."""
+    pytest.importorskip("asv", reason="asv is not installed (pip install asv)")
+    home = tmp_path_factory.mktemp("asv-home")
+    env = dict(os.environ, HOME=str(home))
+    env.pop("NUMBA_ENABLE_CUDASIM", None)  # the suite skips simulated CUDA anyway; keep it out
+    env.pop("CONVENGINE_BACKEND", None)
+    subprocess.run([sys.executable, "-m", "asv", "machine", "--yes", "--machine", "ci"], cwd=SUITE, env=env,
+                   check=True, capture_output=True, timeout=120)
+    return env
+
+
+def _asv(env, *args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "asv", *args], cwd=SUITE, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.asv
+@pytest.mark.slow
+def test_asv_check(asv_env):
+    result = _asv(asv_env, "check", "--environment", "existing")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No problems found" in result.stdout
+
+
+@pytest.mark.asv
+@pytest.mark.slow
+def test_asv_quick_run_of_a_subset(asv_env):
+    args = ["run", "--environment", "existing", "--quick", "--dry-run", "--show-stderr", "--machine", "ci"]
+    for regex in QUICK_BENCH:
+        args += ["--bench", regex]
+    result = _asv(asv_env, *args)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    ran = set(re.findall(r"··· (conv2d\.\w+\.\w+)\s+(\w+)", out))
+    names = {name for name, _ in ran}
+    assert {"conv2d.Conv2D.time_execute", "conv2d.Conv2D.peakmem_execute", "conv2d.Conv2D.track_gflops",
+            "conv2d.Conv2DPrepare.time_prepare", "conv2d.Conv2DBatch32.time_execute"} <= names, out
+    assert all(status == "ok" for _, status in ran), out
+    assert "failed" not in out and "Traceback" not in out, out
+    # every selected cell has a value or is n/a (skipped), and the fast ones have values
+    rows = re.findall(r"^\s+'?(course\.example2|resnet50\.layer4\.conv2|resnet50\.layer3\.conv1)'?\s+"
+                      r"'?([\w:]+)'?\s+(\S+)", out, re.M)
+    values = {(layer, contender): value for layer, contender, value in rows}
+    assert values[("resnet50.layer4.conv2", "im2col")] != "n/a", out
+    assert values[("resnet50.layer4.conv2", "naive")] != "n/a", out
+    # the 1x1 layer at batch 32 skips the FFT and the direct loops on purpose
+    assert values[("resnet50.layer3.conv1", "fft")] == "n/a"
