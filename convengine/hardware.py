@@ -109,10 +109,16 @@ def _flags_digest(cpuinfo: dict) -> str:
 
 
 def _blas_libraries() -> list:
-    """The BLAS libraries loaded in this process (numpy's), without their thread counts."""
+    """numpy's BLAS library (whose speed the backends depend on), without its thread count.
+
+    Only numpy's own copy counts: which other BLAS copies are loaded depends on what the
+    process happened to import (scipy.linalg, torch), and the fingerprint must not.
+    """
+    site = os.path.dirname(os.path.dirname(np.__file__))  # numpy/ and numpy.libs/ live here
+    blas = [info for info in threadpool_info() if info.get("user_api") == "blas"]
+    bundled = [info for info in blas if os.path.dirname(info.get("filepath", "")).startswith(os.path.join(site, "numpy"))]
     libraries = [
         {key: info.get(key) or UNKNOWN for key in ("internal_api", "version", "architecture")}
-        for info in threadpool_info()
-        if info.get("user_api") == "blas"
+        for info in bundled or blas  # a numpy linked to a system BLAS bundles none
     ]
     return sorted(libraries, key=lambda lib: (lib["internal_api"], lib["version"], lib["architecture"]))

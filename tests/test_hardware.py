@@ -105,3 +105,21 @@ def test_digest_is_stable_short_and_canonical():
 def test_digest_rejects_unserialisable_objects():
     with pytest.raises(TypeError):
         fingerprint_digest({"a": object()})
+
+
+def test_fingerprint_does_not_depend_on_what_else_was_imported():
+    """scipy.linalg (and torch) load BLAS copies of their own; the key must not change with them."""
+    import subprocess
+    import sys
+
+    code = (
+        "from convengine import hardware\n"
+        "before = hardware._collect()['blas']\n"
+        "import scipy.linalg\n"
+        "try:\n    import torch\nexcept ImportError:\n    pass\n"
+        "hardware._collect.cache_clear()\n"
+        "assert hardware._collect()['blas'] == before, (before, hardware._collect()['blas'])\n"
+        "print('same')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and "same" in result.stdout, result.stderr
