@@ -1,28 +1,29 @@
 """``im2col``: unfold the input into columns, then one BLAS matrix product per group.
 
-The unfold is a strided *view* of the padded input (no Python loop over pixels) that a
-reshape copies into the column matrix ``(C_in/groups * kH * kW, out_h * out_w)``. 1x1
-stride-1 unpadded convolutions are already a matrix product and skip the unfold. When the
-column matrix of a whole batch would exceed ``max_buffer_bytes``, the unfold is tiled over
-images and output rows, so memory stays bounded whatever the problem size.
+The unfold is a parallel Numba kernel that writes the column matrix
+``(C_in/groups * kH * kW, out_h * out_w)`` of one image straight from the input, applying
+padding on the fly (no padded copy of the input, no Python loop over pixels); each group is
+then one GEMM through ``numpy.matmul``, written directly into the output. 1x1 stride-1
+unpadded convolutions are already a matrix product and skip the unfold. When one image's
+column matrix would exceed ``max_buffer_bytes`` it is built a band of output rows at a time,
+so memory stays bounded whatever the problem size.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from ..backend import EXACT, Backend
 from ..environment import positive_int
 from ..hookspecs import hookimpl
 from ..problem import ConvProblem
-from ..threads import apply_blas_threads
+from ..threads import apply_blas_threads, numba_threads
 
 DEFAULT_MAX_BUFFER_BYTES = 256 * 2**20
 # Fraction of the GEMM rate the column products reach, and memory passes per column byte
 # (written by the unfold, read by the GEMM).
 GEMM_EFFICIENCY = 0.85
-UNFOLD_PASSES = 3
+UNFOLD_PASSES = 2
 
 
 def _max_buffer_bytes() -> int:
@@ -30,7 +31,7 @@ def _max_buffer_bytes() -> int:
 
 
 def column_bytes(problem: ConvProblem) -> int:
-    """Size of the full column matrix for the whole batch (0 when the unfold is skipped)."""
+    """Size of the column matrices of the whole batch (0 when the unfold is skipped)."""
     if problem.is_pointwise:
         return 0
     k = (problem.in_channels // problem.groups) * problem.kernel_h * problem.kernel_w
@@ -40,16 +41,23 @@ def column_bytes(problem: ConvProblem) -> int:
 class Im2colBackend(Backend):
     name = "im2col"
     numerical_class = EXACT
-    version = "1"
+    version = "2"
 
     def __init__(self, max_buffer_bytes: int | None = None):
         self.max_buffer_bytes = max_buffer_bytes
 
-    def fingerprint(self) -> dict:
-        from threadpoolctl import threadpool_info
+    def availability(self):
+        try:
+            import numba  # noqa: F401  (the unfold kernel)
+        except ImportError as exc:
+            return f"numba is not importable: {exc}"
+        return None
 
-        blas = [(i.get("internal_api"), i.get("version")) for i in threadpool_info() if i.get("user_api") == "blas"]
-        return {"version": self.version, "numpy": np.__version__, "blas": blas}
+    def fingerprint(self) -> dict:
+        import numba
+
+        # numpy's BLAS is part of the host fingerprint already
+        return {"version": self.version, "numpy": np.__version__, "numba": numba.__version__}
 
     def estimate_seconds(self, problem: ConvProblem, machine) -> float:
         compute = problem.flops / (machine.gemm_flops(problem.dtype) * GEMM_EFFICIENCY)
@@ -61,60 +69,41 @@ class Im2colBackend(Backend):
         out_per_group = problem.out_channels // g
         w_mat = weight.reshape(g, out_per_group, -1).copy()  # (G, O/G, K)
         b = None if bias is None else bias.reshape(1, -1, 1, 1).copy()
-        limit = self.max_buffer_bytes or _max_buffer_bytes()
-        unfold = None if problem.is_pointwise else _Unfolder(problem, limit)
+        hw_out = problem.out_height * problem.out_width
+        if problem.is_pointwise:
+            def execute(x: np.ndarray) -> np.ndarray:
+                apply_blas_threads()
+                out = np.empty(problem.output_shape, x.dtype)
+                np.matmul(w_mat, x.reshape(x.shape[0], g, -1, hw_out), out=out.reshape(x.shape[0], g, out_per_group, hw_out))
+                return out if b is None else np.add(out, b, out=out)
+
+            return execute
+
+        from ._im2col_kernels import unfold
+
+        k_rows = problem.in_channels * problem.kernel_h * problem.kernel_w  # all groups' column rows
+        row_bytes = k_rows * problem.out_width * np.dtype(problem.dtype).itemsize
+        band = max(1, min(problem.out_height, (self.max_buffer_bytes or _max_buffer_bytes()) // row_bytes))
+        geometry = (problem.kernel_h, problem.kernel_w, *problem.stride, *problem.dilation,
+                    problem.padding[0], problem.padding[2])
 
         def execute(x: np.ndarray) -> np.ndarray:
             apply_blas_threads()
-            n = x.shape[0]
-            if unfold is None:
-                cols = x.reshape(n, g, -1, problem.height * problem.width)
-                out = np.matmul(w_mat, cols).reshape(problem.output_shape)
-            else:
-                out = np.empty(problem.output_shape, x.dtype)
-                for (n0, n1, r0, r1), cols in unfold.tiles(x):
-                    out[n0:n1, :, r0:r1, :] = np.matmul(w_mat, cols).reshape(n1 - n0, -1, r1 - r0, problem.out_width)
-            if b is not None:
-                out += b
-            return out
+            numba_threads()
+            out = np.empty(problem.output_shape, x.dtype)
+            for n in range(x.shape[0]):
+                for r0 in range(0, problem.out_height, band):
+                    r1 = min(r0 + band, problem.out_height)
+                    cols = np.empty((k_rows, (r1 - r0) * problem.out_width), x.dtype)
+                    unfold(x[n], cols, *geometry, r0, problem.out_width)
+                    cols = cols.reshape(g, -1, cols.shape[1])
+                    if band == problem.out_height:  # the whole image: multiply straight into the output
+                        np.matmul(w_mat, cols, out=out[n].reshape(g, out_per_group, hw_out))
+                    else:
+                        out[n, :, r0:r1, :] = np.matmul(w_mat, cols).reshape(-1, r1 - r0, problem.out_width)
+            return out if b is None else np.add(out, b, out=out)
 
         return execute
-
-
-class _Unfolder:
-    """Produces the column matrix tile by tile: ``(images, G, K, rows * out_w)``."""
-
-    def __init__(self, problem: ConvProblem, limit: int):
-        self.problem = problem
-        p = problem
-        row_bytes = p.groups * (p.in_channels // p.groups) * p.kernel_h * p.kernel_w * p.out_width * np.dtype(p.dtype).itemsize
-        image_bytes = row_bytes * p.out_height
-        if image_bytes * max(p.batch, 1) <= limit:
-            self.images_per_tile, self.rows_per_tile = max(p.batch, 1), p.out_height
-        elif image_bytes <= limit:
-            self.images_per_tile, self.rows_per_tile = limit // image_bytes, p.out_height
-        else:
-            self.images_per_tile, self.rows_per_tile = 1, max(1, limit // row_bytes)
-
-    def tiles(self, x: np.ndarray):
-        p = self.problem
-        top, bottom, left, right = p.padding
-        xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right))) if any(p.padding) else x
-        sn, sc, sh_, sw_ = xp.strides
-        c_group = p.in_channels // p.groups
-        view = as_strided(
-            xp,
-            shape=(xp.shape[0], p.groups, c_group, p.kernel_h, p.kernel_w, p.out_height, p.out_width),
-            strides=(sn, sc * c_group, sc, sh_ * p.dilation[0], sw_ * p.dilation[1], sh_ * p.stride[0], sw_ * p.stride[1]),
-            writeable=False,
-        )
-        k = c_group * p.kernel_h * p.kernel_w
-        for n0 in range(0, xp.shape[0], self.images_per_tile):
-            n1 = min(n0 + self.images_per_tile, xp.shape[0])
-            for r0 in range(0, p.out_height, self.rows_per_tile):
-                r1 = min(r0 + self.rows_per_tile, p.out_height)
-                cols = view[n0:n1, :, :, :, :, r0:r1, :].reshape(n1 - n0, p.groups, k, (r1 - r0) * p.out_width)
-                yield (n0, n1, r0, r1), cols
 
 
 @hookimpl
