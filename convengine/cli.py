@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from . import cli_models  # noqa: F401  (registers run, summary, tune)
+    from . import cli_bench, cli_models  # noqa: F401  (register bench; run, summary, tune)
 
     args = build_parser().parse_args(argv)
     try:

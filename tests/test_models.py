@@ -481,3 +481,29 @@ def test_bottleneck_stride_placement():
     assert paper.shapes["layer2.0.conv1"][2:] == (28, 28) and paper.shapes["layer2.0.conv2"][2:] == (28, 28)
     assert v15.shapes["layer2.0.conv1"][2:] == (56, 56) and v15.shapes["layer2.0.conv2"][2:] == (28, 28)
     assert param_count(paper) == param_count(v15)
+
+
+@pytest.mark.parametrize("key, factory", [
+    ("alexnet", alexnet),
+    ("resnet50", lambda: resnet50(stride_in_1x1=False)),
+    ("densenet121", densenet121),
+])
+def test_full_size_onnx_export_runs_like_onnxruntime(key, factory, tmp_path):
+    """Full-size architectures exported by torch to ONNX: load_onnx(file).run(x) == ONNX Runtime on the file."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from convengine import load_onnx
+
+    graph = factory()
+    _randomize(graph)
+    torch, module = _torch_twin(graph, key)
+    path = str(tmp_path / f"{key}.onnx")
+    torch.onnx.export(module, torch.zeros(1, 3, 224, 224), path, input_names=["image"], output_names=["logits"],
+                      opset_version=17, dynamo=False, dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}})
+    x = np.random.default_rng(2).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    expected = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    got = load_onnx(path).compile(EXACT_ENGINE).run(x)
+    assert got.shape == expected.shape == (2, 1000)
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
