@@ -265,3 +265,18 @@ class TestWinogradConformance(BackendConformance):
     """convengine's conformance kit: contract, course examples, reference, ONNX cases, engine, benchmark."""
 
     backend = WinogradBackend()
+
+
+def test_tuning_picks_winograd_only_when_fastest_and_within_budget(tmp_path):
+    """Tuning measures winograd like any backend; the budget keeps it out; it wins only on its measured time."""
+    problem_args = dict(x=(1, 64, 28, 28), w=(64, 64, 3, 3), padding=1)
+    strict = ce.Engine(policy="tune", max_rel_error=1e-6, tuning_cache=False, tune_budget_s=0.3)
+    decision = strict.explain(problem_args["x"], problem_args["w"], padding=1)
+    row = decision.row("winograd")
+    assert row.status == "excluded" and "accuracy" in row.reason and decision.chosen != "winograd"
+
+    loose = ce.Engine(policy="tune", max_rel_error=1e-4, tuning_cache=False, tune_budget_s=0.3)
+    decision = loose.explain(problem_args["x"], problem_args["w"], padding=1)
+    measured = {c.name: c.measured_s for c in decision.candidates if c.measured_s is not None}
+    assert "winograd" in measured  # admitted and measured
+    assert decision.chosen == min(measured, key=measured.get)  # chosen iff fastest
