@@ -30,6 +30,26 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _shape(text: str):
+    """``C,H,W:O,KH,KW[:STRIDE[:PADDING]]`` as an unnamed :class:`~convengine.layers.LayerSpec`."""
+    from .layers import LayerSpec
+
+    parts = text.split(":")
+    try:
+        if len(parts) not in (2, 3, 4):
+            raise ValueError
+        c, h, w = (int(v) for v in parts[0].split(","))
+        o, kh, kw = (int(v) for v in parts[1].split(","))
+        stride = int(parts[2]) if len(parts) > 2 else 1
+        padding = int(parts[3]) if len(parts) > 3 else 0
+        spec = LayerSpec(f"shape:{text}", c, h, w, o, (kh, kw), stride=stride, padding=padding)
+        spec.problem(1)  # validate now
+    except ValueError as exc:
+        detail = f": {exc}" if str(exc) else ""
+        raise argparse.ArgumentTypeError(f"expected C,H,W:O,KH,KW[:STRIDE[:PADDING]], got {text!r}{detail}") from None
+    return spec
+
+
 def _bench_args(parser: argparse.ArgumentParser) -> None:
     from .layers import SETS
 
@@ -37,6 +57,9 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
                         help="a layer by name, e.g. resnet50.layer1.conv2 (repeatable); see --list")
     parser.add_argument("--set", action="append", default=[], dest="sets", choices=tuple(SETS),
                         help="a named set of layers (repeatable); default: quick, unless --layer is given")
+    parser.add_argument("--shape", action="append", default=[], type=_shape, metavar="C,H,W:O,KH,KW[:S[:P]]",
+                        help="an ad-hoc layer: input channels and size, output channels and kernel size, "
+                             "optional stride and padding, e.g. 256,56,56:64,1,1 (repeatable)")
     parser.add_argument("--batch", type=_positive_int, default=1, help="images per call (default 1)")
     parser.add_argument("--threads", type=_positive_int, default=None,
                         help="threads for every contender (default: convengine's setting, i.e. the usable cores)")
@@ -76,7 +99,10 @@ def _contenders(problem, spec, backend_names, x, w, b):
     executors, skipped = {}, {}
     registry = default_registry()
     for name in backend_names:
-        declined = registry.get(name).backend.supports(problem)
+        try:
+            declined = registry.get(name).backend.supports(problem)
+        except Exception as exc:  # a plugin's check must not end the run
+            declined = f"supports() raised {type(exc).__name__}: {exc}"
         if declined:
             skipped[name] = f"unsupported: {declined}"
             continue
@@ -175,7 +201,7 @@ def _bench(args: argparse.Namespace) -> int:
             print(f"--set {name}: {len(members)} layers")
         return 0
     try:
-        specs = select(args.layer, args.sets or ([] if args.layer else ["quick"]))
+        specs = select(args.layer, args.sets or ([] if args.layer or args.shape else ["quick"])) + tuple(args.shape)
     except KeyError as exc:
         print(f"convengine bench: error: {exc.args[0]}", file=sys.stderr)
         return 2

@@ -14,21 +14,25 @@ Names
     The three worked examples of the course (a 3x3 input, a 2x2 kernel): no padding,
     padding 1, padding 1 with stride (3, 2). Tiny: they measure per-call overhead.
 ``resnet50.*``
-    torchvision's ResNet-50 (v1.5: the stride of a down-sampling bottleneck is on its 3x3
-    convolution). ``conv1`` is the 7x7 stem; ``layerK.conv1/conv2/conv3`` are the 1x1, 3x3
-    and 1x1 convolutions of the repeated bottlenecks of stage K; ``layerK.0.*`` the shapes
-    that only the first bottleneck of a stage has (its wider input, its stride-2 3x3, its
-    ``downsample`` projection). A shape that recurs elsewhere in the network is listed once,
-    under its most frequent name, and :attr:`LayerSpec.count` says how often the network
-    runs it (the counts of all ResNet-50 specs add up to its 53 convolutions).
+    ResNet-50 as :func:`convengine.models.resnet50` builds it by default: the paper's
+    (a down-sampling bottleneck strides on its first 1x1 convolution; 3.8 GMACs), with
+    torchvision's layer names. ``conv1`` is the 7x7 stem; ``layerK.conv1/conv2/conv3`` are
+    the 1x1, 3x3 and 1x1 convolutions of the repeated bottlenecks of stage K; ``layerK.0.*``
+    the shapes that only the first bottleneck of a stage has (its 1x1 on the stage's input,
+    strided from stage 2 on, and the ``downsample`` projection). A shape that recurs is
+    listed once, under its most frequent name, and :attr:`LayerSpec.count` says how often
+    the network runs it (the counts add up to ResNet-50's 53 convolutions).
 ``alexnet.*``
     AlexNet as in the course: ``conv1`` 11x11 stride 4 padding 1 -> 96 channels on
     3x224x224 (54x54 out), 3x3/2 max-pool (26x26), ``conv2`` 5x5 padding 2 -> 256, 3x3/2
     max-pool (12x12), then ``conv3``-``conv5``: 3x3 padding 1 -> 384, 384, 256.
 
 Sets (:data:`SETS`): ``course``, ``resnet50``, ``alexnet``, ``all``, and ``quick``: a few
-small but representative layers (a 3x3, a 1x1, a strided stem, a tiny example) that tests
+small but representative layers (a tiny example, a strided 11x11, a 1x1, a 3x3) that tests
 and smoke runs use.
+
+The model zoo (:mod:`convengine.models`) and these specs are checked against each other by
+the tests: the specs of a model are exactly the distinct convolutions of its graph.
 """
 
 from __future__ import annotations
@@ -90,17 +94,15 @@ def _resnet50() -> tuple[LayerSpec, ...]:
         stride = 1 if stage == 1 else 2
         size = size_in // stride
         p = f"resnet50.layer{stage}"
-        # the repeated bottlenecks (blocks 1..n-1); conv3 also runs in block 0, and in stage 1
-        # the downsample projection (1x1, 64 -> 256, stride 1) has conv3's shape as well
+        # the repeated bottlenecks (blocks 1..n-1); block 0 runs conv2 and conv3 too, and in
+        # stage 1 the projection shortcut (1x1, 64 -> 256, stride 1) has conv3's shape as well
         specs.append(LayerSpec(f"{p}.conv1", out, size, size, width, (1, 1), count=blocks - 1))
-        specs.append(LayerSpec(f"{p}.conv2", width, size, size, width, (3, 3), padding=1,
-                               count=blocks if stride == 1 else blocks - 1))
+        specs.append(LayerSpec(f"{p}.conv2", width, size, size, width, (3, 3), padding=1, count=blocks))
         specs.append(LayerSpec(f"{p}.conv3", width, size, size, out, (1, 1), count=blocks + (stride == 1)))
-        # what only block 0 has
-        specs.append(LayerSpec(f"{p}.0.conv1", first_in, size_in, size_in, width, (1, 1)))
+        # what only block 0 has: its 1x1 on the stage's input (strided, as in the paper), the projection
+        specs.append(LayerSpec(f"{p}.0.conv1", first_in, size_in, size_in, width, (1, 1), stride=stride))
         if stride != 1:
-            specs.append(LayerSpec(f"{p}.0.conv2", width, size_in, size_in, width, (3, 3), stride=2, padding=1))
-            specs.append(LayerSpec(f"{p}.0.downsample", first_in, size_in, size_in, out, (1, 1), stride=2))
+            specs.append(LayerSpec(f"{p}.0.downsample", first_in, size_in, size_in, out, (1, 1), stride=stride))
     return tuple(specs)
 
 
@@ -124,8 +126,8 @@ LAYERS: tuple[LayerSpec, ...] = _COURSE + _resnet50() + _ALEXNET
 _BY_NAME = {spec.name: spec for spec in LAYERS}
 assert len(_BY_NAME) == len(LAYERS), "duplicate layer names"
 
-#: Small, representative layers: a tiny example, a strided 3x3, a 1x1 and a wide 3x3 at 7x7.
-QUICK = ("course.example2", "resnet50.layer3.0.conv2", "resnet50.layer4.conv1", "resnet50.layer4.conv2")
+#: Small, representative layers: a tiny example, a strided 11x11, a 1x1 and a wide 3x3 at 7x7.
+QUICK = ("course.example2", "alexnet.conv1", "resnet50.layer4.conv1", "resnet50.layer4.conv2")
 
 #: Named selections of layer names.
 SETS: dict[str, tuple[str, ...]] = {

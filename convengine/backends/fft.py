@@ -22,8 +22,11 @@ from ..hookspecs import hookimpl
 from ..problem import ConvProblem
 from ..threads import get_num_threads
 
-# Fraction of the GEMM rate FFT butterflies reach; the spectral products are memory-bound.
+# Fraction of the GEMM rate FFT butterflies reach, and that the per-frequency complex products
+# reach (small matrices, one per frequency; at batch 1 they are matrix-vector products bound by
+# reading the kernel spectra, which the bandwidth term covers).
 FFT_EFFICIENCY = 0.15
+SPECTRAL_EFFICIENCY = 0.25
 
 
 def fft_shape(problem: ConvProblem) -> tuple[int, int]:
@@ -36,7 +39,7 @@ def fft_shape(problem: ConvProblem) -> tuple[int, int]:
 class FFTBackend(Backend):
     name = "fft"
     numerical_class = LOSSY
-    version = "1"
+    version = "2"
 
     def fingerprint(self) -> dict:
         import scipy
@@ -46,15 +49,17 @@ class FFTBackend(Backend):
     def estimate_seconds(self, problem: ConvProblem, machine) -> float:
         fh, fw = fft_shape(problem)
         points = fh * fw
-        itemsize = np.dtype(problem.dtype).itemsize
+        freqs = fh * (fw // 2 + 1)
+        complex_bytes = 2 * np.dtype(problem.dtype).itemsize
         transforms = problem.batch * (problem.in_channels + problem.out_channels)
         fft_flops = 2.5 * points * math.log2(max(points, 2)) * transforms
-        spectral_macs = problem.batch * problem.out_channels * (problem.in_channels // problem.groups) * points / 2
-        spectral_bytes = 2 * itemsize * points / 2 * (
-            problem.batch * problem.in_channels + problem.out_channels * problem.in_channels // problem.groups
-        )
+        c_group = problem.in_channels // problem.groups
+        spectral_flops = 8 * problem.batch * problem.out_channels * c_group * freqs
+        spectral_bytes = complex_bytes * freqs * (
+            problem.out_channels * c_group + 3 * problem.batch * (problem.in_channels + problem.out_channels))
         rate = machine.gemm_flops(problem.dtype)
-        return fft_flops / (rate * FFT_EFFICIENCY) + max(8 * spectral_macs / rate, spectral_bytes / machine.bandwidth) + 5e-5
+        return (fft_flops / (rate * FFT_EFFICIENCY) + spectral_flops / (rate * SPECTRAL_EFFICIENCY)
+                + spectral_bytes / machine.bandwidth + 5e-5)
 
     def prepare(self, problem: ConvProblem, weight, bias):
         import scipy.fft
@@ -68,8 +73,9 @@ class FFTBackend(Backend):
         spread = np.zeros((problem.out_channels, c_group, eff_h, eff_w), weight.dtype)
         spread[:, :, ::dh, ::dw] = weight
         spectrum = np.conj(scipy.fft.rfft2(spread, s=(fh, fw), workers=get_num_threads()))
-        # (G, O/G, C/G, F) so that a group's product is one einsum over input channels.
-        w_hat = np.ascontiguousarray(spectrum.reshape(g, out_per_group, c_group, fh, fw // 2 + 1))
+        freqs = fh * (fw // 2 + 1)
+        # (G, F, C/G, O/G): per group and frequency, one (N x C/G) @ (C/G x O/G) product.
+        w_hat = np.ascontiguousarray(spectrum.reshape(g, out_per_group, c_group, freqs).transpose(0, 3, 2, 1))
         b = None if bias is None else bias.reshape(1, -1, 1, 1).copy()
         top, bottom, left, right = problem.padding
         sh, sw = problem.stride
@@ -80,8 +86,9 @@ class FFTBackend(Backend):
             n = x.shape[0]
             workers = get_num_threads()
             xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right))) if any(problem.padding) else x
-            x_hat = scipy.fft.rfft2(xp, s=(fh, fw), workers=workers).reshape(n, g, c_group, fh, fw // 2 + 1)
-            y_hat = np.einsum("ngcij,gocij->ngoij", x_hat, w_hat)
+            x_hat = scipy.fft.rfft2(xp, s=(fh, fw), workers=workers).reshape(n, g, c_group, freqs)
+            y_hat = np.matmul(x_hat.transpose(1, 3, 0, 2), w_hat)  # (G, F, N, O/G)
+            y_hat = y_hat.transpose(2, 0, 3, 1).reshape(n, g * out_per_group, fh, fw // 2 + 1)
             y = scipy.fft.irfft2(y_hat, s=(fh, fw), workers=workers)[..., rows, cols]
             out = np.ascontiguousarray(y.reshape(problem.output_shape), dtype=x.dtype)
             if b is not None:

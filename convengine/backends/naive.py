@@ -15,7 +15,7 @@ from ..problem import ConvProblem
 from ..threads import numba_threads
 
 # Fraction of the machine's GEMM rate that vectorised direct loops reach (order of magnitude).
-DIRECT_LOOP_EFFICIENCY = 0.08
+DIRECT_LOOP_EFFICIENCY = 0.025
 
 
 class NaiveBackend(Backend):

@@ -1,0 +1,1 @@
+"""convengine's asv benchmark suite; see docs/benchmarks.md."""

@@ -1,0 +1,186 @@
+"""What the suite's benchmark modules share: the axes, the skip rules, and one benchmark case.
+
+Axes are fixed, whatever this machine has installed, so that results of different machines
+and commits line up:
+
+* ``LAYER_NAMES``: every layer of :mod:`convengine.layers` (course examples, every distinct
+  convolution of ResNet-50 and AlexNet), at batch 1; ``BATCH32_LAYERS`` a few of them at 32.
+* ``CONTENDERS``: the built-in backends and the two known plugin backends (``winograd``,
+  ``torch``), any other registered backend, ``auto`` (the engine's own choice, so dispatch
+  regressions show), and the peer libraries ``peer:torch`` and ``peer:onnxruntime``.
+
+A combination that cannot run here raises ``NotImplementedError`` in ``setup`` (asv records
+it as skipped, "n/a"): a backend not registered or not available (``cuda`` without a GPU), a
+backend that does not support the layer (``winograd`` is 3x3 stride 1 only), a peer that is
+not installed, and the few combinations :func:`skip_reason` names as too slow to be worth it.
+
+Nothing is compiled or packed inside a timing: every case is prepared and run once in
+``setup`` (Numba JIT compilation, or loading its cache, weight re-layouts, thread pools).
+Imports here are cheap and start no threads (torch is imported only by the cases that use
+it), because the suite runs under asv's ``forkserver``: this module is imported once and
+every benchmark process is forked from it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+import convengine as ce
+from convengine.plugins import default_registry
+
+_SOURCE = Path(__file__).resolve().parents[2] / "convengine"
+
+
+def _module(name: str, needs: str):
+    """``convengine.<name>`` as installed, or this checkout's copy when the installed one lacks ``needs``.
+
+    ``asv run`` over a commit range installs old versions of convengine, which may predate
+    ``convengine.layers`` or the peer helpers of ``convengine.bench``; both are pure Python
+    on top of APIs that old versions have (``ConvProblem``, ``Engine.prepare``), so the
+    suite loads the current source of the module instead, inside the installed package.
+    """
+    try:
+        module = importlib.import_module(f"convengine.{name}")
+        if hasattr(module, needs):
+            return module
+    except ImportError:
+        pass
+    qualified = f"convengine._suite_{name}"
+    if qualified not in sys.modules:
+        spec = importlib.util.spec_from_file_location(qualified, _SOURCE / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[qualified] = module
+        spec.loader.exec_module(module)
+    return sys.modules[qualified]
+
+
+layers = _module("layers", "SETS")
+bench = _module("bench", "make_peer")
+
+#: Backends always on the axis, registered here or not (the built-ins and the two plugins).
+KNOWN_BACKENDS = ("naive", "im2col", "fft", "cuda", "winograd", "torch")
+
+
+def _registered_backends() -> tuple[str, ...]:
+    try:
+        return tuple(default_registry().names())
+    except Exception:  # a broken plugin set must not take the suite down
+        return ()
+
+
+def _preimport() -> None:
+    """Import the heavy libraries the cases use, once, in asv's forkserver process.
+
+    Selection reads every backend's ``device`` (the torch plugin imports torch for it), so
+    without this every forked benchmark process would spend a second or more importing.
+    Only imports: nothing here starts a thread pool or probes a GPU, which a forked child
+    could not use afterwards.
+    """
+    for name in ("numba", "scipy.fft", "torch", "onnx", "onnxruntime"):
+        if importlib.util.find_spec(name.split(".")[0]) is not None:
+            try:
+                importlib.import_module(name)
+            except Exception:  # a broken optional install: the cases that need it will say so
+                pass
+
+
+_preimport()
+
+BACKENDS = KNOWN_BACKENDS + tuple(sorted(set(_registered_backends()) - set(KNOWN_BACKENDS)))
+PEERS = tuple(bench.PEERS)
+CONTENDERS = BACKENDS + ("auto",) + PEERS
+
+LAYER_NAMES = tuple(spec.name for spec in layers.LAYERS)
+#: Layers also measured at batch 32: a 3x3, a 1x1 (a GEMM) and AlexNet's 3x3 at 12x12.
+BATCH32_LAYERS = ("resnet50.layer3.conv2", "resnet50.layer3.conv1", "alexnet.conv3")
+
+DTYPE = "float32"
+
+
+def skip_reason(contender: str, spec, batch: int) -> Optional[str]:
+    """Why a combination is left out of the suite on purpose (too slow to be worth its minutes)."""
+    if contender == "fft" and spec.kernel == (1, 1):
+        return ("fft on a 1x1 kernel: a pointwise layer is a plain GEMM; the FFT backend would transform "
+                "every kernel to the input's size (seconds of prepare) and the cost model never picks it")
+    if contender == "naive" and batch > 1:
+        return "naive at batch > 1: the direct-loop fallback takes seconds a call; it is measured at batch 1"
+    return None
+
+
+class Case:
+    """One (layer, contender, batch) combination, ready to prepare and run.
+
+    The constructor raises ``NotImplementedError`` (asv: skipped) when the combination
+    cannot or should not run here. ``prepare()`` builds the executor and returns it;
+    ``run()`` runs the last one prepared on the case's input.
+    """
+
+    def __init__(self, layer_name: str, contender: str, batch: int = 1, dtype: str = DTYPE):
+        self.spec = layers.layer(layer_name)
+        self.contender = contender
+        self.problem = self.spec.problem(batch, dtype)
+        reason = skip_reason(contender, self.spec, batch)
+        if reason:
+            raise NotImplementedError(reason)
+        self.x, self.w, self.b = bench.problem_data(self.problem)
+        self._engine = None
+        if contender in PEERS:
+            self.prepare()  # the only way to learn whether a peer runs the problem
+            return
+        if contender != "auto":
+            try:
+                entry = default_registry().get(contender)
+            except ValueError as exc:
+                raise NotImplementedError(str(exc)) from None
+            if not entry.available:
+                raise NotImplementedError(f"backend {contender!r} is not available: {entry.unavailable_reason}")
+            simulated = bench.simulated(entry.attribute("device"))
+            if simulated:
+                raise NotImplementedError(f"backend {contender!r}: {simulated}")
+            declined = entry.backend.supports(self.problem)
+            if declined:
+                raise NotImplementedError(f"backend {contender!r} does not support {layer_name}: {declined}")
+        self._engine = ce.Engine() if contender == "auto" else ce.Engine(policy=contender)
+        self.executor: Optional[Callable[[], object]] = None
+
+    def prepare(self) -> Callable[[], object]:
+        """Everything before the per-input call: backend choice, weight packing, a peer's session."""
+        if self.contender in PEERS:
+            try:
+                self.executor = bench.make_peer(self.contender, self.problem, self.x, self.w, self.b)
+            except bench.PeerUnavailable as exc:
+                raise NotImplementedError(str(exc)) from None
+        else:
+            prepared = self._engine.prepare(self.w, self.b, input_shape=self.problem.input_shape,
+                                            **self.spec.conv_kwargs())
+            x = self.x
+            self.executor = lambda: prepared(x)
+        return self.executor
+
+    def run(self):
+        return self.executor()
+
+    def warm(self) -> None:
+        """Prepare and run once: JIT compilation (or its cache load), packing, thread pools."""
+        self.prepare()
+        self.run()
+
+    def gflops(self, budget_s: float = 0.1, max_calls: int = 7) -> float:
+        """Achieved GFLOP/s: the problem's direct-algorithm FLOPs over the median of a few calls.
+
+        Calls continue until ``budget_s`` has been spent or ``max_calls`` made (at least one).
+        """
+        times = []
+        start = time.perf_counter()
+        while not times or (time.perf_counter() - start < budget_s and len(times) < max_calls):
+            t0 = time.perf_counter()
+            self.run()
+            times.append(time.perf_counter() - t0)
+        return float(f"{self.problem.flops / float(np.median(times)) / 1e9:.4g}")
