@@ -233,3 +233,44 @@ def test_tune_cli_writes_a_plan_that_run_accepts(tmp_path, capsys, monkeypatch):
 def test_unknown_model_is_a_clear_cli_error(capsys):
     assert main(["summary", "resnet19"]) == 2
     assert "resnet19" in capsys.readouterr().err
+
+
+def test_elementwise_ops_reuse_dead_buffers_but_never_the_callers():
+    graph = _small_resnet_like()
+    compiled = CompiledGraph(graph, EXACT_ENGINE)
+    inplace = {s.node.op for s in compiled.steps if s.inplace}
+    assert {"Relu", "Add"} <= inplace
+    x = _input(graph)
+    before = x.copy()
+    y = compiled.run(x)
+    np.testing.assert_array_equal(x, before)
+    fresh = CompiledGraph(graph, EXACT_ENGINE)
+    for step in fresh.steps:
+        step.inplace = False
+    np.testing.assert_array_equal(y, fresh.run(x))
+
+
+def test_a_graph_input_feeding_an_elementwise_op_is_not_overwritten():
+    b = GraphBuilder("relu-only", (2, 3, 3))
+    graph = b.build(b.relu(b.input.name))
+    x = np.random.default_rng(0).standard_normal((1, 2, 3, 3)).astype(np.float32)
+    before = x.copy()
+    np.testing.assert_array_equal(graph.run(x), np.maximum(before, 0))
+    np.testing.assert_array_equal(x, before)
+
+
+def test_views_of_live_or_caller_tensors_are_not_overwritten():
+    """Relu on a Flatten (a view) must not write through to a tensor still read later, or to the input."""
+    b = GraphBuilder("views", (2, 3, 3))
+    conv = b.conv(b.input.name, 2, 1, name="c")
+    flat = b.relu(b.flatten(conv))                      # view of conv's output, which Add reads later
+    again = b.flatten(b.add(conv, conv))
+    through = b.relu(b.node("Identity", [b.input.name]))  # the caller's array under another name
+    graph = b.build([b.add(flat, again), through])
+    x = np.random.default_rng(0).standard_normal((1, 2, 3, 3)).astype(np.float32)
+    before = x.copy()
+    out = CompiledGraph(graph, EXACT_ENGINE).run(x)
+    np.testing.assert_array_equal(x, before)
+    c = ce.conv2d(before, graph.params["c.weight"], graph.params["c.bias"], backend="im2col").reshape(1, -1)
+    np.testing.assert_allclose(out[graph.outputs[0]], np.maximum(c, 0) + 2 * c, rtol=1e-6)
+    np.testing.assert_array_equal(out[graph.outputs[1]], np.maximum(before, 0))

@@ -17,7 +17,10 @@ import numpy as np
 
 from ..engine import default_engine
 from .ir import Graph, GraphError, Node
-from .ops import OPS, conv_problem_args
+from .ops import INPLACE, OPS, conv_problem_args
+
+#: Operators whose output may share memory with their first input.
+VIEW_OPS = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Transpose"}
 
 
 @dataclass
@@ -26,6 +29,7 @@ class Step:
     conv: Any = None  # PreparedConv for Conv nodes
     inputs: list[str] = field(default_factory=list)
     release: list[str] = field(default_factory=list)  # tensors whose last consumer is this step
+    inplace: bool = False  # may overwrite its first input (an intermediate nothing reads later)
 
 
 class CompiledGraph:
@@ -80,6 +84,31 @@ class CompiledGraph:
         for name, i in last_use.items():
             if name not in keep:
                 self.steps[i].release.append(name)
+        self._plan_inplace(last_use)
+
+    def _plan_inplace(self, last_use: dict[str, int]) -> None:
+        """Mark elementwise steps that may overwrite their first input.
+
+        Allowed only when no one can observe it: the buffer is not the caller's input or a
+        parameter, and neither that tensor nor any view of the same memory (Flatten, Reshape,
+        Identity... return views) is read after this step or returned.
+        """
+        root: dict[str, str] = {}
+        for step in self.steps:
+            node = step.node
+            for out in node.outputs:
+                root[out] = root.get(node.inputs[0], node.inputs[0]) if node.op in VIEW_OPS else out
+        protected = {spec.name for spec in self.graph.inputs} | set(self.graph.params)
+        group_end: dict[str, float] = {}
+        for name, r in root.items():
+            end = float("inf") if name in self.graph.outputs else last_use.get(name, -1)
+            group_end[r] = max(group_end.get(r, -1), end)
+        shapes = self.graph.shapes
+        for i, step in enumerate(self.steps):
+            first = step.node.inputs[0] if step.node.inputs else ""
+            r = root.get(first, first)
+            step.inplace = (step.node.op in INPLACE and r not in protected and group_end.get(r) == i
+                            and shapes.get(first) == shapes.get(step.node.outputs[0]))
 
     @property
     def layer_backends(self) -> dict[str, str]:
@@ -104,7 +133,7 @@ class CompiledGraph:
             else:
                 node = step.node
                 args = [(env[n] if n in env else params[n]) if n else None for n in node.inputs]
-                outputs = OPS[node.op].run(node, args)
+                outputs = (INPLACE[node.op] if step.inplace else OPS[node.op].run)(node, args)
             for name, value in zip(step.node.outputs, outputs):
                 env[name] = value
             for name in step.release:

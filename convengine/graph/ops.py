@@ -381,3 +381,15 @@ def _pad(node, arrays):
     if mode == "constant":
         return [np.pad(x, widths, constant_values=node.attrs.get("value", 0.0))]
     return [np.pad(x, widths, mode={"reflect": "reflect", "edge": "edge"}[mode])]
+
+
+# -- in-place variants -----------------------------------------------------------------------------
+#: Elementwise operators that can overwrite their first input when nothing reads it afterwards
+#: (the executor decides when): one memory pass and no allocation instead of a fresh array.
+INPLACE = {
+    "Relu": lambda node, arrays: [np.maximum(arrays[0], 0, out=arrays[0])],
+    "Clip": lambda node, arrays: [np.clip(arrays[0], arrays[0].dtype.type(node.attrs.get("min", -np.inf)),
+                                          arrays[0].dtype.type(node.attrs.get("max", np.inf)), out=arrays[0])],
+    "Add": lambda node, arrays: [np.add(arrays[0], arrays[1], out=arrays[0])],
+    "Mul": lambda node, arrays: [np.multiply(arrays[0], arrays[1], out=arrays[0])],
+}
