@@ -159,8 +159,8 @@ def choose_preferred(decision: Decision, preference: Sequence[str]) -> None:
     _raise_none_eligible(decision, only=preference)
 
 
-def choose_by_cost(decision: Decision, registry: Registry, machine) -> None:
-    """Rank eligible backends by their own prediction; those without one rank last."""
+def predict(decision: Decision, registry: Registry, machine) -> None:
+    """Fill ``predicted_s`` of every eligible row from the backend's own cost model."""
     decision.notes.append(f"cost model inputs: {machine.describe()}")
     for row in decision.candidates:
         if row.status == "excluded":
@@ -176,6 +176,11 @@ def choose_by_cost(decision: Decision, registry: Registry, machine) -> None:
             row.predicted_s = float(estimate)
         else:
             row.reason = _plugin_fault(row.name, f"estimate_seconds() returned {estimate!r}, not a time in seconds")
+
+
+def choose_by_cost(decision: Decision, registry: Registry, machine) -> None:
+    """Rank eligible backends by their own prediction; those without one rank last."""
+    predict(decision, registry, machine)
     ranked = sorted((c for c in decision.candidates if c.status != "excluded"),
                     key=lambda c: (c.predicted_s is None, c.predicted_s or 0.0))
     if not ranked:
@@ -185,6 +190,23 @@ def choose_by_cost(decision: Decision, registry: Registry, machine) -> None:
     for row in ranked[1:]:
         if row.predicted_s is not None:
             row.reason = f"predicted {row.predicted_s / best.predicted_s:.2g}x slower" if best.predicted_s else "predicted slower"
+
+
+def prune_hopeless(decision: Decision, factor: float, floor_s: float) -> None:
+    """Exclude from measuring the backends predicted slower than ``factor`` x the best and ``floor_s``.
+
+    Measuring costs at least one run; a candidate predicted to take minutes (a GPU simulator,
+    direct loops on a huge layer) would blow the tuning budget to confirm that it loses.
+    """
+    predictions = [c.predicted_s for c in decision.candidates if c.status != "excluded" and c.predicted_s is not None]
+    if not predictions:
+        return
+    best = min(predictions)
+    for row in decision.candidates:
+        if row.status != "excluded" and row.predicted_s is not None and row.predicted_s > max(factor * best, floor_s):
+            row.status = "excluded"
+            row.reason = (f"not measured: predicted {row.predicted_s:.3g} s, "
+                          f"{row.predicted_s / best:.0f}x the best prediction" if best else "not measured")
 
 
 def choose_by_measurement(

@@ -15,7 +15,11 @@ import numpy as np
 
 from . import __version__
 from .hardware import fingerprint_digest, host_fingerprint
-from .selection import Decision, choose_by_measurement, timed_median
+from .selection import Decision, choose_by_measurement, predict, prune_hopeless, timed_median
+
+#: Candidates predicted slower than this many times the best prediction (and than the whole
+#: tuning budget) are not measured.
+PRUNE_FACTOR = 20.0
 
 
 def tuning_key(engine, decision: Decision) -> str:
@@ -54,6 +58,10 @@ def tune(engine, decision: Decision) -> None:
         decision.notes.append(f"measured on {time.strftime('%Y-%m-%d %H:%M', time.localtime(record.get('when', 0)))}, "
                               f"cached in {cache.path}")
         return
+    from .costmodel import machine_profile
+
+    predict(decision, engine.registry, machine_profile(cache))
+    prune_hopeless(decision, PRUNE_FACTOR, engine.tune_budget_s)
     eligible = decision.eligible
     budget = engine.tune_budget_s / max(len(eligible), 1)
     inputs = _problem_data(decision.problem)
