@@ -12,17 +12,29 @@ import numpy as np
 from .cli import _ints, _policy, command
 
 
-def load_model(spec: str, in_channels=None):
-    """A zoo name (``resnet18``) or a path to an ``.onnx`` file."""
+def load_model(spec: str, input_shape=None):
+    """A zoo name (``resnet18``) or a path to an ``.onnx`` file; ``input_shape`` (C, H, W) for zoo models."""
     if spec.endswith(".onnx") or os.path.sep in spec or os.path.exists(spec):
         from .graph.onnx_import import load_onnx
 
         if not os.path.exists(spec):
             raise ValueError(f"model file {spec!r} does not exist")
         return load_onnx(spec)
-    from .models import get_model
+    import inspect
 
-    return get_model(spec, **({"in_channels": in_channels} if in_channels else {}))
+    from .models import MODELS, get_model
+
+    if input_shape is None:
+        return get_model(spec)
+    c, h, w = input_shape
+    factory = MODELS.get(spec)
+    if factory is not None and "input_size" in inspect.signature(factory).parameters:
+        return get_model(spec, in_channels=c, input_size=(h, w))
+    graph = get_model(spec, in_channels=c)
+    natural = tuple(graph.inputs[0].shape[2:])
+    if natural != (h, w):
+        raise ValueError(f"model {spec!r} is defined for {natural[0]}x{natural[1]} inputs only; got {h}x{w}")
+    return graph
 
 
 def _model_arg(parser: argparse.ArgumentParser) -> None:
@@ -67,13 +79,11 @@ def _summary_args(parser):
 @command("summary", "print a model's per-layer parameter and MAC table", _summary_args)
 def _summary(args) -> int:
     shape = args.input_shape
+    if shape is not None and len(shape) not in (3, 4):
+        raise ValueError(f"--input-shape must be C,H,W or N,C,H,W, got {','.join(map(str, shape))}")
     batch = shape[0] if shape and len(shape) == 4 else 1
-    chw = shape[-3:] if shape else None
-    graph = load_model(args.model, in_channels=chw[0] if chw else None)
-    natural = tuple(graph.inputs[0].shape[1:])
-    if chw and tuple(chw) != natural:
-        raise ValueError(f"model {args.model!r} is defined for input {natural} (C,H,W); got --input-shape {tuple(chw)}")
-    summary = graph.summary(input_shape=(batch,) + natural)
+    graph = load_model(args.model, tuple(shape[-3:]) if shape else None)
+    summary = graph.summary(input_shape=(batch,) + tuple(graph.inputs[0].shape[1:]))
     print(json.dumps(summary.to_dict(), indent=2) if args.json else summary)
     return 0
 

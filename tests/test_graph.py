@@ -210,7 +210,11 @@ def test_summary_input_shape_scales_macs(capsys):
     main(["summary", "lenet", "--json", "--input-shape", "4,1,28,28"])
     assert json.loads(capsys.readouterr().out)["total"]["macs"] == 4 * 416_520
     assert main(["summary", "lenet", "--input-shape", "1,32,32"]) == 2
-    assert "defined for input (1, 28, 28)" in capsys.readouterr().err
+    assert "defined for 28x28 inputs only" in capsys.readouterr().err
+    main(["summary", "resnet18", "--json", "--input-shape", "3,112,112"])  # global pooling: any size
+    small = json.loads(capsys.readouterr().out)
+    assert small["layers"][0]["output_shape"] == [1, 64, 56, 56]  # conv1 at half the resolution
+    assert small["total"]["macs"] == resnet18(input_size=112).summary().total_macs < resnet18().summary().total_macs / 3
 
 
 def test_run_cli_prints_layers_backends_and_model_time(capsys):

@@ -41,8 +41,9 @@ def _transition(b: GraphBuilder, x: str, out_channels: int, prefix: str) -> str:
 
 
 def _densenet(name: str, growth_rate: int, block_config: Sequence[int], num_init_features: int, bn_size: int,
-              compression: float, num_classes: int, in_channels: int, seed: int, dtype: str) -> Graph:
-    b = GraphBuilder(name, (in_channels, 224, 224), seed=seed, dtype=dtype)
+              compression: float, num_classes: int, in_channels: int, seed: int, dtype: str, input_size=224) -> Graph:
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    b = GraphBuilder(name, (in_channels, h, w), seed=seed, dtype=dtype)
     x = b.conv(b.input.name, num_init_features, 7, stride=2, padding=3, bias=False, name="features.conv0")
     x = b.activation(b.batchnorm(x, name="features.norm0"), name="features.relu0")
     x = b.maxpool(x, 3, 2, padding=1, name="features.pool0")
@@ -57,6 +58,7 @@ def _densenet(name: str, growth_rate: int, block_config: Sequence[int], num_init
     return b.build(b.dense(x, num_classes, name="classifier"))
 
 
-def densenet121(num_classes: int = 1000, in_channels: int = 3, *, seed: int = 0, dtype: str = "float32") -> Graph:
-    """DenseNet-121 (BC) on 224x224: growth 32, blocks (6, 12, 24, 16); 8.0M parameters, 2.9 GMACs."""
-    return _densenet("densenet121", 32, (6, 12, 24, 16), 64, 4, 0.5, num_classes, in_channels, seed, dtype)
+def densenet121(num_classes: int = 1000, in_channels: int = 3, *, seed: int = 0, dtype: str = "float32",
+                input_size=224) -> Graph:
+    """DenseNet-121 (BC) on 224x224 (or ``input_size``): growth 32, blocks (6, 12, 24, 16); 8.0M parameters, 2.9 GMACs."""
+    return _densenet("densenet121", 32, (6, 12, 24, 16), 64, 4, 0.5, num_classes, in_channels, seed, dtype, input_size)

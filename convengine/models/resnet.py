@@ -12,6 +12,9 @@ output differ in shape adds a projection shortcut: 1x1 strided convolution
 (``downsample.0``) and batch norm (``downsample.1``). No convolution has a bias: each is
 followed by batch norm, which the executor folds into it.
 
+Every factory takes ``input_size`` (an int or ``(h, w)``, 224 by default): global average
+pooling makes the network valid for any size of at least 32x32.
+
 Parameter names match ``torchvision.models.resnetNN().state_dict()`` (less the
 ``num_batches_tracked`` counters), so trained torchvision weights load by name.
 """
@@ -55,8 +58,9 @@ def _shortcut(b: GraphBuilder, x: str, channels: int, stride: int, prefix: str) 
 
 
 def _resnet(name: str, block, layers: Sequence[int], num_classes: int, in_channels: int, seed: int,
-            dtype: str, stride_in_1x1: bool = True) -> Graph:
-    b = GraphBuilder(name, (in_channels, 224, 224), seed=seed, dtype=dtype)
+            dtype: str, stride_in_1x1: bool = True, input_size=224) -> Graph:
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    b = GraphBuilder(name, (in_channels, h, w), seed=seed, dtype=dtype)
     x = b.batchnorm(b.conv(b.input.name, 64, 7, stride=2, padding=3, bias=False, name="conv1"), name="bn1")
     x = b.maxpool(b.activation(x, name="relu"), 3, 2, padding=1, name="maxpool")
     for stage, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers), start=1):
@@ -67,29 +71,34 @@ def _resnet(name: str, block, layers: Sequence[int], num_classes: int, in_channe
     return b.build(b.dense(x, num_classes, name="fc"))
 
 
-def resnet18(num_classes: int = 1000, in_channels: int = 3, *, seed: int = 0, dtype: str = "float32") -> Graph:
+def resnet18(num_classes: int = 1000, in_channels: int = 3, *, seed: int = 0, dtype: str = "float32",
+             input_size=224) -> Graph:
     """ResNet-18 on 224x224: basic blocks [2, 2, 2, 2]; 11.7M parameters, 1.8 GMACs."""
-    return _resnet("resnet18", _basic_block, (2, 2, 2, 2), num_classes, in_channels, seed, dtype)
+    return _resnet("resnet18", _basic_block, (2, 2, 2, 2), num_classes, in_channels, seed, dtype, input_size=input_size)
 
 
-def resnet34(num_classes: int = 1000, in_channels: int = 3, *, seed: int = 0, dtype: str = "float32") -> Graph:
+def resnet34(num_classes: int = 1000, in_channels: int = 3, *, seed: int = 0, dtype: str = "float32",
+             input_size=224) -> Graph:
     """ResNet-34 on 224x224: basic blocks [3, 4, 6, 3]; 21.8M parameters, 3.6 GMACs."""
-    return _resnet("resnet34", _basic_block, (3, 4, 6, 3), num_classes, in_channels, seed, dtype)
+    return _resnet("resnet34", _basic_block, (3, 4, 6, 3), num_classes, in_channels, seed, dtype, input_size=input_size)
 
 
 def resnet50(num_classes: int = 1000, in_channels: int = 3, *, seed: int = 0, dtype: str = "float32",
-             stride_in_1x1: bool = True) -> Graph:
+             stride_in_1x1: bool = True, input_size=224) -> Graph:
     """ResNet-50 on 224x224: bottlenecks [3, 4, 6, 3]; 25.6M parameters, 3.8 GMACs (4.1 with stride_in_1x1=False)."""
-    return _resnet("resnet50", _bottleneck, (3, 4, 6, 3), num_classes, in_channels, seed, dtype, stride_in_1x1)
+    return _resnet("resnet50", _bottleneck, (3, 4, 6, 3), num_classes, in_channels, seed, dtype,
+                   stride_in_1x1, input_size)
 
 
 def resnet101(num_classes: int = 1000, in_channels: int = 3, *, seed: int = 0, dtype: str = "float32",
-              stride_in_1x1: bool = True) -> Graph:
+              stride_in_1x1: bool = True, input_size=224) -> Graph:
     """ResNet-101 on 224x224: bottlenecks [3, 4, 23, 3]; 44.5M parameters, 7.6 GMACs (7.8 with stride_in_1x1=False)."""
-    return _resnet("resnet101", _bottleneck, (3, 4, 23, 3), num_classes, in_channels, seed, dtype, stride_in_1x1)
+    return _resnet("resnet101", _bottleneck, (3, 4, 23, 3), num_classes, in_channels, seed, dtype,
+                   stride_in_1x1, input_size)
 
 
 def resnet152(num_classes: int = 1000, in_channels: int = 3, *, seed: int = 0, dtype: str = "float32",
-              stride_in_1x1: bool = True) -> Graph:
+              stride_in_1x1: bool = True, input_size=224) -> Graph:
     """ResNet-152 on 224x224: bottlenecks [3, 8, 36, 3]; 60.2M parameters, 11.3 GMACs (11.5 with stride_in_1x1=False)."""
-    return _resnet("resnet152", _bottleneck, (3, 8, 36, 3), num_classes, in_channels, seed, dtype, stride_in_1x1)
+    return _resnet("resnet152", _bottleneck, (3, 8, 36, 3), num_classes, in_channels, seed, dtype,
+                   stride_in_1x1, input_size)
