@@ -138,10 +138,8 @@ def onnx_conv_model(problem: ConvProblem, w, b):
 def onnxruntime_peer(problem: ConvProblem, x, w, b) -> Callable[[], object]:
     """ONNX Runtime (CPU provider) running the one-node Conv model on ``x``.
 
-    ``intra_op_num_threads`` is convengine's thread count and execution is sequential; idle
-    workers do not spin (``session.intra_op.allow_spinning=0``), for the reason convengine
-    sets ``OMP_WAIT_POLICY=PASSIVE``: spinning threads would steal the cores of whichever
-    contender runs next in an interleaved round. Raises :class:`PeerUnavailable` without
+    Session options: :func:`onnxruntime_options` (convengine's thread count, sequential, no
+    spinning workers, default graph optimizations). Raises :class:`PeerUnavailable` without
     onnx and onnxruntime, or when ONNX Runtime has no kernel for the problem (its CPU
     provider has no float64 Conv).
     """
@@ -151,12 +149,7 @@ def onnxruntime_peer(problem: ConvProblem, x, w, b) -> Callable[[], object]:
     except ImportError as exc:
         raise PeerUnavailable(f"onnx and onnxruntime are not both installed ({exc}); "
                               "pip install onnx onnxruntime") from None
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = get_num_threads()
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3  # errors only
+    options = onnxruntime_options(ort)
     try:
         session = ort.InferenceSession(onnx_conv_model(problem, w, b).SerializeToString(), options,
                                        providers=["CPUExecutionProvider"])
@@ -173,6 +166,26 @@ def onnxruntime_peer(problem: ConvProblem, x, w, b) -> Callable[[], object]:
     return run
 
 
+def onnxruntime_options(ort=None, threads: Optional[int] = None):
+    """The ``SessionOptions`` every ONNX Runtime contender gets.
+
+    ``intra_op_num_threads`` is convengine's thread count (or ``threads``), execution is
+    sequential, idle workers do not spin (``session.intra_op.allow_spinning=0``, for the
+    reason convengine sets ``OMP_WAIT_POLICY=PASSIVE``: spinning threads would steal the
+    cores of whichever contender runs next in an interleaved round), and graph optimizations
+    stay at ONNX Runtime's default, ``ORT_ENABLE_ALL``: what a user gets.
+    """
+    if ort is None:
+        import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or get_num_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only
+    return options
+
+
 def _calibrate(fn: Callable[[], object], target_s: float) -> int:
     start = time.perf_counter()
     fn()
@@ -180,14 +193,16 @@ def _calibrate(fn: Callable[[], object], target_s: float) -> int:
     return max(1, int(target_s / once))
 
 
-def compare(problem: ConvProblem, backends: dict[str, Callable[[np.ndarray], np.ndarray]],
-            peers: dict[str, Callable[[], object]], x: np.ndarray, rounds: int = 7,
-            target_s: float = 0.02) -> list[Timing]:
-    """Median seconds per call of each backend executor and peer, timed in interleaved rounds."""
-    contenders: dict[str, Callable[[], object]] = {name: (lambda e=e: e(x)) for name, e in backends.items()}
-    contenders.update(peers)
-    for fn in contenders.values():
-        fn()  # warm-up: compilation, caches, thread pools
+def interleaved(contenders: dict[str, Callable[[], object]], rounds: int = 7, target_s: float = 0.02,
+                warm: bool = True) -> dict[str, list[float]]:
+    """Seconds per call of each contender, one sample per round, the contenders interleaved.
+
+    Each contender is called once first when ``warm`` (compilation, caches, thread pools),
+    then once more to calibrate how many calls make a sample of at least ``target_s``.
+    """
+    if warm:
+        for fn in contenders.values():
+            fn()
     inner = {name: _calibrate(fn, target_s) for name, fn in contenders.items()}
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(rounds):
@@ -196,6 +211,16 @@ def compare(problem: ConvProblem, backends: dict[str, Callable[[np.ndarray], np.
             for _ in range(inner[name]):
                 fn()
             samples[name].append((time.perf_counter() - start) / inner[name])
+    return samples
+
+
+def compare(problem: ConvProblem, backends: dict[str, Callable[[np.ndarray], np.ndarray]],
+            peers: dict[str, Callable[[], object]], x: np.ndarray, rounds: int = 7,
+            target_s: float = 0.02) -> list[Timing]:
+    """Median seconds per call of each backend executor and peer, timed in interleaved rounds."""
+    contenders: dict[str, Callable[[], object]] = {name: (lambda e=e: e(x)) for name, e in backends.items()}
+    contenders.update(peers)
+    samples = interleaved(contenders, rounds, target_s)
     return [Timing(name, "peer" if name in peers else "backend", float(np.median(samples[name])), problem.flops)
             for name in contenders]
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from .ir import GraphError, Node
 
@@ -173,12 +172,24 @@ def _pool_infer(node, shapes):
     return [shape[:2] + tuple(g[-1] for g in _pool_geometry(node, shape))]
 
 
-def _windows(padded: np.ndarray, geometry) -> np.ndarray:
-    """A (N, C, out_h, out_w, kh, kw) strided view of pooling windows."""
+def _window_taps(padded: np.ndarray, geometry):
+    """Each kernel tap's strided (N, C, out_h, out_w) view: pooling reduces over these.
+
+    Reducing tap by tap is a handful of whole-array operations (9 for a 3x3 window) instead
+    of a reduction over a 6-D strided view, which numpy walks element by element.
+    """
     (kh, sh, dh, *_, oh), (kw, sw, dw, *_, ow) = geometry
-    n, c, _, _ = padded.shape
-    s0, s1, s2, s3 = padded.strides
-    return as_strided(padded, (n, c, oh, ow, kh, kw), (s0, s1, s2 * sh, s3 * sw, s2 * dh, s3 * dw), writeable=False)
+    for p in range(kh):
+        for q in range(kw):
+            yield padded[:, :, p * dh:p * dh + sh * (oh - 1) + 1:sh, q * dw:q * dw + sw * (ow - 1) + 1:sw]
+
+
+def _pool_reduce(padded, geometry, combine):
+    taps = _window_taps(padded, geometry)
+    result = np.array(next(taps))
+    for tap in taps:
+        combine(result, tap, out=result)
+    return result
 
 
 def _pad_for_pool(x, geometry, value):
@@ -190,14 +201,14 @@ def _pad_for_pool(x, geometry, value):
 def _maxpool(node, arrays):
     x = arrays[0]
     geometry = _pool_geometry(node, x.shape)
-    return [_windows(_pad_for_pool(x, geometry, -np.inf), geometry).max(axis=(4, 5))]
+    return [_pool_reduce(_pad_for_pool(x, geometry, -np.inf), geometry, np.maximum)]
 
 
 @op("AveragePool", _pool_infer)
 def _avgpool(node, arrays):
     x = arrays[0]
     geometry = _pool_geometry(node, x.shape)
-    total = _windows(_pad_for_pool(x, geometry, 0), geometry).sum(axis=(4, 5))
+    total = _pool_reduce(_pad_for_pool(x, geometry, 0), geometry, np.add)
     # Divisor: elements of each window inside the input, or inside input + explicit pads with
     # count_include_pad; never the ceil-mode extension (PyTorch and ONNX agree on this).
     (_, _, _, top, bottom, pad_bottom, _), (_, _, _, left, right, pad_right, _) = geometry
@@ -207,7 +218,7 @@ def _avgpool(node, arrays):
         ones = np.pad(ones, ((0, 0), (0, 0), (0, bottom - pad_bottom), (0, right - pad_right)))
     else:
         ones = np.pad(ones, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    count = _windows(ones, geometry).sum(axis=(4, 5))
+    count = _pool_reduce(ones, geometry, np.add)
     return [(total / count).astype(x.dtype, copy=False)]
 
 
