@@ -1,4 +1,4 @@
-"""``convengine bench``: each backend's time on named layers, as a ratio to the fastest peer.
+"""``convengine bench``: each backend's time on named layers or whole models, as a ratio to the peers.
 
 For every selected layer (:mod:`convengine.layers`), every available backend that supports
 it, the engine's own choice (``auto``), and the peers that are installed
@@ -8,6 +8,12 @@ time, its ratio to the fastest peer measured in the same run, its achieved GFLOP
 share of the machine's measured GEMM rate, the practical limit. When every layer of a model
 is selected, a model total follows: the layer times weighted by how often the model runs
 each shape.
+
+With ``--model`` (a zoo name or an ``.onnx`` file), the whole graph runs through the
+executor under ``auto``, ``tune`` and each single backend that runs every layer, against
+ONNX Runtime on ``to_onnx(graph)`` (:func:`convengine.bench.bench_model`): median latency,
+ratio to ONNX Runtime, GMAC/s, the first call (preparation + one run) and, with
+``--memory``, each contender's peak extra RSS and cold first call in a fresh process.
 """
 
 from __future__ import annotations
@@ -60,11 +66,24 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shape", action="append", default=[], type=_shape, metavar="C,H,W:O,KH,KW[:S[:P]]",
                         help="an ad-hoc layer: input channels and size, output channels and kernel size, "
                              "optional stride and padding, e.g. 256,56,56:64,1,1 (repeatable)")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME|FILE.onnx",
+                        help="time a whole model through the executor (repeatable): a zoo name (lenet, alexnet, "
+                             "resnet18, resnet50, densenet121, ...) or an .onnx file; against ONNX Runtime")
+    parser.add_argument("--memory", action="store_true",
+                        help="with --model: also measure each contender's peak extra RSS and cold first call, "
+                             "each in a fresh process (slower)")
+    parser.add_argument("--no-tune", action="store_true",
+                        help="with --model: leave out the 'tune' policy (tuning a large model takes minutes)")
+    parser.add_argument("--max-run-s", type=float, default=10.0, metavar="SECONDS",
+                        help="with --model: skip single backends the cost model predicts slower than this per run, "
+                             "and do not time further a contender whose first run took longer (default 10; "
+                             "0 = no limit; --backend NAME lifts the prediction rule for NAME)")
     parser.add_argument("--batch", type=_positive_int, default=1, help="images per call (default 1)")
     parser.add_argument("--threads", type=_positive_int, default=None,
                         help="threads for every contender (default: convengine's setting, i.e. the usable cores)")
     parser.add_argument("--rounds", type=_positive_int, default=7, help="interleaved timing rounds (default 7)")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="layers' dtype (default float32); a --model runs in its own dtype")
     parser.add_argument("--backend", action="append", default=[], metavar="NAME",
                         help="time only these backends (repeatable); peers and auto are always timed")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
@@ -201,9 +220,14 @@ def _bench(args: argparse.Namespace) -> int:
             print(f"--set {name}: {len(members)} layers")
         return 0
     try:
-        specs = select(args.layer, args.sets or ([] if args.layer or args.shape else ["quick"])) + tuple(args.shape)
+        default_sets = [] if args.layer or args.shape or args.model else ["quick"]
+        specs = select(args.layer, args.sets or default_sets) + tuple(args.shape)
     except KeyError as exc:
         print(f"convengine bench: error: {exc.args[0]}", file=sys.stderr)
+        return 2
+    problem = _check_models(args.model)
+    if problem:
+        print(f"convengine bench: error: {problem}", file=sys.stderr)
         return 2
     infos = list_backends()
     known = {i.name: i for i in infos}
@@ -220,11 +244,16 @@ def _bench(args: argparse.Namespace) -> int:
         set_num_threads(args.threads)
     threads = get_num_threads()
     gemm = measure_gemm_flops(args.dtype)
-    header = [f"convengine bench: {len(specs)} layer{'s' if len(specs) != 1 else ''}, batch {args.batch}, "
-              f"{args.dtype}, {threads} thread{'s' if threads != 1 else ''}, median of {args.rounds} interleaved rounds",
-              f"practical limit: numpy GEMM {gemm / 1e9:.1f} GFLOP/s ({args.dtype}, measured now); "
-              f"'vs peer' is the ratio to the fastest peer on the same layer in this run"]
+    what = [f"{len(specs)} layer{'s' if len(specs) != 1 else ''}"] if specs else []
+    what += [f"{len(args.model)} model{'s' if len(args.model) != 1 else ''}"] if args.model else []
+    header = [f"convengine bench: {' and '.join(what)}, batch {args.batch}, "
+              + (f"{args.dtype}, " if specs else "")
+              + f"{threads} thread{'s' if threads != 1 else ''}, median of {args.rounds} interleaved rounds",
+              f"practical limit: numpy GEMM {gemm / 1e9:.1f} GFLOP/s ({args.dtype}, measured now)"
+              + ("; 'vs peer' is the ratio to the fastest peer on the same layer in this run" if specs else "")]
     header += [f"not run: {name} ({_short(reason, 70)})" for name, reason in unavailable.items()]
+    if args.model:
+        header += _model_notes(args)
 
     items, emit = _progress(specs, enabled=len(specs) > 1 and not args.no_progress)
     if not args.json:
@@ -252,13 +281,138 @@ def _bench(args: argparse.Namespace) -> int:
             emit(f"\n{spec.name}" + (f"  (x{spec.count} in {spec.model})" if spec.count > 1 else ""))
             emit(bench.format_table(problem, shown, gemm))
     totals = _model_totals(reports)
+    if not args.json:
+        for total in totals:
+            print()
+            print(_format_totals(total, gemm))
+    whole = []
+    if args.model:
+        whole = _bench_models(args, backend_names, gemm, print if not args.json else None)
     if args.json:
         print(json.dumps({
             "batch": args.batch, "dtype": args.dtype, "threads": threads, "rounds": args.rounds,
             "gemm_flops": gemm, "unavailable": unavailable, "layers": reports, "models": totals,
+            "whole_models": whole, "memory_method": bench.MEMORY_METHOD if args.memory and args.model else None,
         }, indent=2))
-        return 0
-    for total in totals:
-        print()
-        print(_format_totals(total, gemm))
     return 0
+
+
+# -- whole models -----------------------------------------------------------------------------
+
+
+def _is_path(spec: str) -> bool:
+    import os
+
+    return spec.endswith(".onnx") or os.path.sep in spec or os.path.exists(spec)
+
+
+def _check_models(specs) -> Optional[str]:
+    """Why a --model argument cannot be used (checked before anything is timed), else ``None``."""
+    import os
+
+    for spec in specs:
+        if _is_path(spec):
+            if not os.path.isfile(spec):
+                return f"model file {spec!r} does not exist"
+            continue
+        from .models import MODELS
+
+        if spec not in MODELS:
+            import difflib
+
+            close = difflib.get_close_matches(spec, MODELS, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            return f"unknown model {spec!r} (not a zoo model nor an .onnx file); zoo: {', '.join(MODELS)}{hint}"
+    return None
+
+
+def _model_notes(args) -> list[str]:
+    notes = ["whole models: every contender is prepared and run once (the 'first call': preparation, incl. Numba "
+             "compilation or its cache load the first time this process uses a kernel, + one run), then timed; "
+             "'vs ORT' is the ratio to ONNX Runtime running to_onnx(graph) on the same weights and input "
+             "(CPU provider, default ORT_ENABLE_ALL optimizations, sequential, no spinning); peer:torch is not run "
+             "on whole models (it would need a torch twin of the graph)"]
+    if not args.no_tune:
+        notes.append("tune: tuned before timing into a fresh tuning cache in a temporary directory (no stale "
+                     "measurement reused); its first call is preparation from that cache")
+    if args.memory:
+        notes.append("peak RSS: extra resident memory of building + running the contender (twice) in a fresh "
+                     "process, after imports and loading the model; 'cold call' is that process's first call")
+    return notes
+
+
+def _bench_models(args, backend_names, gemm, emit) -> list[dict]:
+    """Run :func:`convengine.bench.bench_model` for every --model; print each table when ``emit``."""
+    import tempfile
+
+    from . import bench
+    from .cli_models import load_model
+
+    say = (lambda text: print(f"  ... {text}", file=sys.stderr, flush=True)) if not args.no_progress else (
+        lambda text: None)
+    reports = []
+    with tempfile.TemporaryDirectory(prefix="convengine-bench-") as workdir:
+        for spec in args.model:
+            graph = load_model(spec)
+            report = bench.bench_model(spec, graph, batch=args.batch, backends=backend_names, explicit=set(args.backend),
+                                       rounds=args.rounds, tune=not args.no_tune, memory=args.memory,
+                                       max_run_s=args.max_run_s or None, workdir=workdir, gemm_flops=gemm, say=say)
+            del graph
+            reports.append(report)
+            if emit is not None:
+                emit("")
+                emit(_format_model(report, memory=args.memory))
+    return reports
+
+
+def _cut(text: Optional[str], limit: int = 110) -> str:
+    text = (text or "").splitlines()[0] if text else ""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _seconds(value: Optional[float]) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1e3:.2f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def _mib(value: Optional[int]) -> str:
+    return "-" if value is None else f"{value / 2**20:.0f} MiB"
+
+
+def _format_model(report: dict, memory: bool = False) -> str:
+    """One model's table: a row per contender, those that did not run last, with why."""
+    source = "zoo" if not _is_path(report["source"]) else report["source"]
+    lines = [f"{report['model']} ({source}): batch {report['batch']}, input {tuple(report['input_shape'])} "
+             f"{report['dtype']}, {report['convolutions']} convolutions ({report['distinct_convolutions']} distinct), "
+             + (f"{report['macs'] / 1e9:.2f} GMACs" if report["macs"] >= 1e8 else f"{report['macs'] / 1e6:.2f} MMACs")]
+    if report["tuning_s"] is not None:
+        lines.append(f"tuning (before timing, fresh cache): {report['tuning_s']:.1f} s")
+    header = ["contender", "median", "vs ORT", "GMAC/s", "of GEMM", "first call"]
+    if memory:
+        header += ["cold call", "peak RSS", "vs ORT"]
+    header.append("layers")
+    rows = [header]
+    for r in report["results"]:
+        mem = r.get("memory") or {}
+        if r["median_s"] is None and r.get("first_call_s") is None:
+            rows.append([r["contender"], "-"] + [""] * (len(header) - 3) + [_cut(r["error"])])
+            continue
+        row = [r["contender"], _seconds(r["median_s"]),
+               f"{r['ratio_to_ort']:.2f}x" if r["ratio_to_ort"] else "-",
+               f"{r['gmacs']:.1f}" if r["gmacs"] else "-",
+               f"{r['gemm_share']:.0%}" if r["gemm_share"] else "-",
+               _seconds(r["first_call_s"])]
+        if memory:
+            if mem.get("error"):
+                row += ["-", "-", "-"]
+            else:
+                row += [_seconds(mem.get("cold_first_call_s")), _mib(mem.get("peak_extra_bytes")),
+                        f"{mem['ratio_to_ort']:.2f}x" if mem.get("ratio_to_ort") else "-"]
+        last = ", ".join(f"{name} x{n}" for name, n in (r["backends"] or {}).items())
+        notes = [text for text in (r["error"], mem.get("error")) if text]
+        row.append("; ".join([last] * bool(last) + [_cut(t) for t in notes]))
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    lines += ["  ".join([c.ljust(w) for c, w in zip(r, widths)] + [r[-1]]).rstrip() for r in rows]
+    return "\n".join(lines)

@@ -134,3 +134,17 @@ def isolated_env(monkeypatch, tmp_path):
     monkeypatch.setenv("CONVENGINE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv(ENV_BACKEND, raising=False)
     monkeypatch.delenv("CONVENGINE_LOAD_PLUGINS", raising=False)
+
+
+def make_plugin(plugin_name: str, *backends):
+    """A throw-away plugin module registering ``backends`` through the real hook."""
+    import types
+
+    @ce.hookimpl
+    def convengine_register_backends(register):
+        for backend in backends:
+            register(backend)
+
+    plugin = types.ModuleType(plugin_name)
+    plugin.convengine_register_backends = convengine_register_backends
+    return plugin

@@ -7,7 +7,6 @@ test is never excluded in another.
 
 from __future__ import annotations
 
-import types
 import warnings
 
 import numpy as np
@@ -19,6 +18,8 @@ from convengine import (EXACT, LOSSY, Backend, BackendError, BackendUnavailableE
 from convengine.engine import ENV_BACKEND
 from convengine.plugins import Registry
 from convengine.testing.reference import conv2d_reference, relative_error
+
+from conftest import make_plugin
 
 X_SHAPE, W_SHAPE = (2, 3, 8, 8), (4, 3, 3, 3)
 
@@ -69,17 +70,6 @@ class FakeBackend(Backend):
             return y
 
         return execute
-
-
-def make_plugin(plugin_name, *backends):
-    @convengine.hookimpl
-    def convengine_register_backends(register):
-        for backend in backends:
-            register(backend)
-
-    plugin = types.ModuleType(plugin_name)
-    plugin.convengine_register_backends = convengine_register_backends
-    return plugin
 
 
 def registry_with(*backends):

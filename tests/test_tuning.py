@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import time
-import types
 import warnings
 
 import numpy as np
@@ -22,6 +21,8 @@ from convengine.plugins import Registry
 from convengine.testing.reference import conv2d_reference
 from convengine.tuning import tuning_key
 from convengine.tuning_cache import TuningCache, TuningCacheWarning
+
+from conftest import make_plugin
 
 X_SHAPE, W_SHAPE = (1, 2, 5, 5), (2, 2, 3, 3)
 
@@ -61,17 +62,6 @@ class SleepyBackend(Backend):
     @property
     def calls(self):
         return self.prepare_calls + self.execute_calls
-
-
-def make_plugin(plugin_name, *backends):
-    @convengine.hookimpl
-    def convengine_register_backends(register):
-        for backend in backends:
-            register(backend)
-
-    plugin = types.ModuleType(plugin_name)
-    plugin.convengine_register_backends = convengine_register_backends
-    return plugin
 
 
 def fakes_only(*backends):

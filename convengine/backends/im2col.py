@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import EXACT, Backend
+from ..backend import EXACT
 from ..environment import positive_int
 from ..hookspecs import hookimpl
 from ..problem import ConvProblem
 from ..threads import apply_blas_threads, numba_threads
+from ._numba import NumbaBackend
 
 DEFAULT_MAX_BUFFER_BYTES = 256 * 2**20
 # Fraction of the GEMM rate the column products reach, and memory passes per column byte
@@ -38,26 +39,13 @@ def column_bytes(problem: ConvProblem) -> int:
     return problem.batch * problem.groups * k * problem.out_height * problem.out_width * np.dtype(problem.dtype).itemsize
 
 
-class Im2colBackend(Backend):
+class Im2colBackend(NumbaBackend):
     name = "im2col"
     numerical_class = EXACT
     version = "2"
 
     def __init__(self, max_buffer_bytes: int | None = None):
         self.max_buffer_bytes = max_buffer_bytes
-
-    def availability(self):
-        try:
-            import numba  # noqa: F401  (the unfold kernel)
-        except ImportError as exc:
-            return f"numba is not importable: {exc}"
-        return None
-
-    def fingerprint(self) -> dict:
-        import numba
-
-        # numpy's BLAS is part of the host fingerprint already
-        return {"version": self.version, "numpy": np.__version__, "numba": numba.__version__}
 
     def estimate_seconds(self, problem: ConvProblem, machine) -> float:
         compute = problem.flops / (machine.gemm_flops(problem.dtype) * GEMM_EFFICIENCY)

@@ -9,31 +9,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import EXACT, Backend
+from ..backend import EXACT
 from ..hookspecs import hookimpl
 from ..problem import ConvProblem
 from ..threads import numba_threads
+from ._numba import NumbaBackend
 
 # Fraction of the machine's GEMM rate that vectorised direct loops reach (order of magnitude).
 DIRECT_LOOP_EFFICIENCY = 0.025
 
 
-class NaiveBackend(Backend):
+class NaiveBackend(NumbaBackend):
     name = "naive"
     numerical_class = EXACT
-    version = "1"
-
-    def availability(self):
-        try:
-            import numba  # noqa: F401
-        except ImportError as exc:
-            return f"numba is not importable: {exc}"
-        return None
-
-    def fingerprint(self) -> dict:
-        import numba
-
-        return {"version": self.version, "numba": numba.__version__}
+    version = "2"
 
     def estimate_seconds(self, problem: ConvProblem, machine) -> float:
         rate = machine.gemm_flops(problem.dtype) * DIRECT_LOOP_EFFICIENCY
