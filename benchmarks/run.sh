@@ -20,7 +20,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
 ASV=${ASV:-"python -m asv"}
 read -r -a extra <<< "${ASV_ARGS:-}"
-GATED='^conv2d\.\w+\.(time|peakmem)_'
+GATED='^(conv2d|models)\.\w+\.(time|peakmem)_'
 
 usage() { sed -n '2,16p' "$here/run.sh" | sed 's/^# \{0,1\}//'; }
 

@@ -26,7 +26,7 @@ from .threads import get_num_threads, set_num_threads
 __all__ = [
     "Backend", "BackendError", "BackendInfo", "BackendUnavailableError", "ConvProblem", "Decision", "EXACT",
     "Engine", "LOSSY", "PluginWarning", "PreparedConv", "conv2d", "explain", "get_num_threads", "hookimpl",
-    "list_backends", "load_onnx", "set_num_threads",
+    "list_backends", "load_onnx", "set_num_threads", "to_onnx",
 ]
 
 
@@ -49,6 +49,13 @@ def load_onnx(source):
     from .graph.onnx_import import load_onnx as _load
 
     return _load(source)
+
+
+def to_onnx(graph, *, opset: int = 17):
+    """An ``onnx.ModelProto`` of a :class:`convengine.graph.Graph` (needs ``onnx``)."""
+    from .graph.onnx_export import to_onnx as _export
+
+    return _export(graph, opset=opset)
 
 
 def explain(x, weight, bias=None, **params) -> Decision:

@@ -547,28 +547,50 @@ def measure_model_memory(contender: str, model: str, batch: int, input_path: str
 
     See :data:`MEMORY_METHOD`. Returns ``{"peak_extra_bytes", "baseline_bytes", "peak_bytes",
     "cold_first_call_s", "method", "error"}`` (``error`` set and the numbers ``None`` when the
-    process failed).
+    process failed). For ``tune``, a first process makes sure ``tuning_cache`` has every
+    layer under the keys a fresh process computes (measuring again what it lacks), so that
+    the measured process only reads it; ``retuned_layers`` says how many it had to measure.
+    """
+    empty = {"peak_extra_bytes": None, "baseline_bytes": None, "peak_bytes": None, "cold_first_call_s": None,
+             "method": None}
+    spec = {"contender": contender, "model": model, "batch": batch, "input": input_path, "onnx": onnx_path,
+            "tuning_cache": tuning_cache, "threads": threads or get_num_threads()}
+    retuned = None
+    if contender == "tune":
+        done = _child(dict(spec, mode="tune"), timeout)
+        if done.get("error"):
+            return dict(empty, error=done["error"])
+        retuned = done["tuned_layers"]
+    result = _child(dict(spec, mode="measure"), timeout)
+    if result.get("error"):
+        return dict(empty, error=result["error"])
+    if retuned is not None:
+        result["retuned_layers"] = retuned
+    return dict(empty, error=None, **result)
+
+
+def _child(spec: dict, timeout: float) -> dict:
+    """Run :func:`_memory_child` on ``spec`` in a fresh interpreter; its JSON line, or ``{"error"}``.
+
+    ``PYTHONHASHSEED`` is fixed for these processes: a backend fingerprint that depends on
+    the hash seed (the order of a set) would otherwise give every process other tuning keys.
     """
     import json
     import os
     import subprocess
     import sys
 
-    spec = {"contender": contender, "model": model, "batch": batch, "input": input_path, "onnx": onnx_path,
-            "tuning_cache": tuning_cache, "threads": threads or get_num_threads()}
-    env = dict(os.environ, CONVENGINE_NUM_THREADS=str(spec["threads"]))
-    empty = {"peak_extra_bytes": None, "baseline_bytes": None, "peak_bytes": None, "cold_first_call_s": None,
-             "method": None}
+    env = dict(os.environ, CONVENGINE_NUM_THREADS=str(spec["threads"]), PYTHONHASHSEED="0")
     try:
         proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec)], capture_output=True, text=True,
                               timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
-        return dict(empty, error=f"the measuring process took more than {timeout:g} s")
+        return {"error": f"the measuring process took more than {timeout:g} s"}
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return dict(empty, error=f"the measuring process failed (exit {proc.returncode}): {tail[:200]}")
-    return dict(empty, error=None, **json.loads(lines[-1]))
+        return {"error": f"the measuring process failed (exit {proc.returncode}): {tail[:200]}"}
+    return json.loads(lines[-1])
 
 
 def _proc_status() -> dict:
@@ -615,8 +637,20 @@ def _settle_and_reset() -> tuple[int, str]:
     return _maxrss_bytes(), "ru_maxrss delta (no peak reset: may underestimate)"
 
 
+def _tuning_entries(path) -> int:
+    """How many tuning results (not machine profiles) the cache file at ``path`` holds."""
+    import json
+
+    try:
+        with open(path) as f:
+            entries = json.load(f).get("entries", {})
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return sum(1 for e in entries.values() if isinstance(e, dict) and "chosen" in (e.get("record") or {}))
+
+
 def _memory_child(spec_json: str) -> int:
-    """Entry point of :func:`measure_model_memory`'s process: prints one JSON line."""
+    """Entry point of :func:`measure_model_memory`'s processes: prints one JSON line."""
     import json
 
     spec = json.loads(spec_json)
@@ -633,6 +667,11 @@ def _memory_child(spec_json: str) -> int:
 
         list_backends()  # imports every registered backend's libraries (Numba, torch...)
         graph = load_model(spec["model"])
+    if spec.get("mode") == "tune":
+        before = _tuning_entries(spec["tuning_cache"])
+        tune_model(graph, spec["batch"], spec["tuning_cache"])
+        print(json.dumps({"tuned_layers": _tuning_entries(spec["tuning_cache"]) - before}))
+        return 0
     baseline, method = _settle_and_reset()
     start = time.perf_counter()
     run, _ = build_model_runner(contender, graph, spec["batch"], tuning_cache=spec["tuning_cache"],

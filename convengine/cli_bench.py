@@ -354,9 +354,10 @@ def _bench_models(args, backend_names, gemm, emit) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="convengine-bench-") as workdir:
         for spec in args.model:
             graph = load_model(spec)
-            report = bench.bench_model(spec, graph, batch=args.batch, backends=backend_names, explicit=set(args.backend),
-                                       rounds=args.rounds, tune=not args.no_tune, memory=args.memory,
-                                       max_run_s=args.max_run_s or None, workdir=workdir, gemm_flops=gemm, say=say)
+            report = bench.bench_model(spec, graph, batch=args.batch, backends=backend_names,
+                                       explicit=set(args.backend), rounds=args.rounds, tune=not args.no_tune,
+                                       memory=args.memory, max_run_s=args.max_run_s or None, workdir=workdir,
+                                       gemm_flops=gemm, say=say)
             del graph
             reports.append(report)
             if emit is not None:
@@ -390,7 +391,7 @@ def _format_model(report: dict, memory: bool = False) -> str:
         lines.append(f"tuning (before timing, fresh cache): {report['tuning_s']:.1f} s")
     header = ["contender", "median", "vs ORT", "GMAC/s", "of GEMM", "first call"]
     if memory:
-        header += ["cold call", "peak RSS", "vs ORT"]
+        header += ["cold call", "peak RSS", "RSS vs ORT"]
     header.append("layers")
     rows = [header]
     for r in report["results"]:
@@ -411,6 +412,9 @@ def _format_model(report: dict, memory: bool = False) -> str:
                         f"{mem['ratio_to_ort']:.2f}x" if mem.get("ratio_to_ort") else "-"]
         last = ", ".join(f"{name} x{n}" for name, n in (r["backends"] or {}).items())
         notes = [text for text in (r["error"], mem.get("error")) if text]
+        if mem.get("retuned_layers"):
+            notes.append(f"the fresh process first re-tuned {mem['retuned_layers']} layers (tuning keys differ "
+                         f"between processes)")
         row.append("; ".join([last] * bool(last) + [_cut(t) for t in notes]))
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]

@@ -179,14 +179,142 @@ def test_bench_lists_layers(capsys):
     assert len([line for line in out.splitlines() if not line.startswith("--set")]) == len(layers.LAYERS)
 
 
+# -- convengine bench --model: whole models ----------------------------------------------------
+
+
+def _whole(capsys, *argv) -> dict:
+    code, out, err = _bench(capsys, *argv, "--json", "--no-progress")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["layers"] == [] and report["models"] == []  # --model alone runs no layer
+    (model,) = report["whole_models"]
+    return model
+
+
+def test_bench_model_json_is_well_formed(capsys, isolated_env, tmp_path):
+    """lenet, one round: auto, tune (in a fresh temporary cache), im2col, winograd (declined), the peers."""
+    model = _whole(capsys, "--model", "lenet", "--rounds", "1", "--backend", "im2col", "--backend", "winograd")
+    assert (model["model"], model["source"], model["batch"]) == ("lenet", "lenet", 1)
+    assert model["input_shape"] == [1, 1, 28, 28]
+    assert model["macs"] == 416_520 and model["convolutions"] == 2 and model["distinct_convolutions"] == 2
+    assert model["tuning_s"] > 0 and "temporary" in model["tuning_cache"]
+    rows = {r["contender"]: r for r in model["results"]}
+    for name in ("auto", "tune", "im2col"):
+        row = rows[name]
+        assert row["median_s"] > 0 and row["error"] is None, row
+        assert row["gmacs"] == pytest.approx(model["macs"] / row["median_s"] / 1e9)
+        assert row["first_call_s"] == pytest.approx(row["prepare_s"] + row["first_run_s"])
+        assert sum(row["backends"].values()) == 2  # a backend per convolution
+    assert rows["im2col"]["backends"] == {"im2col": 2}
+    if "winograd" in rows:  # the plugin is installed: LeNet's 5x5 kernels are not its business
+        assert rows["winograd"]["median_s"] is None and "unsupported: layer conv1" in rows["winograd"]["error"]
+    assert rows["peer:torch"]["median_s"] is None and "torch twin" in rows["peer:torch"]["error"]
+    ort = rows.get("peer:onnxruntime")
+    if ort and ort["median_s"]:
+        assert ort["ratio_to_ort"] == pytest.approx(1.0)
+        assert rows["auto"]["ratio_to_ort"] == pytest.approx(rows["auto"]["median_s"] / ort["median_s"])
+    # rows that ran come first, then those that did not
+    ran = [r["median_s"] is not None for r in model["results"]]
+    assert ran == sorted(ran, reverse=True)
+    # tuning went to a temporary cache, not to the user's (which only the cost model's machine profile may use)
+    user_cache = tmp_path / "cache" / "tuning.json"
+    if user_cache.exists():
+        entries = json.loads(user_cache.read_text())["entries"].values()
+        assert not [e for e in entries if "chosen" in e["record"]]
+
+
+def test_bench_model_tables(capsys):
+    code, out, _ = _bench(capsys, "--model", "lenet", "--rounds", "1", "--backend", "im2col", "--no-tune",
+                          "--no-progress")
+    assert code == 0
+    assert out.startswith("convengine bench: 1 model, batch 1, ")
+    assert "peer:torch is not run on whole models" in out
+    assert "lenet (zoo): batch 1, input (1, 1, 28, 28) float32, 2 convolutions (2 distinct), 0.42 MMACs" in out
+    assert re.search(r"^contender\s+median\s+vs ORT\s+GMAC/s\s+of GEMM\s+first call\s+layers$", out, re.M)
+    assert re.search(r"^im2col\s+\d+\.\d\d ms\s+(\d+\.\d\dx|-)\s+\d+\.\d\s+\d+%\s+\d+\.\d\d m?s\s+im2col x2$",
+                     out, re.M)
+    assert re.search(r"^auto\s+\d+\.\d\d ms", out, re.M)
+    assert not re.search(r"^tune\b", out, re.M)  # --no-tune
+    assert re.search(r"^peer:torch\s+-\s+not run on whole models", out, re.M)
+
+
+def test_bench_model_memory_in_fresh_processes(capsys):
+    from convengine import cli_bench
+
+    model = _whole(capsys, "--model", "lenet", "--rounds", "1", "--backend", "im2col", "--no-tune", "--memory")
+    rows = {r["contender"]: r for r in model["results"]}
+    for name in ("auto", "im2col", "peer:onnxruntime"):
+        if name not in rows or rows[name]["first_call_s"] is None:
+            continue  # ONNX Runtime not installed
+        memory = rows[name]["memory"]
+        assert memory["error"] is None, memory
+        assert memory["peak_bytes"] >= memory["baseline_bytes"] > 0
+        assert memory["peak_extra_bytes"] == memory["peak_bytes"] - memory["baseline_bytes"]
+        assert memory["cold_first_call_s"] > 0 and memory["method"]
+    assert rows["peer:torch"]["memory"] is None  # it did not run
+    table = cli_bench._format_model(model, memory=True)
+    assert re.search(r"first call\s+cold call\s+peak RSS\s+RSS vs ORT\s+layers$", table, re.M)
+    assert re.search(r"^im2col\s.*\d+ MiB", table, re.M)
+
+
+def test_bench_model_from_an_onnx_file(capsys, tmp_path):
+    pytest.importorskip("onnx")
+    from convengine.graph.onnx_export import to_onnx
+    from convengine.models import lenet
+
+    path = tmp_path / "lenet.onnx"
+    path.write_bytes(to_onnx(lenet()).SerializeToString())
+    model = _whole(capsys, "--model", str(path), "--rounds", "1", "--backend", "im2col", "--no-tune")
+    assert model["source"] == str(path) and model["macs"] == 416_520
+    rows = {r["contender"]: r for r in model["results"]}
+    assert rows["im2col"]["median_s"] > 0
+
+
+def test_bench_model_limits(capsys):
+    """--max-run-s: backends the cost model predicts too slow are skipped (unless named with
+    --backend); a contender whose first run took longer is not timed."""
+    model = _whole(capsys, "--model", "lenet", "--rounds", "1", "--no-tune", "--max-run-s", "1e-9")
+    rows = {r["contender"]: r for r in model["results"]}
+    assert rows["naive"]["first_call_s"] is None and "cost model predicts" in rows["naive"]["error"]
+    assert rows["auto"]["median_s"] is None and rows["auto"]["first_call_s"] > 0
+    assert rows["auto"]["error"].startswith("not timed: one run took")
+    model = _whole(capsys, "--model", "lenet", "--rounds", "1", "--no-tune", "--max-run-s", "1e-9",
+                   "--backend", "naive")
+    naive = next(r for r in model["results"] if r["contender"] == "naive")
+    assert naive["first_call_s"] > 0 and naive["error"].startswith("not timed")
+
+
+def test_backend_skip_rules_for_whole_models():
+    from convengine.models import get_model
+
+    problems = bench.conv_problems(get_model("resnet18"), batch=2)
+    assert len(problems) == 20 and all(p.batch == 2 for _, p in problems)
+    assert "1x1" in bench.backend_skip_reason("fft", problems)
+    assert bench.backend_skip_reason("fft", problems, explicit=True) is None
+    assert bench.backend_skip_reason("im2col", problems, max_run_s=1e3) is None
+    assert "cost model predicts" in bench.backend_skip_reason("naive", problems, max_run_s=1e-9)
+    if "winograd" in {i.name for i in ce.list_backends()}:
+        assert bench.backend_skip_reason("winograd", problems, explicit=True).startswith("unsupported: layer conv1")
+
+
+def test_bench_model_rejects_unknown_models(capsys):
+    code, _, err = _bench(capsys, "--model", "resnet5")
+    assert code == 2 and "unknown model 'resnet5'" in err and "did you mean resnet50" in err
+    code, _, err = _bench(capsys, "--model", "missing.onnx")
+    assert code == 2 and "does not exist" in err
+
+
 # -- the asv suite ----------------------------------------------------------------------------
 
 #: A representative subset for the --quick run: a tiny course example and a 3x3 ResNet
 #: layer at batch 1 (every benchmark: execute, peak memory, GFLOP/s, prepare), and a 1x1
-#: layer at batch 32, each with every contender (skipped ones included).
+#: layer at batch 32, each with every contender (skipped ones included); LeNet as a whole
+#: model (run, peak memory, first run) under auto, tune, im2col, winograd (n/a: 5x5
+#: kernels) and ONNX Runtime.
 QUICK_BENCH = [
     r"^conv2d\.Conv2D\w*\.\w+\('(course\.example2|resnet50\.layer4\.conv2)'",
     r"^conv2d\.Conv2DBatch32\.time_execute\('resnet50\.layer3\.conv1'",
+    r"^models\.\w+\.\w+\('lenet', '(auto|tune|im2col|winograd|peer:onnxruntime)'",
 ]
 
 
@@ -225,10 +353,12 @@ def test_asv_quick_run_of_a_subset(asv_env):
     result = _asv(asv_env, *args)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
-    ran = set(re.findall(r"··· (conv2d\.\w+\.\w+)\s+(\w+)", out))
+    ran = set(re.findall(r"··· ((?:conv2d|models)\.\w+\.\w+)\s+(\w+)", out))
     names = {name for name, _ in ran}
     assert {"conv2d.Conv2D.time_execute", "conv2d.Conv2D.peakmem_execute", "conv2d.Conv2D.track_gflops",
-            "conv2d.Conv2DPrepare.time_prepare", "conv2d.Conv2DBatch32.time_execute"} <= names, out
+            "conv2d.Conv2DPrepare.time_prepare", "conv2d.Conv2DBatch32.time_execute",
+            "models.ModelInference.time_run", "models.ModelInference.peakmem_run",
+            "models.ModelFirstRun.time_first_run"} <= names, out
     assert all(status == "ok" for _, status in ran), out
     assert "failed" not in out and "Traceback" not in out, out
     # every selected cell has a value or is n/a (skipped), and the fast ones have values
@@ -239,6 +369,11 @@ def test_asv_quick_run_of_a_subset(asv_env):
     assert values[("resnet50.layer4.conv2", "naive")] != "n/a", out
     # the 1x1 layer at batch 32 skips the FFT and the direct loops on purpose
     assert values[("resnet50.layer3.conv1", "fft")] == "n/a"
+    # whole models: LeNet runs under the policies and im2col; Winograd (3x3 only) does not
+    models = dict(re.findall(r"^\s+'?lenet'?\s+'?([\w:]+)'?\s+(\S+)", out, re.M))
+    for policy in ("auto", "tune", "im2col"):
+        assert models[policy] != "n/a", out
+    assert models["winograd"] == "n/a", out
 
 
 @pytest.mark.asv

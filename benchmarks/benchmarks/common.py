@@ -42,9 +42,11 @@ def _module(name: str, needs: str):
     """``convengine.<name>`` as installed, or this checkout's copy when the installed one lacks ``needs``.
 
     ``asv run`` over a commit range installs old versions of convengine, which may predate
-    ``convengine.layers`` or the peer helpers of ``convengine.bench``; both are pure Python
-    on top of APIs that old versions have (``ConvProblem``, ``Engine.prepare``), so the
-    suite loads the current source of the module instead, inside the installed package.
+    ``convengine.layers``, the peer and whole-model helpers of ``convengine.bench`` or
+    ``convengine.graph.onnx_export``; they are pure Python on top of APIs that old versions
+    have (``ConvProblem``, ``Engine.prepare``, the graph IR), so the suite loads the current
+    source of the module instead, inside the installed package (a dotted ``name`` such as
+    ``graph.onnx_export`` inside that subpackage, so its relative imports resolve).
     """
     try:
         module = importlib.import_module(f"convengine.{name}")
@@ -52,9 +54,10 @@ def _module(name: str, needs: str):
             return module
     except ImportError:
         pass
-    qualified = f"convengine._suite_{name}"
+    package, _, leaf = f"convengine.{name}".rpartition(".")
+    qualified = f"{package}._suite_{leaf}"
     if qualified not in sys.modules:
-        spec = importlib.util.spec_from_file_location(qualified, _SOURCE / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(qualified, _SOURCE.joinpath(*name.split(".")).with_suffix(".py"))
         module = importlib.util.module_from_spec(spec)
         sys.modules[qualified] = module
         spec.loader.exec_module(module)
@@ -62,7 +65,7 @@ def _module(name: str, needs: str):
 
 
 layers = _module("layers", "SETS")
-bench = _module("bench", "make_peer")
+bench = _module("bench", "bench_model")
 
 #: Backends always on the axis, registered here or not (the built-ins and the two plugins).
 KNOWN_BACKENDS = ("naive", "im2col", "fft", "cuda", "winograd", "torch")

@@ -82,10 +82,10 @@ class WinogradBackend(convengine.Backend):
 
     def fingerprint(self) -> dict:
         import numba
-        from threadpoolctl import threadpool_info
 
-        blas = [(i.get("internal_api"), i.get("version")) for i in threadpool_info() if i.get("user_api") == "blas"]
-        return {"version": self.version, "numba": numba.__version__, "numpy": np.__version__, "blas": blas}
+        # numpy's BLAS is in convengine's host fingerprint; the loaded BLAS copies are not
+        # listed here because which ones are loaded depends on what else the process imported.
+        return {"version": self.version, "numba": numba.__version__, "numpy": np.__version__}
 
     def prepare(self, problem: convengine.ConvProblem, weight, bias):
         reason = self.supports(problem)
