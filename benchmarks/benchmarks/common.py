@@ -138,15 +138,7 @@ class Case:
             self.prepare()  # the only way to learn whether a peer runs the problem
             return
         if contender != "auto":
-            try:
-                entry = default_registry().get(contender)
-            except ValueError as exc:
-                raise NotImplementedError(str(exc)) from None
-            if not entry.available:
-                raise NotImplementedError(f"backend {contender!r} is not available: {entry.unavailable_reason}")
-            simulated = bench.simulated(entry.attribute("device"))
-            if simulated:
-                raise NotImplementedError(f"backend {contender!r}: {simulated}")
+            entry = usable_backend(contender)
             declined = entry.backend.supports(self.problem)
             if declined:
                 raise NotImplementedError(f"backend {contender!r} does not support {layer_name}: {declined}")
@@ -187,3 +179,17 @@ class Case:
             self.run()
             times.append(time.perf_counter() - t0)
         return float(f"{self.problem.flops / float(np.median(times)) / 1e9:.4g}")
+
+
+def usable_backend(name: str):
+    """The registry entry of a backend that can run here, else ``NotImplementedError`` (asv's n/a)."""
+    try:
+        entry = default_registry().get(name)
+    except ValueError as exc:
+        raise NotImplementedError(str(exc)) from None
+    if not entry.available:
+        raise NotImplementedError(f"backend {name!r} is not available: {entry.unavailable_reason}")
+    simulated = bench.simulated(entry.attribute("device"))
+    if simulated:
+        raise NotImplementedError(f"backend {name!r}: {simulated}")
+    return entry

@@ -46,7 +46,7 @@ import pickle
 
 import numpy as np
 
-from .common import BACKENDS, _module, bench, default_registry
+from .common import BACKENDS, _module, bench, usable_backend
 
 MODELS = ("lenet", "alexnet", "resnet18", "resnet50")
 PEER = "peer:onnxruntime"
@@ -178,15 +178,7 @@ class ModelCase:
         self.executor = None
 
     def _check_backend(self, name: str, problems) -> None:
-        try:
-            entry = default_registry().get(name)
-        except ValueError as exc:
-            raise NotImplementedError(str(exc)) from None
-        if not entry.available:
-            raise NotImplementedError(f"backend {name!r} is not available: {entry.unavailable_reason}")
-        simulated = bench.simulated(entry.attribute("device"))
-        if simulated:
-            raise NotImplementedError(f"backend {name!r}: {simulated}")
+        usable_backend(name)
         declined = bench.backend_skip_reason(name, problems, explicit=True)
         if declined:
             raise NotImplementedError(f"backend {name!r} on {self.model}: {declined}")

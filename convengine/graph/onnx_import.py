@@ -322,20 +322,10 @@ class _Importer:
 
     # -- helpers for converters ------------------------------------------------------------------
     def fresh_tensor(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.tensor_names:
-            k += 1
-            name = f"{base}_{k}"
-        self.tensor_names.add(name)
-        return name
+        return _fresh_name(base, self.tensor_names)
 
     def fresh_node(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.node_names:
-            k += 1
-            name = f"{base}_{k}"
-        self.node_names.add(name)
-        return name
+        return _fresh_name(base, self.node_names)
 
     def shape(self, name: str, world: int) -> tuple[int, ...]:
         if name in self.consts:
@@ -1153,3 +1143,13 @@ def _fold_expand(ctx, values):
 
 #: Every ONNX operator the importer knows (some only as constant arithmetic, see the docstring).
 SUPPORTED_OPS = tuple(sorted(set(_CONVERTERS) | set(_FOLDERS) | set(_SPECIAL)))
+
+
+def _fresh_name(base: str, taken: set) -> str:
+    """``base``, or ``base_2``, ``base_3``... whichever is free first; recorded as taken."""
+    name, k = base, 1
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
