@@ -11,13 +11,12 @@ from __future__ import annotations
 import numbers
 import os
 import threading
-import warnings
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 
 from . import selection
-from .plugins import PluginWarning, Registry, default_registry
+from .plugins import Registry, default_registry
 from .problem import SUPPORTED_DTYPES, ConvProblem
 from .selection import Decision, Policy
 
@@ -156,7 +155,7 @@ class Engine:
         self._registry = registry
         self._tuning_cache_arg = tuning_cache
         self._tuning_cache = None
-        self._decisions: dict[tuple[ConvProblem, Optional[str]], Decision] = {}
+        self._decisions: dict[tuple[ConvProblem, Optional[str], Optional[str]], Decision] = {}  # + CONVENGINE_BACKEND
 
     def __repr__(self) -> str:
         return f"Engine(policy={self.policy!r}, max_rel_error={self.max_rel_error!r})"
@@ -179,10 +178,9 @@ class Engine:
                 backend: Optional[str] = None) -> PreparedConv:
         """Fix the weights and hyper-parameters now; run on inputs later with ``prepared(x)``."""
         weight = _as_array(weight, "weight")
-        x_probe = np.empty((0, *tuple(input_shape)[1:]), weight.dtype) if len(input_shape) == 4 else None
-        if x_probe is None:
+        if len(input_shape) != 4:
             raise ValueError(f"input_shape must be (N, C_in, H, W), got {tuple(input_shape)}")
-        _, weight, bias, _ = _conv_arrays(x_probe, weight, bias)
+        _, weight, bias, _ = _conv_arrays(np.empty((0, *input_shape[1:]), weight.dtype), weight, bias)
         problem = ConvProblem.from_shapes(input_shape, weight.shape, bias=bias is not None, stride=stride,
                                           padding=padding, dilation=dilation, groups=groups, dtype=weight.dtype)
         prepared = PreparedConv(self, weight.copy(), None if bias is None else bias.copy(), problem, backend)
@@ -219,11 +217,11 @@ class Engine:
             selection.choose_explicit(decision, forced, f"set by {ENV_BACKEND}")
         elif backend is not None:
             selection.choose_explicit(decision, backend, "backend= argument")
-        elif isinstance(policy, str) and policy == "auto":
+        elif policy == "auto":
             from .costmodel import machine_profile
 
             selection.choose_by_cost(decision, self.registry, machine_profile(self.tuning_cache))
-        elif isinstance(policy, str) and policy == "tune":
+        elif policy == "tune":
             from .tuning import tune
 
             tune(self, decision)

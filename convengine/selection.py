@@ -117,7 +117,7 @@ def _exclusion_reason(entry: BackendEntry, problem: ConvProblem, max_rel_error: 
         except Exception as exc:
             return _plugin_fault(entry.name, f"error_bound() raised {type(exc).__name__}: {exc}")
         if bound > max_rel_error:
-            return (f"accuracy: {backend.numerical_class} backend, expected error {bound:.0e} "
+            return (f"accuracy: {entry.attribute('numerical_class')} backend, expected error {bound:.0e} "
                     f"exceeds the budget max_rel_error={max_rel_error:.0e}")
     try:
         unsupported = backend.supports(problem)
@@ -225,12 +225,18 @@ def choose_by_measurement(
             row.reason = _plugin_fault(row.name, f"failed while tuning: {type(exc).__name__}: {exc}")
     if not times:
         _raise_none_eligible(decision)
-    best = min(times, key=times.get)
-    _pick(decision, best, "fastest measured")
-    for name, seconds in times.items():
-        if name != best:
-            decision.row(name).reason = f"measured {seconds / times[best]:.2g}x slower"
+    pick_fastest(decision, times, min(times, key=times.get))
     return times
+
+
+def pick_fastest(decision: Decision, times: dict[str, float], best: str, source: str = "") -> None:
+    """Choose ``best`` and record every measured time, the others as "Nx slower" than it."""
+    for name, seconds in times.items():
+        decision.row(name).measured_s = seconds
+        if name != best:
+            ratio = f"{seconds / times[best]:.2g}x" if times[best] else "more"
+            decision.row(name).reason = f"measured {ratio} slower{source}"
+    _pick(decision, best, f"fastest measured{source}")
 
 
 def _pick(decision: Decision, name: str, reason: str) -> None:

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
 from . import __version__
+from .bench import problem_data
 from .hardware import fingerprint_digest, host_fingerprint
-from .selection import Decision, choose_by_measurement, predict, prune_hopeless, timed_median
+from .selection import Decision, choose_by_measurement, pick_fastest, predict, prune_hopeless, timed_median
 
 #: Candidates predicted slower than this many times the best prediction (and than the whole
 #: tuning budget) are not measured.
@@ -45,16 +44,9 @@ def tune(engine, decision: Decision) -> None:
     key = tuning_key(engine, decision)
     record = cache.get(key) if cache is not None else None
     if record and record.get("chosen") in decision.eligible:
-        times = record.get("times", {})
-        for row in decision.candidates:
-            if row.name in times:
-                row.measured_s = float(times[row.name])
-        best = record["chosen"]
-        row = decision.row(best)
-        decision.chosen, row.status, row.reason = best, "chosen", "fastest measured (tuning cache)"
-        for name, seconds in times.items():
-            if name != best and name in decision.eligible:
-                decision.row(name).reason = f"measured {seconds / times[best]:.2g}x slower (tuning cache)"
+        times = {name: float(t) for name, t in record.get("times", {}).items() if name in decision.eligible}
+        times.setdefault(record["chosen"], 0.0)  # a record without its winner's time still names the winner
+        pick_fastest(decision, times, record["chosen"], " (tuning cache)")
         decision.notes.append(f"measured on {time.strftime('%Y-%m-%d %H:%M', time.localtime(record.get('when', 0)))}, "
                               f"cached in {cache.path}")
         return
@@ -64,21 +56,13 @@ def tune(engine, decision: Decision) -> None:
     prune_hopeless(decision, PRUNE_FACTOR, engine.tune_budget_s)
     eligible = decision.eligible
     budget = engine.tune_budget_s / max(len(eligible), 1)
-    inputs = _problem_data(decision.problem)
+    inputs = problem_data(decision.problem)
     times = choose_by_measurement(decision, lambda name: _measure(engine, name, decision.problem, inputs, budget))
     decision.notes.append(f"measured now, {engine.tune_budget_s:g} s budget"
                           + (f"; saved to {cache.path}" if cache is not None else "; not persisted"))
     if cache is not None:
         cache.put(key, {"chosen": decision.chosen, "times": times, "when": time.time(),
                         "problem": decision.problem.key()})
-
-
-def _problem_data(problem):
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(problem.input_shape).astype(problem.dtype)
-    w = rng.standard_normal(problem.weight_shape).astype(problem.dtype)
-    b = rng.standard_normal(problem.out_channels).astype(problem.dtype) if problem.has_bias else None
-    return x, w, b
 
 
 def _measure(engine, name: str, problem, inputs, budget_s: float) -> float:

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 import convengine as ce
-from convengine.backend import ERROR_BOUNDS, EXACT, LOSSY
+from convengine.backend import LOSSY
 from convengine.engine import ENV_BACKEND
 from convengine.plugins import default_registry
 from convengine.problem import ConvProblem
+from convengine.testing.conformance import tolerance as kit_tolerance
 
 try:  # hypothesis is a test extra; files that do not use it must still run without it
     from hypothesis import HealthCheck, settings
@@ -72,27 +73,9 @@ def is_lossy(name: str) -> bool:
     return backend_info(name).numerical_class == LOSSY
 
 
-#: Normwise relative error (``relative_error``) tests accept, by numerical class and dtype:
-#: a margin above the class's documented ``ERROR_BOUNDS``.
-REL_TOLERANCE = {
-    EXACT: {"float32": 1e-5, "float64": 1e-12},
-    LOSSY: {"float32": 1e-3, "float64": 1e-10},
-}
-assert set(REL_TOLERANCE) == set(ERROR_BOUNDS), "a numerical class without a test tolerance"
-
-
 def tolerance(name: str, dtype) -> float:
-    """Normwise relative error allowed for backend ``name`` on ``dtype`` data.
-
-    The table entry for the backend's numerical class; a backend that documents a looser
-    bound of its own (``error_bound``, e.g. a GPU backend using TF32) gets ten times that.
-    """
-    numerical_class = backend_info(name).numerical_class
-    if numerical_class not in REL_TOLERANCE:
-        raise AssertionError(f"backend {name!r} has numerical class {numerical_class!r}, which has no tolerance")
-    dtype = np.dtype(dtype).name
-    declared = float(backend_object(name).error_bound(dtype))
-    return max(REL_TOLERANCE[numerical_class][dtype], 10 * declared)
+    """Normwise relative error allowed for backend ``name`` on ``dtype`` data: the conformance kit's rule."""
+    return kit_tolerance(backend_object(name), dtype)
 
 
 def unsupported_reason(name: str, x_shape, w_shape, *, dtype, bias: bool = False, **params):

@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 
 import convengine as ce
 from convengine.backend import ERROR_BOUNDS
+from convengine.testing.conformance import REL_TOLERANCE
 from convengine.testing.reference import conv2d_reference, relative_error
 
-from conftest import REL_TOLERANCE, is_cuda_simulator, tolerance, unsupported_reason
+from conftest import is_cuda_simulator, tolerance, unsupported_reason
 
 pytestmark = pytest.mark.usefixtures("no_forced_backend")
 

@@ -15,7 +15,6 @@ import warnings
 import numpy as np
 import pytest
 
-import convengine
 from convengine import Backend, BackendUnavailableError, Engine, PluginWarning
 from convengine.plugins import Registry
 from convengine.testing.reference import conv2d_reference

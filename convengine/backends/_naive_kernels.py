@@ -1,7 +1,6 @@
 """Numba kernels of the direct (naive) convolution; imported only when the backend runs."""
 
 import numba
-import numpy as np
 from numba import prange
 
 
