@@ -17,6 +17,7 @@ from typing import Optional
 
 from .backend import EXACT, LOSSY, Backend
 from .engine import BackendError, Engine, PreparedConv, default_engine
+from .epilogue import Epilogue
 from .hookspecs import hookimpl
 from .plugins import PluginWarning, default_registry
 from .problem import ConvProblem
@@ -25,12 +26,13 @@ from .threads import get_num_threads, set_num_threads
 
 __all__ = [
     "Backend", "BackendError", "BackendInfo", "BackendUnavailableError", "ConvProblem", "Decision", "EXACT",
-    "Engine", "LOSSY", "PluginWarning", "PreparedConv", "conv2d", "explain", "get_num_threads", "hookimpl",
+    "Engine", "Epilogue", "LOSSY", "PluginWarning", "PreparedConv", "conv2d", "explain", "get_num_threads", "hookimpl",
     "list_backends", "load_onnx", "set_num_threads", "to_onnx",
 ]
 
 
-def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, backend: Optional[str] = None):
+def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, backend: Optional[str] = None,
+           residual=None, activation: Optional[str] = None):
     """2-D cross-correlation with the semantics of ``torch.nn.functional.conv2d``.
 
     ``x`` is ``(N, C_in, H, W)`` (or unbatched ``(C_in, H, W)``), ``weight`` is
@@ -39,9 +41,13 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, b
     ``padding`` an int, a pair, a 4-tuple ``(top, bottom, left, right)``, ``"valid"`` or
     ``"same"``. ``backend`` names one backend; otherwise the default engine (policy ``"auto"``)
     chooses. Inputs are never modified.
+
+    Epilogue (what ResNet blocks do after a convolution): ``residual``, an array of the
+    output's shape, is added, then ``activation`` (``"relu"``) applied; backends that can
+    fuse these into the convolution do.
     """
     return default_engine().conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation,
-                                   groups=groups, backend=backend)
+                                   groups=groups, backend=backend, residual=residual, activation=activation)
 
 
 def load_onnx(source):

@@ -9,6 +9,12 @@ Two-phase execution: :meth:`Backend.prepare` runs once per (problem, weights) an
 everything that does not depend on the input (weight re-layouts, kernel FFTs, uploads
 to a GPU); it returns an *executor*, a callable ``execute(x) -> y`` that must be
 stateless (it may be called many times, and concurrently).
+
+Fused epilogues (optional): a backend whose :meth:`Backend.supports_epilogue` returns
+``None`` for a problem receives the :class:`~convengine.epilogue.Epilogue` in ``prepare``
+and applies it itself; its executor is then called ``execute(x, residual)`` when the
+epilogue adds a residual. Backends that do not override it need not know epilogues exist:
+the engine applies them on their output.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .epilogue import Epilogue
 from .problem import ConvProblem
 
 #: Accumulates the products of the direct formula (in any order, as BLAS does):
@@ -81,8 +88,19 @@ class Backend:
         """Versions of the software and device this backend's speed depends on (tuning-cache key)."""
         return {"version": self.version}
 
+    def supports_epilogue(self, problem: ConvProblem, epilogue: Epilogue) -> Optional[str]:
+        """``None`` if ``prepare(..., epilogue=epilogue)`` applies ``epilogue`` inside the kernel, else why not.
+
+        The default declines: the engine then applies the epilogue after ``execute``.
+        """
+        return "this backend does not fuse epilogues (the engine applies them after it)"
+
     def prepare(self, problem: ConvProblem, weight: np.ndarray, bias: Optional[np.ndarray]) -> Executor:
         """Build the input-independent state and return ``execute(x) -> y``.
+
+        A backend that fuses epilogues takes a keyword ``epilogue`` too, passed only when its
+        :meth:`supports_epilogue` accepted it; with ``epilogue.residual`` its executor is
+        ``execute(x, residual) -> y`` (``residual`` has the output's shape and must not be modified).
 
         ``weight`` and ``bias`` are C-contiguous arrays of ``problem.dtype`` with the shapes
         ``problem.weight_shape`` and ``(out_channels,)`` (``bias`` is ``None`` when absent);

@@ -203,6 +203,15 @@ def _format_totals(total: dict, gemm: float) -> str:
     return "\n".join(lines)
 
 
+def _refresh_profile() -> None:
+    """Re-measure the cost model's machine profile (best of stored and now), so 'auto' here and later
+    does not decide on rates measured while the machine was busy."""
+    from .costmodel import refresh_machine_profile
+    from .engine import default_engine
+
+    refresh_machine_profile(default_engine().tuning_cache)
+
+
 @command("bench", "time every backend on named layers (ResNet-50, AlexNet, the course's examples) against torch and ONNX Runtime",
          _bench_args)
 def _bench(args: argparse.Namespace) -> int:
@@ -244,6 +253,7 @@ def _bench(args: argparse.Namespace) -> int:
         set_num_threads(args.threads)
     threads = get_num_threads()
     gemm = measure_gemm_flops(args.dtype)
+    _refresh_profile()
     what = [f"{len(specs)} layer{'s' if len(specs) != 1 else ''}"] if specs else []
     what += [f"{len(args.model)} model{'s' if len(args.model) != 1 else ''}"] if args.model else []
     header = [f"convengine bench: {' and '.join(what)}, batch {args.batch}, "

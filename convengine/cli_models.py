@@ -130,14 +130,16 @@ def _run(args) -> int:
             per_layer.setdefault(name, []).append(seconds)
     summary = graph.summary(input_shape=x.shape)
     backends = compiled.layer_backends_for(args.batch)
+    fused = compiled.fused
     print()
     rows = [("layer", "op", "output shape", "backend", "median ms", "GMAC/s")]
     for row in summary.layers:
         if row.name not in per_layer:
-            continue  # folded into the preceding convolution
+            continue  # folded into the preceding convolution (batch norm, or its epilogue)
         median = float(np.median(per_layer[row.name]))
         rate = f"{row.macs / median / 1e9:.1f}" if row.macs and median > 0 else ""
-        rows.append((row.name, row.op, "x".join(map(str, row.output_shape)), backends.get(row.name, "-"),
+        op = f"{row.op}+{fused[row.name]}" if row.name in fused else row.op
+        rows.append((row.name, op, "x".join(map(str, row.output_shape)), backends.get(row.name, "-"),
                      f"{median * 1e3:.3f}", rate))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
@@ -172,6 +174,9 @@ def _tune(args) -> int:
 
     graph = load_model(args.model)
     engine = Engine(policy="tune", max_rel_error=args.max_rel_error, tune_budget_s=args.budget)
+    from .costmodel import refresh_machine_profile
+
+    refresh_machine_profile(engine.tuning_cache)  # the cost model prunes hopeless candidates with it
     compiled = CompiledGraph(graph, engine, progress=True, batch=args.batch)
     plan = Plan.from_compiled(compiled)
     output = args.output or f"{os.path.splitext(os.path.basename(args.model))[0]}-plan.json"

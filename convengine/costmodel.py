@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from typing import Optional
 
 import numpy as np
@@ -81,24 +81,52 @@ _profile: Optional[MachineProfile] = None
 _lock = threading.Lock()
 
 
+def _cache_key() -> str:
+    from .hardware import fingerprint_digest, host_fingerprint
+
+    return "machine-profile-v2:" + fingerprint_digest(host_fingerprint())  # v2: best-of timing
+
+
+def _best_of(a: MachineProfile, b: Optional[MachineProfile]) -> MachineProfile:
+    if b is None:
+        return a
+    return MachineProfile(*(max(x, y) for x, y in zip(astuple(a), astuple(b))))
+
+
+def _cached(cache) -> Optional[MachineProfile]:
+    record = cache.get(_cache_key())
+    try:
+        return MachineProfile(**record) if record else None
+    except TypeError:  # a record of another shape: measure again
+        return None
+
+
 def machine_profile(cache=None) -> MachineProfile:
     """This machine's profile: from this process, else from ``cache`` (a TuningCache), else measured."""
     global _profile
     with _lock:
         if _profile is not None:
             return _profile
-        key = None
-        if cache is not None:
-            from .hardware import fingerprint_digest, host_fingerprint
-
-            key = "machine-profile-v2:" + fingerprint_digest(host_fingerprint())  # v2: best-of timing
-            record = cache.get(key)
-            try:
-                _profile = MachineProfile(**record) if record else None
-            except TypeError:  # a record of another shape: measure again
-                _profile = None
+        _profile = _cached(cache) if cache is not None else None
         if _profile is None:
             _profile = measure_machine()
             if cache is not None:
-                cache.put(key, asdict(_profile))
+                cache.put(_cache_key(), asdict(_profile))
+        return _profile
+
+
+def refresh_machine_profile(cache=None) -> MachineProfile:
+    """Measure again and keep, per rate, the best of this and the stored profile.
+
+    A profile measured while other processes loaded the machine understates it for good;
+    every refresh (``convengine bench`` and ``convengine tune`` do one) can only raise the
+    rates towards what the idle machine does.
+    """
+    global _profile
+    measured = measure_machine()
+    with _lock:
+        stored = _cached(cache) if cache is not None else None
+        _profile = _best_of(measured, _best_of(stored, _profile) if stored else _profile)
+        if cache is not None:
+            cache.put(_cache_key(), asdict(_profile))
         return _profile

@@ -11,11 +11,14 @@ from __future__ import annotations
 import numbers
 import os
 import threading
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from . import selection
+from .epilogue import NONE as NO_EPILOGUE
+from .epilogue import Epilogue
 from .plugins import Registry, default_registry
 from .problem import SUPPORTED_DTYPES, ConvProblem
 from .selection import Decision, Policy
@@ -62,17 +65,20 @@ def _conv_arrays(x, weight, bias):
 class PreparedConv:
     """A convolution with fixed weights, ready to run on many inputs (the graph executor's unit).
 
-    Preparation (backend choice, weight re-layout) happens once per batch size.
+    Preparation (backend choice, weight re-layout) happens once per batch size. An
+    ``epilogue`` (residual add, activation) runs inside the backend when it can fuse it, and
+    right after it otherwise.
     """
 
     def __init__(self, engine: "Engine", weight: np.ndarray, bias: Optional[np.ndarray], problem: ConvProblem,
-                 backend: Optional[str]):
+                 backend: Optional[str], epilogue: Epilogue = NO_EPILOGUE):
         self.engine = engine
         self.problem = problem
+        self.epilogue = epilogue
         self._weight = weight
         self._bias = bias
         self._backend = backend
-        self._by_batch: dict[int, tuple[Decision, object]] = {}
+        self._by_batch: dict[int, _Prepared] = {}
         self._lock = threading.Lock()
 
     @property
@@ -82,33 +88,73 @@ class PreparedConv:
 
     def backend_for(self, batch: int) -> str:
         """The backend chosen for ``batch`` (choosing and preparing it now if needed)."""
-        return self._executor(batch)[0].chosen
+        return self._prepared(batch).decision.chosen
 
-    def _executor(self, batch: int):
-        with self._lock:
-            if batch not in self._by_batch:
-                problem = self.problem.with_batch(batch)
-                self._by_batch[batch] = self.engine._prepare(problem, self._weight, self._bias, self._backend)
-            return self._by_batch[batch]
+    def fused_for(self, batch: int) -> bool:
+        """Whether the backend chosen for ``batch`` applies the epilogue itself."""
+        return self._prepared(batch).fused
 
-    def __call__(self, x) -> np.ndarray:
+    def _prepared(self, batch: int) -> "_Prepared":
+        prepared = self._by_batch.get(batch)
+        if prepared is None:
+            with self._lock:
+                if batch not in self._by_batch:
+                    problem = self.problem.with_batch(batch)
+                    self._by_batch[batch] = self.engine._prepare(problem, self._weight, self._bias, self._backend,
+                                                                 self.epilogue)
+                prepared = self._by_batch[batch]
+        return prepared
+
+    def __call__(self, x, residual=None) -> np.ndarray:
         x = _as_array(x, "input")
         expected = self.problem.input_shape[1:]
         if x.ndim != 4 or x.shape[1:] != expected:
             raise ValueError(f"input must have shape (N, {', '.join(map(str, expected))}), got {x.shape}")
         if x.dtype.name != self.problem.dtype:
             raise TypeError(f"input dtype {x.dtype} does not match the prepared dtype {self.problem.dtype}")
-        problem = self.problem.with_batch(x.shape[0])
-        if problem.batch == 0:  # nothing to compute, but the backend request must still be valid
+        batch = x.shape[0]
+        residual = self._check_residual(residual, batch, x.dtype)
+        if batch == 0:  # nothing to compute, but the backend request must still be valid
+            problem = self.problem.with_batch(0)
             self.engine.select(problem, self._backend)
             return np.empty(problem.output_shape, problem.dtype)
-        decision, execute = self._executor(problem.batch)
+        prepared = self._prepared(batch)
+        x = np.ascontiguousarray(x)
         try:
-            return self.engine._run_checked(decision, execute, problem, np.ascontiguousarray(x))
+            if prepared.fused:
+                args = (x, residual) if self.epilogue.residual else (x,)
+                return self.engine._run_checked(prepared, args)
+            y = self.engine._run_checked(prepared, (x,))
         except _Retry:
             with self._lock:
-                self._by_batch.pop(problem.batch, None)
-            return self(x)
+                self._by_batch.pop(batch, None)
+            return self(x, residual)
+        return self.epilogue.apply(y, residual) if self.epilogue else y
+
+    def _check_residual(self, residual, batch: int, dtype) -> Optional[np.ndarray]:
+        if not self.epilogue.residual:
+            if residual is not None:
+                raise ValueError("residual given, but this convolution was prepared without one (residual=True)")
+            return None
+        if residual is None:
+            raise ValueError("residual is required: this convolution was prepared with residual=True")
+        residual = _as_array(residual, "residual")
+        expected = (batch,) + self.problem.output_shape[1:]
+        if residual.shape != expected:
+            raise ValueError(f"residual must have the output's shape {expected}, got {residual.shape}")
+        if residual.dtype != dtype:
+            raise TypeError(f"residual dtype {residual.dtype} does not match input dtype {dtype}")
+        return np.ascontiguousarray(residual)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One batch size's choice: the decision, the backend's executor, and whether it fuses the epilogue."""
+
+    problem: ConvProblem
+    decision: Decision
+    execute: Callable
+    fused: bool
 
 
 class _Retry(Exception):
@@ -166,24 +212,37 @@ class Engine:
         return self._registry if self._registry is not None else default_registry()
 
     def conv2d(self, x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-               backend: Optional[str] = None) -> np.ndarray:
+               backend: Optional[str] = None, residual=None, activation: Optional[str] = None) -> np.ndarray:
         """2-D cross-correlation with PyTorch's semantics; see :func:`convengine.conv2d`."""
         x, weight, bias, unbatched = _conv_arrays(x, weight, bias)
+        epilogue = Epilogue(residual=residual is not None, activation=activation)
         problem = ConvProblem.from_shapes(x.shape, weight.shape, bias=bias is not None, stride=stride,
                                           padding=padding, dilation=dilation, groups=groups, dtype=x.dtype)
-        y = PreparedConv(self, weight, bias, problem, backend)(x)
+        if unbatched and residual is not None:
+            residual = _as_array(residual, "residual")
+            if residual.ndim != 3:
+                raise ValueError(f"residual must be 3-D (C_out, H_out, W_out) like the unbatched output, "
+                                 f"got shape {residual.shape}")
+            residual = residual[None]
+        y = PreparedConv(self, weight, bias, problem, backend, epilogue)(x, residual)
         return y[0] if unbatched else y
 
     def prepare(self, weight, bias=None, *, input_shape: Sequence[int], stride=1, padding=0, dilation=1, groups=1,
-                backend: Optional[str] = None) -> PreparedConv:
-        """Fix the weights and hyper-parameters now; run on inputs later with ``prepared(x)``."""
+                backend: Optional[str] = None, residual: bool = False,
+                activation: Optional[str] = None) -> PreparedConv:
+        """Fix the weights and hyper-parameters now; run on inputs later with ``prepared(x)``.
+
+        ``residual=True`` prepares ``y = conv(x) + residual`` (then call ``prepared(x, residual)``);
+        ``activation="relu"`` applies a ReLU last. Backends that can fuse these do so.
+        """
+        epilogue = Epilogue(residual=residual, activation=activation)
         weight = _as_array(weight, "weight")
         if len(input_shape) != 4:
             raise ValueError(f"input_shape must be (N, C_in, H, W), got {tuple(input_shape)}")
         _, weight, bias, _ = _conv_arrays(np.empty((0, *input_shape[1:]), weight.dtype), weight, bias)
         problem = ConvProblem.from_shapes(input_shape, weight.shape, bias=bias is not None, stride=stride,
                                           padding=padding, dilation=dilation, groups=groups, dtype=weight.dtype)
-        prepared = PreparedConv(self, weight.copy(), None if bias is None else bias.copy(), problem, backend)
+        prepared = PreparedConv(self, weight.copy(), None if bias is None else bias.copy(), problem, backend, epilogue)
         if problem.batch:
             prepared.backend  # choose and prepare now, so errors surface here
         return prepared
@@ -241,22 +300,34 @@ class Engine:
             self._tuning_cache = arg if isinstance(arg, TuningCache) else TuningCache(arg)
         return self._tuning_cache
 
-    def _prepare(self, problem: ConvProblem, weight, bias, backend: Optional[str]):
-        """Select and prepare, falling back past backends whose prepare() raises (unless explicit)."""
+    def _prepare(self, problem: ConvProblem, weight, bias, backend: Optional[str],
+                 epilogue: Epilogue = NO_EPILOGUE) -> _Prepared:
+        """Select and prepare, falling back past backends whose prepare() raises (unless explicit).
+
+        The epilogue goes to the backend only if it says it fuses it; otherwise the caller applies it.
+        """
         while True:
             decision = self.select(problem, backend)
+            chosen = self.registry.get(decision.chosen).backend
             try:
-                return decision, self.registry.get(decision.chosen).backend.prepare(problem, weight, bias)
+                fuses = getattr(chosen, "supports_epilogue", None)  # optional for backends not built on Backend
+                fused = bool(epilogue) and fuses is not None and fuses(problem, epilogue) is None
+                if fused:
+                    execute = chosen.prepare(problem, weight, bias, epilogue=epilogue)
+                else:
+                    execute = chosen.prepare(problem, weight, bias)
+                return _Prepared(problem, decision, execute, fused)
             except Exception as exc:
                 self._exclude(decision, f"prepare() raised {type(exc).__name__}: {exc}", exc)
 
-    def _run_checked(self, decision: Decision, execute, problem: ConvProblem, x: np.ndarray):
+    def _run_checked(self, prepared: _Prepared, args: tuple):
+        decision = prepared.decision
         try:
-            y = execute(x)
+            y = prepared.execute(*args)
         except Exception as exc:
             self._exclude(decision, f"execute() raised {type(exc).__name__}: {exc}", exc)
             raise _Retry from exc
-        violation = output_violation(y, problem)
+        violation = output_violation(y, prepared.problem)
         if violation:
             self._exclude(decision, violation, None)
             raise _Retry

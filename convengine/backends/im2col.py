@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import EXACT
+from ..epilogue import NONE, Epilogue
 from ..environment import positive_int
 from ..hookspecs import hookimpl
 from ..problem import ConvProblem
@@ -52,18 +53,21 @@ class Im2colBackend(NumbaBackend):
         traffic = UNFOLD_PASSES * column_bytes(problem) / machine.bandwidth
         return compute + traffic + 2e-5 * problem.groups
 
-    def prepare(self, problem: ConvProblem, weight, bias):
+    def supports_epilogue(self, problem: ConvProblem, epilogue: Epilogue):
+        return None  # bias, residual and activation share one pass after the GEMM
+
+    def prepare(self, problem: ConvProblem, weight, bias, epilogue: Epilogue = NONE):
         g = problem.groups
         out_per_group = problem.out_channels // g
         w_mat = weight.reshape(g, out_per_group, -1).copy()  # (G, O/G, K)
-        b = None if bias is None else bias.reshape(1, -1, 1, 1).copy()
         hw_out = problem.out_height * problem.out_width
+        finish = _finisher(problem, bias, epilogue)
         if problem.is_pointwise:
-            def execute(x: np.ndarray) -> np.ndarray:
+            def execute(x: np.ndarray, residual=None) -> np.ndarray:
                 apply_blas_threads()
                 out = np.empty(problem.output_shape, x.dtype)
                 np.matmul(w_mat, x.reshape(x.shape[0], g, -1, hw_out), out=out.reshape(x.shape[0], g, out_per_group, hw_out))
-                return out if b is None else np.add(out, b, out=out)
+                return finish(out, residual)
 
             return execute
 
@@ -75,7 +79,7 @@ class Im2colBackend(NumbaBackend):
         geometry = (problem.kernel_h, problem.kernel_w, *problem.stride, *problem.dilation,
                     problem.padding[0], problem.padding[2])
 
-        def execute(x: np.ndarray) -> np.ndarray:
+        def execute(x: np.ndarray, residual=None) -> np.ndarray:
             apply_blas_threads()
             numba_threads()
             out = np.empty(problem.output_shape, x.dtype)
@@ -89,9 +93,28 @@ class Im2colBackend(NumbaBackend):
                         np.matmul(w_mat, cols, out=out[n].reshape(g, out_per_group, hw_out))
                     else:
                         out[n, :, r0:r1, :] = np.matmul(w_mat, cols).reshape(-1, r1 - r0, problem.out_width)
-            return out if b is None else np.add(out, b, out=out)
+            return finish(out, residual)
 
         return execute
+
+
+def _finisher(problem: ConvProblem, bias, epilogue: Epilogue):
+    """``finish(out, residual) -> out``: bias and epilogue in one in-place pass (nothing when neither)."""
+    if bias is None and not epilogue:
+        return lambda out, residual: out
+    from ._epilogue_kernels import bias_residual_relu
+
+    b = np.zeros(problem.out_channels, problem.dtype) if bias is None else bias.copy()
+    relu = epilogue.activation == "relu"
+
+    def finish(out: np.ndarray, residual) -> np.ndarray:
+        flat = out.reshape(out.shape[0], out.shape[1], -1)
+        res = flat if residual is None else residual.reshape(flat.shape)
+        numba_threads()
+        bias_residual_relu(flat, b, res, residual is not None, relu)
+        return out
+
+    return finish
 
 
 @hookimpl

@@ -3,8 +3,10 @@
 Convolutions go through the engine (``Engine.prepare``), which picks a backend per layer
 under its policy; this module knows no backend. Batch normalisation that directly follows a
 convolution is folded into that convolution's weights and bias at compile time (unless
-``fold_batchnorm=False``). Each intermediate tensor is dropped as soon as its last
-consumer has run, so peak memory follows the widest point of the graph, not its length.
+``fold_batchnorm=False``), and a following residual ``Add`` and ``Relu`` become the
+convolution's epilogue (unless ``fuse_epilogues=False``; see :mod:`.fusion`). Each
+intermediate tensor is dropped as soon as its last consumer has run, so peak memory follows
+the widest point of the graph, not its length.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..engine import default_engine
+from .fusion import EpilogueFusion, fusible_epilogues
 from .ir import Graph, GraphError, Node
 from .ops import INPLACE, OPS, conv_problem_args
 
@@ -27,6 +30,7 @@ VIEW_OPS = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout",
 class Step:
     node: Node
     conv: Any = None  # PreparedConv for Conv nodes
+    fusion: Optional[EpilogueFusion] = None  # the Add/Relu nodes a Conv step absorbed
     inputs: list[str] = field(default_factory=list)
     release: list[str] = field(default_factory=list)  # tensors whose last consumer is this step
     inplace: bool = False  # may overwrite its first input (an intermediate nothing reads later)
@@ -35,8 +39,8 @@ class Step:
 class CompiledGraph:
     """A graph with every convolution prepared; ``run`` may be called many times."""
 
-    def __init__(self, graph: Graph, engine=None, *, fold_batchnorm: bool = True, plan=None, progress: bool = False,
-                 batch: int = 1):
+    def __init__(self, graph: Graph, engine=None, *, fold_batchnorm: bool = True, fuse_epilogues: bool = True,
+                 plan=None, progress: bool = False, batch: int = 1):
         self.graph = graph
         self.batch = batch
         self.engine = engine or default_engine()
@@ -45,7 +49,15 @@ class CompiledGraph:
         layers = dict(plan.layers) if plan is not None else {}
         folded = _foldable_batchnorms(graph) if fold_batchnorm else {}
         skipped = {bn.name for _, bn in folded.values()}
-        nodes = [n for n in graph.nodes if n.name not in skipped]
+        conv_outputs = {n.name: (folded[n.name][1] if n.name in folded else n).outputs[0]
+                        for n in graph.nodes if n.op == "Conv"}
+        fusions = fusible_epilogues(graph, conv_outputs) if fuse_epilogues else {}
+        # A fused convolution runs where its last absorbed node was (the residual exists by then).
+        runs_at = {f.absorbed[-1].name: conv for conv, f in fusions.items()}
+        skipped |= {n.name for f in fusions.values() for n in f.absorbed} | set(fusions)
+        by_name = {n.name: n for n in graph.nodes}
+        nodes = [by_name[runs_at[n.name]] if n.name in runs_at else n
+                 for n in graph.nodes if n.name not in skipped or n.name in runs_at]
         iterator = nodes
         if progress:
             from tqdm import tqdm
@@ -54,23 +66,28 @@ class CompiledGraph:
         for node in iterator:
             step = Step(node=node, inputs=[name for name in node.inputs if name])
             if node.op == "Conv":
-                step.conv = self._prepare_conv(node, folded.get(node.name), layers.get(node.name))
-                step.inputs = [node.inputs[0]]
-                outputs = folded[node.name][1].outputs if node.name in folded else node.outputs
+                fusion = fusions.get(node.name)
+                step.conv = self._prepare_conv(node, folded.get(node.name), layers.get(node.name), fusion)
+                step.fusion = fusion
+                step.inputs = [node.inputs[0]] + ([fusion.residual] if fusion and fusion.residual else [])
+                outputs = [fusion.output] if fusion else [conv_outputs[node.name]]
                 step.node = Node(node.name, node.op, node.inputs, outputs, node.attrs)
             self.steps.append(step)
         self._plan_releases()
 
     # -- preparation -------------------------------------------------------------------------
-    def _prepare_conv(self, node: Node, fold, backend: Optional[str]):
+    def _prepare_conv(self, node: Node, fold, backend: Optional[str], fusion: Optional[EpilogueFusion]):
         params = self.graph.params
         weight = params[node.inputs[1]]
         bias = params[node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] else None
         if fold is not None:
             weight, bias = _fold(weight, bias, fold[1], params)
         x_shape = self.graph.shapes[node.inputs[0]]
+        epilogue = fusion.epilogue if fusion else None
         try:
             return self.engine.prepare(weight, bias, input_shape=(self.batch,) + tuple(x_shape[1:]), backend=backend,
+                                       residual=bool(epilogue and epilogue.residual),
+                                       activation=epilogue.activation if epilogue else None,
                                        **conv_problem_args(node))
         except (ValueError, TypeError) as exc:
             raise GraphError(f"node {node.name!r} (Conv): {exc}") from exc
@@ -118,6 +135,11 @@ class CompiledGraph:
     def layer_backends_for(self, batch: int) -> dict[str, str]:
         return {s.node.name: s.conv.backend_for(batch) for s in self.steps if s.conv is not None}
 
+    @property
+    def fused(self) -> dict[str, str]:
+        """``{conv node name: "Add+Relu"}``: the nodes each convolution absorbed as its epilogue."""
+        return {s.node.name: s.fusion.describe() for s in self.steps if s.fusion is not None}
+
     # -- execution ---------------------------------------------------------------------------
     def run(self, inputs, *, timings: Optional[dict] = None):
         """Outputs for ``inputs`` (an array, or ``{name: array}``): one array, or a dict if several.
@@ -129,7 +151,8 @@ class CompiledGraph:
         for step in self.steps:
             start = time.perf_counter() if timings is not None else 0.0
             if step.conv is not None:
-                outputs = [step.conv(env[step.inputs[0]])]
+                args = [env[n] if n in env else params[n] for n in step.inputs]
+                outputs = [step.conv(*args)]
             else:
                 node = step.node
                 args = [(env[n] if n in env else params[n]) if n else None for n in node.inputs]

@@ -201,7 +201,16 @@ def _pad_for_pool(x, geometry, value):
 def _maxpool(node, arrays):
     x = arrays[0]
     geometry = _pool_geometry(node, x.shape)
-    return [_pool_reduce(_pad_for_pool(x, geometry, -np.inf), geometry, np.maximum)]
+    if x.ndim != 4 or len(node.outputs) > 1:  # (the Indices output is not supported anyway)
+        return [_pool_reduce(_pad_for_pool(x, geometry, -np.inf), geometry, np.maximum)]
+    from ..threads import numba_threads
+    from ._pool_kernels import max_pool
+
+    (kh, sh, dh, top, _, _, out_h), (kw, sw, dw, left, _, _, out_w) = geometry
+    y = np.empty(x.shape[:2] + (out_h, out_w), x.dtype)
+    numba_threads()
+    max_pool(np.ascontiguousarray(x), y, kh, kw, sh, sw, dh, dw, top, left)
+    return [y]
 
 
 @op("AveragePool", _pool_infer)

@@ -269,6 +269,43 @@ class BackendConformance:
         y = engine.conv2d(x, w, b, **kwargs)
         np.testing.assert_array_equal(y, self.backend.prepare(_problem(spec, "float32"), w, b)(x))
 
+    # -- epilogues ------------------------------------------------------------------------------
+    @pytest.mark.parametrize("residual", [False, True])
+    @pytest.mark.parametrize("activation", [None, "relu"])
+    def test_epilogue_matches_reference(self, residual, activation):
+        """A backend that says it fuses an epilogue computes ``act(conv + bias + residual)``,
+        leaving the residual untouched; one that declines gets a reason and the engine's path."""
+        from ..epilogue import Epilogue
+
+        epilogue = Epilogue(residual=residual, activation=activation)
+        declines = getattr(self.backend, "supports_epilogue", None)
+        checked = 0
+        for i, spec in enumerate(self._problems()[:8]):
+            problem = _problem(spec, "float64")
+            if self.backend.supports(problem):
+                continue
+            reason = declines(problem, epilogue) if declines else "no supports_epilogue"
+            if reason is not None:
+                assert isinstance(reason, str) and reason.strip(), f"supports_epilogue() returned {reason!r}"
+                continue
+            x, w, b = _arrays(spec, "float64", 20 + i)
+            r = np.random.default_rng(i).standard_normal(problem.output_shape) if residual else None
+            ref = conv2d_reference(x, w, b, problem.stride, problem.padding, problem.dilation, problem.groups)
+            if residual:
+                ref = ref + r
+                r.flags.writeable = False
+            if activation == "relu":
+                ref = np.maximum(ref, 0)
+            execute = self.backend.prepare(problem, w, b, epilogue=epilogue)
+            y = execute(x, r) if residual else execute(x)
+            assert y.shape == problem.output_shape and y.dtype == np.float64, (y.shape, y.dtype)
+            assert not (residual and np.shares_memory(y, r)), "the output must be a new array, not the residual"
+            error = relative_error(y, ref)
+            assert error <= tolerance(self.backend, "float64"), f"{problem}, epilogue {epilogue}: error {error:.2e}"
+            checked += 1
+        if declines is None or checked == 0:
+            pytest.skip(f"{self.backend.name} does not fuse the epilogue {epilogue} (the engine applies it)")
+
     # -- speed (reported, never asserted) ---------------------------------------------------------
     def test_benchmark_against_builtins(self, capsys):
         """Median time per call next to the built-in CPU backends on a ResNet-like layer; printed with -s."""

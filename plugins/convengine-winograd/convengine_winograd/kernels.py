@@ -139,11 +139,23 @@ def input_transform(x, v, top, left, tiles_h, tiles_w, c_group):
                 out[15, t] = w31 - w33
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def output_transform(m, bias, y, tiles_h, tiles_w, out_per_group):
-    """``Y = A^T M A`` (+ bias) for every tile, cropped to ``y``'s ``(N, C_out, OH, OW)``.
+@numba.njit(inline="always")
+def _finish(v, residual_plane, i, j, has_residual, relu):
+    """The fused epilogue of one output pixel: + residual, then ReLU (NaN stays NaN)."""
+    if has_residual:
+        v += residual_plane[i, j]
+    if relu and v < 0:
+        v = v - v
+    return v
 
-    ``m`` is ``(groups, C_out_g, 16, T_pad)``; ``bias`` is ``(C_out,)``.
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def output_transform(m, bias, y, tiles_h, tiles_w, out_per_group, residual, has_residual, relu):
+    """``Y = A^T M A`` (+ bias, + residual, then ReLU) for every tile, cropped to ``y``'s ``(N, C_out, OH, OW)``.
+
+    ``m`` is ``(groups, C_out_g, 16, T_pad)``; ``bias`` is ``(C_out,)``; ``residual`` has
+    ``y``'s shape and is read only when ``has_residual`` (pass ``y`` otherwise). The
+    epilogue is applied while the tile is in registers: no extra pass over ``y``.
     """
     n_images, c_out, out_h, out_w = y.shape
     tiles = tiles_h * tiles_w
@@ -155,6 +167,7 @@ def output_transform(m, bias, y, tiles_h, tiles_w, out_per_group):
         src = m[g, o % out_per_group]
         b = bias[o]
         dst = y[n, o]
+        res = residual[n, o]
         base = n * tiles
         for ty in range(tiles_h):
             i = 2 * ty
@@ -172,13 +185,13 @@ def output_transform(m, bias, y, tiles_h, tiles_w, out_per_group):
                 c2 = src[6, t] - src[10, t] - src[14, t]
                 c3 = src[7, t] - src[11, t] - src[15, t]
                 j = 2 * tx
-                dst[i, j] = a0 + a1 + a2 + b
+                dst[i, j] = _finish(a0 + a1 + a2 + b, res, i, j, has_residual, relu)
                 if tx < full_w:
-                    dst[i, j + 1] = a1 - a2 - a3 + b
+                    dst[i, j + 1] = _finish(a1 - a2 - a3 + b, res, i, j + 1, has_residual, relu)
                 if second_row:
-                    dst[i + 1, j] = c0 + c1 + c2 + b
+                    dst[i + 1, j] = _finish(c0 + c1 + c2 + b, res, i + 1, j, has_residual, relu)
                     if tx < full_w:
-                        dst[i + 1, j + 1] = c1 - c2 - c3 + b
+                        dst[i + 1, j + 1] = _finish(c1 - c2 - c3 + b, res, i + 1, j + 1, has_residual, relu)
 
 
 # -- the same transforms in vectorised numpy (reference for the Numba kernels, and timings) -----

@@ -87,13 +87,19 @@ class WinogradBackend(convengine.Backend):
         # listed here because which ones are loaded depends on what else the process imported.
         return {"version": self.version, "numba": numba.__version__, "numpy": np.__version__}
 
-    def prepare(self, problem: convengine.ConvProblem, weight, bias):
+    def supports_epilogue(self, problem: convengine.ConvProblem, epilogue) -> Optional[str]:
+        if epilogue.activation not in (None, "relu"):
+            return f"activation {epilogue.activation!r} is not fused (only relu)"
+        return None  # the output transform adds the residual and applies the ReLU in registers
+
+    def prepare(self, problem: convengine.ConvProblem, weight, bias, epilogue=None):
         reason = self.supports(problem)
         if reason is not None:
             raise ValueError(f"winograd cannot run {problem}: {reason}")
         from .winograd import build_executor  # imports Numba and compiles (or loads) the kernels
 
-        return build_executor(problem, weight, bias)
+        relu = epilogue is not None and epilogue.activation == "relu"
+        return build_executor(problem, weight, bias, relu=relu)
 
 
 @convengine.hookimpl

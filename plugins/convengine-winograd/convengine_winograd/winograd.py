@@ -37,7 +37,8 @@ def buffer_bytes_per_image(problem) -> int:
 
 
 def build_executor(problem, weight: np.ndarray, bias: Optional[np.ndarray],
-                   max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES) -> Callable[[np.ndarray], np.ndarray]:
+                   max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES, *, relu: bool = False) -> Callable[..., np.ndarray]:
+    """``execute(x, residual=None) -> y``; the output transform adds ``residual`` and applies ``relu``."""
     dtype = np.dtype(problem.dtype)
     groups = problem.groups
     c_in_g = problem.in_channels // groups
@@ -51,7 +52,7 @@ def build_executor(problem, weight: np.ndarray, bias: Optional[np.ndarray],
     output_shape = problem.output_shape
     per_image_tiles = tiles_h * tiles_w
 
-    def execute(x: np.ndarray) -> np.ndarray:
+    def execute(x: np.ndarray, residual: Optional[np.ndarray] = None) -> np.ndarray:
         x = np.ascontiguousarray(x)
         n_images = x.shape[0]
         y = np.empty(output_shape, dtype)
@@ -71,7 +72,9 @@ def build_executor(problem, weight: np.ndarray, bias: Optional[np.ndarray],
                 apply_blas_threads()
                 np.matmul(u, v_k, out=m_k)  # one BLAS GEMM per (group, position)
             numba_threads()
-            kernels.output_transform(m, b, y[n0:n1], tiles_h, tiles_w, c_out_g)
+            y_chunk = y[n0:n1]
+            res_chunk = y_chunk if residual is None else residual[n0:n1]
+            kernels.output_transform(m, b, y_chunk, tiles_h, tiles_w, c_out_g, res_chunk, residual is not None, relu)
         return y
 
     return execute

@@ -131,7 +131,7 @@ def test_numpy_transforms_agree_with_numba():
     bias = rng.standard_normal(c_out)
     y1 = np.empty(problem.output_shape)
     y2 = np.empty(problem.output_shape)
-    kernels.output_transform(m, bias, y1, th, tw, c_out // groups)
+    kernels.output_transform(m, bias, y1, th, tw, c_out // groups, y1, False, False)
     kernels.output_transform_numpy(m, bias, y2, th, tw, c_out // groups)
     np.testing.assert_allclose(y1, y2, rtol=0, atol=1e-12)
 

@@ -1,0 +1,217 @@
+"""Fused epilogues: ``act(conv(x) + bias + residual)`` through the engine, fused or not, and in graphs."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import convengine as ce
+from convengine import Backend, Engine, Epilogue, PluginWarning
+from convengine.graph import GraphBuilder
+from convengine.graph.executor import CompiledGraph
+from convengine.plugins import Registry
+from convengine.testing.conformance import tolerance
+from convengine.testing.reference import conv2d_reference, relative_error
+
+from conftest import make_plugin
+
+pytestmark = pytest.mark.usefixtures("isolated_env")
+
+CPU_BACKENDS = [b.name for b in ce.list_backends() if b.available and b.device == "cpu"]
+
+
+def _expected(x, w, b, residual, activation, **params):
+    ref = conv2d_reference(x.astype(np.float64), w.astype(np.float64), None if b is None else b.astype(np.float64),
+                           params.get("stride", (1, 1)), params.get("padding", (0, 0, 0, 0)),
+                           params.get("dilation", (1, 1)), params.get("groups", 1))
+    if residual is not None:
+        ref = ref + residual
+    return np.maximum(ref, 0) if activation == "relu" else ref
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@settings(max_examples=12, deadline=None)
+@given(data=st.data())
+def test_every_backend_computes_the_epilogue(backend, data):
+    dtype = data.draw(st.sampled_from(["float32", "float64"]))
+    groups = data.draw(st.sampled_from([1, 2]))
+    k = data.draw(st.sampled_from([1, 3]))
+    stride = data.draw(st.sampled_from([1, 2]))
+    n, c, o, h = data.draw(st.integers(1, 2)), 2 * groups, 2 * groups, data.draw(st.integers(3, 9))
+    with_residual = data.draw(st.booleans())
+    activation = data.draw(st.sampled_from([None, "relu"]))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    x = rng.standard_normal((n, c, h, h)).astype(dtype)
+    w = rng.standard_normal((o, c // groups, k, k)).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype) if data.draw(st.booleans()) else None
+    padding = k // 2
+    out = (h + 2 * padding - k) // stride + 1
+    r = rng.standard_normal((n, o, out, out)).astype(dtype) if with_residual else None
+    problem = ce.ConvProblem.from_shapes(x.shape, w.shape, stride=stride, padding=padding, groups=groups, dtype=dtype)
+    entry = ce.default_registry().get(backend)
+    if entry.backend.supports(problem):
+        return
+    before = [a.copy() for a in (x, w, r) if a is not None]
+    y = ce.conv2d(x, w, b, stride=stride, padding=padding, groups=groups, backend=backend, residual=r,
+                  activation=activation)
+    ref = _expected(x, w, b, r, activation, stride=(stride, stride), padding=(padding,) * 4, groups=groups)
+    assert y.dtype == np.dtype(dtype) and y.shape == ref.shape
+    assert relative_error(y, ref) <= tolerance(entry.backend, dtype)
+    for original, copy in zip([a for a in (x, w, r) if a is not None], before):
+        np.testing.assert_array_equal(original, copy)  # the caller's arrays are never modified
+
+
+def test_unbatched_input_takes_an_unbatched_residual():
+    rng = np.random.default_rng(0)
+    x, w, r = rng.standard_normal((2, 5, 5)), rng.standard_normal((3, 2, 3, 3)), rng.standard_normal((3, 3, 3))
+    y = ce.conv2d(x, w, residual=r, activation="relu", backend="naive")
+    np.testing.assert_allclose(y, _expected(x[None], w, None, r[None], "relu")[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(residual=np.zeros((1, 2, 4, 4))), "residual must have the output's shape"),
+    (dict(residual=np.zeros((1, 2, 3, 3), np.float32)), "residual dtype"),
+    (dict(residual=np.zeros((1, 2, 3, 3), np.int64)), "residual must be a float32 or float64"),
+    (dict(activation="gelu"), "activation must be one of"),
+    (dict(activation=1), "activation must be one of"),
+])
+def test_bad_epilogue_arguments_name_the_parameter(kwargs, match):
+    x, w = np.zeros((1, 1, 5, 5)), np.zeros((2, 1, 3, 3))
+    with pytest.raises((ValueError, TypeError), match=match):
+        ce.conv2d(x, w, **kwargs)
+
+
+def test_prepared_residual_is_required_exactly_when_prepared_for():
+    w = np.ones((2, 1, 3, 3))
+    x = np.ones((1, 1, 5, 5))
+    with_res = Engine("im2col").prepare(w, input_shape=x.shape, residual=True)
+    with pytest.raises(ValueError, match="residual is required"):
+        with_res(x)
+    without = Engine("im2col").prepare(w, input_shape=x.shape, activation="relu")
+    with pytest.raises(ValueError, match="prepared without one"):
+        without(x, np.zeros((1, 2, 3, 3)))
+    with pytest.raises(TypeError, match="residual must be True or False"):
+        Engine("im2col").prepare(w, input_shape=x.shape, residual=np.zeros((1, 2, 3, 3)))
+    # a different batch size than prepared: the residual follows the input's batch
+    x3 = np.ones((3, 1, 5, 5))
+    np.testing.assert_allclose(with_res(x3, np.full((3, 2, 3, 3), -9.0)), np.zeros((3, 2, 3, 3)))
+
+
+def test_built_in_im2col_fuses_and_naive_leaves_it_to_the_engine():
+    problem = ce.ConvProblem.from_shapes((1, 2, 5, 5), (2, 2, 3, 3))
+    relu = Epilogue(residual=True, activation="relu")
+    assert ce.default_registry().get("im2col").backend.supports_epilogue(problem, relu) is None
+    assert ce.default_registry().get("naive").backend.supports_epilogue(problem, relu)
+    prepared = Engine("im2col").prepare(np.ones((2, 2, 3, 3)), input_shape=(1, 2, 5, 5), residual=True,
+                                        activation="relu")
+    assert prepared.fused_for(1)
+    assert not Engine("naive").prepare(np.ones((2, 2, 3, 3)), input_shape=(1, 2, 5, 5), activation="relu").fused_for(1)
+
+
+class _FusesWrongly(Backend):
+    """Claims to fuse, but forgets the residual: its output is wrong in value, not in shape."""
+
+    name = "fuses-wrongly"
+
+    def estimate_seconds(self, problem, machine):
+        return 1e-9
+
+    def supports_epilogue(self, problem, epilogue):
+        return None
+
+    def prepare(self, problem, weight, bias, epilogue=None):
+        def execute(x, residual=None):
+            return conv2d_reference(x, weight, bias, problem.stride, problem.padding, problem.dilation, problem.groups)
+
+        return execute
+
+
+class _FusionRaises(_FusesWrongly):
+    name = "fusion-raises"
+
+    def supports_epilogue(self, problem, epilogue):
+        raise RuntimeError("boom")
+
+
+def test_a_backend_whose_fusion_check_raises_is_excluded_and_the_call_retried():
+    registry = Registry.load(extra_plugins=[make_plugin("bad", _FusionRaises())], load_entry_points=False)
+    x, w = np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y = Engine(registry=registry).conv2d(x, w, residual=np.full((1, 1, 2, 2), -20.0), activation="relu")
+    np.testing.assert_array_equal(y, np.zeros((1, 1, 2, 2)))
+    assert any(issubclass(c.category, PluginWarning) and "fusion-raises" in str(c.message) for c in caught)
+
+
+def test_fusing_backends_are_checked_by_the_conformance_kit():
+    """The kit's epilogue test fails a backend that claims a fusion it does not do."""
+    from convengine.testing import BackendConformance
+
+    class Kit(BackendConformance):
+        backend = _FusesWrongly()
+
+    with pytest.raises(AssertionError, match="error"):
+        Kit().test_epilogue_matches_reference(residual=True, activation=None)
+
+
+# -- graphs -----------------------------------------------------------------------------------
+
+
+def _block(shortcut_is_input=False):
+    b = GraphBuilder("block", (4, 8, 8), seed=3)
+    x = b.input.name
+    y = b.relu(b.batchnorm(b.conv(x, 4, 3, padding=1, bias=False, name="conv1"), name="bn1"))
+    y = b.batchnorm(b.conv(y, 4, 3, padding=1, bias=False, name="conv2"), name="bn2")
+    shortcut = x if shortcut_is_input else b.conv(x, 4, 1, name="proj")
+    return b, b.relu(b.add(y, shortcut))
+
+
+@pytest.mark.parametrize("policy", ["im2col", "naive", "winograd"])
+@pytest.mark.parametrize("shortcut_is_input", [False, True])
+def test_graph_fusion_matches_the_unfused_graph(policy, shortcut_is_input):
+    if policy not in CPU_BACKENDS:
+        pytest.skip(f"{policy} not installed")
+    b, out = _block(shortcut_is_input)
+    graph = b.build(out)
+    engine = Engine([policy, "im2col"])
+    fused = CompiledGraph(graph, engine)
+    plain = CompiledGraph(graph, engine, fuse_epilogues=False)
+    assert fused.fused["conv1"] == "Relu"
+    assert "Add+Relu" in fused.fused.values()
+    assert len(fused.steps) == len(plain.steps) - 3
+    x = np.random.default_rng(0).standard_normal((2, 4, 8, 8)).astype(np.float32)
+    before = x.copy()
+    np.testing.assert_allclose(fused.run(x), plain.run(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(x, before)  # the graph input as shortcut is read, never written
+
+
+def test_an_add_of_two_convolutions_is_absorbed_by_one_of_them():
+    b, out = _block()
+    fused = CompiledGraph(b.build(out), Engine("im2col"))
+    assert sorted(fused.fused.values()) == ["Add+Relu", "Relu"]  # proj's output is conv2's residual
+
+
+def test_outputs_that_are_read_elsewhere_are_not_fused():
+    b = GraphBuilder("branches", (2, 6, 6), seed=1)
+    c = b.conv(b.input.name, 2, 3, padding=1, name="c")
+    graph = b.build([b.relu(c), c])  # the conv output is also a graph output: its ReLU cannot be folded in
+    compiled = CompiledGraph(graph, Engine("im2col"))
+    assert compiled.fused == {}
+    x = np.random.default_rng(0).standard_normal((1, 2, 6, 6)).astype(np.float32)
+    relu_out, conv_out = compiled.run(x).values()
+    np.testing.assert_allclose(relu_out, np.maximum(conv_out, 0))
+
+
+def test_a_broadcasting_add_is_not_a_residual():
+    b = GraphBuilder("bias-add", (2, 6, 6), seed=1)
+    c = b.conv(b.input.name, 2, 3, padding=1, name="c")
+    graph = b.build(b.relu(b.add(c, b.param("shift", np.ones((1, 2, 1, 1), np.float32)))))
+    compiled = CompiledGraph(graph, Engine("im2col"))
+    assert compiled.fused == {}
+    x = np.random.default_rng(0).standard_normal((1, 2, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(compiled.run(x), CompiledGraph(graph, Engine("naive"), fuse_epilogues=False).run(x),
+                               rtol=1e-5, atol=1e-5)
