@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import convengine as ce
 from convengine.cli import main
@@ -278,3 +280,27 @@ def test_views_of_live_or_caller_tensors_are_not_overwritten():
     c = ce.conv2d(before, graph.params["c.weight"], graph.params["c.bias"], backend="im2col").reshape(1, -1)
     np.testing.assert_allclose(out[graph.outputs[0]], np.maximum(c, 0) + 2 * c, rtol=1e-6)
     np.testing.assert_array_equal(out[graph.outputs[1]], np.maximum(before, 0))
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_maxpool_kernel_matches_the_numpy_definition(data):
+    """The Numba max-pool equals the padded tap-by-tap numpy reduction, NaN and all-padding windows included."""
+    from convengine.graph.ops import OPS, _pad_for_pool, _pool_geometry, _pool_reduce
+
+    kernel = [data.draw(st.integers(1, 4)) for _ in range(2)]
+    attrs = dict(kernel_shape=kernel, strides=[data.draw(st.integers(1, 3)) for _ in range(2)],
+                 dilations=[data.draw(st.integers(1, 2)) for _ in range(2)],
+                 pads=[data.draw(st.integers(0, k - 1)) for k in kernel * 2], ceil_mode=data.draw(st.integers(0, 1)))
+    shape = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3)), data.draw(st.integers(4, 9)),
+             data.draw(st.integers(4, 9)))
+    x = np.random.default_rng(data.draw(st.integers(0, 99))).standard_normal(shape).astype(np.float32)
+    if data.draw(st.booleans()):
+        x.flat[data.draw(st.integers(0, x.size - 1))] = np.nan
+    node = Node("pool", "MaxPool", ["x"], ["y"], attrs)
+    try:
+        geometry = _pool_geometry(node, x.shape)
+    except GraphError:
+        return  # window larger than the padded input: rejected at shape inference, as tested elsewhere
+    expected = _pool_reduce(_pad_for_pool(x, geometry, -np.inf), geometry, np.maximum)
+    np.testing.assert_array_equal(OPS["MaxPool"].run(node, [x])[0], expected)

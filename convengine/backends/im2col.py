@@ -59,7 +59,7 @@ class Im2colBackend(NumbaBackend):
     def prepare(self, problem: ConvProblem, weight, bias, epilogue: Epilogue = NONE):
         g = problem.groups
         out_per_group = problem.out_channels // g
-        w_mat = weight.reshape(g, out_per_group, -1).copy()  # (G, O/G, K)
+        w_mat = weight.reshape(g, out_per_group, -1)  # (G, O/G, K): a view, see Backend.prepare
         hw_out = problem.out_height * problem.out_width
         finish = _finisher(problem, bias, epilogue)
         if problem.is_pointwise:
@@ -104,7 +104,7 @@ def _finisher(problem: ConvProblem, bias, epilogue: Epilogue):
         return lambda out, residual: out
     from ._epilogue_kernels import bias_residual_relu
 
-    b = np.zeros(problem.out_channels, problem.dtype) if bias is None else bias.copy()
+    b = np.zeros(problem.out_channels, problem.dtype) if bias is None else bias
     relu = epilogue.activation == "relu"
 
     def finish(out: np.ndarray, residual) -> np.ndarray:

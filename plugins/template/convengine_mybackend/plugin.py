@@ -29,7 +29,7 @@ class MyBackend(convengine.Backend):
         return problem.flops / (0.05 * machine.gemm_flops(problem.dtype))
 
     def prepare(self, problem, weight, bias):
-        w = weight.copy()  # never keep (or modify) the caller's array
+        w = weight.copy()  # the engine would allow a view (see Backend.prepare); direct callers may not
         b = None if bias is None else bias.reshape(1, -1, 1, 1).copy()
         top, bottom, left, right = problem.padding
         (sh, sw), (dh, dw) = problem.stride, problem.dilation
