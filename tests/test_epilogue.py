@@ -215,3 +215,36 @@ def test_a_broadcasting_add_is_not_a_residual():
     x = np.random.default_rng(0).standard_normal((1, 2, 6, 6)).astype(np.float32)
     np.testing.assert_allclose(compiled.run(x), CompiledGraph(graph, Engine("naive"), fuse_epilogues=False).run(x),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_scratch_buffers_are_reused_per_thread_and_purpose():
+    import threading
+
+    from convengine import workspace
+
+    workspace.release()
+    a = workspace.scratch("test.a", (4, 8), np.float32)
+    b = workspace.scratch("test.a", (2, 3), np.float64)  # smaller: the same memory, reinterpreted
+    assert np.shares_memory(a, b) and b.shape == (2, 3) and b.dtype == np.float64
+    assert not np.shares_memory(a, workspace.scratch("test.b", (4, 8), np.float32))
+    other = []
+    thread = threading.Thread(target=lambda: other.append(workspace.scratch("test.a", (4, 8), np.float32)))
+    thread.start()
+    thread.join()
+    assert not np.shares_memory(a, other[0])  # concurrent executors never share scratch
+    assert workspace.held_bytes() >= 2 * 4 * 8 * 4
+    workspace.release()
+    assert workspace.held_bytes() == 0
+
+
+def test_results_do_not_alias_scratch_across_calls():
+    """Two calls of a backend that uses scratch return independent, correct outputs."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    x1, x2 = (rng.standard_normal((1, 3, 9, 9)).astype(np.float32) for _ in range(2))
+    for backend in [n for n in ("im2col", "winograd") if n in CPU_BACKENDS]:
+        y1 = ce.conv2d(x1, w, padding=1, backend=backend)
+        y2 = ce.conv2d(x2, w, padding=1, backend=backend)
+        for x, y in ((x1, y1), (x2, y2)):
+            ref = conv2d_reference(x.astype(np.float64), w.astype(np.float64), None, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+            assert relative_error(y, ref) < 1e-5, backend

@@ -19,6 +19,7 @@ from ..environment import positive_int
 from ..hookspecs import hookimpl
 from ..problem import ConvProblem
 from ..threads import apply_blas_threads, numba_threads
+from ..workspace import scratch
 from ._numba import NumbaBackend
 
 DEFAULT_MAX_BUFFER_BYTES = 256 * 2**20
@@ -86,7 +87,7 @@ class Im2colBackend(NumbaBackend):
             for n in range(x.shape[0]):
                 for r0 in range(0, problem.out_height, band):
                     r1 = min(r0 + band, problem.out_height)
-                    cols = np.empty((k_rows, (r1 - r0) * problem.out_width), x.dtype)
+                    cols = scratch("im2col.columns", (k_rows, (r1 - r0) * problem.out_width), x.dtype)
                     unfold(x[n], cols, *geometry, r0, problem.out_width)
                     cols = cols.reshape(g, -1, cols.shape[1])
                     if band == problem.out_height:  # the whole image: multiply straight into the output

@@ -20,6 +20,12 @@ except ImportError:  # pragma: no cover - an older convengine without the helper
     def numba_threads() -> int:
         return 0
 
+try:  # reused scratch buffers: no page faults per call (see convengine.workspace)
+    from convengine.workspace import scratch
+except ImportError:  # pragma: no cover - an older convengine: fresh buffers per call
+    def scratch(purpose, shape, dtype):
+        return np.empty(shape, dtype)
+
 #: Upper bound on the transformed input + GEMM output (``V`` + ``M``) held at once.
 DEFAULT_MAX_BUFFER_BYTES = 256 * 2**20
 #: Below that bound, batches are processed in chunks of images whose ``V`` + ``M`` take about
@@ -60,8 +66,8 @@ def build_executor(problem, weight: np.ndarray, bias: Optional[np.ndarray],
             n1 = min(n0 + images_per_chunk, n_images)
             t = (n1 - n0) * per_image_tiles
             t_pad = kernels.padded_tiles(t, dtype.itemsize)
-            v = np.empty((groups, c_in_g, kernels.POSITIONS, t_pad), dtype)
-            m = np.empty((groups, c_out_g, kernels.POSITIONS, t_pad), dtype)
+            v = scratch("winograd.input", (groups, c_in_g, kernels.POSITIONS, t_pad), dtype)
+            m = scratch("winograd.product", (groups, c_out_g, kernels.POSITIONS, t_pad), dtype)
             numba_threads()
             kernels.input_transform(x[n0:n1], v, top, left, tiles_h, tiles_w, c_in_g)
             v_k = v.transpose(0, 2, 1, 3)[..., :t]  # (G, 16, C_in_g, T) views, unit column stride
