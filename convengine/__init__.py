@@ -22,12 +22,12 @@ from .hookspecs import hookimpl
 from .plugins import PluginWarning, default_registry
 from .problem import ConvProblem
 from .selection import BackendUnavailableError, Decision
-from .threads import get_num_threads, set_num_threads
+from .threads import ThreadingWarning, get_num_threads, set_num_threads
 
 __all__ = [
     "Backend", "BackendError", "BackendInfo", "BackendUnavailableError", "ConvProblem", "Decision", "EXACT",
     "Engine", "Epilogue", "LOSSY", "PluginWarning", "PreparedConv", "conv2d", "explain", "get_num_threads", "hookimpl",
-    "list_backends", "load_onnx", "set_num_threads", "to_onnx",
+    "list_backends", "load_onnx", "set_num_threads", "ThreadingWarning", "to_onnx",
 ]
 
 

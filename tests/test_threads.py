@@ -1,0 +1,53 @@
+"""Thread settings: the count, and the guard against a spinning OpenMP runtime loaded before convengine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import convengine as ce
+
+PROBE = ("import warnings, json, os\n"
+         "warnings.simplefilter('always')\n"
+         "with warnings.catch_warnings(record=True) as caught:\n"
+         "{imports}\n"
+         "from convengine import threads\n"
+         "print(json.dumps({{'spinning': threads.SPINNING_OPENMP, 'policy': os.environ.get('OMP_WAIT_POLICY'),\n"
+         "  'warned': [str(w.message) for w in caught if w.category.__name__ == 'ThreadingWarning']}}))\n")
+
+
+def _probe(*modules, env_extra=None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env.update(env_extra or {})
+    imports = "\n".join(f"    import {m}" for m in modules)
+    out = subprocess.run([sys.executable, "-c", PROBE.format(imports=imports)], env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_convengine_first_asks_openmp_to_sleep_and_does_not_warn():
+    result = _probe("convengine")
+    assert result == {"spinning": False, "policy": "PASSIVE", "warned": []}
+
+
+def test_torch_first_is_detected_warned_about_and_numba_runs_single_threaded():
+    pytest.importorskip("torch")
+    result = _probe("torch", "convengine")
+    assert result["spinning"] is True
+    assert result["warned"] and "OMP_WAIT_POLICY=PASSIVE" in result["warned"][0]
+
+
+def test_an_explicit_wait_policy_is_respected():
+    pytest.importorskip("torch")
+    result = _probe("torch", "convengine", env_extra={"OMP_WAIT_POLICY": "ACTIVE"})
+    assert result == {"spinning": False, "policy": "ACTIVE", "warned": []}
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_set_num_threads_rejects_non_positive_ints(bad):
+    with pytest.raises(ValueError, match="num_threads must be a positive int"):
+        ce.set_num_threads(bad)
