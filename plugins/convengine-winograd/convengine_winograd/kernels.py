@@ -41,12 +41,14 @@ BT = np.array([[1.0, 0.0, -1.0, 0.0], [0.0, 1.0, 1.0, 0.0], [0.0, -1.0, 1.0, 0.0
 AT = np.array([[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]])
 
 
-def transform_weights(weight: np.ndarray, groups: int) -> np.ndarray:
+def transform_weights(weight: np.ndarray, groups: int, g_matrix: np.ndarray = G) -> np.ndarray:
     """``U = G g G^T`` for every (out, in) pair, computed in float64 and rounded once to the
-    weight's dtype; returned C-contiguous as ``(groups, 16, C_out_g, C_in_g)``."""
+    weight's dtype; returned C-contiguous as ``(groups, alpha**2, C_out_g, C_in_g)`` (16 here,
+    36 with F(4x4, 3x3)'s ``G``)."""
     c_out, c_group = weight.shape[:2]
-    u = np.einsum("ki,ocij,lj->kloc", G, weight.astype(np.float64), G, optimize=True)
-    u = u.reshape(POSITIONS, groups, c_out // groups, c_group).transpose(1, 0, 2, 3)
+    u = np.einsum("ki,ocij,lj->kloc", g_matrix, weight.astype(np.float64), g_matrix, optimize=True)
+    positions = g_matrix.shape[0] ** 2
+    u = u.reshape(positions, groups, c_out // groups, c_group).transpose(1, 0, 2, 3)
     return np.ascontiguousarray(u, dtype=weight.dtype)
 
 
@@ -60,12 +62,26 @@ def padded_tiles(tiles: int, itemsize: int) -> int:
     return lines * per_line
 
 
-def tile_counts(out_h: int, out_w: int) -> tuple[int, int]:
-    """Tiles per column and per row: enough 2x2 tiles to cover the output (the last may overhang)."""
-    return (out_h + M_TILE - 1) // M_TILE, (out_w + M_TILE - 1) // M_TILE
+def tile_counts(out_h: int, out_w: int, m_tile: int = M_TILE) -> tuple[int, int]:
+    """Tiles per column and per row: enough m x m tiles to cover the output (the last may overhang)."""
+    return (out_h + m_tile - 1) // m_tile, (out_w + m_tile - 1) // m_tile
 
 
 # -- Numba kernels ----------------------------------------------------------------------------
+
+
+@numba.njit(inline="always")
+def padded_plane(plane, hp, wp, top, left):
+    """A zero-padded ``(hp, wp)`` copy of one input plane, ``plane`` placed at ``(top, left)``.
+
+    Rows/columns beyond the padded extent cannot occur (``hp >= top + height``), but a
+    bottom/right padding of the problem may be larger than the tiles need: clip.
+    """
+    buf = np.zeros((hp, wp), plane.dtype)
+    rows = min(plane.shape[0], hp - top)
+    cols = min(plane.shape[1], wp - left)
+    buf[top:top + rows, left:left + cols] = plane[:rows, :cols]
+    return buf
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -77,7 +93,7 @@ def input_transform(x, v, top, left, tiles_h, tiles_w, c_group):
     input is never copied as a whole. ``v`` is ``(groups, C_in_g, 16, T_pad)`` with
 ``T_pad >= N * tiles_h * tiles_w``; the columns past the last tile are left untouched.
     """
-    n_images, channels, height, width = x.shape
+    n_images, channels = x.shape[:2]
     hp = 2 * tiles_h + 2
     wp = 2 * tiles_w + 2
     tiles = tiles_h * tiles_w
@@ -86,12 +102,7 @@ def input_transform(x, v, top, left, tiles_h, tiles_w, c_group):
         c = job % channels
         g = c // c_group
         cl = c % c_group
-        buf = np.zeros((hp, wp), x.dtype)
-        # Rows/columns of x beyond the padded extent cannot occur (hp >= top + height), but a
-        # bottom/right padding of the problem may be larger than the tiles need: clip.
-        rows = min(height, hp - top)
-        cols = min(width, wp - left)
-        buf[top:top + rows, left:left + cols] = x[n, c, :rows, :cols]
+        buf = padded_plane(x[n, c], hp, wp, top, left)
         out = v[g, cl]
         base = n * tiles
         for ty in range(tiles_h):

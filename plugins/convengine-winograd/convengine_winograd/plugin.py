@@ -21,6 +21,9 @@ GEMM_EFFICIENCY = 0.8
 #: Memory passes per transformed element: the input transform writes V and the GEMM reads it;
 #: the GEMM writes M and the output transform reads it.
 TRANSFORM_PASSES = 2
+#: GEMM columns (tiles) from which the position GEMMs run at full efficiency; fewer, and the
+#: time goes into streaming U (F(4x4) on a 7x7 image has 4 tiles: 25 GFLOP/s measured).
+MIN_FULL_COLUMNS = 16
 #: Fixed cost per call (two parallel kernel launches, allocations), and per group the
 #: 16 small matrix products numpy issues (measured ~0.3 us each; none when C_in/groups == 1,
 #: where the products are one broadcast multiply).
@@ -29,6 +32,9 @@ OVERHEAD_PER_GROUP_S = 5e-6
 
 #: Normwise relative error bounds of F(2x2, 3x3), per dtype (measured: see README.md).
 ERROR_BOUNDS = {"float32": 1e-5, "float64": 1e-13}
+#: F(4x4, 3x3): larger transform constants, larger error (measured up to 6.2e-6 float32 and
+#: 1.5e-14 float64 on 512-channel layers; bounds with a margin).
+F4_ERROR_BOUNDS = {"float32": 5e-5, "float64": 1e-12}
 
 POSITIONS = 16  # (2 + 3 - 1) ** 2 transform positions
 
@@ -40,6 +46,11 @@ class WinogradBackend(convengine.Backend):
     device = "cpu"
     numerical_class = convengine.LOSSY
     version = __version__
+    #: Output tile side m of F(m x m, 3x3), its transform positions (m + 2) ** 2, its error bounds.
+    m_tile = 2
+    positions = POSITIONS
+    bounds = ERROR_BOUNDS
+    transform_passes = TRANSFORM_PASSES
 
     def availability(self) -> Optional[str]:
         try:
@@ -60,7 +71,7 @@ class WinogradBackend(convengine.Backend):
         return None
 
     def error_bound(self, dtype: str) -> float:
-        return ERROR_BOUNDS[dtype]
+        return self.bounds[dtype]
 
     def estimate_seconds(self, problem: convengine.ConvProblem, machine) -> Optional[float]:
         if self.supports(problem) is not None:
@@ -68,15 +79,18 @@ class WinogradBackend(convengine.Backend):
         groups = problem.groups
         c_in_g = problem.in_channels // groups
         c_out_g = problem.out_channels // groups
-        tiles = problem.batch * -(-problem.out_height // 2) * -(-problem.out_width // 2)
+        m = self.m_tile
+        tiles = problem.batch * -(-problem.out_height // m) * -(-problem.out_width // m)
         itemsize = np.dtype(problem.dtype).itemsize
-        gemm_flops = POSITIONS * tiles * c_in_g * c_out_g * 2 * groups
-        compute = gemm_flops / (machine.gemm_flops(problem.dtype) * GEMM_EFFICIENCY)
-        transformed = POSITIONS * tiles * (problem.in_channels + problem.out_channels) * itemsize
+        gemm_flops = self.positions * tiles * c_in_g * c_out_g * 2 * groups
+        # each of the GEMMs has `tiles` columns: below MIN_FULL_COLUMNS BLAS streams U for little work
+        efficiency = GEMM_EFFICIENCY * min(1.0, tiles / MIN_FULL_COLUMNS)
+        compute = gemm_flops / (machine.gemm_flops(problem.dtype) * efficiency)
+        transformed = self.positions * tiles * (problem.in_channels + problem.out_channels) * itemsize
         plain = (problem.batch * (problem.in_channels * problem.height * problem.width
                                   + problem.out_channels * problem.out_height * problem.out_width)) * itemsize
-        weights = POSITIONS * c_out_g * c_in_g * groups * itemsize  # U is streamed once per call
-        traffic = (TRANSFORM_PASSES * transformed + plain + weights) / machine.bandwidth
+        weights = self.positions * c_out_g * c_in_g * groups * itemsize  # U is streamed once per call
+        traffic = (self.transform_passes * transformed + plain + weights) / machine.bandwidth
         per_group = OVERHEAD_PER_GROUP_S * groups if c_in_g > 1 else 0.0
         return compute + traffic + OVERHEAD_S + per_group
 
@@ -96,12 +110,26 @@ class WinogradBackend(convengine.Backend):
         reason = self.supports(problem)
         if reason is not None:
             raise ValueError(f"winograd cannot run {problem}: {reason}")
-        from .winograd import build_executor  # imports Numba and compiles (or loads) the kernels
+        from .winograd import VARIANTS, build_executor  # imports Numba and compiles (or loads) the kernels
 
         relu = epilogue is not None and epilogue.activation == "relu"
-        return build_executor(problem, weight, bias, relu=relu)
+        return build_executor(problem, weight, bias, relu=relu, variant=VARIANTS[self.m_tile])
+
+
+class Winograd4Backend(WinogradBackend):
+    """Winograd F(4x4, 3x3): 2.25x fewer GEMM multiplications than F(2x2, 3x3), a larger error,
+    and GEMMs with a quarter of the columns (few tiles on small images: slow there)."""
+
+    name = "winograd4"
+    m_tile = 4
+    positions = 36
+    bounds = F4_ERROR_BOUNDS
+    #: Its 6x6 transforms cost about 6x per element what the traffic model says; measured on ResNet
+    #: layers, F(4x4) lost to F(2x2) everywhere but 512->512 at 7x7, batch 32 (27.5 vs 34.7 ms).
+    transform_passes = 12
 
 
 @convengine.hookimpl
 def convengine_register_backends(register):
     register(WinogradBackend())
+    register(Winograd4Backend())

@@ -1,15 +1,16 @@
-"""The executor: input transform (Numba), 16 batched GEMMs (numpy/BLAS), output transform (Numba).
+"""The executor: input transform (Numba), 16 or 36 batched GEMMs (numpy/BLAS), output transform (Numba).
 
 Imported by :meth:`WinogradBackend.prepare`, never at plugin load, because it imports Numba.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 
-from . import kernels
+from . import kernels, kernels_f4
 
 try:  # the host's one thread setting for Numba and BLAS pools
     from convengine.threads import apply_blas_threads, numba_threads
@@ -35,26 +36,46 @@ DEFAULT_MAX_BUFFER_BYTES = 256 * 2**20
 CHUNK_TARGET_BYTES = 8 * 2**20
 
 
-def buffer_bytes_per_image(problem) -> int:
+@dataclass(frozen=True)
+class Variant:
+    """One Winograd algorithm F(m x m, 3x3): its tile size, weight transform and Numba kernels."""
+
+    name: str
+    m_tile: int
+    positions: int
+    g_matrix: np.ndarray
+    input_transform: Callable
+    output_transform: Callable
+
+
+F2 = Variant("F(2x2,3x3)", kernels.M_TILE, kernels.POSITIONS, kernels.G, kernels.input_transform,
+             kernels.output_transform)
+F4 = Variant("F(4x4,3x3)", kernels_f4.M_TILE, kernels_f4.POSITIONS, kernels_f4.G, kernels_f4.input_transform,
+             kernels_f4.output_transform)
+VARIANTS = {2: F2, 4: F4}
+
+
+def buffer_bytes_per_image(problem, variant: Variant = F2) -> int:
     """Bytes of ``V`` and ``M`` for one image (the transformed input and the GEMM output)."""
-    tiles_h, tiles_w = kernels.tile_counts(problem.out_height, problem.out_width)
+    tiles_h, tiles_w = kernels.tile_counts(problem.out_height, problem.out_width, variant.m_tile)
     itemsize = np.dtype(problem.dtype).itemsize
-    return kernels.POSITIONS * (tiles_h * tiles_w + 64 // itemsize) * (problem.in_channels + problem.out_channels) * itemsize
+    return variant.positions * (tiles_h * tiles_w + 64 // itemsize) * (problem.in_channels + problem.out_channels) * itemsize
 
 
 def build_executor(problem, weight: np.ndarray, bias: Optional[np.ndarray],
-                   max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES, *, relu: bool = False) -> Callable[..., np.ndarray]:
+                   max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES, *, relu: bool = False,
+                   variant: Variant = F2) -> Callable[..., np.ndarray]:
     """``execute(x, residual=None) -> y``; the output transform adds ``residual`` and applies ``relu``."""
     dtype = np.dtype(problem.dtype)
     groups = problem.groups
     c_in_g = problem.in_channels // groups
     c_out_g = problem.out_channels // groups
-    tiles_h, tiles_w = kernels.tile_counts(problem.out_height, problem.out_width)
+    tiles_h, tiles_w = kernels.tile_counts(problem.out_height, problem.out_width, variant.m_tile)
     top, _, left, _ = problem.padding
-    u = kernels.transform_weights(weight, groups)  # (G, 16, C_out_g, C_in_g)
+    u = kernels.transform_weights(weight, groups, variant.g_matrix)  # (G, positions, C_out_g, C_in_g)
     b = np.zeros(problem.out_channels, dtype) if bias is None else np.array(bias, dtype=dtype, copy=True)
     target = min(max_buffer_bytes, max(CHUNK_TARGET_BYTES, 4 * u.nbytes))
-    images_per_chunk = max(1, target // max(buffer_bytes_per_image(problem), 1))
+    images_per_chunk = max(1, target // max(buffer_bytes_per_image(problem, variant), 1))
     output_shape = problem.output_shape
     per_image_tiles = tiles_h * tiles_w
 
@@ -66,10 +87,10 @@ def build_executor(problem, weight: np.ndarray, bias: Optional[np.ndarray],
             n1 = min(n0 + images_per_chunk, n_images)
             t = (n1 - n0) * per_image_tiles
             t_pad = kernels.padded_tiles(t, dtype.itemsize)
-            v = scratch("winograd.input", (groups, c_in_g, kernels.POSITIONS, t_pad), dtype)
-            m = scratch("winograd.product", (groups, c_out_g, kernels.POSITIONS, t_pad), dtype)
+            v = scratch("winograd.input", (groups, c_in_g, variant.positions, t_pad), dtype)
+            m = scratch("winograd.product", (groups, c_out_g, variant.positions, t_pad), dtype)
             numba_threads()
-            kernels.input_transform(x[n0:n1], v, top, left, tiles_h, tiles_w, c_in_g)
+            variant.input_transform(x[n0:n1], v, top, left, tiles_h, tiles_w, c_in_g)
             v_k = v.transpose(0, 2, 1, 3)[..., :t]  # (G, 16, C_in_g, T) views, unit column stride
             m_k = m.transpose(0, 2, 1, 3)[..., :t]  # (G, 16, C_out_g, T)
             if c_in_g == 1:  # depthwise-like: each product is an outer product, no reduction
@@ -80,7 +101,7 @@ def build_executor(problem, weight: np.ndarray, bias: Optional[np.ndarray],
             numba_threads()
             y_chunk = y[n0:n1]
             res_chunk = y_chunk if residual is None else residual[n0:n1]
-            kernels.output_transform(m, b, y_chunk, tiles_h, tiles_w, c_out_g, res_chunk, residual is not None, relu)
+            variant.output_transform(m, b, y_chunk, tiles_h, tiles_w, c_out_g, res_chunk, residual is not None, relu)
         return y
 
     return execute
