@@ -151,7 +151,7 @@ def input_transform(x, v, top, left, tiles_h, tiles_w, c_group):
 
 
 @numba.njit(inline="always")
-def _finish(v, residual_plane, i, j, has_residual, relu):
+def finish_pixel(v, residual_plane, i, j, has_residual, relu):
     """The fused epilogue of one output pixel: + residual, then ReLU (NaN stays NaN)."""
     if has_residual:
         v += residual_plane[i, j]
@@ -196,13 +196,13 @@ def output_transform(m, bias, y, tiles_h, tiles_w, out_per_group, residual, has_
                 c2 = src[6, t] - src[10, t] - src[14, t]
                 c3 = src[7, t] - src[11, t] - src[15, t]
                 j = 2 * tx
-                dst[i, j] = _finish(a0 + a1 + a2 + b, res, i, j, has_residual, relu)
+                dst[i, j] = finish_pixel(a0 + a1 + a2 + b, res, i, j, has_residual, relu)
                 if tx < full_w:
-                    dst[i, j + 1] = _finish(a1 - a2 - a3 + b, res, i, j + 1, has_residual, relu)
+                    dst[i, j + 1] = finish_pixel(a1 - a2 - a3 + b, res, i, j + 1, has_residual, relu)
                 if second_row:
-                    dst[i + 1, j] = _finish(c0 + c1 + c2 + b, res, i + 1, j, has_residual, relu)
+                    dst[i + 1, j] = finish_pixel(c0 + c1 + c2 + b, res, i + 1, j, has_residual, relu)
                     if tx < full_w:
-                        dst[i + 1, j + 1] = _finish(c1 - c2 - c3 + b, res, i + 1, j + 1, has_residual, relu)
+                        dst[i + 1, j + 1] = finish_pixel(c1 - c2 - c3 + b, res, i + 1, j + 1, has_residual, relu)
 
 
 # -- the same transforms in vectorised numpy (reference for the Numba kernels, and timings) -----

@@ -23,7 +23,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from .kernels import _finish, padded_plane  # the same padding and epilogue as F(2x2, 3x3)
+from .kernels import finish_pixel, padded_plane  # the same padding and epilogue as F(2x2, 3x3)
 
 M_TILE = 4
 ALPHA = 6
@@ -149,13 +149,13 @@ def output_transform(m, bias, y, tiles_h, tiles_w, out_per_group, residual, has_
                     j0 = 4 * tx
                     y0, y1, y2, y3 = _at(sr[0, tx], sr[1, tx], sr[2, tx], sr[3, tx], sr[4, tx], sr[5, tx])
                     if j0 + 3 < out_w:
-                        dst[i, j0] = _finish(y0 + b, res, i, j0, has_residual, relu)
-                        dst[i, j0 + 1] = _finish(y1 + b, res, i, j0 + 1, has_residual, relu)
-                        dst[i, j0 + 2] = _finish(y2 + b, res, i, j0 + 2, has_residual, relu)
-                        dst[i, j0 + 3] = _finish(y3 + b, res, i, j0 + 3, has_residual, relu)
+                        dst[i, j0] = finish_pixel(y0 + b, res, i, j0, has_residual, relu)
+                        dst[i, j0 + 1] = finish_pixel(y1 + b, res, i, j0 + 1, has_residual, relu)
+                        dst[i, j0 + 2] = finish_pixel(y2 + b, res, i, j0 + 2, has_residual, relu)
+                        dst[i, j0 + 3] = finish_pixel(y3 + b, res, i, j0 + 3, has_residual, relu)
                     else:  # the last tile overhangs the output
-                        dst[i, j0] = _finish(y0 + b, res, i, j0, has_residual, relu)
+                        dst[i, j0] = finish_pixel(y0 + b, res, i, j0, has_residual, relu)
                         if j0 + 1 < out_w:
-                            dst[i, j0 + 1] = _finish(y1 + b, res, i, j0 + 1, has_residual, relu)
+                            dst[i, j0 + 1] = finish_pixel(y1 + b, res, i, j0 + 1, has_residual, relu)
                         if j0 + 2 < out_w:
-                            dst[i, j0 + 2] = _finish(y2 + b, res, i, j0 + 2, has_residual, relu)
+                            dst[i, j0 + 2] = finish_pixel(y2 + b, res, i, j0 + 2, has_residual, relu)
