@@ -83,12 +83,10 @@ class CompiledGraph:
         if fold is not None:
             weight, bias = _fold(weight, bias, fold[1], params)
         x_shape = self.graph.shapes[node.inputs[0]]
-        epilogue = fusion.epilogue if fusion else None
         try:
             return self.engine.prepare(weight, bias, input_shape=(self.batch,) + tuple(x_shape[1:]), backend=backend,
-                                       residual=bool(epilogue and epilogue.residual),
-                                       activation=epilogue.activation if epilogue else None,
-                                       **conv_problem_args(node))
+                                       residual=fusion is not None and fusion.residual is not None,
+                                       activation=fusion.activation if fusion else None, **conv_problem_args(node))
         except (ValueError, TypeError) as exc:
             raise GraphError(f"node {node.name!r} (Conv): {exc}") from exc
 

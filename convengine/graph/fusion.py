@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..epilogue import Epilogue
 from .ir import Graph, Node
 
 
@@ -23,10 +22,6 @@ class EpilogueFusion:
     absorbed: tuple[Node, ...]
     residual: Optional[str] = None  # the tensor the Add adds to the convolution's output
     activation: Optional[str] = None
-
-    @property
-    def epilogue(self) -> Epilogue:
-        return Epilogue(residual=self.residual is not None, activation=self.activation)
 
     @property
     def output(self) -> str:
