@@ -304,3 +304,19 @@ def test_maxpool_kernel_matches_the_numpy_definition(data):
         return  # window larger than the padded input: rejected at shape inference, as tested elsewhere
     expected = _pool_reduce(_pad_for_pool(x, geometry, -np.inf), geometry, np.maximum)
     np.testing.assert_array_equal(OPS["MaxPool"].run(node, [x])[0], expected)
+
+
+@pytest.mark.parametrize("pads", [(0, 0, 0, 0), (1, 1, 1, 1), (2, 0, 1, 2), (0, 2, 2, 1)])
+@pytest.mark.parametrize("ceil_mode", [0, 1])
+@pytest.mark.parametrize("shape", [(1, 3, 112, 112), (2, 2, 7, 9), (1, 2, 3, 3), (1, 1, 6, 5)])
+def test_the_3x3_stride_2_maxpool_fast_path_matches_the_definition(pads, ceil_mode, shape):
+    """ResNet's and AlexNet's pool runs a separable kernel; it must equal the numpy definition, NaN included."""
+    from convengine.graph.ops import OPS, _pad_for_pool, _pool_geometry, _pool_reduce
+
+    x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+    x.flat[x.size // 3] = np.nan
+    node = Node("pool", "MaxPool", ["x"], ["y"], dict(kernel_shape=[3, 3], strides=[2, 2], pads=list(pads),
+                                                      ceil_mode=ceil_mode))
+    geometry = _pool_geometry(node, x.shape)
+    expected = _pool_reduce(_pad_for_pool(x, geometry, -np.inf), geometry, np.maximum)
+    np.testing.assert_array_equal(OPS["MaxPool"].run(node, [x])[0], expected)

@@ -204,12 +204,15 @@ def _maxpool(node, arrays):
     if x.ndim != 4 or len(node.outputs) > 1:  # (the Indices output is not supported anyway)
         return [_pool_reduce(_pad_for_pool(x, geometry, -np.inf), geometry, np.maximum)]
     from ..threads import numba_threads
-    from ._pool_kernels import max_pool
+    from ._pool_kernels import max_pool, max_pool_3x3_s2
 
     (kh, sh, dh, top, _, _, out_h), (kw, sw, dw, left, _, _, out_w) = geometry
     y = np.empty(x.shape[:2] + (out_h, out_w), x.dtype)
     numba_threads()
-    max_pool(np.ascontiguousarray(x), y, kh, kw, sh, sw, dh, dw, top, left)
+    if (kh, kw, sh, sw, dh, dw) == (3, 3, 2, 2, 1, 1):
+        max_pool_3x3_s2(np.ascontiguousarray(x), y, top, left)
+    else:
+        max_pool(np.ascontiguousarray(x), y, kh, kw, sh, sw, dh, dw, top, left)
     return [y]
 
 
