@@ -193,13 +193,24 @@ def _calibrate(fn: Callable[[], object], target_s: float) -> int:
     return max(1, int(target_s / once))
 
 
+#: Pause before each contender's sample in an interleaved round. BLAS worker threads keep
+#: spinning after a call (OpenBLAS: 2**28 cycles by default, about 0.1 s) and would take a
+#: core from whichever contender runs next: measured on ResNet-18, ONNX Runtime timed right
+#: after convengine took 24 ms, and 17.5 ms once OpenBLAS was told not to spin. So every
+#: sample starts after the previous contender's threads have gone to sleep.
+SETTLE_S = 0.15
+
+
 def interleaved(contenders: dict[str, Callable[[], object]], rounds: int = 7, target_s: float = 0.02,
-                warm: bool = True) -> dict[str, list[float]]:
+                warm: bool = True, settle_s: Optional[float] = None) -> dict[str, list[float]]:
     """Seconds per call of each contender, one sample per round, the contenders interleaved.
 
     Each contender is called once first when ``warm`` (compilation, caches, thread pools),
     then once more to calibrate how many calls make a sample of at least ``target_s``.
+    With several contenders, each sample starts ``settle_s`` (default :data:`SETTLE_S`)
+    after the previous one ended, so that no contender pays for another's spinning threads.
     """
+    settle = (SETTLE_S if settle_s is None else settle_s) if len(contenders) > 1 else 0.0
     if warm:
         for fn in contenders.values():
             fn()
@@ -207,6 +218,8 @@ def interleaved(contenders: dict[str, Callable[[], object]], rounds: int = 7, ta
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, fn in contenders.items():
+            if settle:
+                time.sleep(settle)
             start = time.perf_counter()
             for _ in range(inner[name]):
                 fn()

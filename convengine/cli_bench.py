@@ -260,7 +260,9 @@ def _bench(args: argparse.Namespace) -> int:
               + (f"{args.dtype}, " if specs else "")
               + f"{threads} thread{'s' if threads != 1 else ''}, median of {args.rounds} interleaved rounds",
               f"practical limit: numpy GEMM {gemm / 1e9:.1f} GFLOP/s ({args.dtype}, measured now)"
-              + ("; 'vs peer' is the ratio to the fastest peer on the same layer in this run" if specs else "")]
+              + ("; 'vs peer' is the ratio to the fastest peer on the same layer in this run" if specs else ""),
+              f"each sample starts {bench.SETTLE_S:g} s after the previous contender's, once BLAS threads that "
+              "spin after a call have gone to sleep"]
     header += [f"not run: {name} ({_short(reason, 70)})" for name, reason in unavailable.items()]
     if args.model:
         header += _model_notes(args)
