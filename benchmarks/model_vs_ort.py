@@ -1,46 +1,81 @@
-"""One model, convengine vs ONNX Runtime, in a process of its own: the controlled A/B.
+"""One model, convengine vs ONNX Runtime, each alone in a fresh process: the controlled comparison.
 
-``convengine bench --model`` imports every peer library into one process; this script
-imports only what it is told to, so the effect of a library on convengine's times (torch's
-OpenMP runtime, for one) can be seen by running it with and without ``--import-torch``:
+Timing two runtimes interleaved in one process lets one's leftovers (BLAS threads still
+spinning after a call, caches) land on the other; ``convengine bench --model`` pauses
+between samples for that, but a whole model is best compared with each runtime alone. This
+script runs ``--processes`` fresh processes per runtime, alternating, each timing
+``--runs`` calls after warm-up, and reports the median of the per-process medians:
 
-    for i in 1 2 3; do python benchmarks/model_vs_ort.py resnet50; python benchmarks/model_vs_ort.py resnet50 --import-torch; done
+    python benchmarks/model_vs_ort.py resnet50
+    python benchmarks/model_vs_ort.py resnet18 --import-torch   # torch loaded first, as some users do
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import time
 
 import numpy as np
+
+
+def _time_alone(runtime: str, model: str, policy: str, runs: int, import_torch: bool) -> float:
+    """Runs in the child process: median seconds per call of one runtime on ``model``."""
+    if import_torch:
+        import torch  # noqa: F401
+    import convengine as ce
+    from convengine.models import get_model
+
+    graph = get_model(model)
+    x = np.random.default_rng(0).standard_normal((1,) + tuple(graph.inputs[0].shape[1:])).astype(np.float32)
+    if runtime == "convengine":
+        compiled = graph.compile(ce.Engine(policy))
+        run = lambda: compiled.run(x)  # noqa: E731
+    else:
+        import onnxruntime as ort
+
+        from convengine.bench import onnxruntime_options
+
+        session = ort.InferenceSession(ce.to_onnx(graph).SerializeToString(), onnxruntime_options(ort),
+                                       providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        run = lambda: session.run(None, {name: x})  # noqa: E731
+    for _ in range(3):
+        run()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a zoo model name, e.g. resnet50")
     parser.add_argument("--policy", default="auto", help="engine policy (default auto)")
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (median reported)")
-    parser.add_argument("--import-torch", action="store_true", help="import torch first, as a benchmark with torch peers does")
+    parser.add_argument("--processes", type=int, default=3, help="fresh processes per runtime (default 3)")
+    parser.add_argument("--runs", type=int, default=15, help="timed calls per process (default 15)")
+    parser.add_argument("--import-torch", action="store_true", help="import torch before convengine in each process")
+    parser.add_argument("--child", choices=["convengine", "onnxruntime"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.import_torch:
-        import torch  # noqa: F401
-    import onnxruntime as ort
-
-    import convengine as ce
-    from convengine.bench import interleaved, onnxruntime_options
-    from convengine.models import get_model
-
-    graph = get_model(args.model)
-    x = np.random.default_rng(0).standard_normal((1,) + tuple(graph.inputs[0].shape[1:])).astype(np.float32)
-    compiled = graph.compile(ce.Engine(args.policy))
-    session = ort.InferenceSession(ce.to_onnx(graph).SerializeToString(), onnxruntime_options(ort),
-                                   providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    samples = interleaved({"convengine": lambda: compiled.run(x), "onnxruntime": lambda: session.run(None, {name: x})},
-                          rounds=args.rounds, target_s=0.0)
-    ours, theirs = (float(np.median(samples[k])) for k in ("convengine", "onnxruntime"))
-    print(f"{args.model} {args.policy}{' (torch imported)' if args.import_torch else ''}: convengine {ours * 1e3:.2f} ms, "
-          f"ONNX Runtime {theirs * 1e3:.2f} ms, ratio {ours / theirs:.3f}")
+    if args.child:
+        print(json.dumps(_time_alone(args.child, args.model, args.policy, args.runs, args.import_torch)))
+        return 0
+    medians: dict[str, list[float]] = {"convengine": [], "onnxruntime": []}
+    for _ in range(args.processes):
+        for runtime in medians:
+            cmd = [sys.executable, __file__, args.model, "--policy", args.policy, "--runs", str(args.runs),
+                   "--child", runtime] + (["--import-torch"] if args.import_torch else [])
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            medians[runtime].append(json.loads(out.strip().splitlines()[-1]))
+    ours, theirs = (float(np.median(medians[k])) for k in medians)
+    detail = ", ".join(f"{k}: " + " ".join(f"{v * 1e3:.1f}" for v in vals) for k, vals in medians.items())
+    print(f"{args.model} {args.policy}{' (torch imported first)' if args.import_torch else ''}: "
+          f"convengine {ours * 1e3:.2f} ms, ONNX Runtime {theirs * 1e3:.2f} ms, ratio {ours / theirs:.3f} "
+          f"(per-process medians, ms: {detail})")
     return 0
 
 
