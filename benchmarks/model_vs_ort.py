@@ -26,28 +26,21 @@ def _time_alone(runtime: str, model: str, policy: str, runs: int, import_torch: 
     if import_torch:
         import torch  # noqa: F401
     import convengine as ce
+    from convengine import bench
     from convengine.models import get_model
 
     graph = get_model(model)
-    x = np.random.default_rng(0).standard_normal((1,) + tuple(graph.inputs[0].shape[1:])).astype(np.float32)
+    x = bench.model_input(graph)
     if runtime == "convengine":
-        compiled = graph.compile(ce.Engine(policy))
-        run = lambda: compiled.run(x)  # noqa: E731
+        run, _ = bench.build_model_runner(policy, graph, 1)
     else:
-        import onnxruntime as ort
-
-        from convengine.bench import onnxruntime_options
-
-        session = ort.InferenceSession(ce.to_onnx(graph).SerializeToString(), onnxruntime_options(ort),
-                                       providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        run = lambda: session.run(None, {name: x})  # noqa: E731
+        run, _ = bench.build_model_runner(bench.MODEL_PEER, graph, 1, onnx_model=ce.to_onnx(graph).SerializeToString())
     for _ in range(3):
-        run()
+        run(x)
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        run()
+        run(x)
         times.append(time.perf_counter() - start)
     return float(np.median(times))
 
