@@ -87,12 +87,6 @@ def _cache_key() -> str:
     return "machine-profile-v2:" + fingerprint_digest(host_fingerprint())  # v2: best-of timing
 
 
-def _best_of(a: MachineProfile, b: Optional[MachineProfile]) -> MachineProfile:
-    if b is None:
-        return a
-    return MachineProfile(*(max(x, y) for x, y in zip(astuple(a), astuple(b))))
-
-
 def _cached(cache) -> Optional[MachineProfile]:
     record = cache.get(_cache_key())
     try:
@@ -126,7 +120,8 @@ def refresh_machine_profile(cache=None) -> MachineProfile:
     measured = measure_machine()
     with _lock:
         stored = _cached(cache) if cache is not None else None
-        _profile = _best_of(measured, _best_of(stored, _profile) if stored else _profile)
+        known = [p for p in (measured, stored, _profile) if p is not None]
+        _profile = MachineProfile(*(max(rates) for rates in zip(*map(astuple, known))))
         if cache is not None:
             cache.put(_cache_key(), asdict(_profile))
         return _profile

@@ -36,8 +36,6 @@ ERROR_BOUNDS = {"float32": 1e-5, "float64": 1e-13}
 #: 1.5e-14 float64 on 512-channel layers; bounds with a margin).
 F4_ERROR_BOUNDS = {"float32": 5e-5, "float64": 1e-12}
 
-POSITIONS = 16  # (2 + 3 - 1) ** 2 transform positions
-
 
 class WinogradBackend(convengine.Backend):
     """Winograd F(2x2, 3x3) for 3x3, stride-1, dilation-1 convolutions (any padding, groups)."""
@@ -46,9 +44,8 @@ class WinogradBackend(convengine.Backend):
     device = "cpu"
     numerical_class = convengine.LOSSY
     version = __version__
-    #: Output tile side m of F(m x m, 3x3), its transform positions (m + 2) ** 2, its error bounds.
+    #: Output tile side m of F(m x m, 3x3), and its error bounds.
     m_tile = 2
-    positions = POSITIONS
     bounds = ERROR_BOUNDS
     transform_passes = TRANSFORM_PASSES
 
@@ -69,6 +66,11 @@ class WinogradBackend(convengine.Backend):
         if problem.dtype not in ERROR_BOUNDS:
             return f"only float32 and float64 (got {problem.dtype})"
         return None
+
+    @property
+    def positions(self) -> int:
+        """Transform positions (products per tile and channel pair): the input tile's (m + 2) ** 2."""
+        return (self.m_tile + 2) ** 2
 
     def error_bound(self, dtype: str) -> float:
         return self.bounds[dtype]
@@ -122,7 +124,6 @@ class Winograd4Backend(WinogradBackend):
 
     name = "winograd4"
     m_tile = 4
-    positions = 36
     bounds = F4_ERROR_BOUNDS
     #: Its 6x6 transforms cost about 6x per element what the traffic model says; measured on ResNet
     #: layers, F(4x4) lost to F(2x2) everywhere but 512->512 at 7x7, batch 32 (27.5 vs 34.7 ms).

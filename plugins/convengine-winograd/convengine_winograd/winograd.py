@@ -42,16 +42,18 @@ class Variant:
 
     name: str
     m_tile: int
-    positions: int
     g_matrix: np.ndarray
     input_transform: Callable
     output_transform: Callable
 
+    @property
+    def positions(self) -> int:
+        """Transform positions: the input tile's area, (m + 2) ** 2."""
+        return (self.m_tile + 2) ** 2
 
-F2 = Variant("F(2x2,3x3)", kernels.M_TILE, kernels.POSITIONS, kernels.G, kernels.input_transform,
-             kernels.output_transform)
-F4 = Variant("F(4x4,3x3)", kernels_f4.M_TILE, kernels_f4.POSITIONS, kernels_f4.G, kernels_f4.input_transform,
-             kernels_f4.output_transform)
+
+F2 = Variant("F(2x2,3x3)", kernels.M_TILE, kernels.G, kernels.input_transform, kernels.output_transform)
+F4 = Variant("F(4x4,3x3)", kernels_f4.M_TILE, kernels_f4.G, kernels_f4.input_transform, kernels_f4.output_transform)
 VARIANTS = {2: F2, 4: F4}
 
 
