@@ -129,7 +129,11 @@ class PreparedConv:
             with self._lock:
                 self._by_batch.pop(batch, None)
             return self(x, residual)
-        return self.epilogue.apply(y, residual) if self.epilogue else y
+        if not self.epilogue:
+            return y
+        if np.may_share_memory(y, x) or (residual is not None and np.may_share_memory(y, residual)):
+            y = y.copy()  # the epilogue writes in place: never into the caller's arrays, whatever a backend returns
+        return self.epilogue.apply(y, residual)
 
     def _check_residual(self, residual, batch: int, dtype) -> Optional[np.ndarray]:
         if not self.epilogue.residual:

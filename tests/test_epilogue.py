@@ -147,6 +147,27 @@ def test_a_backend_whose_fusion_check_raises_is_excluded_and_the_call_retried():
     assert any(issubclass(c.category, PluginWarning) and "fusion-raises" in str(c.message) for c in caught)
 
 
+class _ReturnsItsInput(Backend):
+    """Breaks the "new array" rule: a 1x1 identity-sized convolution that returns the input itself."""
+
+    name = "returns-input"
+
+    def estimate_seconds(self, problem, machine):
+        return 1e-9
+
+    def prepare(self, problem, weight, bias):
+        return lambda x: x
+
+
+def test_the_unfused_epilogue_never_writes_into_the_callers_input():
+    registry = Registry.load(extra_plugins=[make_plugin("aliasing", _ReturnsItsInput())], load_entry_points=False)
+    x = np.array([[[[-1.0, 2.0]]]])
+    before = x.copy()
+    y = Engine("returns-input", registry=registry).conv2d(x, np.ones((1, 1, 1, 1)), activation="relu")
+    np.testing.assert_array_equal(y, [[[[0.0, 2.0]]]])
+    np.testing.assert_array_equal(x, before)
+
+
 def test_fusing_backends_are_checked_by_the_conformance_kit():
     """The kit's epilogue test fails a backend that claims a fusion it does not do."""
     from convengine.testing import BackendConformance
