@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 from dataclasses import dataclass
 from typing import Optional
 
+from . import threads as _threads  # noqa: F401  (first: sets thread-pool variables before numpy loads BLAS)
 from .backend import EXACT, LOSSY, Backend
 from .engine import BackendError, Engine, PreparedConv, default_engine
 from .epilogue import Epilogue

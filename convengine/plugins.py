@@ -29,6 +29,7 @@ ENTRY_POINT_GROUP = "convengine"
 BUILTIN_PLUGINS = (
     "convengine.backends.naive",
     "convengine.backends.im2col",
+    "convengine.backends.direct",
     "convengine.backends.fft",
     "convengine.backends.cuda",
 )

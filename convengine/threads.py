@@ -25,6 +25,7 @@ and a :class:`ThreadingWarning` says how to avoid it.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from typing import Optional
 
@@ -48,6 +49,19 @@ def _spinning_openmp_loaded() -> bool:
 #: Numba's OpenMP workers would spin (see above): run Numba kernels on one thread.
 SPINNING_OPENMP = _spinning_openmp_loaded()
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+#: OpenBLAS's idle workers spin for 2**28 cycles (~0.1 s) after every call, so a Numba kernel
+#: that follows a BLAS call (``direct`` after a 1x1 ``im2col`` layer) finds one core taken:
+#: measured on ResNet-18, its 3x3 layers ran at one thread's speed (2.8 ms instead of 1.5).
+#: 2**4 cycles makes them sleep at once. OpenBLAS reads this when it loads, so it only
+#: takes effect when convengine is imported before numpy (``convengine`` on the command line
+#: always is); :func:`blas_spin_limited` says whether it did.
+_BLAS_LOADED_BEFORE = "numpy" in sys.modules
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+
+def blas_spin_limited() -> bool:
+    """Whether OpenBLAS's idle threads sleep at once in this process (see ``OPENBLAS_THREAD_TIMEOUT``)."""
+    return not _BLAS_LOADED_BEFORE and os.environ.get("OPENBLAS_THREAD_TIMEOUT") == "4"
 if SPINNING_OPENMP:
     warnings.warn("an OpenMP runtime (e.g. torch's) was loaded before convengine without OMP_WAIT_POLICY=PASSIVE; "
                   "its idle threads spin and would stall BLAS between Numba kernels, so Numba kernels run on one "

@@ -1,0 +1,121 @@
+"""``direct``: the convolution sum itself, register-tiled, with no column matrix and no transform.
+
+Why it exists: im2col writes and re-reads a column matrix kH*kW times the input's size, and
+Winograd pays for its transforms; at batch 1 on a 2-core machine those memory passes cost as
+much as the arithmetic. Here each output tile (up to 14 pixels x 16 channels) stays in vector
+registers while the reduction streams through it (see ``_simd``), the way oneDNN and ONNX
+Runtime's NCHWc kernels work. Per call it copies the input once into a padded,
+channel-blocked buffer; weights are packed once in ``prepare``; the output is written once,
+in NCHW, with bias, residual and ReLU applied.
+
+float32, ``groups == 1`` only. It accumulates the products of the direct formula in float32,
+so it is exact in the engine's sense.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import EXACT
+from ..epilogue import NONE, Epilogue
+from ..hookspecs import hookimpl
+from ..problem import ConvProblem
+from ..threads import numba_threads
+from ..workspace import scratch
+from ._numba import NumbaBackend
+
+LANES = 16  # output channels per vector (``_simd.LANES``; not imported, to keep numba out of startup)
+#: Fraction of the machine's GEMM rate the kernel reaches with full tiles (measured 0.95-1.05).
+DIRECT_EFFICIENCY = 0.9
+#: Independent accumulators needed to hide the FMA latency; narrower tiles run proportionally slower.
+LATENCY_CHAINS = 8
+#: The scalar epilogue (transpose out of the tile, bias, residual, ReLU) costs about 5 cycles
+#: per output element, i.e. about 150 FLOP of the vector units' time: it dominates 1x1 layers.
+EPILOGUE_FLOPS_PER_OUTPUT = 150
+
+
+def channel_block(channels: int) -> int:
+    """Channels per input block: 16, or all of them when fewer (the RGB stem is not padded to 16)."""
+    return min(channels, LANES)
+
+
+def tile_efficiency(out_width: int, max_width: int) -> float:
+    """Share of the FMA rate the balanced row tiles of ``out_width`` pixels keep busy."""
+    tiles = -(-out_width // max_width)
+    width = -(-out_width // tiles)
+    return min(1.0, width / LATENCY_CHAINS)
+
+
+class DirectBackend(NumbaBackend):
+    name = "direct"
+    numerical_class = EXACT
+    version = "1"
+
+    def __init__(self, tile_width: int | None = None):
+        self._tile_width = tile_width
+
+    @property
+    def tile_width(self) -> int:
+        if self._tile_width is None:
+            from ._simd import preferred_width
+
+            self._tile_width = preferred_width()
+        return self._tile_width
+
+    def supports(self, problem: ConvProblem):
+        if problem.dtype != "float32":
+            return "float32 only (its register tiles are 16 float32 lanes)"
+        if problem.groups != 1:
+            return "groups > 1 not supported (use im2col or naive)"
+        return None
+
+    def estimate_seconds(self, problem: ConvProblem, machine) -> float:
+        block = channel_block(problem.in_channels)
+        padded_in = -(-problem.in_channels // block) * block
+        padded_out = -(-problem.out_channels // LANES) * LANES
+        work = problem.flops * (padded_in / problem.in_channels) * (padded_out / problem.out_channels)
+        epilogue = int(np.prod(problem.output_shape)) * EPILOGUE_FLOPS_PER_OUTPUT / machine.gemm_flops(problem.dtype)
+        rate = machine.gemm_flops(problem.dtype) * DIRECT_EFFICIENCY * tile_efficiency(problem.out_width, self.tile_width)
+        itemsize = np.dtype(problem.dtype).itemsize
+        copies = (2 * problem.batch * padded_in * problem.padded_height * problem.padded_width  # blocked input
+                  + int(np.prod(problem.output_shape))) * itemsize
+        return work / rate + epilogue + copies / machine.bandwidth + 2e-5
+
+    def supports_epilogue(self, problem: ConvProblem, epilogue: Epilogue):
+        return None  # applied where the output tile leaves the registers
+
+    def prepare(self, problem: ConvProblem, weight, bias, epilogue: Epilogue = NONE):
+        from ._direct_kernels import direct_conv, pack_input
+
+        block = channel_block(problem.in_channels)
+        c_blocks = -(-problem.in_channels // block)
+        o_blocks = -(-problem.out_channels // LANES)
+        kh, kw = problem.kernel_h, problem.kernel_w
+        packed = np.zeros((o_blocks * LANES, c_blocks * block, kh, kw), np.float32)
+        packed[:problem.out_channels, :problem.in_channels] = weight
+        # (ob, o, cb, c, kh, kw) -> (ob, cb, kh, kw, c, o): one reduction step reads 16 output channels
+        packed = np.ascontiguousarray(packed.reshape(o_blocks, LANES, c_blocks, block, kh, kw).transpose(0, 2, 4, 5, 3, 1))
+        wb = packed.reshape(-1)
+        b = np.zeros(problem.out_channels, np.float32) if bias is None else bias
+        top, _, left, _ = problem.padding
+        hp, wp = problem.padded_height, problem.padded_width
+        (sh, sw), (dh, dw) = problem.stride, problem.dilation
+        relu = epilogue.activation == "relu"
+        tile_width = self.tile_width
+
+        def execute(x: np.ndarray, residual=None) -> np.ndarray:
+            numba_threads()
+            xb = scratch("direct.input", (x.shape[0], c_blocks, hp, wp, block), np.float32)
+            pack_input(x, xb, top, left)
+            out = np.empty(problem.output_shape, np.float32)
+            res = out if residual is None else residual
+            direct_conv(xb.reshape(-1), c_blocks, hp, wp, block, wb, kh, kw, sh, sw, dh, dw,
+                        b, res, residual is not None, relu, out, tile_width)
+            return out
+
+        return execute
+
+
+@hookimpl
+def convengine_register_backends(register):
+    register(DirectBackend())
