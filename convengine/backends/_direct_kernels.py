@@ -14,10 +14,7 @@ import numpy as np
 import numba
 from numba import prange
 
-from ._simd import LANES, MAX_WIDTH, tile_add_to, tile_fma_rows, tile_zero
-
-#: Longest sum kept in registers before it is added to the tile's buffer (rounding error).
-MAX_TERMS = 256
+from ._simd import LANES, tile_conv, tile_store_nchw, tile_zero
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -47,48 +44,35 @@ def direct_conv(xb, c_blocks, hp, wp, block, wb, kh_size, kw_size, sh, sw, dh, d
 
     One job is one output row of one 16-channel block of one image; it sweeps the row in
     tiles of at most ``tile_width`` pixels, each accumulated in registers over the whole
-    reduction of one channel block (kernel rows, each one contiguous (kw, channel) run), and
-    these partial tiles of at most ``MAX_TERMS`` products are summed in a small buffer.
+    reduction (channel blocks x kernel rows x one contiguous (kw, channel) run) and written
+    out once, epilogue applied.
     """
     n_images, out_channels, out_h, out_w = y.shape
     o_blocks = (out_channels + LANES - 1) // LANES
     n_tiles = (out_w + tile_width - 1) // tile_width
     tile = (out_w + n_tiles - 1) // n_tiles  # balanced: no 1-pixel tail tile
     run = kw_size * block
-    rows_per_sum = max(1, MAX_TERMS // run)
+    x_block = hp * wp * block  # one channel block of one image
+    w_block = kh_size * run * LANES  # one channel block's weights for one output block
+    y_flat = y.reshape(-1)
+    residual_flat = residual.reshape(-1)
     for job in prange(n_images * o_blocks * out_h):
         n = job // (o_blocks * out_h)
         ob = (job // out_h) % o_blocks
         oh = job % out_h
-        buf = np.empty(MAX_WIDTH * LANES, np.float32)
         for ow0 in range(0, out_w, tile):
             width = min(tile, out_w - ow0)
-            first = True
-            for cb in range(c_blocks):
-                for kh0 in range(0, kh_size, rows_per_sum):
-                    rows = min(rows_per_sum, kh_size - kh0)
-                    x_row = (((n * c_blocks + cb) * hp + oh * sh + kh0 * dh) * wp + ow0 * sw) * block
-                    w_row = ((ob * c_blocks + cb) * kh_size + kh0) * run * LANES
-                    if dw == 1:  # a kernel row's (kw, channel) pairs are one contiguous run
-                        acc = tile_fma_rows(tile_zero(), xb, x_row, dh * wp * block, sw * block,
-                                            wb, w_row, rows, run, width)
-                    else:
-                        acc = tile_zero()
-                        for kh in range(rows):
-                            for kw in range(kw_size):
-                                acc = tile_fma_rows(acc, xb, x_row + (kh * dh * wp + kw * dw) * block, 0, sw * block,
-                                                    wb, w_row + (kh * kw_size + kw) * block * LANES, 1, block, width)
-                    tile_add_to(acc, buf, first)
-                    first = False
-            for j in range(min(LANES, out_channels - ob * LANES)):
-                o = ob * LANES + j
-                b = bias[o]
-                out_row = y[n, o, oh]
-                res_row = residual[n, o, oh]
-                for p in range(width):
-                    v = buf[p * LANES + j] + b
-                    if has_residual:
-                        v += res_row[ow0 + p]
-                    if relu and v < 0:  # NaN stays NaN, as with np.maximum
-                        v = v - v
-                    out_row[ow0 + p] = v
+            x_tile = ((n * c_blocks * hp + oh * sh) * wp + ow0 * sw) * block
+            w_tile = ob * c_blocks * w_block
+            if dw == 1:  # a kernel row's (kw, channel) pairs are one contiguous run
+                acc = tile_conv(tile_zero(), xb, x_tile, x_block, dh * wp * block, sw * block,
+                                wb, w_tile, w_block, c_blocks, kh_size, run, width)
+            else:
+                acc = tile_zero()
+                for kh in range(kh_size):
+                    for kw in range(kw_size):
+                        acc = tile_conv(acc, xb, x_tile + (kh * dh * wp + kw * dw) * block, x_block, 0, sw * block,
+                                        wb, w_tile + (kh * kw_size + kw) * block * LANES, w_block, c_blocks, 1, block, width)
+            tile_store_nchw(acc, y_flat, ((n * out_channels + ob * LANES) * out_h + oh) * out_w + ow0,
+                            out_h * out_w, min(LANES, out_channels - ob * LANES), width,
+                            bias, ob * LANES, residual_flat, has_residual, relu)

@@ -5,7 +5,7 @@ up to :data:`MAX_WIDTH` pixels x :data:`LANES` output channels) stays in vector 
 while the whole reduction streams past it, each weight vector reused for every pixel and
 each input value broadcast to every channel. Numba has no vector type and LLVM does not
 keep a heap array of accumulators in registers, so :class:`Tile` is an LLVM value
-``[MAX_WIDTH x <LANES x float>]`` and :func:`tile_fma_rows` emits the reduction loops
+``[MAX_WIDTH x <LANES x float>]`` and :func:`tile_conv` emits the reduction loops
 over it: the accumulators live in registers as loop phis.
 
 ``LANES`` is 16 floats, one AVX-512 register. LLVM splits wider-than-native vectors, so the
@@ -107,45 +107,61 @@ def tile_zero(typingctx):
 
 
 @intrinsic
-def tile_fma_rows(typingctx, tile, x, x_start, x_row_step, x_step, w, w_start, rows, count, width):
-    """For r < rows, k < count, p < width:
-    ``tile[p] += x[x_start + r*x_row_step + k + p*x_step] * w[w_start + 16*(r*count + k) : +16]``.
+def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_step, w, w_start, w_block_step,
+              blocks, rows, count, width):
+    """Return ``tile`` plus, for p < width, the sum over b < blocks, r < rows, k < count of
+    ``x[x_start + b*x_block_step + r*x_row_step + k + p*x_step] * w[w_start + b*w_block_step + 16*(r*count + k) : +16]``.
 
-    ``rows`` contiguous runs of the reduction (one per kernel row): ``x`` holds the inputs of
-    pixel ``p`` at stride ``x_step``, ``w`` one vector of LANES output channels per step.
-    Pixels at or beyond ``width`` are left untouched. No bounds checks: the caller
-    guarantees them. The loops are emitted here, not in Numba, because every call passes
-    the tile through memory (about 150 cycles measured), so a call must cover many steps.
+    A convolution's whole reduction for one output tile: ``blocks`` channel blocks of
+    ``rows`` kernel rows, each one contiguous run of ``count`` (kw, channel) steps; pixel
+    ``p``'s inputs are ``x_step`` apart, and each step reads one vector of LANES output
+    channels' weights. Each row is summed in its own registers and then added to the
+    running total (also in registers), which keeps float32 rounding of long reductions
+    (4608 products on ResNet's 512-channel layers) within the exact class's bound, as
+    blocked BLAS products do. Pixels at or beyond ``width`` are left untouched; no bounds
+    checks: the caller guarantees them. All loops are emitted here, in one call per tile,
+    because a call passes the tile through memory (about 150 cycles measured).
     """
     if not (isinstance(tile, Tile) and _is_f32_array(x) and _is_f32_array(w)):
         return None
-    ints = (x_start, x_row_step, x_step, w_start, rows, count, width)
+    ints = (x_start, x_block_step, x_row_step, x_step, w_start, w_block_step, blocks, rows, count, width)
     if not all(isinstance(t, types.Integer) for t in ints):
         return None
-    sig = tile_type(tile, x, x_start, x_row_step, x_step, w, w_start, rows, count, width)
+    sig = tile_type(tile, x, x_start, x_block_step, x_row_step, x_step, w, w_start, w_block_step, blocks, rows, count, width)
 
     def codegen(context, builder, sig, args):
-        acc, xa, wa = args[0], args[1], args[5]
-        x_start, x_row_step, x_step, w_start, rows, count, width = (
-            _as_i64(context, builder, args[i], sig.args[i]) for i in (2, 3, 4, 6, 7, 8, 9))
+        acc, xa, wa = args[0], args[1], args[6]
+        (x_start, x_block_step, x_row_step, x_step, w_start, w_block_step, blocks, rows, count, width) = (
+            _as_i64(context, builder, args[i], sig.args[i]) for i in (2, 3, 4, 5, 7, 8, 9, 10, 11, 12))
         xp = _data(context, builder, sig.args[1], xa)
-        wp = _data(context, builder, sig.args[5], wa)
+        wp = _data(context, builder, sig.args[6], wa)
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3), f"llvm.fma.v{LANES}f32")
         lanes = ir.Constant(_I64, LANES)
+        zero = ir.Constant(_VEC, [0.0] * LANES)
 
-        def row(r, regs):
-            x_row = builder.add(x_start, builder.mul(r, x_row_step))
-            w_row = builder.add(w_start, builder.mul(builder.mul(r, count), lanes))
+        def nest(n):
+            def block(b, totals):
+                x_block = builder.add(x_start, builder.mul(b, x_block_step))
+                w_block = builder.add(w_start, builder.mul(b, w_block_step))
 
-            def step(k, regs):
-                wv = builder.load(builder.bitcast(builder.gep(wp, [builder.add(w_row, builder.mul(k, lanes))]),
-                                                  _VEC.as_pointer()), align=4)
-                x_at = builder.add(x_row, k)
-                return [builder.call(fma, [_splat(builder, builder.load(builder.gep(
-                            xp, [builder.add(x_at, builder.mul(x_step, ir.Constant(_I64, p)))]))), wv, reg])
-                        for p, reg in enumerate(regs)]
+                def row(r, totals):
+                    x_row = builder.add(x_block, builder.mul(r, x_row_step))
+                    w_row = builder.add(w_block, builder.mul(builder.mul(r, count), lanes))
 
-            return _counted_loop(builder, count, regs, step)
+                    def step(k, regs):
+                        wv = builder.load(builder.bitcast(builder.gep(wp, [builder.add(w_row, builder.mul(k, lanes))]),
+                                                          _VEC.as_pointer()), align=4)
+                        x_at = builder.add(x_row, k)
+                        return [builder.call(fma, [_splat(builder, builder.load(builder.gep(
+                                    xp, [builder.add(x_at, builder.mul(x_step, ir.Constant(_I64, p)))]))), wv, reg])
+                                for p, reg in enumerate(regs)]
+
+                    sums = _counted_loop(builder, count, [zero] * n, step)
+                    return [builder.fadd(total, s) for total, s in zip(totals, sums)]
+
+                return _counted_loop(builder, rows, totals, row)
+
+            return block
 
         done = builder.append_basic_block("tile.done")
         switch = builder.switch(width, done)
@@ -154,10 +170,10 @@ def tile_fma_rows(typingctx, tile, x, x_start, x_row_step, x_step, w, w_start, r
             case = builder.append_basic_block(f"tile.w{n}")
             switch.add_case(ir.Constant(_I64, n), case)
             builder.position_at_end(case)
-            regs = _counted_loop(builder, rows, [builder.extract_value(acc, p) for p in range(n)], row)
+            totals = _counted_loop(builder, blocks, [builder.extract_value(acc, p) for p in range(n)], nest(n))
             out = acc
-            for p, reg in enumerate(regs):
-                out = builder.insert_value(out, reg, p)
+            for p, total in enumerate(totals):
+                out = builder.insert_value(out, total, p)
             results.append((out, builder.block))
             builder.branch(done)
         builder.position_at_end(done)
@@ -169,25 +185,72 @@ def tile_fma_rows(typingctx, tile, x, x_start, x_row_step, x_step, w, w_start, r
     return sig, codegen
 
 
-@intrinsic
-def tile_add_to(typingctx, tile, buf, overwrite):
-    """``buf[16p : 16p + 16] (+)= tile[p]`` for every pixel p (``buf`` holds MAX_WIDTH * LANES floats).
+def _transpose(builder, rows):
+    """Transpose 16 vectors of 16 lanes: swap the off-diagonal blocks of 8, then 4, 2, 1 (64 shuffles)."""
+    rows = list(rows)
+    for b in (8, 4, 2, 1):
+        low = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [c if not c & b else LANES + c - b for c in range(LANES)])
+        high = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [c + b if not c & b else LANES + c for c in range(LANES)])
+        for i in range(LANES):
+            if not i & b:
+                rows[i], rows[i + b] = (builder.shuffle_vector(rows[i], rows[i + b], low),
+                                        builder.shuffle_vector(rows[i], rows[i + b], high))
+    return rows
 
-    Summing partial tiles in memory keeps each register sum short: the rounding error of a
-    long reduction (4608 terms on ResNet's 512-channel layers) then stays within float32's
-    exact-class bound, as blocked BLAS products do.
+
+def _masked(builder, name, fnty):
+    return cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.{name}.v{LANES}f32.p0")
+
+
+@intrinsic
+def tile_store_nchw(typingctx, tile, y, y_start, plane, channels, width, bias, b_start, residual, has_residual, relu):
+    """Write the tile to NCHW: ``y[y_start + j*plane + p] = act(tile[p][j] + bias[b_start + j] (+ residual))``.
+
+    For j < channels, p < width; ``y`` and ``residual`` are flat NCHW arrays of one layout
+    (pass ``y`` as ``residual`` when there is none). The tile is transposed in registers so
+    that each channel's pixels leave as one masked vector store (the scalar loop measured
+    about 6 cycles per element: more than a 1x1 layer's arithmetic). ReLU keeps NaN.
     """
-    if not (isinstance(tile, Tile) and _is_f32_array(buf) and isinstance(overwrite, types.Boolean)):
+    if not (isinstance(tile, Tile) and all(_is_f32_array(a) for a in (y, bias, residual))):
         return None
+    ints = (y_start, plane, channels, width, b_start)
+    if not (all(isinstance(t, types.Integer) for t in ints)
+            and isinstance(has_residual, types.Boolean) and isinstance(relu, types.Boolean)):
+        return None
+    sig = types.void(tile, y, y_start, plane, channels, width, bias, b_start, residual, has_residual, relu)
 
     def codegen(context, builder, sig, args):
-        acc, ba, overwrite = args
-        bp = _data(context, builder, sig.args[1], ba)
-        for p in range(MAX_WIDTH):
-            slot = builder.bitcast(builder.gep(bp, [ir.Constant(_I64, p * LANES)]), _VEC.as_pointer())
-            value = builder.extract_value(acc, p)
-            summed = builder.fadd(builder.load(slot, align=4), value)
-            builder.store(builder.select(overwrite, value, summed), slot, align=4)
+        acc = args[0]
+        y_start, plane, channels, width, b_start = (
+            _as_i64(context, builder, args[i], sig.args[i]) for i in (2, 3, 4, 5, 7))
+        yp = _data(context, builder, sig.args[1], args[1])
+        bp = _data(context, builder, sig.args[6], args[6])
+        rp = _data(context, builder, sig.args[8], args[8])
+        has_residual, relu = args[9], args[10]
+        i32 = ir.IntType(32)
+        vec_i32 = ir.VectorType(i32, LANES)
+        mask_ty = ir.VectorType(ir.IntType(1), LANES)
+        load = _masked(builder, "load", ir.FunctionType(_VEC, [_VEC.as_pointer(), i32, mask_ty, _VEC]))
+        store = _masked(builder, "store", ir.FunctionType(ir.VoidType(), [_VEC, _VEC.as_pointer(), i32, mask_ty]))
+        zero = ir.Constant(_VEC, [0.0] * LANES)
+        n = builder.trunc(width, i32)
+        n_vec = builder.shuffle_vector(builder.insert_element(ir.Constant(vec_i32, ir.Undefined), n, ir.Constant(i32, 0)),
+                                       ir.Constant(vec_i32, ir.Undefined), ir.Constant(vec_i32, [0] * LANES))
+        mask = builder.icmp_signed("<", ir.Constant(vec_i32, list(range(LANES))), n_vec)
+        columns = _transpose(builder, [builder.extract_value(acc, p) for p in range(MAX_WIDTH)]
+                             + [zero] * (LANES - MAX_WIDTH))
+        for j, column in enumerate(columns):
+            with builder.if_then(builder.icmp_signed("<", ir.Constant(_I64, j), channels)):
+                at = builder.add(y_start, builder.mul(plane, ir.Constant(_I64, j)))
+                v = builder.fadd(column, _splat(builder, builder.load(builder.gep(bp, [builder.add(b_start, ir.Constant(_I64, j))]))))
+                r_ptr = builder.bitcast(builder.gep(rp, [at]), _VEC.as_pointer())
+                r_mask = builder.and_(mask, builder.shuffle_vector(
+                    builder.insert_element(ir.Constant(mask_ty, ir.Undefined), has_residual, ir.Constant(i32, 0)),
+                    ir.Constant(mask_ty, ir.Undefined), ir.Constant(vec_i32, [0] * LANES)))
+                r = builder.call(load, [r_ptr, ir.Constant(i32, 4), r_mask, zero])
+                v = builder.select(has_residual, builder.fadd(v, r), v)
+                v = builder.select(relu, builder.select(builder.fcmp_ordered("<", v, zero), zero, v), v)
+                builder.call(store, [v, builder.bitcast(builder.gep(yp, [at]), _VEC.as_pointer()), ir.Constant(i32, 4), mask])
         return context.get_dummy_value()
 
-    return types.void(tile, buf, overwrite), codegen
+    return sig, codegen

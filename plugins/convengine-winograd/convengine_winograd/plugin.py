@@ -17,9 +17,10 @@ from . import __version__
 
 # -- cost model constants (see WinogradBackend.estimate_seconds) ------------------------------
 #: Fraction of the machine's GEMM rate the 16 position GEMMs reach. Their K is the channel
-#: count (64-512) and each is a separate BLAS call, so inside a network, with BLAS threads
-#: that sleep between calls, ResNet-18's layers measured 0.5-0.6 (0.8 on a lone, warm layer).
-GEMM_EFFICIENCY = 0.55
+#: count (64-512) and each is a separate BLAS call that wakes BLAS's sleeping threads
+#: (convengine sets OPENBLAS_THREAD_TIMEOUT so that they do not spin), so inside ResNet-18
+#: they measured 0.4-0.5 of it (0.8 on a lone layer timed back to back).
+GEMM_EFFICIENCY = 0.45
 #: Memory passes per transformed element: the input transform writes V and the GEMM reads it;
 #: the GEMM writes M and the output transform reads it.
 TRANSFORM_PASSES = 2
