@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 
+import convengine  # noqa: F401  (before numpy: sets OPENBLAS_THREAD_TIMEOUT before BLAS loads, see docs/usage.md)
 import numpy as np
 
 
