@@ -22,6 +22,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from .backend import LOSSY
 from .plugins import BackendEntry, PluginWarning, Registry
 from .problem import ConvProblem
 
@@ -178,15 +179,35 @@ def predict(decision: Decision, registry: Registry, machine) -> None:
             row.reason = _plugin_fault(row.name, f"estimate_seconds() returned {estimate!r}, not a time in seconds")
 
 
+#: A lossy backend (FFT, Winograd) is chosen by the cost model only when predicted this much
+#: faster than the best exact one: estimates are good to 10-30%, and within that a caller is
+#: better served by the result without transform round-off.
+LOSSY_MARGIN = 0.15
+
+
 def choose_by_cost(decision: Decision, registry: Registry, machine) -> None:
-    """Rank eligible backends by their own prediction; those without one rank last."""
+    """Rank eligible backends by their own prediction (lossy ones handicapped by :data:`LOSSY_MARGIN`);
+    those without a prediction rank last."""
     predict(decision, registry, machine)
-    ranked = sorted((c for c in decision.candidates if c.status != "excluded"),
-                    key=lambda c: (c.predicted_s is None, c.predicted_s or 0.0))
+
+    def rank(c: Candidate):
+        handicap = 1.0 + LOSSY_MARGIN if c.numerical_class == LOSSY else 1.0
+        return (c.predicted_s is None, (c.predicted_s or 0.0) * handicap)
+
+    ranked = sorted((c for c in decision.candidates if c.status != "excluded"), key=rank)
     if not ranked:
         _raise_none_eligible(decision)
     best = ranked[0]
-    _pick(decision, best.name, "lowest predicted time" if best.predicted_s is not None else "no backend has an estimate")
+    if best.predicted_s is None:
+        reason = "no backend has an estimate"
+    elif best.numerical_class == LOSSY:
+        reason = f"lowest predicted time, by more than the {LOSSY_MARGIN:.0%} asked of a lossy backend"
+    else:
+        reason = "lowest predicted time"
+    if any(c.numerical_class == LOSSY and c.predicted_s is not None and c.predicted_s < (best.predicted_s or 0.0)
+           for c in ranked[1:]):
+        reason += f" (lossy backends must be predicted {LOSSY_MARGIN:.0%} faster than the best exact one)"
+    _pick(decision, best.name, reason)
     for row in ranked[1:]:
         if row.predicted_s is not None:
             row.reason = f"predicted {row.predicted_s / best.predicted_s:.2g}x slower" if best.predicted_s else "predicted slower"

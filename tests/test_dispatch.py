@@ -250,6 +250,18 @@ def test_auto_picks_the_lowest_estimate_and_reports_predictions():
     assert cheap.execute_calls == 1 and general.execute_calls == 0
 
 
+@pytest.mark.parametrize("lossy_estimate,chosen", [(0.9e-9, "exact"), (0.8e-9, "lossy")])
+def test_auto_asks_a_lossy_backend_to_be_faster_by_a_margin(lossy_estimate, chosen):
+    from convengine.selection import LOSSY_MARGIN
+
+    assert 1 / 0.9 < 1 + LOSSY_MARGIN < 1 / 0.8  # the two cases straddle the margin
+    exact = FakeBackend("exact", estimate=1e-9)
+    lossy = FakeBackend("lossy", estimate=lossy_estimate, numerical_class=LOSSY)
+    decision = Engine(registry=registry_with(exact, lossy)).explain(X_SHAPE, W_SHAPE)
+    assert decision.chosen == chosen
+    assert "lossy" in decision.row(chosen).reason
+
+
 def test_auto_ranks_backends_without_an_estimate_last():
     engine = Engine(registry=registry_with(FakeBackend("silent", estimate=None)))
     decision = engine.explain(X_SHAPE, W_SHAPE)
