@@ -101,6 +101,29 @@ def test_engine_dispatch_by_name():
     assert relative_error(y, _reference(x, w, b, padding=1)) < EXACT_F32
 
 
+@pytest.mark.parametrize("n,c_in,plane,c_out", [
+    (1, 1, (1, 1), 1),
+    (2, 5, (3, 7), 13),  # pixel tail (21 of 64) and channel tail (13 = 2x6 + 1)
+    (1, 64, (8, 8), 6),  # exactly one block
+    (1, 70, (9, 15), 12),  # 135 pixels: two full blocks and a tail
+    (1, 600, (7, 7), 7),  # 600 products: three chunks through the output's partial sums
+])
+def test_pointwise_blocks_tails_and_chunks(n, c_in, plane, c_out):
+    rng = np.random.default_rng(c_in)
+    x, w, b = _data(rng, (n, c_in, *plane), (c_out, c_in, 1, 1))
+    residual = rng.standard_normal((n, c_out, *plane)).astype(np.float32)
+    y = _run(DirectBackend(), x, w, b)
+    assert relative_error(y, _reference(x, w, b)) < EXACT_F32
+    fused = _run(DirectBackend(), x, w, b, residual=residual, activation="relu")
+    assert relative_error(fused, np.maximum(_reference(x, w, b) + residual, 0)) < EXACT_F32
+
+
+def test_pointwise_long_reduction_stays_within_the_exact_bound():
+    rng = np.random.default_rng(5)
+    x, w, _ = _data(rng, (1, 2048, 7, 7), (20, 2048, 1, 1))
+    assert relative_error(_run(DirectBackend(), x, w), _reference(x, w)) < EXACT_F32
+
+
 @pytest.mark.parametrize("kwargs,reason", [
     (dict(dtype="float64"), "float32 only"),
     (dict(groups=2), "groups"),

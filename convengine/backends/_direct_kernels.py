@@ -14,7 +14,8 @@ import numpy as np
 import numba
 from numba import prange
 
-from ._simd import LANES, tile_conv, tile_store_nchw, tile_zero
+from ._simd import (LANES, POINT_CHANNELS, POINT_PIXELS, pointwise_block, tile_conv, tile_store_nchw,
+                    tile_zero)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -76,3 +77,28 @@ def direct_conv(xb, c_blocks, hp, wp, block, wb, kh_size, kw_size, sh, sw, dh, d
             tile_store_nchw(acc, y_flat, ((n * out_channels + ob * LANES) * out_h + oh) * out_w + ow0,
                             out_h * out_w, min(LANES, out_channels - ob * LANES), width,
                             bias, ob * LANES, residual_flat, has_residual, relu)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def pointwise_conv(x, w_packed, bias, residual, has_residual, relu, y):
+    """``y = act(W @ x + bias (+ residual))`` for a 1x1, stride-1, unpadded convolution, on NCHW directly.
+
+    ``w_packed`` is ``(ceil(O / POINT_CHANNELS), C, POINT_CHANNELS)`` flattened. One job is
+    one block of POINT_CHANNELS output channels x POINT_PIXELS pixels of one image; the
+    output-channel blocks of a pixel block are adjacent jobs, so its inputs stay in cache.
+    """
+    n_images, channels, height, width = x.shape
+    out_channels = y.shape[1]
+    plane = height * width
+    o_blocks = (out_channels + POINT_CHANNELS - 1) // POINT_CHANNELS
+    p_blocks = (plane + POINT_PIXELS - 1) // POINT_PIXELS
+    x_flat = x.reshape(-1)
+    y_flat = y.reshape(-1)
+    residual_flat = residual.reshape(-1)
+    for job in prange(n_images * p_blocks * o_blocks):
+        n = job // (p_blocks * o_blocks)
+        p0 = (job // o_blocks) % p_blocks * POINT_PIXELS
+        o0 = job % o_blocks * POINT_CHANNELS
+        pointwise_block(x_flat, n * channels * plane + p0, plane, channels, w_packed, o0 * channels,
+                        y_flat, (n * out_channels + o0) * plane + p0, min(POINT_CHANNELS, out_channels - o0),
+                        min(POINT_PIXELS, plane - p0), bias, o0, residual_flat, has_residual, relu)

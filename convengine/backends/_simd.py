@@ -254,3 +254,104 @@ def tile_store_nchw(typingctx, tile, y, y_start, plane, channels, width, bias, b
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+#: The pointwise (1x1) block: POINT_CHANNELS output channels x POINT_VECTORS vectors of
+#: LANES pixels, 24 accumulators: a GEMM micro-kernel over NCHW planes, with no input copy
+#: and no transpose (each output channel's pixels are contiguous).
+POINT_CHANNELS = 6
+POINT_VECTORS = 4
+POINT_PIXELS = POINT_VECTORS * LANES
+#: Products summed in registers before the running total (kept in the output) is updated.
+POINT_CHUNK = 256
+
+
+@intrinsic
+def pointwise_block(typingctx, x, x_start, plane, channels, w, w_start, y, y_start, n_out, n_px,
+                    bias, b_start, residual, has_residual, relu):
+    """One block of a 1x1 convolution on NCHW planes, epilogue applied.
+
+    For r < n_out (<= POINT_CHANNELS), p < n_px (<= POINT_PIXELS):
+    ``y[y_start + r*plane + p] = act(sum_c w[w_start + c*POINT_CHANNELS + r] * x[x_start + c*plane + p]
+    + bias[b_start + r] (+ residual[same index]))``. ``w`` holds POINT_CHANNELS weights per
+    input channel (zero-padded); ``y`` and ``residual`` share one layout. Sums of more than
+    POINT_CHUNK products go through the output in partial sums (float32 rounding).
+    """
+    arrays = (x, w, y, bias, residual)
+    ints = (x_start, plane, channels, w_start, y_start, n_out, n_px, b_start)
+    if not (all(_is_f32_array(a) for a in arrays) and all(isinstance(t, types.Integer) for t in ints)
+            and isinstance(has_residual, types.Boolean) and isinstance(relu, types.Boolean)):
+        return None
+    sig = types.void(x, x_start, plane, channels, w, w_start, y, y_start, n_out, n_px,
+                     bias, b_start, residual, has_residual, relu)
+
+    def codegen(context, builder, sig, args):
+        xp, wp, yp, bp, rp = (_data(context, builder, sig.args[i], args[i]) for i in (0, 4, 6, 10, 12))
+        x_start, plane, channels, w_start, y_start, n_out, n_px, b_start = (
+            _as_i64(context, builder, args[i], sig.args[i]) for i in (1, 2, 3, 5, 7, 8, 9, 11))
+        has_residual, relu = args[13], args[14]
+        i32 = ir.IntType(32)
+        vec_i32 = ir.VectorType(i32, LANES)
+        mask_ty = ir.VectorType(ir.IntType(1), LANES)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3), f"llvm.fma.v{LANES}f32")
+        load = _masked(builder, "load", ir.FunctionType(_VEC, [_VEC.as_pointer(), i32, mask_ty, _VEC]))
+        store = _masked(builder, "store", ir.FunctionType(ir.VoidType(), [_VEC, _VEC.as_pointer(), i32, mask_ty]))
+        zero = ir.Constant(_VEC, [0.0] * LANES)
+        align = ir.Constant(i32, 4)
+
+        def splat_i32(value):
+            return builder.shuffle_vector(builder.insert_element(ir.Constant(vec_i32, ir.Undefined), value, ir.Constant(i32, 0)),
+                                          ir.Constant(vec_i32, ir.Undefined), ir.Constant(vec_i32, [0] * LANES))
+
+        px = splat_i32(builder.trunc(n_px, i32))
+        masks = [builder.icmp_signed("<", ir.Constant(vec_i32, [v * LANES + i for i in range(LANES)]), px)
+                 for v in range(POINT_VECTORS)]
+        res_on = builder.shuffle_vector(builder.insert_element(ir.Constant(mask_ty, ir.Undefined), has_residual, ir.Constant(i32, 0)),
+                                        ir.Constant(mask_ty, ir.Undefined), ir.Constant(vec_i32, [0] * LANES))
+
+        def vptr(base, index):
+            return builder.bitcast(builder.gep(base, [index]), _VEC.as_pointer())
+
+        chunk = ir.Constant(_I64, POINT_CHUNK)
+        n_chunks = builder.sdiv(builder.add(channels, ir.Constant(_I64, POINT_CHUNK - 1)), chunk)
+
+        def one_chunk(k, _):
+            c0 = builder.mul(k, chunk)
+            count = builder.sub(channels, c0)
+            count = builder.select(builder.icmp_signed("<", count, chunk), count, chunk)
+
+            def step(c, regs):
+                ch = builder.add(c0, c)
+                x_at = builder.add(x_start, builder.mul(ch, plane))
+                xs = [builder.call(load, [vptr(xp, builder.add(x_at, ir.Constant(_I64, v * LANES))), align, masks[v], zero])
+                      for v in range(POINT_VECTORS)]
+                w_at = builder.add(w_start, builder.mul(ch, ir.Constant(_I64, POINT_CHANNELS)))
+                out = []
+                for r in range(POINT_CHANNELS):
+                    wr = _splat(builder, builder.load(builder.gep(wp, [builder.add(w_at, ir.Constant(_I64, r))])))
+                    out.extend(builder.call(fma, [wr, xs[v], regs[r * POINT_VECTORS + v]]) for v in range(POINT_VECTORS))
+                return out
+
+            sums = _counted_loop(builder, count, [zero] * (POINT_CHANNELS * POINT_VECTORS), step)
+            first = builder.icmp_signed("==", k, ir.Constant(_I64, 0))
+            last = builder.icmp_signed("==", builder.add(k, ir.Constant(_I64, 1)), n_chunks)
+            for r in range(POINT_CHANNELS):
+                with builder.if_then(builder.icmp_signed("<", ir.Constant(_I64, r), n_out)):
+                    row = builder.add(y_start, builder.mul(plane, ir.Constant(_I64, r)))
+                    b = _splat(builder, builder.load(builder.gep(bp, [builder.add(b_start, ir.Constant(_I64, r))])))
+                    for v in range(POINT_VECTORS):
+                        at = builder.add(row, ir.Constant(_I64, v * LANES))
+                        value = sums[r * POINT_VECTORS + v]
+                        earlier = builder.call(load, [vptr(yp, at), align, masks[v], zero])
+                        value = builder.select(first, value, builder.fadd(value, earlier))
+                        res = builder.call(load, [vptr(rp, at), align, builder.and_(masks[v], res_on), zero])
+                        done = builder.fadd(value, b)
+                        done = builder.select(has_residual, builder.fadd(done, res), done)
+                        done = builder.select(relu, builder.select(builder.fcmp_ordered("<", done, zero), zero, done), done)
+                        builder.call(store, [builder.select(last, done, value), vptr(yp, at), align, masks[v]])
+            return []
+
+        _counted_loop(builder, n_chunks, [], one_chunk)
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -8,6 +8,10 @@ Runtime's NCHWc kernels work. Per call it copies the input once into a padded,
 channel-blocked buffer; weights are packed once in ``prepare``; the output is written once,
 in NCHW, with bias, residual and ReLU applied.
 
+1x1, stride-1, unpadded layers take a second kernel: a GEMM micro-kernel (6 output channels
+x 64 pixels in registers) that reads the NCHW planes directly, with no input copy and no
+transpose, the epilogue fused into its stores.
+
 float32, ``groups == 1`` only. It accumulates the products of the direct formula in float32,
 so it is exact in the engine's sense.
 """
@@ -25,6 +29,9 @@ from ..workspace import scratch
 from ._numba import NumbaBackend
 
 LANES = 16  # output channels per vector (``_simd.LANES``; not imported, to keep numba out of startup)
+POINT_CHANNELS, POINT_PIXELS = 6, 64  # the 1x1 kernel's block (``_simd.POINT_*``)
+#: Fraction of the GEMM rate the 1x1 kernel reaches on full blocks.
+POINT_EFFICIENCY = 0.85
 #: Fraction of the machine's GEMM rate the kernel's inner loop reaches with full tiles.
 DIRECT_EFFICIENCY = 0.95
 #: Fixed cost of one kernel row's run (loop set-up, adding its sum to the tile's total), in
@@ -73,6 +80,8 @@ class DirectBackend(NumbaBackend):
         return None
 
     def estimate_seconds(self, problem: ConvProblem, machine) -> float:
+        if problem.is_pointwise:
+            return self._estimate_pointwise(problem, machine)
         block = channel_block(problem.in_channels)
         padded_in = -(-problem.in_channels // block) * block
         padded_out = -(-problem.out_channels // LANES) * LANES
@@ -88,10 +97,21 @@ class DirectBackend(NumbaBackend):
                   + int(np.prod(problem.output_shape))) * itemsize  # output, written once
         return max(work / rate, weights) + epilogue + copies / machine.bandwidth + 2e-5
 
+    def _estimate_pointwise(self, problem: ConvProblem, machine) -> float:
+        plane = problem.out_height * problem.out_width
+        used = (plane / (-(-plane // POINT_PIXELS) * POINT_PIXELS)
+                * problem.out_channels / (-(-problem.out_channels // POINT_CHANNELS) * POINT_CHANNELS))
+        compute = problem.flops / (machine.gemm_flops(problem.dtype) * POINT_EFFICIENCY * used)
+        itemsize = np.dtype(problem.dtype).itemsize
+        weights = problem.in_channels * problem.out_channels * itemsize / machine.bandwidth
+        return max(compute, weights) + 2e-5  # the output is written once, by the FMA loop's stores
+
     def supports_epilogue(self, problem: ConvProblem, epilogue: Epilogue):
         return None  # applied where the output tile leaves the registers
 
     def prepare(self, problem: ConvProblem, weight, bias, epilogue: Epilogue = NONE):
+        if problem.is_pointwise:
+            return self._prepare_pointwise(problem, weight, bias, epilogue)
         from ._direct_kernels import direct_conv, pack_input
 
         block = channel_block(problem.in_channels)
@@ -118,6 +138,26 @@ class DirectBackend(NumbaBackend):
             res = out if residual is None else residual
             direct_conv(xb.reshape(-1), c_blocks, hp, wp, block, wb, kh, kw, sh, sw, dh, dw,
                         b, res, residual is not None, relu, out, tile_width)
+            return out
+
+        return execute
+
+    def _prepare_pointwise(self, problem: ConvProblem, weight, bias, epilogue: Epilogue):
+        """1x1, stride 1, no padding: a matrix product over NCHW planes, with no input copy."""
+        from ._direct_kernels import pointwise_conv
+
+        o_blocks = -(-problem.out_channels // POINT_CHANNELS)
+        packed = np.zeros((o_blocks * POINT_CHANNELS, problem.in_channels), np.float32)
+        packed[:problem.out_channels] = weight.reshape(problem.out_channels, problem.in_channels)
+        # (ob, r, c) -> (ob, c, r): one step reads the POINT_CHANNELS weights of one input channel
+        w_packed = np.ascontiguousarray(packed.reshape(o_blocks, POINT_CHANNELS, -1).transpose(0, 2, 1)).reshape(-1)
+        b = np.zeros(problem.out_channels, np.float32) if bias is None else bias
+        relu = epilogue.activation == "relu"
+
+        def execute(x: np.ndarray, residual=None) -> np.ndarray:
+            numba_threads()
+            out = np.empty(problem.output_shape, np.float32)
+            pointwise_conv(x, w_packed, b, out if residual is None else residual, residual is not None, relu, out)
             return out
 
         return execute

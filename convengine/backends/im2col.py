@@ -54,7 +54,9 @@ class Im2colBackend(NumbaBackend):
         # the weights are streamed from memory once per call: at batch 1 on late, small-image
         # layers (512->512 at 7x7: 9 MB of weights, 49 columns) that is what the GEMM waits on
         weights = int(np.prod(problem.weight_shape)) * np.dtype(problem.dtype).itemsize
-        traffic = (UNFOLD_PASSES * column_bytes(problem) + weights) / machine.bandwidth
+        # bias (and a fused epilogue) is one more read-and-write pass over the output
+        finish = 2 * int(np.prod(problem.output_shape)) * np.dtype(problem.dtype).itemsize if problem.has_bias else 0
+        traffic = (UNFOLD_PASSES * column_bytes(problem) + weights + finish) / machine.bandwidth
         return compute + traffic + 2e-5 * problem.groups
 
     def supports_epilogue(self, problem: ConvProblem, epilogue: Epilogue):
