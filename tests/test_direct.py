@@ -118,6 +118,16 @@ def test_pointwise_blocks_tails_and_chunks(n, c_in, plane, c_out):
     assert relative_error(fused, np.maximum(_reference(x, w, b) + residual, 0)) < EXACT_F32
 
 
+@pytest.mark.parametrize("stride", [2, (2, 3), 4])
+def test_strided_pointwise_reads_a_subsampled_copy(stride):
+    rng = np.random.default_rng(6)
+    x, w, b = _data(rng, (2, 20, 9, 13), (10, 20, 1, 1))
+    before = x.copy()
+    y = _run(DirectBackend(), x, w, b, stride=stride)
+    assert relative_error(y, _reference(x, w, b, stride=stride)) < EXACT_F32
+    assert np.array_equal(x, before)
+
+
 def test_pointwise_long_reduction_stays_within_the_exact_bound():
     rng = np.random.default_rng(5)
     x, w, _ = _data(rng, (1, 2048, 7, 7), (20, 2048, 1, 1))

@@ -49,6 +49,11 @@ def channel_block(channels: int) -> int:
     return min(channels, LANES)
 
 
+def is_subsampled_pointwise(problem: ConvProblem) -> bool:
+    """1x1 and unpadded at any stride: a matrix product over every stride-th pixel (ResNet's downsamples)."""
+    return (problem.kernel_h, problem.kernel_w, problem.padding) == (1, 1, (0, 0, 0, 0))
+
+
 def tile_efficiency(out_width: int, max_width: int) -> float:
     """Share of the FMA rate the balanced row tiles of ``out_width`` pixels keep busy."""
     tiles = -(-out_width // max_width)
@@ -80,7 +85,7 @@ class DirectBackend(NumbaBackend):
         return None
 
     def estimate_seconds(self, problem: ConvProblem, machine) -> float:
-        if problem.is_pointwise:
+        if is_subsampled_pointwise(problem):
             return self._estimate_pointwise(problem, machine)
         block = channel_block(problem.in_channels)
         padded_in = -(-problem.in_channels // block) * block
@@ -104,13 +109,14 @@ class DirectBackend(NumbaBackend):
         compute = problem.flops / (machine.gemm_flops(problem.dtype) * POINT_EFFICIENCY * used)
         itemsize = np.dtype(problem.dtype).itemsize
         weights = problem.in_channels * problem.out_channels * itemsize / machine.bandwidth
-        return max(compute, weights) + 2e-5  # the output is written once, by the FMA loop's stores
+        subsample = 0.0 if problem.is_pointwise else 2 * problem.batch * problem.in_channels * plane * itemsize / machine.bandwidth
+        return max(compute, weights) + subsample + 2e-5  # the output is written once, by the FMA loop's stores
 
     def supports_epilogue(self, problem: ConvProblem, epilogue: Epilogue):
         return None  # applied where the output tile leaves the registers
 
     def prepare(self, problem: ConvProblem, weight, bias, epilogue: Epilogue = NONE):
-        if problem.is_pointwise:
+        if is_subsampled_pointwise(problem):
             return self._prepare_pointwise(problem, weight, bias, epilogue)
         from ._direct_kernels import direct_conv, pack_input
 
@@ -143,7 +149,7 @@ class DirectBackend(NumbaBackend):
         return execute
 
     def _prepare_pointwise(self, problem: ConvProblem, weight, bias, epilogue: Epilogue):
-        """1x1, stride 1, no padding: a matrix product over NCHW planes, with no input copy."""
+        """1x1, no padding: a matrix product over NCHW planes (strided: over a subsampled copy)."""
         from ._direct_kernels import pointwise_conv
 
         o_blocks = -(-problem.out_channels // POINT_CHANNELS)
@@ -154,8 +160,12 @@ class DirectBackend(NumbaBackend):
         b = np.zeros(problem.out_channels, np.float32) if bias is None else bias
         relu = epilogue.activation == "relu"
 
+        sh, sw = problem.stride
+
         def execute(x: np.ndarray, residual=None) -> np.ndarray:
             numba_threads()
+            if (sh, sw) != (1, 1):  # a quarter of the input at stride 2: cheaper than reading it strided
+                x = np.ascontiguousarray(x[:, :, :problem.out_height * sh:sh, :problem.out_width * sw:sw])
             out = np.empty(problem.output_shape, np.float32)
             pointwise_conv(x, w_packed, b, out if residual is None else residual, residual is not None, relu, out)
             return out
