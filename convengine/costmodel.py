@@ -2,8 +2,9 @@
 
 Backends predict their own time from a :class:`MachineProfile` (``Backend.estimate_seconds``),
 because only a backend knows its algorithm's FLOPs and memory traffic. The profile holds the
-two rates those predictions need: numpy's BLAS GEMM throughput (the practical compute limit
-of the machine) and its streaming memory bandwidth. Measuring takes a fraction of a second,
+rates those predictions need: numpy's BLAS GEMM throughput (the practical compute limit
+of the machine), its streaming memory bandwidth, and how many Numba parallel kernels it can
+start per second (``convengine.launch_probe``). Measuring takes a fraction of a second,
 so the result is kept in the tuning cache, keyed by the hardware fingerprint.
 """
 
@@ -27,13 +28,22 @@ class MachineProfile:
     gemm_flops_float32: float
     gemm_flops_float64: float
     bandwidth: float
+    #: Numba parallel kernels started per second (a rate, so that every field is "higher is
+    #: better" for refresh_machine_profile); profiles stored before it was measured get 5 us.
+    parallel_launches: float = 2e5
 
     def gemm_flops(self, dtype: str) -> float:
         return self.gemm_flops_float32 if dtype == "float32" else self.gemm_flops_float64
 
+    @property
+    def parallel_launch_s(self) -> float:
+        """Seconds to start (and join) one Numba parallel kernel."""
+        return 1.0 / self.parallel_launches
+
     def describe(self) -> str:
         return (f"GEMM {self.gemm_flops_float32 / 1e9:.1f} GFLOP/s float32, "
-                f"{self.gemm_flops_float64 / 1e9:.1f} GFLOP/s float64; memory {self.bandwidth / 1e9:.1f} GB/s")
+                f"{self.gemm_flops_float64 / 1e9:.1f} GFLOP/s float64; memory {self.bandwidth / 1e9:.1f} GB/s; "
+                f"parallel kernel start {self.parallel_launch_s * 1e6:.0f} us")
 
 
 def _best_seconds(fn, repeats: int) -> float:
@@ -70,10 +80,13 @@ def measure_bandwidth(nbytes: int = BANDWIDTH_BYTES, repeats: int = 5) -> float:
 
 
 def measure_machine() -> MachineProfile:
+    from .launch_probe import measure_parallel_launch_seconds
+
     return MachineProfile(
         gemm_flops_float32=measure_gemm_flops("float32"),
         gemm_flops_float64=measure_gemm_flops("float64"),
         bandwidth=measure_bandwidth(),
+        parallel_launches=1.0 / measure_parallel_launch_seconds(),
     )
 
 
@@ -84,7 +97,7 @@ _lock = threading.Lock()
 def _cache_key() -> str:
     from .hardware import fingerprint_digest, host_fingerprint
 
-    return "machine-profile-v2:" + fingerprint_digest(host_fingerprint())  # v2: best-of timing
+    return "machine-profile-v3:" + fingerprint_digest(host_fingerprint())  # v3: parallel launch rate
 
 
 def _cached(cache) -> Optional[MachineProfile]:

@@ -39,3 +39,31 @@ def test_refresh_keeps_the_best_of_stored_and_new_rates(fresh, monkeypatch):
     assert costmodel.machine_profile(cache) == refreshed  # this process uses it at once
     monkeypatch.setattr(costmodel, "_profile", None)
     assert costmodel.machine_profile(cache) == refreshed  # and later processes read it
+
+
+def test_a_profile_stored_before_the_launch_rate_was_measured_still_loads(fresh):
+    _, cache = fresh
+    cache.put(costmodel._cache_key(), {"gemm_flops_float32": 1e11, "gemm_flops_float64": 5e10, "bandwidth": 1e10})
+    profile = costmodel.machine_profile(cache)
+    assert profile.gemm_flops_float32 == 1e11
+    assert profile.parallel_launch_s == pytest.approx(5e-6)  # the documented default
+    assert "parallel kernel start 5 us" in profile.describe()
+
+
+def test_the_parallel_launch_probe_measures_a_plausible_time():
+    from convengine.launch_probe import measure_parallel_launch_seconds
+
+    seconds = measure_parallel_launch_seconds(repeats=20)
+    assert 0 < seconds < 0.05  # from ~1 us (spinning workers) to tens of us (a VM waking a vCPU)
+
+
+def test_estimates_charge_each_parallel_kernel_start():
+    from convengine.backends.direct import DirectBackend
+    from convengine.problem import ConvProblem
+
+    quick = MachineProfile(1e11, 5e10, 1e10, parallel_launches=1e6)  # 1 us per start
+    slow = MachineProfile(1e11, 5e10, 1e10, parallel_launches=1e4)  # 100 us per start
+    problem = ConvProblem.from_shapes((1, 16, 8, 8), (16, 16, 3, 3), padding=1)
+    # the blocked-input copy and the convolution: two kernels
+    difference = DirectBackend().estimate_seconds(problem, slow) - DirectBackend().estimate_seconds(problem, quick)
+    assert difference == pytest.approx(2 * (1e-4 - 1e-6))

@@ -100,7 +100,7 @@ class DirectBackend(NumbaBackend):
         epilogue = int(np.prod(problem.output_shape)) * EPILOGUE_FLOPS_PER_OUTPUT / machine.gemm_flops(problem.dtype)
         copies = (2 * problem.batch * padded_in * problem.padded_height * problem.padded_width  # blocked input
                   + int(np.prod(problem.output_shape))) * itemsize  # output, written once
-        return max(work / rate, weights) + epilogue + copies / machine.bandwidth + 2e-5
+        return max(work / rate, weights) + epilogue + copies / machine.bandwidth + 2 * machine.parallel_launch_s
 
     def _estimate_pointwise(self, problem: ConvProblem, machine) -> float:
         plane = problem.out_height * problem.out_width
@@ -110,7 +110,8 @@ class DirectBackend(NumbaBackend):
         itemsize = np.dtype(problem.dtype).itemsize
         weights = problem.in_channels * problem.out_channels * itemsize / machine.bandwidth
         subsample = 0.0 if problem.is_pointwise else 2 * problem.batch * problem.in_channels * plane * itemsize / machine.bandwidth
-        return max(compute, weights) + subsample + 2e-5  # the output is written once, by the FMA loop's stores
+        # one parallel kernel; the output is written once, by the FMA loop's stores
+        return max(compute, weights) + subsample + machine.parallel_launch_s
 
     def supports_epilogue(self, problem: ConvProblem, epilogue: Epilogue):
         return None  # applied where the output tile leaves the registers

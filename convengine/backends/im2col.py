@@ -57,7 +57,8 @@ class Im2colBackend(NumbaBackend):
         # bias (and a fused epilogue) is one more read-and-write pass over the output
         finish = 2 * int(np.prod(problem.output_shape)) * np.dtype(problem.dtype).itemsize if problem.has_bias else 0
         traffic = (UNFOLD_PASSES * column_bytes(problem) + weights + finish) / machine.bandwidth
-        return compute + traffic + 2e-5 * problem.groups
+        launches = (0 if problem.is_pointwise else problem.batch) + (1 if problem.has_bias else 0)  # Numba kernels
+        return compute + traffic + launches * machine.parallel_launch_s + 2e-5 * problem.groups
 
     def supports_epilogue(self, problem: ConvProblem, epilogue: Epilogue):
         return None  # bias, residual and activation share one pass after the GEMM

@@ -26,7 +26,7 @@ class NaiveBackend(NumbaBackend):
 
     def estimate_seconds(self, problem: ConvProblem, machine) -> float:
         rate = machine.gemm_flops(problem.dtype) * DIRECT_LOOP_EFFICIENCY
-        return problem.flops / rate + 1e-5
+        return problem.flops / rate + machine.parallel_launch_s
 
     def prepare(self, problem: ConvProblem, weight, bias):
         from ._naive_kernels import direct_conv

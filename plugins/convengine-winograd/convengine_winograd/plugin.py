@@ -27,10 +27,10 @@ TRANSFORM_PASSES = 2
 #: GEMM columns (tiles) from which the position GEMMs run at full efficiency; fewer, and the
 #: time goes into streaming U (F(4x4) on a 7x7 image has 4 tiles: 25 GFLOP/s measured).
 MIN_FULL_COLUMNS = 16
-#: Fixed cost per call (two parallel kernel launches, allocations), and per group the
+#: Fixed cost per call besides its two parallel kernel launches (allocations), and per group the
 #: 16 small matrix products numpy issues (measured ~0.3 us each; none when C_in/groups == 1,
 #: where the products are one broadcast multiply).
-OVERHEAD_S = 3e-5
+OVERHEAD_S = 2e-5
 OVERHEAD_PER_GROUP_S = 5e-6
 
 #: Normwise relative error bounds of F(2x2, 3x3), per dtype (measured: see README.md).
@@ -97,7 +97,9 @@ class WinogradBackend(convengine.Backend):
         weights = self.positions * c_out_g * c_in_g * groups * itemsize  # U is streamed once per call
         traffic = (self.transform_passes * transformed + plain + weights) / machine.bandwidth
         per_group = OVERHEAD_PER_GROUP_S * groups if c_in_g > 1 else 0.0
-        return compute + traffic + OVERHEAD_S + per_group
+        # two parallel Numba kernels (input and output transforms) and the allocations
+        launches = 2 * getattr(machine, "parallel_launch_s", 5e-6)
+        return compute + traffic + launches + OVERHEAD_S + per_group
 
     def fingerprint(self) -> dict:
         import numba
