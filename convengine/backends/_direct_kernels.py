@@ -14,8 +14,23 @@ import numpy as np
 import numba
 from numba import prange
 
-from ._simd import (LANES, POINT_CHANNELS, POINT_PIXELS, pointwise_block, tile_conv, tile_store_nchw,
-                    tile_zero)
+from ._simd import (LANES, MAX_WIDTH, POINT_CHANNELS, POINT_PIXELS, TILE_WIDTHS, pointwise_block, tile_conv,
+                    tile_store_nchw, tile_zero)
+
+
+@numba.njit(inline="always")
+def _compiled_width(width):
+    """The narrowest compiled tile width that covers ``width`` pixels."""
+    for w in TILE_WIDTHS:
+        if w >= width:
+            return w
+    return width
+
+
+def input_slack(stride_w: int, block: int) -> int:
+    """Floats the flat blocked input needs past its end: a tile rounded up to a compiled width
+    computes (and does not store) up to MAX_WIDTH extra pixels, reading past the last row."""
+    return MAX_WIDTH * stride_w * block
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -62,18 +77,20 @@ def direct_conv(xb, c_blocks, hp, wp, block, wb, kh_size, kw_size, sh, sw, dh, d
         ob = (job // out_h) % o_blocks
         oh = job % out_h
         for ow0 in range(0, out_w, tile):
-            width = min(tile, out_w - ow0)
+            width = min(tile, out_w - ow0)  # pixels stored
+            computed = _compiled_width(width)  # pixels computed (the extra ones read the slack)
             x_tile = ((n * c_blocks * hp + oh * sh) * wp + ow0 * sw) * block
             w_tile = ob * c_blocks * w_block
             if dw == 1:  # a kernel row's (kw, channel) pairs are one contiguous run
                 acc = tile_conv(tile_zero(), xb, x_tile, x_block, dh * wp * block, sw * block,
-                                wb, w_tile, w_block, c_blocks, kh_size, run, width)
+                                wb, w_tile, w_block, c_blocks, kh_size, run, computed)
             else:
                 acc = tile_zero()
                 for kh in range(kh_size):
                     for kw in range(kw_size):
                         acc = tile_conv(acc, xb, x_tile + (kh * dh * wp + kw * dw) * block, x_block, 0, sw * block,
-                                        wb, w_tile + (kh * kw_size + kw) * block * LANES, w_block, c_blocks, 1, block, width)
+                                        wb, w_tile + (kh * kw_size + kw) * block * LANES, w_block, c_blocks, 1, block,
+                                        computed)
             tile_store_nchw(acc, y_flat, ((n * out_channels + ob * LANES) * out_h + oh) * out_w + ow0,
                             out_h * out_w, min(LANES, out_channels - ob * LANES), width,
                             bias, ob * LANES, residual_flat, has_residual, relu)

@@ -23,6 +23,9 @@ from numba.extending import intrinsic, models, register_model
 LANES = 16
 #: Pixels per tile: 14 accumulators + weights + broadcasts fit AVX-512's 32 registers.
 MAX_WIDTH = 14
+#: The tile widths compiled (each is a loop nest of its own; all 14 took 9 s to compile). A
+#: narrower tile runs as the next compiled width, its extra pixels computed and not stored.
+TILE_WIDTHS = (1, 2, 4, 6, 7, 14)
 
 _FLOAT = ir.FloatType()
 _VEC = ir.VectorType(_FLOAT, LANES)
@@ -118,8 +121,9 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_step, w, 
     channels' weights. Each row is summed in its own registers and then added to the
     running total (also in registers), which keeps float32 rounding of long reductions
     (4608 products on ResNet's 512-channel layers) within the exact class's bound, as
-    blocked BLAS products do. Pixels at or beyond ``width`` are left untouched; no bounds
-    checks: the caller guarantees them. All loops are emitted here, in one call per tile,
+    blocked BLAS products do. ``width`` must be one of :data:`TILE_WIDTHS` (any other leaves
+    the tile untouched); pixels at or beyond it are left untouched. No bounds checks: the
+    caller guarantees them. All loops are emitted here, in one call per tile,
     because a call passes the tile through memory (about 150 cycles measured).
     """
     if not (isinstance(tile, Tile) and _is_f32_array(x) and _is_f32_array(w)):
@@ -166,7 +170,7 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_step, w, 
         done = builder.append_basic_block("tile.done")
         switch = builder.switch(width, done)
         results = [(acc, builder.block)]
-        for n in range(1, MAX_WIDTH + 1):  # one loop nest per tile width, its accumulators in registers
+        for n in TILE_WIDTHS:  # one loop nest per compiled width, its accumulators in registers
             case = builder.append_basic_block(f"tile.w{n}")
             switch.add_case(ir.Constant(_I64, n), case)
             builder.position_at_end(case)

@@ -119,7 +119,7 @@ class DirectBackend(NumbaBackend):
     def prepare(self, problem: ConvProblem, weight, bias, epilogue: Epilogue = NONE):
         if is_subsampled_pointwise(problem):
             return self._prepare_pointwise(problem, weight, bias, epilogue)
-        from ._direct_kernels import direct_conv, pack_input
+        from ._direct_kernels import direct_conv, input_slack, pack_input
 
         block = channel_block(problem.in_channels)
         c_blocks = -(-problem.in_channels // block)
@@ -136,14 +136,16 @@ class DirectBackend(NumbaBackend):
         (sh, sw), (dh, dw) = problem.stride, problem.dilation
         relu = epilogue.activation == "relu"
         tile_width = self.tile_width
+        slack = input_slack(sw, block)
 
         def execute(x: np.ndarray, residual=None) -> np.ndarray:
             numba_threads()
-            xb = scratch("direct.input", (x.shape[0], c_blocks, hp, wp, block), np.float32)
-            pack_input(x, xb, top, left)
+            shape = (x.shape[0], c_blocks, hp, wp, block)
+            flat = scratch("direct.input", (int(np.prod(shape)) + slack,), np.float32)
+            pack_input(x, flat[:flat.size - slack].reshape(shape), top, left)
             out = np.empty(problem.output_shape, np.float32)
             res = out if residual is None else residual
-            direct_conv(xb.reshape(-1), c_blocks, hp, wp, block, wb, kh, kw, sh, sw, dh, dw,
+            direct_conv(flat, c_blocks, hp, wp, block, wb, kh, kw, sh, sw, dh, dw,
                         b, res, residual is not None, relu, out, tile_width)
             return out
 
