@@ -51,3 +51,13 @@ def test_an_explicit_wait_policy_is_respected():
 def test_set_num_threads_rejects_non_positive_ints(bad):
     with pytest.raises(ValueError, match="num_threads must be a positive int"):
         ce.set_num_threads(bad)
+
+
+@pytest.mark.parametrize("first,limited", [("convengine", True), ("numpy", False)])
+def test_openblas_spin_is_limited_only_when_convengine_loads_before_numpy(first, limited):
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    code = (f"import {first}\nimport convengine, os, json\nfrom convengine import threads\n"
+            "print(json.dumps([threads.blas_spin_limited(), os.environ['OPENBLAS_THREAD_TIMEOUT']]))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == [limited, "17"]
