@@ -190,8 +190,8 @@ def choose_by_cost(decision: Decision, registry: Registry, machine) -> None:
     those without a prediction rank last."""
     predict(decision, registry, machine)
 
-    def rank(c: Candidate):
-        handicap = 1.0 + LOSSY_MARGIN if c.numerical_class == LOSSY else 1.0
+    def rank(c: Candidate):  # a lossy time counts as if it were LOSSY_MARGIN closer to the exact ones'
+        handicap = 1.0 / (1.0 - LOSSY_MARGIN) if c.numerical_class == LOSSY else 1.0
         return (c.predicted_s is None, (c.predicted_s or 0.0) * handicap)
 
     ranked = sorted((c for c in decision.candidates if c.status != "excluded"), key=rank)
@@ -209,7 +209,12 @@ def choose_by_cost(decision: Decision, registry: Registry, machine) -> None:
         reason += f" (lossy backends must be predicted {LOSSY_MARGIN:.0%} faster than the best exact one)"
     _pick(decision, best.name, reason)
     for row in ranked[1:]:
-        if row.predicted_s is not None:
+        if row.predicted_s is None:
+            continue
+        if best.predicted_s and row.predicted_s < best.predicted_s:  # a lossy one kept out by the margin
+            row.reason = (f"predicted {best.predicted_s / row.predicted_s:.2g}x faster, but a lossy backend "
+                          f"must be predicted {LOSSY_MARGIN:.0%} faster than the best exact one")
+        else:
             row.reason = f"predicted {row.predicted_s / best.predicted_s:.2g}x slower" if best.predicted_s else "predicted slower"
 
 

@@ -59,14 +59,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 #: takes effect when convengine is imported before numpy (``convengine`` on the command line
 #: always is); :func:`blas_spin_limited` says whether it did.
 BLAS_THREAD_TIMEOUT = "17"
-_BLAS_LOADED_BEFORE = "numpy" in sys.modules
+#: Whether OpenBLAS could have read the variable: it was set before this process started (the
+#: user's choice), or numpy, hence OpenBLAS, was not loaded yet when convengine set it.
+_TIMEOUT_SEEN_BY_BLAS = "OPENBLAS_THREAD_TIMEOUT" in os.environ or "numpy" not in sys.modules
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", BLAS_THREAD_TIMEOUT)
 
 
 def blas_spin_limited() -> bool:
     """Whether OpenBLAS's idle threads stop spinning soon in this process (see ``OPENBLAS_THREAD_TIMEOUT``)."""
     value = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "")
-    return not _BLAS_LOADED_BEFORE and value.isdigit() and int(value) <= 20
+    return _TIMEOUT_SEEN_BY_BLAS and value.isdigit() and int(value) <= 20
 if SPINNING_OPENMP:
     warnings.warn("an OpenMP runtime (e.g. torch's) was loaded before convengine without OMP_WAIT_POLICY=PASSIVE; "
                   "its idle threads spin and would stall BLAS between Numba kernels, so Numba kernels run on one "

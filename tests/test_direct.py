@@ -144,6 +144,20 @@ def test_declines_what_it_cannot_run(kwargs, reason):
     assert reason in DirectBackend().supports(problem)
 
 
+@pytest.mark.parametrize("bad", [0, 15, -1, 2.0, True, "14"])
+def test_a_tile_width_outside_the_compiled_range_is_refused(bad):
+    with pytest.raises(ValueError, match="tile_width must be an int from 1 to 14"):
+        DirectBackend(tile_width=bad)
+
+
+def test_the_backend_s_copies_of_the_kernel_constants_match_the_kernels():
+    from convengine.backends import _simd, direct
+
+    assert (direct.LANES, direct.POINT_CHANNELS, direct.POINT_PIXELS) == (
+        _simd.LANES, _simd.POINT_CHANNELS, _simd.POINT_PIXELS)
+    assert _simd.MAX_WIDTH in _simd.TILE_WIDTHS and _simd.preferred_width() in _simd.TILE_WIDTHS
+
+
 def test_estimate_counts_channel_padding_and_narrow_tiles():
     from convengine.costmodel import MachineProfile
 

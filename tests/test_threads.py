@@ -53,11 +53,17 @@ def test_set_num_threads_rejects_non_positive_ints(bad):
         ce.set_num_threads(bad)
 
 
-@pytest.mark.parametrize("first,limited", [("convengine", True), ("numpy", False)])
-def test_openblas_spin_is_limited_only_when_convengine_loads_before_numpy(first, limited):
+@pytest.mark.parametrize("first,preset,limited,value", [
+    ("convengine", None, True, "17"),
+    ("numpy", None, False, "17"),  # OpenBLAS loaded with numpy before convengine set it
+    ("numpy", "12", True, "12"),  # the user's own setting, seen by OpenBLAS at load
+])
+def test_openblas_spin_limit_applies_when_openblas_can_see_it(first, preset, limited, value):
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if preset:
+        env["OPENBLAS_THREAD_TIMEOUT"] = preset
     code = (f"import {first}\nimport convengine, os, json\nfrom convengine import threads\n"
             "print(json.dumps([threads.blas_spin_limited(), os.environ['OPENBLAS_THREAD_TIMEOUT']]))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
                          check=True).stdout
-    assert json.loads(out.strip().splitlines()[-1]) == [limited, "17"]
+    assert json.loads(out.strip().splitlines()[-1]) == [limited, value]

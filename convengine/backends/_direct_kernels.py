@@ -10,7 +10,6 @@ Layouts (all float32, C-contiguous, flattened where the tile intrinsics read the
 - output: plain NCHW, written once with bias, residual and ReLU applied.
 """
 
-import numpy as np
 import numba
 from numba import prange
 
@@ -29,7 +28,8 @@ def _compiled_width(width):
 
 def input_slack(stride_w: int, block: int) -> int:
     """Floats the flat blocked input needs past its end: a tile rounded up to a compiled width
-    computes (and does not store) up to MAX_WIDTH extra pixels, reading past the last row."""
+    computes (and does not store) a few extra pixels (at most 6 with TILE_WIDTHS), reading past
+    the last row; MAX_WIDTH pixels' worth is a safe bound."""
     return MAX_WIDTH * stride_w * block
 
 

@@ -8,9 +8,9 @@ Runtime's NCHWc kernels work. Per call it copies the input once into a padded,
 channel-blocked buffer; weights are packed once in ``prepare``; the output is written once,
 in NCHW, with bias, residual and ReLU applied.
 
-1x1, stride-1, unpadded layers take a second kernel: a GEMM micro-kernel (6 output channels
-x 64 pixels in registers) that reads the NCHW planes directly, with no input copy and no
-transpose, the epilogue fused into its stores.
+1x1 unpadded layers take a second kernel: a GEMM micro-kernel (6 output channels x 64 pixels
+in registers) that reads the NCHW planes directly (at stride > 1, a subsampled copy), with
+no transpose, the epilogue fused into its stores.
 
 float32, ``groups == 1`` only. It accumulates the products of the direct formula in float32,
 so it is exact in the engine's sense.
@@ -67,6 +67,12 @@ class DirectBackend(NumbaBackend):
     version = "1"
 
     def __init__(self, tile_width: int | None = None):
+        if tile_width is not None:
+            from ._simd import MAX_WIDTH
+
+            if isinstance(tile_width, bool) or not isinstance(tile_width, int) or not 1 <= tile_width <= MAX_WIDTH:
+                raise ValueError(f"tile_width must be an int from 1 to {MAX_WIDTH} (pixels per register tile), "
+                                 f"got {tile_width!r}")
         self._tile_width = tile_width
 
     @property
