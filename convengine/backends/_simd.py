@@ -203,7 +203,12 @@ def _transpose(builder, rows):
 
 
 def _masked(builder, name, fnty):
-    return cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.{name}.v{LANES}f32.p0")
+    """``llvm.masked.load``/``store`` on LANES floats; the name mangles the pointer type, which
+    is opaque (``p0``) from LLVM 15 on and typed (``p0v16f32``) before."""
+    from llvmlite import binding
+
+    pointer = "p0" if binding.llvm_version_info >= (15,) else f"p0v{LANES}f32"
+    return cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.{name}.v{LANES}f32.{pointer}")
 
 
 @intrinsic
