@@ -68,7 +68,7 @@ layers = _module("layers", "SETS")
 bench = _module("bench", "bench_model")
 
 #: Backends always on the axis, registered here or not (the built-ins and the two plugins).
-KNOWN_BACKENDS = ("naive", "im2col", "fft", "cuda", "winograd", "torch")
+KNOWN_BACKENDS = ("naive", "im2col", "direct", "fft", "cuda", "winograd", "winograd4", "torch")
 
 
 def _registered_backends() -> tuple[str, ...]:
