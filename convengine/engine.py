@@ -20,7 +20,7 @@ from . import selection
 from .epilogue import NONE as NO_EPILOGUE
 from .epilogue import Epilogue
 from .plugins import Registry, default_registry
-from .problem import SUPPORTED_DTYPES, ConvProblem
+from .problem import ConvProblem
 from .selection import Decision, Policy
 
 ENV_BACKEND = "CONVENGINE_BACKEND"
@@ -32,7 +32,7 @@ class BackendError(RuntimeError):
 
 def _as_array(value, name: str) -> np.ndarray:
     array = np.asarray(value)
-    if array.dtype.name not in SUPPORTED_DTYPES:
+    if array.dtype.kind != "f" or array.dtype.itemsize not in (4, 8):  # float32/float64, either byte order
         raise TypeError(f"{name} must be a float32 or float64 array, got dtype {array.dtype}")
     if not array.dtype.isnative:  # backends are promised native-endian data
         array = array.astype(array.dtype.newbyteorder("="))
@@ -110,7 +110,7 @@ class PreparedConv:
         expected = self.problem.input_shape[1:]
         if x.ndim != 4 or x.shape[1:] != expected:
             raise ValueError(f"input must have shape (N, {', '.join(map(str, expected))}), got {x.shape}")
-        if x.dtype.name != self.problem.dtype:
+        if x.dtype != np.dtype(self.problem.dtype):  # not .name: numpy computes that in Python, per call
             raise TypeError(f"input dtype {x.dtype} does not match the prepared dtype {self.problem.dtype}")
         batch = x.shape[0]
         residual = self._check_residual(residual, batch, x.dtype)
@@ -347,7 +347,7 @@ class Engine:
 
 def output_violation(y, problem: ConvProblem) -> Optional[str]:
     """Why ``y`` is not a valid output for ``problem`` (``None`` when it is)."""
-    if isinstance(y, np.ndarray) and y.shape == problem.output_shape and y.dtype.name == problem.dtype:
+    if isinstance(y, np.ndarray) and y.shape == problem.output_shape and y.dtype == np.dtype(problem.dtype):
         return None
     got = f"{type(y).__name__} {getattr(y, 'shape', '')} {getattr(y, 'dtype', '')}".strip()
     return f"returned {got}, expected ndarray {problem.output_shape} {problem.dtype}"

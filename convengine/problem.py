@@ -10,6 +10,7 @@ has to re-parse ``"same"`` or an int-or-pair argument.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence, Union
 
 import numpy as np
@@ -181,7 +182,7 @@ class ConvProblem:
     def weight_shape(self) -> tuple[int, int, int, int]:
         return (self.out_channels, self.in_channels // self.groups, self.kernel_h, self.kernel_w)
 
-    @property
+    @cached_property  # checked on every call of a prepared convolution (frozen: computed once)
     def output_shape(self) -> tuple[int, int, int, int]:
         return (self.batch, self.out_channels, self.out_height, self.out_width)
 

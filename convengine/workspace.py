@@ -11,6 +11,7 @@ purpose again, which within one backend call is never. :func:`release` hands the
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -21,7 +22,7 @@ _local = threading.local()
 def scratch(purpose: str, shape, dtype) -> np.ndarray:
     """An uninitialised C-contiguous array of ``shape`` and ``dtype``, reused across calls in this thread."""
     dtype = np.dtype(dtype)
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # plain ints: a numpy reduction costs more than the rest of this call
     nbytes = count * dtype.itemsize
     buffers = getattr(_local, "buffers", None)
     if buffers is None:

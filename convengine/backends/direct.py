@@ -18,6 +18,8 @@ so it is exact in the engine's sense.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..backend import EXACT
@@ -147,7 +149,7 @@ class DirectBackend(NumbaBackend):
         def execute(x: np.ndarray, residual=None) -> np.ndarray:
             numba_threads()
             shape = (x.shape[0], c_blocks, hp, wp, block)
-            flat = scratch("direct.input", (int(np.prod(shape)) + slack,), np.float32)
+            flat = scratch("direct.input", (math.prod(shape) + slack,), np.float32)
             pack_input(x, flat[:flat.size - slack].reshape(shape), top, left)
             out = np.empty(problem.output_shape, np.float32)
             res = out if residual is None else residual
