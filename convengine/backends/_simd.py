@@ -284,7 +284,9 @@ def pointwise_block(typingctx, x, x_start, plane, channels, w, w_start, y, y_sta
     ``y[y_start + r*plane + p] = act(sum_c w[w_start + c*POINT_CHANNELS + r] * x[x_start + c*plane + p]
     + bias[b_start + r] (+ residual[same index]))``. ``w`` holds POINT_CHANNELS weights per
     input channel (zero-padded); ``y`` and ``residual`` share one layout. Sums of more than
-    POINT_CHUNK products go through the output in partial sums (float32 rounding).
+    POINT_CHUNK products go through the output in partial sums (float32 rounding). A block
+    of fewer pixels computes only the vectors that hold some (14x14 images: 94% of the lanes
+    used instead of 77%).
     """
     arrays = (x, w, y, bias, residual)
     ints = (x_start, plane, channels, w_start, y_start, n_out, n_px, b_start)
@@ -324,43 +326,55 @@ def pointwise_block(typingctx, x, x_start, plane, channels, w, w_start, y, y_sta
         chunk = ir.Constant(_I64, POINT_CHUNK)
         n_chunks = builder.sdiv(builder.add(channels, ir.Constant(_I64, POINT_CHUNK - 1)), chunk)
 
-        def one_chunk(k, _):
-            c0 = builder.mul(k, chunk)
-            count = builder.sub(channels, c0)
-            count = builder.select(builder.icmp_signed("<", count, chunk), count, chunk)
+        def emit(vectors):  # the chunk loop for blocks of `vectors` vectors (a tail block needs fewer)
+            def one_chunk(k, _):
+                c0 = builder.mul(k, chunk)
+                count = builder.sub(channels, c0)
+                count = builder.select(builder.icmp_signed("<", count, chunk), count, chunk)
 
-            def step(c, regs):
-                ch = builder.add(c0, c)
-                x_at = builder.add(x_start, builder.mul(ch, plane))
-                xs = [builder.call(load, [vptr(xp, builder.add(x_at, ir.Constant(_I64, v * LANES))), align, masks[v], zero])
-                      for v in range(POINT_VECTORS)]
-                w_at = builder.add(w_start, builder.mul(ch, ir.Constant(_I64, POINT_CHANNELS)))
-                out = []
+                def step(c, regs):
+                    ch = builder.add(c0, c)
+                    x_at = builder.add(x_start, builder.mul(ch, plane))
+                    xs = [builder.call(load, [vptr(xp, builder.add(x_at, ir.Constant(_I64, v * LANES))), align, masks[v], zero])
+                          for v in range(vectors)]
+                    w_at = builder.add(w_start, builder.mul(ch, ir.Constant(_I64, POINT_CHANNELS)))
+                    out = []
+                    for r in range(POINT_CHANNELS):
+                        wr = _splat(builder, builder.load(builder.gep(wp, [builder.add(w_at, ir.Constant(_I64, r))])))
+                        out.extend(builder.call(fma, [wr, xs[v], regs[r * vectors + v]]) for v in range(vectors))
+                    return out
+
+                sums = _counted_loop(builder, count, [zero] * (POINT_CHANNELS * vectors), step)
+                first = builder.icmp_signed("==", k, ir.Constant(_I64, 0))
+                last = builder.icmp_signed("==", builder.add(k, ir.Constant(_I64, 1)), n_chunks)
                 for r in range(POINT_CHANNELS):
-                    wr = _splat(builder, builder.load(builder.gep(wp, [builder.add(w_at, ir.Constant(_I64, r))])))
-                    out.extend(builder.call(fma, [wr, xs[v], regs[r * POINT_VECTORS + v]]) for v in range(POINT_VECTORS))
-                return out
+                    with builder.if_then(builder.icmp_signed("<", ir.Constant(_I64, r), n_out)):
+                        row = builder.add(y_start, builder.mul(plane, ir.Constant(_I64, r)))
+                        b = _splat(builder, builder.load(builder.gep(bp, [builder.add(b_start, ir.Constant(_I64, r))])))
+                        for v in range(vectors):
+                            at = builder.add(row, ir.Constant(_I64, v * LANES))
+                            value = sums[r * vectors + v]
+                            earlier = builder.call(load, [vptr(yp, at), align, masks[v], zero])
+                            value = builder.select(first, value, builder.fadd(value, earlier))
+                            res = builder.call(load, [vptr(rp, at), align, builder.and_(masks[v], res_on), zero])
+                            final = builder.fadd(value, b)
+                            final = builder.select(has_residual, builder.fadd(final, res), final)
+                            final = builder.select(relu, builder.select(builder.fcmp_ordered("<", final, zero), zero, final), final)
+                            builder.call(store, [builder.select(last, final, value), vptr(yp, at), align, masks[v]])
+                return []
 
-            sums = _counted_loop(builder, count, [zero] * (POINT_CHANNELS * POINT_VECTORS), step)
-            first = builder.icmp_signed("==", k, ir.Constant(_I64, 0))
-            last = builder.icmp_signed("==", builder.add(k, ir.Constant(_I64, 1)), n_chunks)
-            for r in range(POINT_CHANNELS):
-                with builder.if_then(builder.icmp_signed("<", ir.Constant(_I64, r), n_out)):
-                    row = builder.add(y_start, builder.mul(plane, ir.Constant(_I64, r)))
-                    b = _splat(builder, builder.load(builder.gep(bp, [builder.add(b_start, ir.Constant(_I64, r))])))
-                    for v in range(POINT_VECTORS):
-                        at = builder.add(row, ir.Constant(_I64, v * LANES))
-                        value = sums[r * POINT_VECTORS + v]
-                        earlier = builder.call(load, [vptr(yp, at), align, masks[v], zero])
-                        value = builder.select(first, value, builder.fadd(value, earlier))
-                        res = builder.call(load, [vptr(rp, at), align, builder.and_(masks[v], res_on), zero])
-                        done = builder.fadd(value, b)
-                        done = builder.select(has_residual, builder.fadd(done, res), done)
-                        done = builder.select(relu, builder.select(builder.fcmp_ordered("<", done, zero), zero, done), done)
-                        builder.call(store, [builder.select(last, done, value), vptr(yp, at), align, masks[v]])
-            return []
+            _counted_loop(builder, n_chunks, [], one_chunk)
 
-        _counted_loop(builder, n_chunks, [], one_chunk)
+        done = builder.append_basic_block("point.done")
+        n_vectors = builder.sdiv(builder.add(n_px, ir.Constant(_I64, LANES - 1)), ir.Constant(_I64, LANES))
+        switch = builder.switch(n_vectors, done)
+        for vectors in range(1, POINT_VECTORS + 1):
+            case = builder.append_basic_block(f"point.v{vectors}")
+            switch.add_case(ir.Constant(_I64, vectors), case)
+            builder.position_at_end(case)
+            emit(vectors)
+            builder.branch(done)
+        builder.position_at_end(done)
         return context.get_dummy_value()
 
     return sig, codegen

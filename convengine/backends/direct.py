@@ -34,6 +34,12 @@ LANES = 16  # output channels per vector (``_simd.LANES``; not imported, to keep
 POINT_CHANNELS, POINT_PIXELS = 6, 64  # the 1x1 kernel's block (``_simd.POINT_*``)
 #: Fraction of the GEMM rate the 1x1 kernel reaches on full blocks (measured 0.88-0.98 on 56x56 layers).
 POINT_EFFICIENCY = 0.95
+#: Largest input panel (channels x 64 pixels) the 1x1 kernel re-reads from near caches for free
+#: (measured: 256 channels, 64 KiB, ran at full speed; 1024 channels did not). The profile does
+#: not measure cache sizes, so this is a constant; near-cache bandwidth is taken as a multiple
+#: of the measured memory bandwidth.
+POINT_PANEL_CACHED_BYTES = 128 * 1024
+CACHE_BANDWIDTH_FACTOR = 4
 #: Fraction of the machine's GEMM rate the kernel's inner loop reaches with full tiles.
 DIRECT_EFFICIENCY = 0.95
 #: Fixed cost of one kernel row's run (loop set-up, adding its sum to the tile's total), in
@@ -112,14 +118,24 @@ class DirectBackend(NumbaBackend):
 
     def _estimate_pointwise(self, problem: ConvProblem, machine) -> float:
         plane = problem.out_height * problem.out_width
-        used = (plane / (-(-plane // POINT_PIXELS) * POINT_PIXELS)
+        # a tail block computes only the vectors that hold pixels
+        used = (plane / (-(-plane // LANES) * LANES)
                 * problem.out_channels / (-(-problem.out_channels // POINT_CHANNELS) * POINT_CHANNELS))
         compute = problem.flops / (machine.gemm_flops(problem.dtype) * POINT_EFFICIENCY * used)
         itemsize = np.dtype(problem.dtype).itemsize
         weights = problem.in_channels * problem.out_channels * itemsize / machine.bandwidth
+        # each output-channel block re-reads its pixel block's whole input panel; past the
+        # near caches that is what the FMAs wait on (1024 -> 256 channels at 14x14: 150
+        # instead of 190 GFLOP/s)
+        panel = problem.in_channels * POINT_PIXELS * itemsize
+        o_blocks = -(-problem.out_channels // POINT_CHANNELS)
+        restream = 0.0
+        if panel > POINT_PANEL_CACHED_BYTES:
+            restream = (o_blocks * problem.batch * problem.in_channels * plane * itemsize
+                        / (CACHE_BANDWIDTH_FACTOR * machine.bandwidth))
         subsample = 0.0 if problem.is_pointwise else 2 * problem.batch * problem.in_channels * plane * itemsize / machine.bandwidth
         # one parallel kernel; the output is written once, by the FMA loop's stores
-        return max(compute, weights) + subsample + machine.parallel_launch_s
+        return max(compute, weights) + restream + subsample + machine.parallel_launch_s
 
     def supports_epilogue(self, problem: ConvProblem, epilogue: Epilogue):
         return None  # applied where the output tile leaves the registers
