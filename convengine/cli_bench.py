@@ -19,10 +19,12 @@ ratio to ONNX Runtime, GMAC/s, the first call (preparation + one run) and, with
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from typing import Optional
 
+from . import threads as threads_module
 from .cli import command
 
 
@@ -264,6 +266,9 @@ def _bench(args: argparse.Namespace) -> int:
               f"each sample starts {bench.SETTLE_S:g} s after the previous contender's, once BLAS threads that "
               "spin after a call have gone to sleep"]
     header += [f"not run: {name} ({_short(reason, 70)})" for name, reason in unavailable.items()]
+    if specs and threads_module.WAIT_POLICY_SET_HERE and importlib.util.find_spec("torch") is not None:
+        header.append("peer:torch runs with OMP_WAIT_POLICY=PASSIVE, set by convengine at import: alone, torch's "
+                      "64->64 3x3 measured ~12% slower so (docs/performance.md); prefer the ORT ratios")
     if args.model:
         header += _model_notes(args)
 

@@ -48,6 +48,9 @@ def _spinning_openmp_loaded() -> bool:
 
 #: Numba's OpenMP workers would spin (see above): run Numba kernels on one thread.
 SPINNING_OPENMP = _spinning_openmp_loaded()
+#: convengine chose the wait policy (the user did not): other OpenMP users in this process,
+#: torch included, run with it too (``convengine bench`` says so next to torch's times).
+WAIT_POLICY_SET_HERE = "OMP_WAIT_POLICY" not in os.environ
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 #: OpenBLAS's idle workers spin for 2**28 cycles (~0.1 s) after every call, so a Numba kernel
 #: that follows a BLAS call (``direct`` after a 1x1 ``im2col`` layer) finds one core taken:
