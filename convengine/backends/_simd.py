@@ -25,7 +25,7 @@ LANES = 16
 MAX_WIDTH = 14
 #: The tile widths compiled (each is a loop nest of its own; all 14 took 9 s to compile). A
 #: narrower tile runs as the next compiled width, its extra pixels computed and not stored.
-TILE_WIDTHS = (1, 2, 4, 6, 7, 14)
+TILE_WIDTHS = (4, 7, 14)
 
 _FLOAT = ir.FloatType()
 _VEC = ir.VectorType(_FLOAT, LANES)
@@ -50,10 +50,11 @@ class _TileModel(models.PrimitiveModel):
 
 
 def preferred_width() -> int:
-    """Widest tile that fits the vector registers Numba compiles for (AVX-512 has 32, AVX2 16)."""
+    """Widest tile that fits the vector registers Numba compiles for: 14 of AVX-512's 32, and 7
+    (each 16-lane vector two of AVX2's 16 registers) elsewhere."""
     from llvmlite import binding
 
-    return MAX_WIDTH if binding.get_host_cpu_features().get("avx512f") else 6
+    return MAX_WIDTH if binding.get_host_cpu_features().get("avx512f") else 7
 
 
 def _is_f32_array(t) -> bool:
