@@ -46,16 +46,22 @@ class MachineProfile:
                 f"parallel kernel start {self.parallel_launch_s * 1e6:.0f} us")
 
 
-def _best_seconds(fn, repeats: int) -> float:
-    """The fastest of ``repeats`` runs: load from other processes only ever slows a run down,
-    and this profile is kept for good, so it must describe the machine, not a busy moment."""
-    fn()  # warm caches and thread pools
+def _call_seconds(fn, repeats: int) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn``, after one untimed call (JIT compilation,
+    caches, thread pools)."""
+    fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return times
+
+
+def _best_seconds(fn, repeats: int) -> float:
+    """The fastest of ``repeats`` runs: load from other processes only ever slows a run down,
+    and this profile is kept for good, so it must describe the machine, not a busy moment."""
+    return min(_call_seconds(fn, repeats))
 
 
 def measure_gemm_flops(dtype: str = "float32", size: int = GEMM_SIZE, repeats: int = 5) -> float:
@@ -79,9 +85,15 @@ def measure_bandwidth(nbytes: int = BANDWIDTH_BYTES, repeats: int = 5) -> float:
     return 2.0 * nbytes / seconds
 
 
-def measure_machine() -> MachineProfile:
-    from .launch_probe import measure_parallel_launch_seconds
+def measure_parallel_launch_seconds(repeats: int = 200) -> float:
+    """Median seconds to start one Numba parallel kernel (``convengine.launch_probe``): the
+    median, not the best, because every kernel call pays it, quiet moment or not."""
+    from .launch_probe import near_empty_kernel_call
 
+    return float(np.median(_call_seconds(near_empty_kernel_call(), repeats)))
+
+
+def measure_machine() -> MachineProfile:
     return MachineProfile(
         gemm_flops_float32=measure_gemm_flops("float32"),
         gemm_flops_float64=measure_gemm_flops("float64"),

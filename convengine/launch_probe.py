@@ -17,20 +17,13 @@ def _touch(a):
         a[i] += 1.0
 
 
-def measure_parallel_launch_seconds(repeats: int = 200) -> float:
-    """Median seconds of one call of a parallel kernel that does (almost) nothing."""
-    import time
-
+def near_empty_kernel_call():
+    """A call that starts (and joins) one Numba parallel kernel with the configured threads
+    and does almost nothing else: what ``costmodel`` times."""
     import numpy as np
 
     from .threads import numba_threads
 
     numba_threads()
     a = np.zeros(2 * numba.get_num_threads())
-    _touch(a)  # compile (or load from the disk cache) and start the pool
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        _touch(a)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return lambda: _touch(a)

@@ -51,9 +51,7 @@ def test_a_profile_stored_before_the_launch_rate_was_measured_still_loads(fresh)
 
 
 def test_the_parallel_launch_probe_measures_a_plausible_time():
-    from convengine.launch_probe import measure_parallel_launch_seconds
-
-    seconds = measure_parallel_launch_seconds(repeats=20)
+    seconds = costmodel.measure_parallel_launch_seconds(repeats=20)
     assert 0 < seconds < 0.05  # from ~1 us (spinning workers) to tens of us (a VM waking a vCPU)
 
 
