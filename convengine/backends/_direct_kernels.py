@@ -13,6 +13,7 @@ Layouts (all float32, C-contiguous, flattened where the tile intrinsics read the
 import numba
 from numba import prange
 
+from ._worksharing import job_claims, next_job
 from ._simd import (LANES, MAX_WIDTH, POINT_CHANNELS, POINT_PIXELS, TILE_WIDTHS, pointwise_block, tile_conv,
                     tile_store_nchw, tile_zero)
 
@@ -34,28 +35,32 @@ def input_slack(stride_w: int, block: int) -> int:
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def pack_input(x, xb, top, left):
+def pack_input(x, xb, top, left, workers):
     """Copy ``x`` (N, C, H, W) into the zero-padded blocked buffer ``xb`` (N, Cb, Hp, Wp, block)."""
     n_images, channels, height, width = x.shape
     _, c_blocks, hp, wp, block = xb.shape
-    for job in prange(n_images * c_blocks * hp):
-        n = job // (c_blocks * hp)
-        cb = (job // hp) % c_blocks
-        h = job % hp - top
-        row = xb[n, cb, job % hp]
-        if h < 0 or h >= height:
-            row[:, :] = 0
-            continue
-        for j in range(block):
-            c = cb * block + j
-            for col in range(wp):
-                w = col - left
-                row[col, j] = x[n, c, h, w] if c < channels and 0 <= w < width else 0
+    claims = job_claims(n_images * c_blocks * hp, workers)
+    for me in prange(claims.shape[0]):
+        job = next_job(claims, me)
+        while job >= 0:
+            n = job // (c_blocks * hp)
+            cb = (job // hp) % c_blocks
+            h = job % hp - top
+            row = xb[n, cb, job % hp]
+            if h < 0 or h >= height:
+                row[:, :] = 0
+            else:
+                for j in range(block):
+                    c = cb * block + j
+                    for col in range(wp):
+                        w = col - left
+                        row[col, j] = x[n, c, h, w] if c < channels and 0 <= w < width else 0
+            job = next_job(claims, me)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def direct_conv(xb, c_blocks, hp, wp, block, wb, kh_size, kw_size, sh, sw, dh, dw,
-                bias, residual, has_residual, relu, y, tile_width):
+                bias, residual, has_residual, relu, y, tile_width, workers):
     """``y = act(conv(x) + bias (+ residual))`` from the blocked input ``xb`` and packed ``wb`` (both flat).
 
     One job is one output row of one 16-channel block of one image; it sweeps the row in
@@ -72,32 +77,36 @@ def direct_conv(xb, c_blocks, hp, wp, block, wb, kh_size, kw_size, sh, sw, dh, d
     w_block = kh_size * run * LANES  # one channel block's weights for one output block
     y_flat = y.reshape(-1)
     residual_flat = residual.reshape(-1)
-    for job in prange(n_images * o_blocks * out_h):
-        n = job // (o_blocks * out_h)
-        ob = (job // out_h) % o_blocks
-        oh = job % out_h
-        for ow0 in range(0, out_w, tile):
-            width = min(tile, out_w - ow0)  # pixels stored
-            computed = _compiled_width(width)  # pixels computed (the extra ones read the slack)
-            x_tile = ((n * c_blocks * hp + oh * sh) * wp + ow0 * sw) * block
-            w_tile = ob * c_blocks * w_block
-            if dw == 1:  # a kernel row's (kw, channel) pairs are one contiguous run
-                acc = tile_conv(tile_zero(), xb, x_tile, x_block, dh * wp * block, sw * block,
-                                wb, w_tile, w_block, c_blocks, kh_size, run, computed)
-            else:
-                acc = tile_zero()
-                for kh in range(kh_size):
-                    for kw in range(kw_size):
-                        acc = tile_conv(acc, xb, x_tile + (kh * dh * wp + kw * dw) * block, x_block, 0, sw * block,
-                                        wb, w_tile + (kh * kw_size + kw) * block * LANES, w_block, c_blocks, 1, block,
-                                        computed)
-            tile_store_nchw(acc, y_flat, ((n * out_channels + ob * LANES) * out_h + oh) * out_w + ow0,
-                            out_h * out_w, min(LANES, out_channels - ob * LANES), width,
-                            bias, ob * LANES, residual_flat, has_residual, relu)
+    claims = job_claims(n_images * o_blocks * out_h, workers)
+    for me in prange(claims.shape[0]):
+        job = next_job(claims, me)
+        while job >= 0:
+            n = job // (o_blocks * out_h)
+            ob = (job // out_h) % o_blocks
+            oh = job % out_h
+            for ow0 in range(0, out_w, tile):
+                width = min(tile, out_w - ow0)  # pixels stored
+                computed = _compiled_width(width)  # pixels computed (the extra ones read the slack)
+                x_tile = ((n * c_blocks * hp + oh * sh) * wp + ow0 * sw) * block
+                w_tile = ob * c_blocks * w_block
+                if dw == 1:  # a kernel row's (kw, channel) pairs are one contiguous run
+                    acc = tile_conv(tile_zero(), xb, x_tile, x_block, dh * wp * block, sw * block,
+                                    wb, w_tile, w_block, c_blocks, kh_size, run, computed)
+                else:
+                    acc = tile_zero()
+                    for kh in range(kh_size):
+                        for kw in range(kw_size):
+                            acc = tile_conv(acc, xb, x_tile + (kh * dh * wp + kw * dw) * block, x_block, 0, sw * block,
+                                            wb, w_tile + (kh * kw_size + kw) * block * LANES, w_block, c_blocks, 1, block,
+                                            computed)
+                tile_store_nchw(acc, y_flat, ((n * out_channels + ob * LANES) * out_h + oh) * out_w + ow0,
+                                out_h * out_w, min(LANES, out_channels - ob * LANES), width,
+                                bias, ob * LANES, residual_flat, has_residual, relu)
+            job = next_job(claims, me)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def pointwise_conv(x, w_packed, bias, residual, has_residual, relu, y):
+def pointwise_conv(x, w_packed, bias, residual, has_residual, relu, y, workers):
     """``y = act(W @ x + bias (+ residual))`` for a 1x1, stride-1, unpadded convolution, on NCHW directly.
 
     ``w_packed`` is ``(ceil(O / POINT_CHANNELS), C, POINT_CHANNELS)`` flattened. One job is
@@ -112,10 +121,14 @@ def pointwise_conv(x, w_packed, bias, residual, has_residual, relu, y):
     x_flat = x.reshape(-1)
     y_flat = y.reshape(-1)
     residual_flat = residual.reshape(-1)
-    for job in prange(n_images * p_blocks * o_blocks):
-        n = job // (p_blocks * o_blocks)
-        p0 = (job // o_blocks) % p_blocks * POINT_PIXELS
-        o0 = job % o_blocks * POINT_CHANNELS
-        pointwise_block(x_flat, n * channels * plane + p0, plane, channels, w_packed, o0 * channels,
-                        y_flat, (n * out_channels + o0) * plane + p0, min(POINT_CHANNELS, out_channels - o0),
-                        min(POINT_PIXELS, plane - p0), bias, o0, residual_flat, has_residual, relu)
+    claims = job_claims(n_images * p_blocks * o_blocks, workers)
+    for me in prange(claims.shape[0]):
+        job = next_job(claims, me)
+        while job >= 0:
+            n = job // (p_blocks * o_blocks)
+            p0 = (job // o_blocks) % p_blocks * POINT_PIXELS
+            o0 = job % o_blocks * POINT_CHANNELS
+            pointwise_block(x_flat, n * channels * plane + p0, plane, channels, w_packed, o0 * channels,
+                            y_flat, (n * out_channels + o0) * plane + p0, min(POINT_CHANNELS, out_channels - o0),
+                            min(POINT_PIXELS, plane - p0), bias, o0, residual_flat, has_residual, relu)
+            job = next_job(claims, me)

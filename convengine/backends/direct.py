@@ -163,14 +163,14 @@ class DirectBackend(NumbaBackend):
         slack = input_slack(sw, block)
 
         def execute(x: np.ndarray, residual=None) -> np.ndarray:
-            numba_threads()
+            workers = numba_threads()
             shape = (x.shape[0], c_blocks, hp, wp, block)
             flat = scratch("direct.input", (math.prod(shape) + slack,), np.float32)
-            pack_input(x, flat[:flat.size - slack].reshape(shape), top, left)
+            pack_input(x, flat[:flat.size - slack].reshape(shape), top, left, workers)
             out = np.empty(problem.output_shape, np.float32)
             res = out if residual is None else residual
             direct_conv(flat, c_blocks, hp, wp, block, wb, kh, kw, sh, sw, dh, dw,
-                        b, res, residual is not None, relu, out, tile_width)
+                        b, res, residual is not None, relu, out, tile_width, workers)
             return out
 
         return execute
@@ -190,11 +190,11 @@ class DirectBackend(NumbaBackend):
         sh, sw = problem.stride
 
         def execute(x: np.ndarray, residual=None) -> np.ndarray:
-            numba_threads()
+            workers = numba_threads()
             if (sh, sw) != (1, 1):  # a quarter of the input at stride 2: cheaper than reading it strided
                 x = np.ascontiguousarray(x[:, :, :problem.out_height * sh:sh, :problem.out_width * sw:sw])
             out = np.empty(problem.output_shape, np.float32)
-            pointwise_conv(x, w_packed, b, out if residual is None else residual, residual is not None, relu, out)
+            pointwise_conv(x, w_packed, b, out if residual is None else residual, residual is not None, relu, out, workers)
             return out
 
         return execute
