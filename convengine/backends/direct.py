@@ -34,11 +34,13 @@ LANES = 16  # output channels per vector (``_simd.LANES``; not imported, to keep
 POINT_CHANNELS, POINT_PIXELS = 6, 64  # the 1x1 kernel's block (``_simd.POINT_*``)
 #: Fraction of the GEMM rate the 1x1 kernel reaches on full blocks (measured 0.88-0.98 on 56x56 layers).
 POINT_EFFICIENCY = 0.95
-#: Largest input panel (channels x 64 pixels) the 1x1 kernel re-reads from near caches for free
-#: (measured: 256 channels, 64 KiB, ran at full speed; 1024 channels did not). The profile does
-#: not measure cache sizes, so this is a constant; near-cache bandwidth is taken as a multiple
-#: of the measured memory bandwidth.
-POINT_PANEL_CACHED_BYTES = 128 * 1024
+#: Largest input panel (channels x 64 pixels) the 1x1 kernel re-reads from near caches for free.
+#: Measured at 14x14 with threads claiming jobs at run time: 256 KiB to 1 MiB panels (1024-4096
+#: channels) all ran at 79-82 GMAC/s, a 2 MiB panel at 68. (An earlier 128 KiB limit blamed
+#: the cache for what was a thread left idle by a fixed split of 4 pixel blocks.) The profile
+#: does not measure cache sizes, so this is a constant; near-cache bandwidth is taken as a
+#: multiple of the measured memory bandwidth.
+POINT_PANEL_CACHED_BYTES = 1024 * 1024
 CACHE_BANDWIDTH_FACTOR = 4
 #: Fraction of the machine's GEMM rate the kernel's inner loop reaches with full tiles.
 DIRECT_EFFICIENCY = 0.95
@@ -125,8 +127,8 @@ class DirectBackend(NumbaBackend):
         itemsize = np.dtype(problem.dtype).itemsize
         weights = problem.in_channels * problem.out_channels * itemsize / machine.bandwidth
         # each output-channel block re-reads its pixel block's whole input panel; past the
-        # near caches that is what the FMAs wait on (1024 -> 256 channels at 14x14: 150
-        # instead of 190 GFLOP/s)
+        # near caches that is what the FMAs wait on (8192 -> 128 channels at 14x14: 68
+        # instead of 80 GMAC/s)
         panel = problem.in_channels * POINT_PIXELS * itemsize
         o_blocks = -(-problem.out_channels // POINT_CHANNELS)
         restream = 0.0
