@@ -13,7 +13,7 @@ Layouts (all float32, C-contiguous, flattened where the tile intrinsics read the
 import numba
 from numba import prange
 
-from ._worksharing import job_claims, next_job
+from ._worksharing import job_claims, next_job, phase_counter, phase_done
 from ._simd import (LANES, MAX_WIDTH, POINT_CHANNELS, POINT_PIXELS, TILE_WIDTHS, pointwise_block, tile_conv,
                     tile_store_nchw, tile_zero)
 
@@ -34,40 +34,40 @@ def input_slack(stride_w: int, block: int) -> int:
     return MAX_WIDTH * stride_w * block
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def pack_input(x, xb, top, left, workers):
-    """Copy ``x`` (N, C, H, W) into the zero-padded blocked buffer ``xb`` (N, Cb, Hp, Wp, block)."""
-    n_images, channels, height, width = x.shape
+@numba.njit(inline="always")
+def _pack_row(x, xb, row_index, top, left):
+    """Row ``row_index`` of the zero-padded blocked buffer ``xb`` (N, Cb, Hp, Wp, block), from ``x`` (N, C, H, W)."""
+    _, channels, height, width = x.shape
     _, c_blocks, hp, wp, block = xb.shape
-    claims = job_claims(n_images * c_blocks * hp, workers)
-    for me in prange(claims.shape[0]):
-        job = next_job(claims, me)
-        while job >= 0:
-            n = job // (c_blocks * hp)
-            cb = (job // hp) % c_blocks
-            h = job % hp - top
-            row = xb[n, cb, job % hp]
-            if h < 0 or h >= height:
-                row[:, :] = 0
-            else:
-                for j in range(block):
-                    c = cb * block + j
-                    for col in range(wp):
-                        w = col - left
-                        row[col, j] = x[n, c, h, w] if c < channels and 0 <= w < width else 0
-            job = next_job(claims, me)
+    n = row_index // (c_blocks * hp)
+    cb = (row_index // hp) % c_blocks
+    h = row_index % hp - top
+    row = xb[n, cb, row_index % hp]
+    if h < 0 or h >= height:
+        row[:, :] = 0
+        return
+    for j in range(block):
+        c = cb * block + j
+        for col in range(wp):
+            w = col - left
+            row[col, j] = x[n, c, h, w] if c < channels and 0 <= w < width else 0
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def direct_conv(xb, c_blocks, hp, wp, block, wb, kh_size, kw_size, sh, sw, dh, dw,
+def direct_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw,
                 bias, residual, has_residual, relu, y, tile_width, workers):
-    """``y = act(conv(x) + bias (+ residual))`` from the blocked input ``xb`` and packed ``wb`` (both flat).
+    """``y = act(conv(x) + bias (+ residual))``, ``x`` copied into ``blocked`` on the way, weights packed in ``wb`` (flat).
 
-    One job is one output row of one 16-channel block of one image; it sweeps the row in
-    tiles of at most ``tile_width`` pixels, each accumulated in registers over the whole
-    reduction (channel blocks x kernel rows x one contiguous (kw, channel) run) and written
-    out once, epilogue applied.
+    ``blocked`` is the (N, Cb, Hp, Wp, block) view of a flat buffer with slack past its end.
+    Two phases in one parallel region: the threads fill ``blocked`` row by row, wait for
+    each other (one kernel start instead of two), then compute. One job of the second phase
+    is one output row of one 16-channel block of one image; it sweeps the row in tiles of at
+    most ``tile_width`` pixels, each accumulated in registers over the whole reduction
+    (channel blocks x kernel rows x one contiguous (kw, channel) run) and written out once,
+    epilogue applied.
     """
+    _, c_blocks, hp, wp, block = blocked.shape
+    xb = blocked.reshape(-1)  # (the flat buffer's start: the tiles read past the view's end, into the slack)
     n_images, out_channels, out_h, out_w = y.shape
     o_blocks = (out_channels + LANES - 1) // LANES
     n_tiles = (out_w + tile_width - 1) // tile_width
@@ -77,8 +77,18 @@ def direct_conv(xb, c_blocks, hp, wp, block, wb, kh_size, kw_size, sh, sw, dh, d
     w_block = kh_size * run * LANES  # one channel block's weights for one output block
     y_flat = y.reshape(-1)
     residual_flat = residual.reshape(-1)
+    n_rows = n_images * c_blocks * hp
+    rows = job_claims(n_rows, workers)
+    packed = phase_counter()
     claims = job_claims(n_images * o_blocks * out_h, workers)
-    for me in prange(claims.shape[0]):
+    for me in prange(max(rows.shape[0], claims.shape[0])):
+        copied = 0
+        row = next_job(rows, me)
+        while row >= 0:
+            _pack_row(x, blocked, row, top, left)
+            copied += 1
+            row = next_job(rows, me)
+        phase_done(packed, copied, n_rows)
         job = next_job(claims, me)
         while job >= 0:
             n = job // (o_blocks * out_h)

@@ -7,6 +7,11 @@ fixed shares the caller then waits for it at the end of every kernel. Here each 
 starts on its own contiguous range (so neighbouring jobs, which share inputs, stay on one
 core) and, when that is done, takes the jobs still left in the other ranges, one at a time.
 
+Two phases in one kernel (a copy every job of the second reads, then the jobs themselves)
+need no second kernel start: :func:`phase_done` is a barrier on a counter of finished jobs.
+It only ever waits for jobs that a running thread has claimed (a thread that has not woken
+yet claims none), so the wait is at most one job long.
+
 Usage inside a ``parallel=True`` kernel::
 
     claims = job_claims(n_jobs, numba.get_num_threads())
@@ -33,20 +38,41 @@ _STRIDE = 8
 _END = 1
 
 
+def _is_int64_vector(array) -> bool:
+    return isinstance(array, types.Array) and array.dtype == types.int64 and array.ndim == 1
+
+
+def _element(context, builder, sig, args):
+    arr = context.make_array(sig.args[0])(context, builder, args[0])
+    return cgutils.gep(builder, arr.data, context.cast(builder, args[1], sig.args[1], types.int64))
+
+
 @intrinsic
 def _fetch_add(typingctx, array, index, value):
-    """``old = array[index]; array[index] += value; return old``, atomically (int64 array)."""
-    if not (isinstance(array, types.Array) and array.dtype == types.int64 and array.ndim == 1
-            and isinstance(index, types.Integer) and isinstance(value, types.Integer)):
+    """``old = array[index]; array[index] += value; return old``, atomically (int64 array).
+
+    Acquire-release: what this thread wrote before is visible to a thread that reads the sum.
+    """
+    if not (_is_int64_vector(array) and isinstance(index, types.Integer) and isinstance(value, types.Integer)):
         return None
     sig = types.int64(array, index, value)
 
     def codegen(context, builder, sig, args):
-        arr = context.make_array(sig.args[0])(context, builder, args[0])
-        i = context.cast(builder, args[1], sig.args[1], types.int64)
-        ptr = cgutils.gep(builder, arr.data, i)
         amount = context.cast(builder, args[2], sig.args[2], types.int64)
-        return builder.atomic_rmw("add", ptr, amount, "monotonic")
+        return builder.atomic_rmw("add", _element(context, builder, sig, args), amount, "acq_rel")
+
+    return sig, codegen
+
+
+@intrinsic
+def _load_acquire(typingctx, array, index):
+    """``array[index]``, read atomically: a fresh value on every call of a waiting loop."""
+    if not (_is_int64_vector(array) and isinstance(index, types.Integer)):
+        return None
+    sig = types.int64(array, index)
+
+    def codegen(context, builder, sig, args):
+        return builder.load_atomic(_element(context, builder, sig, args), "acquire", 8)
 
     return sig, codegen
 
@@ -74,3 +100,17 @@ def next_job(claims, me):
             if job < claims[t, _END]:
                 return job
     return -1
+
+
+@numba.njit(cache=True, nogil=True)
+def phase_counter():
+    """A counter of finished jobs for :func:`phase_done` (one cache line)."""
+    return np.zeros(_STRIDE, np.int64)
+
+
+@numba.njit(inline="always")
+def phase_done(counter, finished_here, total):
+    """Add this thread's ``finished_here`` jobs to ``counter``, then wait until all ``total`` are done."""
+    _fetch_add(counter, 0, finished_here)
+    while _load_acquire(counter, 0) < total:
+        pass

@@ -145,7 +145,7 @@ class DirectBackend(NumbaBackend):
     def prepare(self, problem: ConvProblem, weight, bias, epilogue: Epilogue = NONE):
         if is_subsampled_pointwise(problem):
             return self._prepare_pointwise(problem, weight, bias, epilogue)
-        from ._direct_kernels import direct_conv, input_slack, pack_input
+        from ._direct_kernels import direct_conv, input_slack
 
         block = channel_block(problem.in_channels)
         c_blocks = -(-problem.in_channels // block)
@@ -168,10 +168,9 @@ class DirectBackend(NumbaBackend):
             workers = numba_threads()
             shape = (x.shape[0], c_blocks, hp, wp, block)
             flat = scratch("direct.input", (math.prod(shape) + slack,), np.float32)
-            pack_input(x, flat[:flat.size - slack].reshape(shape), top, left, workers)
             out = np.empty(problem.output_shape, np.float32)
             res = out if residual is None else residual
-            direct_conv(flat, c_blocks, hp, wp, block, wb, kh, kw, sh, sw, dh, dw,
+            direct_conv(x, flat[:flat.size - slack].reshape(shape), top, left, wb, kh, kw, sh, sw, dh, dw,
                         b, res, residual is not None, relu, out, tile_width, workers)
             return out
 
