@@ -71,6 +71,26 @@ def test_stride_dilation_padding(params):
     assert relative_error(y, _reference(x, w, b, **params)) < EXACT_F32
 
 
+@pytest.mark.parametrize("c_in", [16, 20, 33])
+@pytest.mark.parametrize("width", [5, 16, 17, 35])
+def test_the_blocked_copy_of_partial_channel_blocks_and_pixel_runs(c_in, width):
+    """The input copy moves 16 pixels x 16 channels per register transpose: rows that are not
+    a multiple of 16 pixels, channel blocks that are partly filled, and asymmetric zero borders."""
+    rng = np.random.default_rng(c_in * 100 + width)
+    x, w, b = _data(rng, (2, c_in, 6, width), (5, c_in, 3, 3))
+    padding = (2, 0, 1, 3)
+    y = _run(DirectBackend(), x, w, b, padding=padding)
+    assert relative_error(y, _reference(x, w, b, padding=padding)) < EXACT_F32
+
+
+def test_a_non_contiguous_input_is_read_correctly():
+    rng = np.random.default_rng(7)
+    x, w, b = _data(rng, (1, 18, 9, 20), (4, 16, 3, 3))
+    view = x[:, 1:17, :, ::2]  # channel- and column-strided
+    y = _run(DirectBackend(), view, w, b, padding=1)
+    assert relative_error(y, _reference(np.ascontiguousarray(view), w, b, padding=1)) < EXACT_F32
+
+
 def test_long_reductions_stay_within_the_exact_bound():
     """512 channels x 3x3 is 4608 products per output: partial tiles keep float32 rounding small."""
     rng = np.random.default_rng(2)

@@ -14,7 +14,7 @@ import numba
 from numba import prange
 
 from ._worksharing import job_claims, next_job, phase_counter, phase_done
-from ._simd import (LANES, MAX_WIDTH, POINT_CHANNELS, POINT_PIXELS, TILE_WIDTHS, pointwise_block, tile_conv,
+from ._simd import (LANES, MAX_WIDTH, POINT_CHANNELS, POINT_PIXELS, TILE_WIDTHS, pack_block, pointwise_block, tile_conv,
                     tile_store_nchw, tile_zero)
 
 
@@ -35,8 +35,12 @@ def input_slack(stride_w: int, block: int) -> int:
 
 
 @numba.njit(inline="always")
-def _pack_row(x, xb, row_index, top, left):
-    """Row ``row_index`` of the zero-padded blocked buffer ``xb`` (N, Cb, Hp, Wp, block), from ``x`` (N, C, H, W)."""
+def _pack_row(x, x_flat, xb, xb_flat, row_index, top, left):
+    """Row ``row_index`` of the zero-padded blocked buffer ``xb`` (N, Cb, Hp, Wp, block), from ``x`` (N, C, H, W).
+
+    ``x_flat`` and ``xb_flat`` are the same arrays flattened. Full 16-channel blocks move
+    16 pixels at a time through a register transpose; the stem's 3-channel block element by element.
+    """
     _, channels, height, width = x.shape
     _, c_blocks, hp, wp, block = xb.shape
     n = row_index // (c_blocks * hp)
@@ -45,6 +49,15 @@ def _pack_row(x, xb, row_index, top, left):
     row = xb[n, cb, row_index % hp]
     if h < 0 or h >= height:
         row[:, :] = 0
+        return
+    if block == LANES:
+        row[:left, :] = 0
+        row[left + width:, :] = 0
+        x_at = ((n * channels + cb * LANES) * height + h) * width
+        xb_at = (row_index * wp + left) * LANES
+        for w0 in range(0, width, LANES):
+            pack_block(x_flat, x_at + w0, height * width, channels - cb * LANES, min(LANES, width - w0),
+                       xb_flat, xb_at + w0 * LANES)
         return
     for j in range(block):
         c = cb * block + j
@@ -68,6 +81,7 @@ def direct_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw,
     """
     _, c_blocks, hp, wp, block = blocked.shape
     xb = blocked.reshape(-1)  # (the flat buffer's start: the tiles read past the view's end, into the slack)
+    x_flat = x.reshape(-1)
     n_images, out_channels, out_h, out_w = y.shape
     o_blocks = (out_channels + LANES - 1) // LANES
     n_tiles = (out_w + tile_width - 1) // tile_width
@@ -85,7 +99,7 @@ def direct_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw,
         copied = 0
         row = next_job(rows, me)
         while row >= 0:
-            _pack_row(x, blocked, row, top, left)
+            _pack_row(x, x_flat, blocked, xb, row, top, left)
             copied += 1
             row = next_job(rows, me)
         phase_done(packed, copied, n_rows)

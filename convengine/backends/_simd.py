@@ -379,3 +379,52 @@ def pointwise_block(typingctx, x, x_start, plane, channels, w, w_start, y, y_sta
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def pack_block(typingctx, x, x_start, plane, channels, pixels, xb, xb_start):
+    """Copy up to 16 pixels of up to 16 channel planes into the blocked layout, transposed in registers.
+
+    ``xb[xb_start + p*LANES + j] = x[x_start + j*plane + p]`` for p < pixels (<= LANES), and 0
+    for the channels j >= ``channels`` (a partly filled channel block stays zero-padded). The
+    blocked input copy moves every activation once per 3x3 layer; element by element it ran
+    at ~6 GB/s, as long as the 64->64 3x3 layer's own arithmetic took on 56x56 / 7.
+    """
+    if not (all(_is_f32_array(a) for a in (x, xb))
+            and all(isinstance(t, types.Integer) for t in (x_start, plane, channels, pixels, xb_start))):
+        return None
+    sig = types.void(x, x_start, plane, channels, pixels, xb, xb_start)
+
+    def codegen(context, builder, sig, args):
+        xp = _data(context, builder, sig.args[0], args[0])
+        bp = _data(context, builder, sig.args[5], args[5])
+        x_start, plane, channels, pixels, xb_start = (
+            _as_i64(context, builder, args[i], sig.args[i]) for i in (1, 2, 3, 4, 6))
+        i32 = ir.IntType(32)
+        vec_i32 = ir.VectorType(i32, LANES)
+        mask_ty = ir.VectorType(ir.IntType(1), LANES)
+        load = _masked(builder, "load", ir.FunctionType(_VEC, [_VEC.as_pointer(), i32, mask_ty, _VEC]))
+        zero = ir.Constant(_VEC, [0.0] * LANES)
+        n = builder.trunc(pixels, i32)
+        n_vec = builder.shuffle_vector(builder.insert_element(ir.Constant(vec_i32, ir.Undefined), n, ir.Constant(i32, 0)),
+                                       ir.Constant(vec_i32, ir.Undefined), ir.Constant(vec_i32, [0] * LANES))
+        in_row = builder.icmp_signed("<", ir.Constant(vec_i32, list(range(LANES))), n_vec)
+        c = builder.trunc(channels, i32)
+        rows = []
+        for j in range(LANES):
+            # a channel past the end loads nothing (all-false mask) and leaves zeros
+            present = builder.icmp_signed("<", ir.Constant(i32, j), c)
+            mask = builder.and_(in_row, builder.shuffle_vector(
+                builder.insert_element(ir.Constant(mask_ty, ir.Undefined), present, ir.Constant(i32, 0)),
+                ir.Constant(mask_ty, ir.Undefined), ir.Constant(vec_i32, [0] * LANES)))
+            at = builder.add(x_start, builder.mul(plane, ir.Constant(_I64, j)))
+            rows.append(builder.call(load, [builder.bitcast(builder.gep(xp, [at]), _VEC.as_pointer()),
+                                            ir.Constant(i32, 4), mask, zero]))
+        for p, column in enumerate(_transpose(builder, rows)):
+            with builder.if_then(builder.icmp_signed("<", ir.Constant(_I64, p), pixels)):
+                at = builder.add(xb_start, ir.Constant(_I64, p * LANES))
+                store = builder.store(column, builder.bitcast(builder.gep(bp, [at]), _VEC.as_pointer()))
+                store.align = 4
+        return context.get_dummy_value()
+
+    return sig, codegen

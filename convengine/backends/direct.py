@@ -170,7 +170,7 @@ class DirectBackend(NumbaBackend):
             flat = scratch("direct.input", (math.prod(shape) + slack,), np.float32)
             out = np.empty(problem.output_shape, np.float32)
             res = out if residual is None else residual
-            direct_conv(x, flat[:flat.size - slack].reshape(shape), top, left, wb, kh, kw, sh, sw, dh, dw,
+            direct_conv(np.ascontiguousarray(x), flat[:flat.size - slack].reshape(shape), top, left, wb, kh, kw, sh, sw, dh, dw,
                         b, res, residual is not None, relu, out, tile_width, workers)
             return out
 
