@@ -348,6 +348,10 @@ def pointwise_block(typingctx, x, x_start, plane, channels, w, w_start, y, y_sta
                 sums = _counted_loop(builder, count, [zero] * (POINT_CHANNELS * vectors), step)
                 first = builder.icmp_signed("==", k, ir.Constant(_I64, 0))
                 last = builder.icmp_signed("==", builder.add(k, ir.Constant(_I64, 1)), n_chunks)
+                # the first chunk reads no earlier partial sum: an all-false mask touches no memory
+                later = builder.shuffle_vector(
+                    builder.insert_element(ir.Constant(mask_ty, ir.Undefined), builder.not_(first), ir.Constant(i32, 0)),
+                    ir.Constant(mask_ty, ir.Undefined), ir.Constant(vec_i32, [0] * LANES))
                 for r in range(POINT_CHANNELS):
                     with builder.if_then(builder.icmp_signed("<", ir.Constant(_I64, r), n_out)):
                         row = builder.add(y_start, builder.mul(plane, ir.Constant(_I64, r)))
@@ -355,7 +359,7 @@ def pointwise_block(typingctx, x, x_start, plane, channels, w, w_start, y, y_sta
                         for v in range(vectors):
                             at = builder.add(row, ir.Constant(_I64, v * LANES))
                             value = sums[r * vectors + v]
-                            earlier = builder.call(load, [vptr(yp, at), align, masks[v], zero])
+                            earlier = builder.call(load, [vptr(yp, at), align, builder.and_(masks[v], later), zero])
                             value = builder.select(first, value, builder.fadd(value, earlier))
                             res = builder.call(load, [vptr(rp, at), align, builder.and_(masks[v], res_on), zero])
                             final = builder.fadd(value, b)
