@@ -130,12 +130,16 @@ def direct_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw,
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def pointwise_conv(x, w_packed, bias, residual, has_residual, relu, y, workers):
-    """``y = act(W @ x + bias (+ residual))`` for a 1x1, stride-1, unpadded convolution, on NCHW directly.
+def pointwise_conv(source, x, sh, sw, w_packed, bias, residual, has_residual, relu, y, workers):
+    """``y = act(W @ x + bias (+ residual))`` for a 1x1 unpadded convolution, on NCHW directly.
 
-    ``w_packed`` is ``(ceil(O / POINT_CHANNELS), C, POINT_CHANNELS)`` flattened. One job is
-    one block of POINT_CHANNELS output channels x POINT_PIXELS pixels of one image; the
-    output-channel blocks of a pixel block are adjacent jobs, so its inputs stay in cache.
+    ``x`` (N, C, OH, OW) is what the products read: ``source`` itself at stride 1, else a
+    buffer that a first phase fills with every ``sh``-th row and ``sw``-th column of
+    ``source`` (a quarter of it at stride 2: cheaper to read than the strided original),
+    in the same parallel region. ``w_packed`` is ``(ceil(O / POINT_CHANNELS), C,
+    POINT_CHANNELS)`` flattened. One job is one block of POINT_CHANNELS output channels x
+    POINT_PIXELS pixels of one image; the output-channel blocks of a pixel block are adjacent
+    jobs, so its inputs stay in cache.
     """
     n_images, channels, height, width = x.shape
     out_channels = y.shape[1]
@@ -145,8 +149,22 @@ def pointwise_conv(x, w_packed, bias, residual, has_residual, relu, y, workers):
     x_flat = x.reshape(-1)
     y_flat = y.reshape(-1)
     residual_flat = residual.reshape(-1)
+    n_planes = n_images * channels if (sh, sw) != (1, 1) else 0
+    planes = job_claims(n_planes, workers)
+    copied = phase_counter()
     claims = job_claims(n_images * p_blocks * o_blocks, workers)
-    for me in prange(claims.shape[0]):
+    for me in prange(max(planes.shape[0], claims.shape[0])):
+        done = 0
+        job = next_job(planes, me)
+        while job >= 0:
+            src = source[job // channels, job % channels]
+            dst = x[job // channels, job % channels]
+            for i in range(height):
+                for j in range(width):
+                    dst[i, j] = src[i * sh, j * sw]
+            done += 1
+            job = next_job(planes, me)
+        phase_done(copied, done, n_planes)
         job = next_job(claims, me)
         while job >= 0:
             n = job // (p_blocks * o_blocks)

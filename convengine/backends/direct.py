@@ -177,7 +177,7 @@ class DirectBackend(NumbaBackend):
         return execute
 
     def _prepare_pointwise(self, problem: ConvProblem, weight, bias, epilogue: Epilogue):
-        """1x1, no padding: a matrix product over NCHW planes (strided: over a subsampled copy)."""
+        """1x1, no padding: a matrix product over NCHW planes (strided: over a subsampled copy made in the same kernel)."""
         from ._direct_kernels import pointwise_conv
 
         o_blocks = -(-problem.out_channels // POINT_CHANNELS)
@@ -190,12 +190,15 @@ class DirectBackend(NumbaBackend):
 
         sh, sw = problem.stride
 
+        subsampled = (problem.batch, problem.in_channels, problem.out_height, problem.out_width)
+
         def execute(x: np.ndarray, residual=None) -> np.ndarray:
             workers = numba_threads()
-            if (sh, sw) != (1, 1):  # a quarter of the input at stride 2: cheaper than reading it strided
-                x = np.ascontiguousarray(x[:, :, :problem.out_height * sh:sh, :problem.out_width * sw:sw])
+            x = np.ascontiguousarray(x)
+            products_read = x if (sh, sw) == (1, 1) else scratch("direct.subsampled", subsampled, np.float32)
             out = np.empty(problem.output_shape, np.float32)
-            pointwise_conv(x, w_packed, b, out if residual is None else residual, residual is not None, relu, out, workers)
+            pointwise_conv(x, products_read, sh, sw, w_packed, b, out if residual is None else residual,
+                           residual is not None, relu, out, workers)
             return out
 
         return execute
