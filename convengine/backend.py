@@ -14,7 +14,10 @@ Fused epilogues (optional): a backend whose :meth:`Backend.supports_epilogue` re
 ``None`` for a problem receives the :class:`~convengine.epilogue.Epilogue` in ``prepare``
 and applies it itself; its executor is then called ``execute(x, residual)`` when the
 epilogue adds a residual. Backends that do not override it need not know epilogues exist:
-the engine applies them on their output.
+the engine applies them on their output. A fusing backend that sets
+:attr:`Backend.residual_in_place` may also be called ``execute(x, residual, in_place=True)``
+when the caller gave the residual up: it then writes the output over ``residual`` and
+returns it, saving a fresh output array (and, from memory, its cache misses).
 """
 
 from __future__ import annotations
@@ -57,12 +60,16 @@ class Backend:
     version:
         The backend's own version; part of the tuning-cache key so that an upgrade
         never reuses a stale measurement.
+    residual_in_place:
+        Its fused executor accepts ``in_place=True`` (see the module docstring): it reads
+        each residual element before writing the output element at the same place.
     """
 
     name: str = ""
     device: str = "cpu"
     numerical_class: str = EXACT
     version: str = "0"
+    residual_in_place: bool = False
 
     def availability(self) -> Optional[str]:
         """Return ``None`` if the backend can run on this machine, else the reason it cannot."""

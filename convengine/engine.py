@@ -105,7 +105,12 @@ class PreparedConv:
                 prepared = self._by_batch[batch]
         return prepared
 
-    def __call__(self, x, residual=None) -> np.ndarray:
+    def __call__(self, x, residual=None, *, consume_residual: bool = False) -> np.ndarray:
+        """The convolution of ``x`` with the epilogue applied; ``x`` and ``residual`` are left untouched.
+
+        ``consume_residual=True`` says the caller will not read ``residual`` again (the graph
+        executor knows when): a backend that can then writes the output over it and returns it.
+        """
         x = _as_array(x, "input")
         expected = self.problem.input_shape[1:]
         if x.ndim != 4 or x.shape[1:] != expected:
@@ -122,13 +127,19 @@ class PreparedConv:
         x = np.ascontiguousarray(x)
         try:
             if prepared.fused:
-                args = (x, residual) if self.epilogue.residual else (x,)
-                return self.engine._run_checked(prepared, args)
+                if self.epilogue.residual:
+                    in_place = consume_residual and prepared.residual_in_place
+                    return self.engine._run_checked(prepared, (x, residual), in_place=in_place)
+                return self.engine._run_checked(prepared, (x,))
             y = self.engine._run_checked(prepared, (x,))
         except _Retry:
             with self._lock:
                 self._by_batch.pop(batch, None)
-            return self(x, residual)
+            return self(x, residual, consume_residual=consume_residual)
+        except BackendError:  # the backend is excluded now: the next call prepares another
+            with self._lock:
+                self._by_batch.pop(batch, None)
+            raise
         if not self.epilogue:
             return y
         if np.may_share_memory(y, x) or (residual is not None and np.may_share_memory(y, residual)):
@@ -159,6 +170,7 @@ class _Prepared:
     decision: Decision
     execute: Callable
     fused: bool
+    residual_in_place: bool = False  # the fused executor may write its output over the residual
 
 
 class _Retry(Exception):
@@ -320,20 +332,31 @@ class Engine:
                     execute = chosen.prepare(problem, weight, bias, epilogue=epilogue)
                 else:
                     execute = chosen.prepare(problem, weight, bias)
-                return _Prepared(problem, decision, execute, fused)
+                in_place = fused and epilogue.residual and getattr(chosen, "residual_in_place", False) is True
+                return _Prepared(problem, decision, execute, fused, in_place)
             except Exception as exc:
                 self._exclude(decision, f"prepare() raised {type(exc).__name__}: {exc}", exc)
 
-    def _run_checked(self, prepared: _Prepared, args: tuple):
+    def _run_checked(self, prepared: _Prepared, args: tuple, in_place: bool = False):
+        """Run the executor; a backend that raises or returns a wrong output is excluded and the call retried.
+
+        Except after ``in_place``: the residual may be half overwritten, so no other backend can
+        redo the call; it fails with a :class:`BackendError` instead (the next call goes elsewhere).
+        """
         decision = prepared.decision
         try:
-            y = prepared.execute(*args)
+            y = prepared.execute(*args, in_place=True) if in_place else prepared.execute(*args)
         except Exception as exc:
             self._exclude(decision, f"execute() raised {type(exc).__name__}: {exc}", exc)
+            if in_place:
+                raise BackendError(f"backend {decision.chosen!r} failed writing over the residual: "
+                                   f"{type(exc).__name__}: {exc}") from exc
             raise _Retry from exc
         violation = output_violation(y, prepared.problem)
         if violation:
             self._exclude(decision, violation, None)
+            if in_place:
+                raise BackendError(f"backend {decision.chosen!r} failed writing over the residual: {violation}")
             raise _Retry
         return y
 

@@ -168,6 +168,63 @@ def test_the_unfused_epilogue_never_writes_into_the_callers_input():
     np.testing.assert_array_equal(x, before)
 
 
+@pytest.mark.parametrize("shape", [(1, 16, 7, 9, 3, 1), (2, 32, 6, 6, 1, 0)])  # (N, C, H, W, k, padding): tiles, 1x1
+def test_a_consumed_residual_holds_the_output_and_an_unconsumed_one_is_untouched(shape):
+    n, c, h, w_, k, pad = shape
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((n, c, h, w_)).astype(np.float32)
+    w = rng.standard_normal((c, c, k, k)).astype(np.float32)
+    prepared = Engine("direct").prepare(w, input_shape=x.shape, padding=pad, residual=True, activation="relu")
+    residual = rng.standard_normal(x.shape).astype(np.float32)
+    expected = _expected(x, w, None, residual, "relu", padding=(pad,) * 4)
+    before = residual.copy()
+    y = prepared(x, residual)
+    np.testing.assert_array_equal(residual, before)
+    y_consumed = prepared(x, residual, consume_residual=True)
+    assert np.shares_memory(y_consumed, residual)
+    for out in (y, y_consumed):
+        assert relative_error(out, expected) < 1e-5
+
+
+def test_backends_that_do_not_declare_it_never_write_over_a_consumed_residual():
+    x = np.ones((1, 2, 5, 5), np.float32)
+    residual = np.full((1, 2, 3, 3), 2.0, np.float32)
+    y = Engine("im2col").prepare(np.ones((2, 2, 3, 3), np.float32), input_shape=x.shape, residual=True)(
+        x, residual, consume_residual=True)
+    np.testing.assert_array_equal(y, 20.0)
+    np.testing.assert_array_equal(residual, 2.0)
+
+
+class _InPlaceRaises(_FusesWrongly):
+    """Declares it writes over the residual, then fails half-way: no other backend may redo the call."""
+
+    name = "in-place-raises"
+    residual_in_place = True
+
+    def prepare(self, problem, weight, bias, epilogue=None):
+        def execute(x, residual=None, in_place=False):
+            if in_place:
+                residual[...] = np.nan
+                raise RuntimeError("boom")
+            return np.zeros(problem.output_shape, x.dtype)
+
+        return execute
+
+
+def test_a_backend_failing_over_a_consumed_residual_raises_instead_of_retrying_on_clobbered_data():
+    registry = Registry.load(extra_plugins=[make_plugin("bad", _InPlaceRaises())], load_entry_points=False)
+    engine = Engine(["in-place-raises", "im2col"], registry=registry)
+    prepared = engine.prepare(np.ones((1, 1, 1, 1)), input_shape=(1, 1, 2, 2), residual=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PluginWarning)
+        with pytest.raises(ce.BackendError, match="writing over the residual"):
+            prepared(np.ones((1, 1, 2, 2)), np.ones((1, 1, 2, 2)), consume_residual=True)
+        # excluded: the next call goes to the next backend, and leaves its residual alone
+        residual = np.ones((1, 1, 2, 2))
+        np.testing.assert_array_equal(prepared(np.ones((1, 1, 2, 2)), residual, consume_residual=True), 2.0)
+    np.testing.assert_array_equal(residual, 1.0)
+
+
 def test_fusing_backends_are_checked_by_the_conformance_kit():
     """The kit's epilogue test fails a backend that claims a fusion it does not do."""
     from convengine.testing import BackendConformance
@@ -191,7 +248,7 @@ def _block(shortcut_is_input=False):
     return b, b.relu(b.add(y, shortcut))
 
 
-@pytest.mark.parametrize("policy", ["im2col", "naive", "winograd"])
+@pytest.mark.parametrize("policy", ["im2col", "naive", "winograd", "direct"])
 @pytest.mark.parametrize("shortcut_is_input", [False, True])
 def test_graph_fusion_matches_the_unfused_graph(policy, shortcut_is_input):
     if policy not in CPU_BACKENDS:
@@ -204,6 +261,8 @@ def test_graph_fusion_matches_the_unfused_graph(policy, shortcut_is_input):
     assert fused.fused["conv1"] == "Relu"
     assert "Add+Relu" in fused.fused.values()
     assert len(fused.steps) == len(plain.steps) - 3
+    # the projection's output is read by nothing after the Add: its memory may take conv2's output
+    assert {s.node.name for s in fused.steps if s.consume_residual} == (set() if shortcut_is_input else {"conv2"})
     x = np.random.default_rng(0).standard_normal((2, 4, 8, 8)).astype(np.float32)
     before = x.copy()
     np.testing.assert_allclose(fused.run(x), plain.run(x), rtol=1e-5, atol=1e-5)

@@ -75,6 +75,7 @@ class DirectBackend(NumbaBackend):
     name = "direct"
     numerical_class = EXACT
     version = "1"
+    residual_in_place = True  # each output element is written after its residual element was read
 
     def __init__(self, tile_width: int | None = None):
         if tile_width is not None:
@@ -164,11 +165,11 @@ class DirectBackend(NumbaBackend):
         tile_width = self.tile_width
         slack = input_slack(sw, block)
 
-        def execute(x: np.ndarray, residual=None) -> np.ndarray:
+        def execute(x: np.ndarray, residual=None, in_place: bool = False) -> np.ndarray:
             workers = numba_threads()
             shape = (x.shape[0], c_blocks, hp, wp, block)
             flat = scratch("direct.input", (math.prod(shape) + slack,), np.float32)
-            out = np.empty(problem.output_shape, np.float32)
+            out = residual if in_place else np.empty(problem.output_shape, np.float32)
             res = out if residual is None else residual
             direct_conv(np.ascontiguousarray(x), flat[:flat.size - slack].reshape(shape), top, left, wb, kh, kw, sh, sw, dh, dw,
                         b, res, residual is not None, relu, out, tile_width, workers)
@@ -192,11 +193,11 @@ class DirectBackend(NumbaBackend):
 
         subsampled = (problem.batch, problem.in_channels, problem.out_height, problem.out_width)
 
-        def execute(x: np.ndarray, residual=None) -> np.ndarray:
+        def execute(x: np.ndarray, residual=None, in_place: bool = False) -> np.ndarray:
             workers = numba_threads()
             x = np.ascontiguousarray(x)
             products_read = x if (sh, sw) == (1, 1) else scratch("direct.subsampled", subsampled, np.float32)
-            out = np.empty(problem.output_shape, np.float32)
+            out = residual if in_place else np.empty(problem.output_shape, np.float32)
             pointwise_conv(x, products_read, sh, sw, w_packed, b, out if residual is None else residual,
                            residual is not None, relu, out, workers)
             return out

@@ -34,6 +34,7 @@ class Step:
     inputs: list[str] = field(default_factory=list)
     release: list[str] = field(default_factory=list)  # tensors whose last consumer is this step
     inplace: bool = False  # may overwrite its first input (an intermediate nothing reads later)
+    consume_residual: bool = False  # a conv whose fused residual (an intermediate nothing reads later) may hold its output
 
 
 class CompiledGraph:
@@ -102,7 +103,7 @@ class CompiledGraph:
         self._plan_inplace(last_use)
 
     def _plan_inplace(self, last_use: dict[str, int]) -> None:
-        """Mark elementwise steps that may overwrite their first input.
+        """Mark elementwise steps that may overwrite their first input, and convolutions their residual.
 
         Allowed only when no one can observe it: the buffer is not the caller's input or a
         parameter, and neither that tensor nor any view of the same memory (Flatten, Reshape,
@@ -119,11 +120,18 @@ class CompiledGraph:
             end = float("inf") if name in self.graph.outputs else last_use.get(name, -1)
             group_end[r] = max(group_end.get(r, -1), end)
         shapes = self.graph.shapes
+
+        def expendable(name: str, i: int) -> bool:  # step i may overwrite tensor `name`
+            r = root.get(name, name)
+            return r not in protected and group_end.get(r) == i
+
         for i, step in enumerate(self.steps):
             first = step.node.inputs[0] if step.node.inputs else ""
-            r = root.get(first, first)
-            step.inplace = (step.node.op in INPLACE and r not in protected and group_end.get(r) == i
+            step.inplace = (step.node.op in INPLACE and expendable(first, i)
                             and shapes.get(first) == shapes.get(step.node.outputs[0]))
+            residual = step.fusion.residual if step.fusion is not None else None
+            step.consume_residual = (bool(residual) and root.get(residual, residual) != root.get(first, first)
+                                     and expendable(residual, i))
 
     @property
     def layer_backends(self) -> dict[str, str]:
@@ -150,7 +158,7 @@ class CompiledGraph:
             start = time.perf_counter() if timings is not None else 0.0
             if step.conv is not None:
                 args = [env[n] if n in env else params[n] for n in step.inputs]
-                outputs = [step.conv(*args)]
+                outputs = [step.conv(*args, consume_residual=step.consume_residual)]
             else:
                 node = step.node
                 args = [(env[n] if n in env else params[n]) if n else None for n in node.inputs]
