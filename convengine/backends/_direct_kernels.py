@@ -34,7 +34,7 @@ def input_slack(stride_w: int, block: int) -> int:
     return MAX_WIDTH * stride_w * block
 
 
-@numba.njit(inline="always")
+@numba.njit(cache=True, nogil=True)  # a call per row: inlined into the kernel it cost a second of compile time
 def _pack_row(x, x_flat, xb, xb_flat, row_index, top, left):
     """Row ``row_index`` of the zero-padded blocked buffer ``xb`` (N, Cb, Hp, Wp, block), from ``x`` (N, C, H, W).
 
@@ -97,14 +97,17 @@ def direct_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw,
     claims = job_claims(n_images * o_blocks * out_h, workers)
     for me in prange(max(rows.shape[0], claims.shape[0])):
         copied = 0
-        row = next_job(rows, me)
-        while row >= 0:
+        while True:
+            row = next_job(rows, me)
+            if row < 0:
+                break
             _pack_row(x, x_flat, blocked, xb, row, top, left)
             copied += 1
-            row = next_job(rows, me)
         phase_done(packed, copied, n_rows)
-        job = next_job(claims, me)
-        while job >= 0:
+        while True:
+            job = next_job(claims, me)
+            if job < 0:
+                break
             n = job // (o_blocks * out_h)
             ob = (job // out_h) % o_blocks
             oh = job % out_h
@@ -126,7 +129,6 @@ def direct_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw,
                 tile_store_nchw(acc, y_flat, ((n * out_channels + ob * LANES) * out_h + oh) * out_w + ow0,
                                 out_h * out_w, min(LANES, out_channels - ob * LANES), width,
                                 bias, ob * LANES, residual_flat, has_residual, relu)
-            job = next_job(claims, me)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -155,22 +157,24 @@ def pointwise_conv(source, x, sh, sw, w_packed, bias, residual, has_residual, re
     claims = job_claims(n_images * p_blocks * o_blocks, workers)
     for me in prange(max(planes.shape[0], claims.shape[0])):
         done = 0
-        job = next_job(planes, me)
-        while job >= 0:
+        while True:
+            job = next_job(planes, me)
+            if job < 0:
+                break
             src = source[job // channels, job % channels]
             dst = x[job // channels, job % channels]
             for i in range(height):
                 for j in range(width):
                     dst[i, j] = src[i * sh, j * sw]
             done += 1
-            job = next_job(planes, me)
         phase_done(copied, done, n_planes)
-        job = next_job(claims, me)
-        while job >= 0:
+        while True:
+            job = next_job(claims, me)
+            if job < 0:
+                break
             n = job // (p_blocks * o_blocks)
             p0 = (job // o_blocks) % p_blocks * POINT_PIXELS
             o0 = job % o_blocks * POINT_CHANNELS
             pointwise_block(x_flat, n * channels * plane + p0, plane, channels, w_packed, o0 * channels,
                             y_flat, (n * out_channels + o0) * plane + p0, min(POINT_CHANNELS, out_channels - o0),
                             min(POINT_PIXELS, plane - p0), bias, o0, residual_flat, has_residual, relu)
-            job = next_job(claims, me)

@@ -14,12 +14,13 @@ yet claims none), so the wait is at most one job long.
 
 Usage inside a ``parallel=True`` kernel::
 
-    claims = job_claims(n_jobs, numba.get_num_threads())
+    claims = job_claims(n_jobs, workers)
     for me in prange(claims.shape[0]):
-        job = next_job(claims, me)
-        while job >= 0:
-            ...   # job in [0, n_jobs)
+        while True:
             job = next_job(claims, me)
+            if job < 0:
+                break
+            ...   # job in [0, n_jobs)
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def job_claims(n_jobs, workers):
     return claims
 
 
-@numba.njit(inline="always")
+@numba.njit(cache=True, nogil=True)  # a call per job; inlined copies cost compile time, not run time
 def next_job(claims, me):
     """The next unclaimed job for thread ``me``: from its own range, then from the others'; -1 when none is left."""
     workers = claims.shape[0]
