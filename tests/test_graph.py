@@ -320,3 +320,42 @@ def test_the_3x3_stride_2_maxpool_fast_path_matches_the_definition(pads, ceil_mo
     geometry = _pool_geometry(node, x.shape)
     expected = _pool_reduce(_pad_for_pool(x, geometry, -np.inf), geometry, np.maximum)
     np.testing.assert_array_equal(OPS["MaxPool"].run(node, [x])[0], expected)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_a_large_one_row_gemm_runs_on_numba_and_matches_the_definition(dtype, rows, monkeypatch):
+    """A classifier's last layer at batch 1 is a matrix-vector product: it runs on Numba's threads
+    (OpenBLAS's would spin after it); more rows, or small weights, stay on BLAS."""
+    from convengine.graph import ops
+    from convengine.graph.ops import MATVEC_MIN_BYTES, OPS
+
+    rng = np.random.default_rng(rows)
+    k = 640
+    n = MATVEC_MIN_BYTES // (k * np.dtype(dtype).itemsize) + 3  # just past the threshold
+    a = rng.standard_normal((rows, k)).astype(dtype)
+    w = rng.standard_normal((n, k)).astype(dtype)
+    c = rng.standard_normal(n).astype(dtype)
+    calls = []
+    real = ops._one_row_product
+    monkeypatch.setattr(ops, "_one_row_product", lambda *args: calls.append(1) or real(*args))
+    node = Node("fc", "Gemm", ["a", "w", "c"], ["y"], dict(transB=1, alpha=0.5, beta=2.0))
+    y = OPS["Gemm"].run(node, [a, w, c])[0]
+    expected = 0.5 * (a.astype(np.float64) @ w.astype(np.float64).T) + 2.0 * c
+    assert y.shape == (rows, n) and y.dtype == np.dtype(dtype)
+    bound = 1e-6 if dtype == "float32" else 1e-13
+    assert np.abs(y - expected).max() / np.abs(expected).max() < bound
+    assert len(calls) == (1 if rows == 1 else 0)
+
+
+def test_a_one_row_gemm_propagates_nan_and_inf_like_blas():
+    from convengine.graph.ops import MATVEC_MIN_BYTES, OPS
+
+    k = 512
+    n = MATVEC_MIN_BYTES // (k * 4) + 1
+    a = np.ones((1, k), np.float32)
+    w = np.ones((n, k), np.float32)
+    w[0, 7] = np.nan
+    w[1, 0] = np.inf
+    y = OPS["Gemm"].run(Node("fc", "Gemm", ["a", "w"], ["y"], dict(transB=1)), [a, w])[0]
+    assert np.isnan(y[0, 0]) and y[0, 1] == np.inf and y[0, 2] == k

@@ -260,12 +260,33 @@ def _gemm_infer(node, shapes):
     return [(m, n)]
 
 
+#: A one-row Gemm whose weights take at least this many bytes runs as a Numba matrix-vector
+#: product (see ``_dense_kernels``); below it a Numba kernel start (~50 us) costs more than
+#: the product, and OpenBLAS runs such a small one on one thread anyway.
+MATVEC_MIN_BYTES = 1 << 20
+
+
+def _one_row_product(a, weight_rows):
+    """``a @ weight_rows.T`` for one row ``a``, on Numba's threads instead of BLAS's."""
+    from ..threads import numba_threads
+    from ._dense_kernels import matvec_rows
+
+    numba_threads()
+    y = np.empty((1, weight_rows.shape[0]), a.dtype)
+    matvec_rows(weight_rows, np.ascontiguousarray(a[0]), y[0])
+    return y
+
+
 @op("Gemm", _gemm_infer)
 def _gemm(node, arrays):
     a, b = arrays[0], arrays[1]
     a = a.T if node.attrs.get("transA", 0) else a
-    b = b.T if node.attrs.get("transB", 0) else b
-    y = np.matmul(a, b)
+    rows = b if node.attrs.get("transB", 0) else None  # (N, K): a row of weights per output
+    if (rows is not None and a.shape[0] == 1 and a.dtype == rows.dtype and a.dtype in (np.float32, np.float64)
+            and rows.flags.c_contiguous and rows.nbytes >= MATVEC_MIN_BYTES):
+        y = _one_row_product(a, rows)
+    else:
+        y = np.matmul(a, b.T if rows is not None else b)
     alpha, beta = node.attrs.get("alpha", 1.0), node.attrs.get("beta", 1.0)
     if alpha != 1.0:
         y *= y.dtype.type(alpha)
