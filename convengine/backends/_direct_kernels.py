@@ -39,7 +39,8 @@ def _pack_row(x, x_flat, xb, xb_flat, row_index, top, left):
     """Row ``row_index`` of the zero-padded blocked buffer ``xb`` (N, Cb, Hp, Wp, block), from ``x`` (N, C, H, W).
 
     ``x_flat`` and ``xb_flat`` are the same arrays flattened. Full 16-channel blocks move
-    16 pixels at a time through a register transpose; the stem's 3-channel block element by element.
+    16 pixels at a time through a register transpose; a block of fewer than 16 channels
+    (the RGB stem's 3, see ``channel_block``) is all the channels there are, element by element.
     """
     _, channels, height, width = x.shape
     _, c_blocks, hp, wp, block = xb.shape
@@ -59,11 +60,12 @@ def _pack_row(x, x_flat, xb, xb_flat, row_index, top, left):
             pack_block(x_flat, x_at + w0, height * width, channels - cb * LANES, min(LANES, width - w0),
                        xb_flat, xb_at + w0 * LANES)
         return
-    for j in range(block):
-        c = cb * block + j
-        for col in range(wp):
-            w = col - left
-            row[col, j] = x[n, c, h, w] if c < channels and 0 <= w < width else 0
+    row[:left, :] = 0
+    row[left + width:, :] = 0
+    for j in range(block):  # block == channels here: fewer than 16 channels, all present
+        src = x[n, j, h]
+        for w in range(width):
+            row[left + w, j] = src[w]
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
