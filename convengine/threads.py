@@ -11,8 +11,9 @@ Idle OpenMP workers busy-wait by default (libgomp spins for a while after each p
 region). When a Numba kernel (OpenMP threading layer) is followed by a BLAS or torch call,
 the spinning workers steal the cores the next call needs, and on a 2-core machine that
 costs several times the work itself. So, unless the user chose otherwise, idle OpenMP
-threads are told to sleep (``OMP_WAIT_POLICY=PASSIVE``); this must be set before any
-OpenMP runtime loads, hence at import.
+threads are told to sleep (``OMP_WAIT_POLICY=PASSIVE``) after a short spin
+(``GOMP_SPINCOUNT``, see :data:`WORKER_SPIN_COUNT`); both must be set before any OpenMP
+runtime loads, hence at import.
 
 Too late is possible: ``import torch`` before ``import convengine`` loads torch's libgomp
 into the global symbol scope, already initialised to spin, and Numba's OpenMP layer then
@@ -52,6 +53,16 @@ SPINNING_OPENMP = _spinning_openmp_loaded()
 #: torch included, run with it too (``convengine bench`` says so next to torch's times).
 WAIT_POLICY_SET_HERE = "OMP_WAIT_POLICY" not in os.environ
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+#: ...but not at once. A worker put to sleep after every kernel must be woken for the next
+#: one: ~45 us per parallel kernel on this project's 2-vCPU VM, even back to back, against
+#: ~2 us for a worker still spinning (measured on an empty kernel). Spinning 2000 rounds
+#: (libgomp's count; ~20-50 us here) bridges the Python between one layer's kernel and the
+#: next (ResNet-50 ~42 ms a run against ~44.5, ResNet-18 18.8 against 19.1), and is short
+#: enough that a BLAS call after a kernel loses at most that long. Only when convengine
+#: chose the policy: a user's ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is left alone.
+WORKER_SPIN_COUNT = "2000"
+if WAIT_POLICY_SET_HERE:
+    os.environ.setdefault("GOMP_SPINCOUNT", WORKER_SPIN_COUNT)
 #: OpenBLAS's idle workers spin for 2**28 cycles (~0.1 s) after every call, so a Numba kernel
 #: that follows a BLAS call (``direct`` after a 1x1 ``im2col`` layer) finds one core taken:
 #: measured on ResNet's 64->64 3x3 layer, 2.5 ms instead of 1.4 ms. Sleeping at once (2**4)

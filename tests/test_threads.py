@@ -17,11 +17,12 @@ PROBE = ("import warnings, json, os\n"
          "{imports}\n"
          "from convengine import threads\n"
          "print(json.dumps({{'spinning': threads.SPINNING_OPENMP, 'policy': os.environ.get('OMP_WAIT_POLICY'),\n"
+         "  'spin': os.environ.get('GOMP_SPINCOUNT'),\n"
          "  'warned': [str(w.message) for w in caught if w.category.__name__ == 'ThreadingWarning']}}))\n")
 
 
 def _probe(*modules, env_extra=None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env.update(env_extra or {})
     imports = "\n".join(f"    import {m}" for m in modules)
     out = subprocess.run([sys.executable, "-c", PROBE.format(imports=imports)], env=env, capture_output=True,
@@ -29,9 +30,18 @@ def _probe(*modules, env_extra=None) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def test_convengine_first_asks_openmp_to_sleep_and_does_not_warn():
+def test_convengine_first_asks_openmp_to_sleep_after_a_short_spin_and_does_not_warn():
+    from convengine.threads import WORKER_SPIN_COUNT
+
     result = _probe("convengine")
-    assert result == {"spinning": False, "policy": "PASSIVE", "warned": []}
+    assert result == {"spinning": False, "policy": "PASSIVE", "spin": WORKER_SPIN_COUNT, "warned": []}
+
+
+@pytest.mark.parametrize("env_extra,spin", [({"OMP_WAIT_POLICY": "PASSIVE"}, None),  # the user's policy: no spin added
+                                            ({"GOMP_SPINCOUNT": "0"}, "0")])  # the user's own spin count
+def test_a_users_openmp_settings_are_left_alone(env_extra, spin):
+    result = _probe("convengine", env_extra=env_extra)
+    assert result["policy"] == "PASSIVE" and result["spin"] == spin
 
 
 def test_torch_first_is_detected_warned_about_and_numba_runs_single_threaded():
@@ -44,7 +54,7 @@ def test_torch_first_is_detected_warned_about_and_numba_runs_single_threaded():
 def test_an_explicit_wait_policy_is_respected():
     pytest.importorskip("torch")
     result = _probe("torch", "convengine", env_extra={"OMP_WAIT_POLICY": "ACTIVE"})
-    assert result == {"spinning": False, "policy": "ACTIVE", "warned": []}
+    assert result == {"spinning": False, "policy": "ACTIVE", "spin": None, "warned": []}
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
