@@ -392,3 +392,16 @@ def test_every_library_of_the_dashboard_can_be_vendored():
     assert not unresolved
     assert vendor_dashboard.resolve("https://cdn.jsdelivr.net/npm/bootstrap@3.1.1/dist/css/bootstrap.min.css") == (
         "bootstrap@3.1.1", "dist/css/bootstrap.min.css")
+
+
+@pytest.mark.parametrize("extra", [[], ["--from-onnx"]])
+def test_model_vs_ort_reports_both_runtimes_alone(extra):
+    """The whole-model comparison script: each runtime in its own process, a ratio printed (LeNet: fast)."""
+    pytest.importorskip("onnxruntime")
+    script = Path(__file__).parent.parent / "benchmarks" / "model_vs_ort.py"
+    out = subprocess.run([sys.executable, str(script), "lenet", "--processes", "1", "--runs", "2", *extra],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    line = out.strip().splitlines()[-1]
+    assert line.startswith("lenet (from ONNX) auto:" if extra else "lenet auto:")
+    ratio = float(re.search(r"ratio ([\d.]+)", line).group(1))
+    assert ratio > 0
