@@ -89,6 +89,7 @@ def direct_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw,
     n_tiles = (out_w + tile_width - 1) // tile_width
     tile = (out_w + n_tiles - 1) // n_tiles  # balanced: no 1-pixel tail tile
     run = kw_size * block
+    calls, tap_rows, count, row_step = (1, kh_size, run, dh * wp * block) if dw == 1 else (kh_size * kw_size, 1, block, 0)
     x_block = hp * wp * block  # one channel block of one image
     w_block = kh_size * run * LANES  # one channel block's weights for one output block
     y_flat = y.reshape(-1)
@@ -118,16 +119,15 @@ def direct_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw,
                 computed = _compiled_width(width)  # pixels computed (the extra ones read the slack)
                 x_tile = ((n * c_blocks * hp + oh * sh) * wp + ow0 * sw) * block
                 w_tile = ob * c_blocks * w_block
-                if dw == 1:  # a kernel row's (kw, channel) pairs are one contiguous run
-                    acc = tile_conv(tile_zero(), xb, x_tile, x_block, dh * wp * block, sw * block,
-                                    wb, w_tile, w_block, c_blocks, kh_size, run, computed)
-                else:
-                    acc = tile_zero()
-                    for kh in range(kh_size):
-                        for kw in range(kw_size):
-                            acc = tile_conv(acc, xb, x_tile + (kh * dh * wp + kw * dw) * block, x_block, 0, sw * block,
-                                            wb, w_tile + (kh * kw_size + kw) * block * LANES, w_block, c_blocks, 1, block,
-                                            computed)
+                # Undilated, a kernel row's (kw, channel) pairs are one contiguous run: one call
+                # does all kh rows. Dilated, each tap is a run of its own: kh*kw calls of one row.
+                # (One call site: each tile_conv site compiles every tile width, seconds each.)
+                acc = tile_zero()
+                for tap in range(calls):
+                    kh, kw = tap // kw_size, tap % kw_size
+                    acc = tile_conv(acc, xb, x_tile + (kh * dh * wp + kw * dw) * block, x_block, row_step, sw * block,
+                                    wb, w_tile + (kh * kw_size + kw) * block * LANES, w_block, c_blocks, tap_rows, count,
+                                    computed)
                 tile_store_nchw(acc, y_flat, ((n * out_channels + ob * LANES) * out_h + oh) * out_w + ow0,
                                 out_h * out_w, min(LANES, out_channels - ob * LANES), width,
                                 bias, ob * LANES, residual_flat, has_residual, relu)
