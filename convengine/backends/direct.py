@@ -117,7 +117,8 @@ class DirectBackend(NumbaBackend):
         epilogue = int(np.prod(problem.output_shape)) * EPILOGUE_FLOPS_PER_OUTPUT / machine.gemm_flops(problem.dtype)
         copies = (2 * problem.batch * padded_in * problem.padded_height * problem.padded_width  # blocked input
                   + int(np.prod(problem.output_shape))) * itemsize  # output, written once
-        return max(work / rate, weights) + epilogue + copies / machine.bandwidth + 2 * machine.parallel_launch_s
+        # one parallel kernel: the input copy and the convolution share it
+        return max(work / rate, weights) + epilogue + copies / machine.bandwidth + machine.parallel_launch_s
 
     def _estimate_pointwise(self, problem: ConvProblem, machine) -> float:
         plane = problem.out_height * problem.out_width
