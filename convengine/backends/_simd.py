@@ -97,9 +97,18 @@ def _counted_loop(builder, n, carried, body):
 
 
 def _splat(builder, scalar):
-    lanes = builder.insert_element(ir.Constant(_VEC, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
-    return builder.shuffle_vector(lanes, ir.Constant(_VEC, ir.Undefined),
+    """``scalar`` (a float, an int or an i1 flag) in all LANES lanes."""
+    vec = ir.VectorType(scalar.type, LANES)
+    lanes = builder.insert_element(ir.Constant(vec, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(lanes, ir.Constant(vec, ir.Undefined),
                                   ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+
+
+def _lanes_below(builder, n, first=0):
+    """The mask of lanes ``i`` with ``first + i < n`` (``n`` an i64): the lanes a run of ``n`` values fills."""
+    i32 = ir.IntType(32)
+    return builder.icmp_signed("<", ir.Constant(ir.VectorType(i32, LANES), [first + i for i in range(LANES)]),
+                               _splat(builder, builder.trunc(n, i32)))
 
 
 @intrinsic
@@ -240,15 +249,11 @@ def tile_store_nchw(typingctx, tile, y, y_start, plane, channels, width, bias, b
         rp = _data(context, builder, sig.args[8], args[8])
         has_residual, relu = args[9], args[10]
         i32 = ir.IntType(32)
-        vec_i32 = ir.VectorType(i32, LANES)
         mask_ty = ir.VectorType(ir.IntType(1), LANES)
         load = _masked(builder, "load", ir.FunctionType(_VEC, [_VEC.as_pointer(), i32, mask_ty, _VEC]))
         store = _masked(builder, "store", ir.FunctionType(ir.VoidType(), [_VEC, _VEC.as_pointer(), i32, mask_ty]))
         zero = ir.Constant(_VEC, [0.0] * LANES)
-        n = builder.trunc(width, i32)
-        n_vec = builder.shuffle_vector(builder.insert_element(ir.Constant(vec_i32, ir.Undefined), n, ir.Constant(i32, 0)),
-                                       ir.Constant(vec_i32, ir.Undefined), ir.Constant(vec_i32, [0] * LANES))
-        mask = builder.icmp_signed("<", ir.Constant(vec_i32, list(range(LANES))), n_vec)
+        mask = _lanes_below(builder, width)
         columns = _transpose(builder, [builder.extract_value(acc, p) for p in range(MAX_WIDTH)]
                              + [zero] * (LANES - MAX_WIDTH))
         for j, column in enumerate(columns):
@@ -256,9 +261,7 @@ def tile_store_nchw(typingctx, tile, y, y_start, plane, channels, width, bias, b
                 at = builder.add(y_start, builder.mul(plane, ir.Constant(_I64, j)))
                 v = builder.fadd(column, _splat(builder, builder.load(builder.gep(bp, [builder.add(b_start, ir.Constant(_I64, j))]))))
                 r_ptr = builder.bitcast(builder.gep(rp, [at]), _VEC.as_pointer())
-                r_mask = builder.and_(mask, builder.shuffle_vector(
-                    builder.insert_element(ir.Constant(mask_ty, ir.Undefined), has_residual, ir.Constant(i32, 0)),
-                    ir.Constant(mask_ty, ir.Undefined), ir.Constant(vec_i32, [0] * LANES)))
+                r_mask = builder.and_(mask, _splat(builder, has_residual))
                 r = builder.call(load, [r_ptr, ir.Constant(i32, 4), r_mask, zero])
                 v = builder.select(has_residual, builder.fadd(v, r), v)
                 v = builder.select(relu, builder.select(builder.fcmp_ordered("<", v, zero), zero, v), v)
@@ -305,7 +308,6 @@ def pointwise_block(typingctx, x, x_start, plane, channels, w, w_start, y, y_sta
             _as_i64(context, builder, args[i], sig.args[i]) for i in (1, 2, 3, 5, 7, 8, 9, 11))
         has_residual, relu = args[13], args[14]
         i32 = ir.IntType(32)
-        vec_i32 = ir.VectorType(i32, LANES)
         mask_ty = ir.VectorType(ir.IntType(1), LANES)
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3), f"llvm.fma.v{LANES}f32")
         load = _masked(builder, "load", ir.FunctionType(_VEC, [_VEC.as_pointer(), i32, mask_ty, _VEC]))
@@ -313,15 +315,8 @@ def pointwise_block(typingctx, x, x_start, plane, channels, w, w_start, y, y_sta
         zero = ir.Constant(_VEC, [0.0] * LANES)
         align = ir.Constant(i32, 4)
 
-        def splat_i32(value):
-            return builder.shuffle_vector(builder.insert_element(ir.Constant(vec_i32, ir.Undefined), value, ir.Constant(i32, 0)),
-                                          ir.Constant(vec_i32, ir.Undefined), ir.Constant(vec_i32, [0] * LANES))
-
-        px = splat_i32(builder.trunc(n_px, i32))
-        masks = [builder.icmp_signed("<", ir.Constant(vec_i32, [v * LANES + i for i in range(LANES)]), px)
-                 for v in range(POINT_VECTORS)]
-        res_on = builder.shuffle_vector(builder.insert_element(ir.Constant(mask_ty, ir.Undefined), has_residual, ir.Constant(i32, 0)),
-                                        ir.Constant(mask_ty, ir.Undefined), ir.Constant(vec_i32, [0] * LANES))
+        masks = [_lanes_below(builder, n_px, v * LANES) for v in range(POINT_VECTORS)]
+        res_on = _splat(builder, has_residual)
 
         def vptr(base, index):
             return builder.bitcast(builder.gep(base, [index]), _VEC.as_pointer())
@@ -351,9 +346,7 @@ def pointwise_block(typingctx, x, x_start, plane, channels, w, w_start, y, y_sta
                 first = builder.icmp_signed("==", k, ir.Constant(_I64, 0))
                 last = builder.icmp_signed("==", builder.add(k, ir.Constant(_I64, 1)), n_chunks)
                 # the first chunk reads no earlier partial sum: an all-false mask touches no memory
-                later = builder.shuffle_vector(
-                    builder.insert_element(ir.Constant(mask_ty, ir.Undefined), builder.not_(first), ir.Constant(i32, 0)),
-                    ir.Constant(mask_ty, ir.Undefined), ir.Constant(vec_i32, [0] * LANES))
+                later = _splat(builder, builder.not_(first))
                 for r in range(POINT_CHANNELS):
                     with builder.if_then(builder.icmp_signed("<", ir.Constant(_I64, r), n_out)):
                         row = builder.add(y_start, builder.mul(plane, ir.Constant(_I64, r)))
@@ -407,22 +400,16 @@ def pack_block(typingctx, x, x_start, plane, channels, pixels, xb, xb_start):
         x_start, plane, channels, pixels, xb_start = (
             _as_i64(context, builder, args[i], sig.args[i]) for i in (1, 2, 3, 4, 6))
         i32 = ir.IntType(32)
-        vec_i32 = ir.VectorType(i32, LANES)
         mask_ty = ir.VectorType(ir.IntType(1), LANES)
         load = _masked(builder, "load", ir.FunctionType(_VEC, [_VEC.as_pointer(), i32, mask_ty, _VEC]))
         zero = ir.Constant(_VEC, [0.0] * LANES)
-        n = builder.trunc(pixels, i32)
-        n_vec = builder.shuffle_vector(builder.insert_element(ir.Constant(vec_i32, ir.Undefined), n, ir.Constant(i32, 0)),
-                                       ir.Constant(vec_i32, ir.Undefined), ir.Constant(vec_i32, [0] * LANES))
-        in_row = builder.icmp_signed("<", ir.Constant(vec_i32, list(range(LANES))), n_vec)
+        in_row = _lanes_below(builder, pixels)
         c = builder.trunc(channels, i32)
         rows = []
         for j in range(LANES):
             # a channel past the end loads nothing (all-false mask) and leaves zeros
             present = builder.icmp_signed("<", ir.Constant(i32, j), c)
-            mask = builder.and_(in_row, builder.shuffle_vector(
-                builder.insert_element(ir.Constant(mask_ty, ir.Undefined), present, ir.Constant(i32, 0)),
-                ir.Constant(mask_ty, ir.Undefined), ir.Constant(vec_i32, [0] * LANES)))
+            mask = builder.and_(in_row, _splat(builder, present))
             at = builder.add(x_start, builder.mul(plane, ir.Constant(_I64, j)))
             rows.append(builder.call(load, [builder.bitcast(builder.gep(xp, [at]), _VEC.as_pointer()),
                                             ir.Constant(i32, 4), mask, zero]))
