@@ -51,17 +51,15 @@ def _pack_row(x, x_flat, xb, xb_flat, row_index, top, left):
     if h < 0 or h >= height:
         row[:, :] = 0
         return
+    row[:left, :] = 0
+    row[left + width:, :] = 0
     if block == LANES:
-        row[:left, :] = 0
-        row[left + width:, :] = 0
         x_at = ((n * channels + cb * LANES) * height + h) * width
         xb_at = (row_index * wp + left) * LANES
         for w0 in range(0, width, LANES):
             pack_block(x_flat, x_at + w0, height * width, channels - cb * LANES, min(LANES, width - w0),
                        xb_flat, xb_at + w0 * LANES)
         return
-    row[:left, :] = 0
-    row[left + width:, :] = 0
     for j in range(block):  # block == channels here: fewer than 16 channels, all present
         src = x[n, j, h]
         for w in range(width):
