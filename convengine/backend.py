@@ -22,7 +22,7 @@ returns it, saving a fresh output array (and, from memory, its cache misses).
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -116,6 +116,15 @@ class Backend:
         ``problem.input_shape`` and returns a new array of ``problem.output_shape`` and dtype.
         """
         raise NotImplementedError
+
+    def kernels(self, problem: ConvProblem, epilogue: Epilogue) -> Sequence:
+        """The compiled kernels (:class:`convengine.precompile.Kernel`) running ``problem`` calls.
+
+        Listed, they are compiled ahead, in parallel worker processes, when a model is
+        prepared (see :mod:`convengine.precompile`). The default lists none: those compile on
+        first call, one after another.
+        """
+        return ()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} on {self.device}>"

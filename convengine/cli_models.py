@@ -147,7 +147,7 @@ def _run(args) -> int:
     outputs = y if isinstance(y, dict) else {graph.outputs[0]: y}
     print()
     print(f"model {graph.name}, batch {args.batch}, policy {engine.policy if not args.plan else 'plan ' + args.plan}")
-    print(f"prepare + first run (incl. JIT compilation): {prepare_s:.2f} s")
+    print(f"prepare + first run (incl. JIT compilation): {prepare_s:.2f} s; kernels: {compiled.precompiled}")
     print(f"whole model: median {np.median(totals) * 1e3:.2f} ms over {len(totals)} runs "
           f"({summary.total_macs / 1e9:.2f} GMACs, {summary.total_macs / np.median(totals) / 1e9:.1f} GMAC/s)")
     for name, value in outputs.items():

@@ -94,6 +94,19 @@ class PreparedConv:
         """Whether the backend chosen for ``batch`` applies the epilogue itself."""
         return self._prepared(batch).fused
 
+    def kernels(self) -> list:
+        """The compiled kernels the chosen backend lists for this convolution (:mod:`convengine.precompile`).
+
+        Only a listing: a backend whose ``kernels`` is missing or raises lists none.
+        """
+        prepared = self._prepared(self.problem.batch)
+        backend = self.engine.registry.get(prepared.decision.chosen).backend
+        listing = getattr(backend, "kernels", None)
+        try:
+            return list(listing(prepared.problem, self.epilogue if prepared.fused else NO_EPILOGUE)) if listing else []
+        except Exception:  # noqa: BLE001 - a broken plugin must not stop preparation; its kernels compile on first call
+            return []
+
     def _prepared(self, batch: int) -> "_Prepared":
         prepared = self._by_batch.get(batch)
         if prepared is None:

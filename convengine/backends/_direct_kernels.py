@@ -11,6 +11,7 @@ Layouts (all float32, C-contiguous, flattened where the tile intrinsics read the
 """
 
 import numba
+import numpy as np
 from numba import prange
 
 from ._worksharing import job_claims, next_job, phase_counter, phase_done
@@ -25,6 +26,23 @@ def _compiled_width(width):
         if w >= width:
             return w
     return width
+
+
+def precompile_kernels(pointwise: bool) -> list:
+    """The signature of the kernel ``direct`` calls (see :mod:`convengine.precompile`); costs measured on Zen 4."""
+    from numba import types
+
+    from ..precompile import Kernel
+
+    def f32(ndim):
+        return types.Array(types.float32, ndim, "C")
+
+    i64, flag = types.int64, types.boolean
+    if pointwise:
+        return [Kernel(__name__, "pointwise_conv", (f32(4), f32(4), i64, i64, f32(1), f32(1), f32(4), flag, flag,
+                                                    f32(4), i64), cost=2.3)]
+    return [Kernel(__name__, "direct_conv", (f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 6
+                   + (f32(1), f32(4), flag, flag, f32(4), i64, i64), cost=4.5)]
 
 
 def input_slack(stride_w: int, block: int) -> int:
@@ -96,7 +114,8 @@ def direct_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw,
     rows = job_claims(n_rows, workers)
     packed = phase_counter()
     claims = job_claims(n_images * o_blocks * out_h, workers)
-    for me in prange(max(rows.shape[0], claims.shape[0])):
+    for thread in prange(max(rows.shape[0], claims.shape[0])):
+        me = np.int64(thread)  # (typed uint64 inside the parallel body: a second next_job compile)
         copied = 0
         while True:
             row = next_job(rows, me)
@@ -155,7 +174,8 @@ def pointwise_conv(source, x, sh, sw, w_packed, bias, residual, has_residual, re
     planes = job_claims(n_planes, workers)
     copied = phase_counter()
     claims = job_claims(n_images * p_blocks * o_blocks, workers)
-    for me in prange(max(planes.shape[0], claims.shape[0])):
+    for thread in prange(max(planes.shape[0], claims.shape[0])):
+        me = np.int64(thread)
         done = 0
         while True:
             job = next_job(planes, me)

@@ -144,6 +144,11 @@ class DirectBackend(NumbaBackend):
     def supports_epilogue(self, problem: ConvProblem, epilogue: Epilogue):
         return None  # applied where the output tile leaves the registers
 
+    def kernels(self, problem: ConvProblem, epilogue: Epilogue = NONE):
+        from ._direct_kernels import precompile_kernels
+
+        return precompile_kernels(pointwise=is_subsampled_pointwise(problem))
+
     def prepare(self, problem: ConvProblem, weight, bias, epilogue: Epilogue = NONE):
         if is_subsampled_pointwise(problem):
             return self._prepare_pointwise(problem, weight, bias, epilogue)

@@ -66,6 +66,23 @@ class Im2colBackend(NumbaBackend):
     def supports_epilogue(self, problem: ConvProblem, epilogue: Epilogue):
         return None  # bias, residual and activation share one pass after the GEMM
 
+    def kernels(self, problem: ConvProblem, epilogue: Epilogue = NONE):
+        from numba import types
+
+        from ..precompile import Kernel
+
+        def array(ndim):
+            return types.Array(getattr(types, problem.dtype), ndim, "C")
+
+        listed = []
+        if not problem.is_pointwise:
+            listed.append(Kernel(f"{__package__}._im2col_kernels", "unfold",
+                                 (array(3), array(2)) + (types.int64,) * 10, cost=1.0))
+        if problem.has_bias or epilogue:
+            listed.append(Kernel(f"{__package__}._epilogue_kernels", "bias_residual_relu",
+                                 (array(3), array(1), array(3), types.boolean, types.boolean), cost=1.0))
+        return listed
+
     def prepare(self, problem: ConvProblem, weight, bias, epilogue: Epilogue = NONE):
         g = problem.groups
         out_per_group = problem.out_channels // g

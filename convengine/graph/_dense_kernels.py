@@ -22,3 +22,15 @@ def matvec_rows(w, x, y):
         for j in range(1, k):
             total += row[j] * x[j]
         y[i] = total
+
+
+def precompile_kernels(dtype: str) -> list:
+    """The signature :func:`matvec_rows` is called with on ``dtype`` (see :mod:`convengine.precompile`)."""
+    from numba import types
+
+    from ..precompile import Kernel
+
+    def array(ndim):
+        return types.Array(getattr(types, dtype), ndim, "C")
+
+    return [Kernel(__name__, "matvec_rows", (array(2), array(1), array(1)), cost=0.4)]

@@ -104,3 +104,15 @@ def _pool_plane_3x3_s2(src, dst, top, left):
             row[ox] = _edge_max3(vmax, 2 * ox - left)
         for ox in range(x_hi, out_w):
             row[ox] = _edge_max3(vmax, 2 * ox - left)
+
+
+def precompile_kernels(function: str, dtype: str) -> list:
+    """The signature ``function`` is called with on ``dtype`` activations (see :mod:`convengine.precompile`)."""
+    from numba import types
+
+    from ..precompile import Kernel
+
+    plane = types.Array(getattr(types, dtype), 4, "C")
+    if function == "max_pool_3x3_s2":
+        return [Kernel(__name__, function, (plane, plane, types.int64, types.int64), cost=2.2)]
+    return [Kernel(__name__, function, (plane, plane) + (types.int64,) * 8, cost=1.5)]

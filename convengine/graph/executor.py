@@ -6,7 +6,9 @@ convolution is folded into that convolution's weights and bias at compile time (
 ``fold_batchnorm=False``), and a following residual ``Add`` and ``Relu`` become the
 convolution's epilogue (unless ``fuse_epilogues=False``; see :mod:`.fusion`). Each
 intermediate tensor is dropped as soon as its last consumer has run, so peak memory follows
-the widest point of the graph, not its length.
+the widest point of the graph, not its length. Before the first run, the Numba kernels the
+layers will call are compiled in parallel processes where they are not cached yet
+(:mod:`convengine.precompile`).
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from typing import Any, Optional
 import numpy as np
 
 from ..engine import default_engine
+from ..precompile import precompile as precompile_kernels
+from ..threads import get_num_threads
 from .fusion import EpilogueFusion, fusible_epilogues
 from .ir import Graph, GraphError, Node
-from .ops import INPLACE, OPS, conv_problem_args
+from .ops import INPLACE, KERNELS, OPS, conv_problem_args
 
 #: Operators whose output may share memory with their first input.
 VIEW_OPS = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Transpose"}
@@ -41,7 +45,7 @@ class CompiledGraph:
     """A graph with every convolution prepared; ``run`` may be called many times."""
 
     def __init__(self, graph: Graph, engine=None, *, fold_batchnorm: bool = True, fuse_epilogues: bool = True,
-                 plan=None, progress: bool = False, batch: int = 1):
+                 plan=None, progress: bool = False, batch: int = 1, precompile: bool = True):
         self.graph = graph
         self.batch = batch
         self.engine = engine or default_engine()
@@ -75,6 +79,9 @@ class CompiledGraph:
                 step.node = Node(node.name, node.op, node.inputs, outputs, node.attrs)
             self.steps.append(step)
         self._plan_releases()
+        #: what compiling the kernels ahead did (None when ``precompile=False``)
+        self.precompiled = (precompile_kernels(self.kernels(), processes=get_num_threads(), progress=progress)
+                            if precompile else None)
 
     # -- preparation -------------------------------------------------------------------------
     def _prepare_conv(self, node: Node, fold, backend: Optional[str], fusion: Optional[EpilogueFusion]):
@@ -90,6 +97,24 @@ class CompiledGraph:
                                        activation=fusion.activation if fusion else None, **conv_problem_args(node))
         except (ValueError, TypeError) as exc:
             raise GraphError(f"node {node.name!r} (Conv): {exc}") from exc
+
+    def kernels(self) -> list:
+        """The compiled kernels the first run will call: each convolution's backend's and each operator's.
+
+        :mod:`convengine.precompile` compiles them ahead, in parallel; a kernel listed by
+        nobody compiles on first call instead.
+        """
+        params = self.graph.params
+        dtype = self.graph.inputs[0].dtype if self.graph.inputs else "float32"
+        kernels = []
+        for step in self.steps:
+            if step.conv is not None:
+                kernels += step.conv.kernels()
+            elif step.node.op in KERNELS:
+                shapes = [params[n].shape if n in params else (self.batch,) + tuple(self.graph.shapes[n][1:])
+                          for n in step.node.inputs if n]
+                kernels += KERNELS[step.node.op](step.node, shapes, dtype, params)
+        return kernels
 
     def _plan_releases(self) -> None:
         last_use: dict[str, int] = {}

@@ -58,11 +58,16 @@ class Graph:
         self._compiled = None
 
     # -- execution ---------------------------------------------------------------------------
-    def compile(self, engine=None, *, fold_batchnorm: bool = True, plan=None):
-        """Prepare every layer (backend choice, weight packing) once; returns an executable graph."""
+    def compile(self, engine=None, *, fold_batchnorm: bool = True, plan=None, precompile: bool = True):
+        """Prepare every layer (backend choice, weight packing) once; returns an executable graph.
+
+        ``precompile`` compiles the layers' Numba kernels ahead, in parallel processes, where
+        they are not in the disk cache yet (:mod:`convengine.precompile`).
+        """
         from .executor import CompiledGraph
 
-        self._compiled = CompiledGraph(self, engine=engine, fold_batchnorm=fold_batchnorm, plan=plan)
+        self._compiled = CompiledGraph(self, engine=engine, fold_batchnorm=fold_batchnorm, plan=plan,
+                                       precompile=precompile)
         return self._compiled
 
     def run(self, inputs):

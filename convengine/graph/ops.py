@@ -28,6 +28,11 @@ class Op:
 OPS: dict[str, Op] = {}
 
 
+#: Per operator, ``kernels(node, input_shapes, dtype, params) -> [Kernel]``: the compiled kernels
+#: its ``run`` calls on such inputs, for compiling them ahead (:mod:`convengine.precompile`).
+KERNELS: dict[str, Callable] = {}
+
+
 def op(name: str, infer):
     def register(run):
         OPS[name] = Op(infer, run)
@@ -209,11 +214,27 @@ def _maxpool(node, arrays):
     (kh, sh, dh, top, _, _, out_h), (kw, sw, dw, left, _, _, out_w) = geometry
     y = np.empty(x.shape[:2] + (out_h, out_w), x.dtype)
     numba_threads()
-    if (kh, kw, sh, sw, dh, dw) == (3, 3, 2, 2, 1, 1):
+    if _maxpool_kernel(geometry) == "max_pool_3x3_s2":
         max_pool_3x3_s2(np.ascontiguousarray(x), y, top, left)
     else:
         max_pool(np.ascontiguousarray(x), y, kh, kw, sh, sw, dh, dw, top, left)
     return [y]
+
+
+def _maxpool_kernel(geometry) -> str:
+    (kh, sh, dh, *_), (kw, sw, dw, *_) = geometry
+    return "max_pool_3x3_s2" if (kh, kw, sh, sw, dh, dw) == (3, 3, 2, 2, 1, 1) else "max_pool"
+
+
+def _maxpool_kernels(node, shapes, dtype, params):
+    if len(shapes[0]) != 4 or len(node.outputs) > 1:
+        return []
+    from ._pool_kernels import precompile_kernels
+
+    return precompile_kernels(_maxpool_kernel(_pool_geometry(node, shapes[0])), dtype)
+
+
+KERNELS["MaxPool"] = _maxpool_kernels
 
 
 @op("AveragePool", _pool_infer)
@@ -277,13 +298,31 @@ def _one_row_product(a, weight_rows):
     return y
 
 
+def _runs_matvec(a_rows: int, a_dtype, rows) -> bool:
+    """Whether ``a @ rows.T`` runs as :func:`_one_row_product` (``rows`` is None unless transB)."""
+    return (rows is not None and a_rows == 1 and a_dtype == rows.dtype and a_dtype in (np.float32, np.float64)
+            and rows.flags.c_contiguous and rows.nbytes >= MATVEC_MIN_BYTES)
+
+
+def _gemm_kernels(node, shapes, dtype, params):
+    rows = params.get(node.inputs[1]) if node.attrs.get("transB", 0) else None
+    a_rows = shapes[0][-1] if node.attrs.get("transA", 0) else shapes[0][0]
+    if not _runs_matvec(a_rows, np.dtype(dtype), rows):
+        return []
+    from ._dense_kernels import precompile_kernels
+
+    return precompile_kernels(dtype)
+
+
+KERNELS["Gemm"] = _gemm_kernels
+
+
 @op("Gemm", _gemm_infer)
 def _gemm(node, arrays):
     a, b = arrays[0], arrays[1]
     a = a.T if node.attrs.get("transA", 0) else a
     rows = b if node.attrs.get("transB", 0) else None  # (N, K): a row of weights per output
-    if (rows is not None and a.shape[0] == 1 and a.dtype == rows.dtype and a.dtype in (np.float32, np.float64)
-            and rows.flags.c_contiguous and rows.nbytes >= MATVEC_MIN_BYTES):
+    if _runs_matvec(a.shape[0], a.dtype, rows):
         y = _one_row_product(a, rows)
     else:
         y = np.matmul(a, b.T if rows is not None else b)
