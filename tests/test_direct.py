@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import convengine as ce
-from convengine.backends.direct import DirectBackend, channel_block, tile_efficiency
+from convengine.backends.direct import DirectBackend, channel_block, reduction_chunk, runs_pointwise_tiles, tile_efficiency
 from convengine.epilogue import Epilogue
 from convengine.problem import ConvProblem
 from convengine.testing.reference import conv2d_reference, relative_error
@@ -121,14 +121,18 @@ def test_engine_dispatch_by_name():
     assert relative_error(y, _reference(x, w, b, padding=1)) < EXACT_F32
 
 
-@pytest.mark.parametrize("n,c_in,plane,c_out", [
-    (1, 1, (1, 1), 1),
-    (2, 5, (3, 7), 13),  # pixel tail (21 of 64) and channel tail (13 = 2x6 + 1)
-    (1, 64, (8, 8), 6),  # exactly one block
-    (1, 70, (9, 15), 12),  # 135 pixels: two full blocks and a tail
-    (1, 600, (7, 7), 7),  # 600 products: three chunks through the output's partial sums
+@pytest.mark.parametrize("n,c_in,plane,c_out,tiles", [
+    (1, 1, (1, 1), 1, False),
+    (2, 5, (3, 7), 13, False),  # pixel tail (21 of 64) and channel tail (13 = 2x6 + 1); 5 channels: 1 chunk of 5
+    (1, 64, (3, 3), 6, False),  # a plane narrower than the widest tile
+    (1, 64, (8, 8), 6, True),  # register tiles: 4 x 14 pixels and a tail of 8, computed as 13 from 5 pixels early; 6 of 16 lanes
+    (1, 70, (9, 15), 12, True),  # 135 pixels; 70 channels in one chunk
+    (1, 600, (7, 7), 7, True),  # 600 products: three chunks of 200
+    (1, 600, (7, 7), 40, True),  # 16 + 16 + 8 output channels
 ])
-def test_pointwise_blocks_tails_and_chunks(n, c_in, plane, c_out):
+def test_pointwise_blocks_tails_and_chunks(n, c_in, plane, c_out, tiles):
+    problem = ConvProblem.from_shapes((n, c_in, *plane), (c_out, c_in, 1, 1))
+    assert runs_pointwise_tiles(problem, 14) is tiles  # both 1x1 kernels stay covered
     rng = np.random.default_rng(c_in)
     x, w, b = _data(rng, (n, c_in, *plane), (c_out, c_in, 1, 1))
     residual = rng.standard_normal((n, c_out, *plane)).astype(np.float32)
@@ -146,6 +150,62 @@ def test_strided_pointwise_reads_a_subsampled_copy(stride):
     y = _run(DirectBackend(), x, w, b, stride=stride)
     assert relative_error(y, _reference(x, w, b, stride=stride)) < EXACT_F32
     assert np.array_equal(x, before)
+
+
+@pytest.mark.parametrize("plane", list(range(14, 61)))
+def test_pointwise_tiles_split_every_plane_and_write_over_a_consumed_residual(plane):
+    """The flattened plane's balanced tiles, the last one starting early when narrower than
+    every compiled width, with the residual given up (the output written over it) and not."""
+    rng = np.random.default_rng(plane)
+    x, w, b = _data(rng, (2, 32, 1, plane), (20, 32, 1, 1))
+    residual = rng.standard_normal((2, 20, 1, plane)).astype(np.float32)
+    problem = ConvProblem.from_shapes(x.shape, w.shape, bias=True)
+    assert runs_pointwise_tiles(problem, 14)
+    expected = np.maximum(_reference(x, w, b) + residual, 0)
+    execute = DirectBackend().prepare(problem, w, b, epilogue=Epilogue(residual=True, activation="relu"))
+    kept = residual.copy()
+    assert relative_error(execute(x, kept), expected) < EXACT_F32 and np.array_equal(kept, residual)
+    out = execute(x, kept, in_place=True)
+    assert out is kept and relative_error(out, expected) < EXACT_F32
+
+
+def test_pointwise_tiles_keep_nan_and_narrow_tiles_agree():
+    rng = np.random.default_rng(8)
+    x, w, b = _data(rng, (1, 48, 7, 7), (33, 48, 1, 1))
+    x[0, 5, 3, 3] = np.nan
+    expected = _reference(x, w, b)
+    for tile_width in (14, 7, 4, 1):  # narrow tiles, as on AVX2 machines
+        y = _run(DirectBackend(tile_width=tile_width), x, w, b)
+        assert np.array_equal(np.isnan(y), np.isnan(expected)) and np.isnan(y).sum() == 33
+        finite = ~np.isnan(expected)
+        assert np.abs(y[finite] - expected[finite]).max() / np.abs(expected[finite]).max() < EXACT_F32
+
+
+def test_reduction_chunks_divide_the_channels():
+    assert [reduction_chunk(c) for c in (1, 5, 64, 256, 600, 2048, 257)] == [1, 5, 64, 256, 200, 256, 1]
+
+
+def test_large_pointwise_inputs_are_swept_in_pixel_groups():
+    """An input too large to stay cached is split into groups of pixels (each group's panel
+    read by every output-channel block); the groups' edges and tails are exact."""
+    from convengine.backends import direct
+
+    problem = ConvProblem.from_shapes((1, 1024, 56, 56), (64, 1024, 1, 1))
+    assert direct.pixel_group(problem, 14) == 126  # 512 KiB of 1024-channel pixels, in whole tiles
+    assert direct.pixel_group(ConvProblem.from_shapes((1, 256, 56, 56), (64, 256, 1, 1)), 14) == 3136
+    assert direct.computed_pixels(49, 14) == 49 and direct.computed_pixels(25, 14) == 27 and direct.computed_pixels(62, 7) == 63
+    rng = np.random.default_rng(9)
+    x, w, b = _data(rng, (1, 40, 9, 23), (24, 40, 1, 1))
+    residual = rng.standard_normal((1, 24, 9, 23)).astype(np.float32)
+    expected = np.maximum(_reference(x, w, b) + residual, 0)
+    original = direct.GROUP_PANEL_BYTES, direct.WHOLE_PLANE_BYTES
+    try:
+        direct.WHOLE_PLANE_BYTES, direct.GROUP_PANEL_BYTES = 0, 40 * 4 * 30  # groups of 28 pixels: 7 and a 11-pixel tail
+        assert direct.pixel_group(ConvProblem.from_shapes(x.shape, w.shape), 14) == 28
+        y = _run(DirectBackend(), x, w, b, residual=residual, activation="relu")
+    finally:
+        direct.GROUP_PANEL_BYTES, direct.WHOLE_PLANE_BYTES = original
+    assert relative_error(y, expected) < EXACT_F32
 
 
 def test_pointwise_long_reduction_stays_within_the_exact_bound():
@@ -173,8 +233,8 @@ def test_a_tile_width_outside_the_compiled_range_is_refused(bad):
 def test_the_backend_s_copies_of_the_kernel_constants_match_the_kernels():
     from convengine.backends import _simd, direct
 
-    assert (direct.LANES, direct.POINT_CHANNELS, direct.POINT_PIXELS) == (
-        _simd.LANES, _simd.POINT_CHANNELS, _simd.POINT_PIXELS)
+    assert (direct.LANES, direct.POINT_CHANNELS, direct.POINT_PIXELS, direct.MAX_TILE_WIDTH, direct.TILE_WIDTHS) == (
+        _simd.LANES, _simd.POINT_CHANNELS, _simd.POINT_PIXELS, _simd.MAX_WIDTH, _simd.TILE_WIDTHS)
     assert _simd.MAX_WIDTH in _simd.TILE_WIDTHS and _simd.preferred_width() in _simd.TILE_WIDTHS
 
 

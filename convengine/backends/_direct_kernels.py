@@ -28,8 +28,8 @@ def _compiled_width(width):
     return width
 
 
-def precompile_kernels(pointwise: bool) -> list:
-    """The signature of the kernel ``direct`` calls (see :mod:`convengine.precompile`); costs measured on Zen 4."""
+def precompile_kernels(function: str) -> list:
+    """The signature ``direct`` calls ``function`` with (see :mod:`convengine.precompile`); costs measured on Zen 4."""
     from numba import types
 
     from ..precompile import Kernel
@@ -38,11 +38,13 @@ def precompile_kernels(pointwise: bool) -> list:
         return types.Array(types.float32, ndim, "C")
 
     i64, flag = types.int64, types.boolean
-    if pointwise:
-        return [Kernel(__name__, "pointwise_conv", (f32(4), f32(4), i64, i64, f32(1), f32(1), f32(4), flag, flag,
-                                                    f32(4), i64), cost=2.3)]
-    return [Kernel(__name__, "direct_conv", (f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 6
-                   + (f32(1), f32(4), flag, flag, f32(4), i64, i64), cost=4.5)]
+    signatures = {
+        "direct_conv": ((f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 6 + (f32(1), f32(4), flag, flag, f32(4), i64, i64), 4.5),
+        "pointwise_conv": ((f32(4), f32(4), i64, i64, f32(1), f32(1), f32(4), flag, flag, f32(4), i64), 2.3),
+        "pointwise_tiles": ((f32(4), f32(4), i64, i64, f32(1), i64, f32(1), f32(4), flag, flag, f32(4), i64, i64, i64), 2.3),
+    }
+    signature, cost = signatures[function]
+    return [Kernel(__name__, function, signature, cost)]
 
 
 def input_slack(stride_w: int, block: int) -> int:
@@ -142,11 +144,11 @@ def direct_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw,
                 acc = tile_zero()
                 for tap in range(calls):
                     kh, kw = tap // kw_size, tap % kw_size
-                    acc = tile_conv(acc, xb, x_tile + (kh * dh * wp + kw * dw) * block, x_block, row_step, sw * block,
+                    acc = tile_conv(acc, xb, x_tile + (kh * dh * wp + kw * dw) * block, x_block, row_step, 1, sw * block,
                                     wb, w_tile + (kh * kw_size + kw) * block * LANES, w_block, c_blocks, tap_rows, count,
                                     computed)
                 tile_store_nchw(acc, y_flat, ((n * out_channels + ob * LANES) * out_h + oh) * out_w + ow0,
-                                out_h * out_w, min(LANES, out_channels - ob * LANES), width,
+                                out_h * out_w, min(LANES, out_channels - ob * LANES), 0, width,
                                 bias, ob * LANES, residual_flat, has_residual, relu)
 
 
@@ -181,11 +183,7 @@ def pointwise_conv(source, x, sh, sw, w_packed, bias, residual, has_residual, re
             job = next_job(planes, me)
             if job < 0:
                 break
-            src = source[job // channels, job % channels]
-            dst = x[job // channels, job % channels]
-            for i in range(height):
-                for j in range(width):
-                    dst[i, j] = src[i * sh, j * sw]
+            _subsample_plane(source, x, job, sh, sw)
             done += 1
         phase_done(copied, done, n_planes)
         while True:
@@ -198,3 +196,74 @@ def pointwise_conv(source, x, sh, sw, w_packed, bias, residual, has_residual, re
             pointwise_block(x_flat, n * channels * plane + p0, plane, channels, w_packed, o0 * channels,
                             y_flat, (n * out_channels + o0) * plane + p0, min(POINT_CHANNELS, out_channels - o0),
                             min(POINT_PIXELS, plane - p0), bias, o0, residual_flat, has_residual, relu)
+
+
+
+@numba.njit(cache=True, nogil=True)
+def _subsample_plane(source, x, job, sh, sw):
+    """Plane ``job`` (image-major) of ``x``: every ``sh``-th row and ``sw``-th column of ``source``'s."""
+    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+    src = source[job // channels, job % channels]
+    dst = x[job // channels, job % channels]
+    for i in range(height):
+        for j in range(width):
+            dst[i, j] = src[i * sh, j * sw]
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, relu, y, tile_width, group, workers):
+    """``y = act(W @ x + bias (+ residual))`` for a 1x1 unpadded convolution, output channels in the vector lanes.
+
+    The register tiles of :func:`direct_conv` (up to ``tile_width`` pixels x 16 output
+    channels) over NCHW planes read in place: one reduction step reads 16 output channels'
+    weights (``wb``: ``(ceil(O / 16), C, 16)`` flattened) and broadcasts one input channel's
+    value for each pixel of the tile, which is contiguous in NCHW. The plane is swept
+    flattened, so a 7x7 plane is tiles of 14, 14, 14 and 7 pixels, all lanes busy, where
+    :func:`pointwise_conv`'s 16-pixel vectors leave 15 of 64 lanes idle. A tail tile that is
+    not a compiled width is computed as the next one, starting early (it reads inside the
+    plane, never past it), and stores only its own pixels. Products are summed ``chunk`` channels at a time in registers (a
+    divisor of C, at most 256), as :data:`POINT_CHUNK` does. ``x`` is ``source`` at stride 1,
+    else its subsampled copy, filled in a first phase as in :func:`pointwise_conv`. One job is
+    one 16-channel block of one image over one ``group`` of pixels (the whole plane unless
+    the input is too large to stay cached; the blocks of a group are adjacent jobs). Needs a
+    plane of at least MAX_WIDTH pixels.
+    """
+    n_images, channels, height, width = x.shape
+    out_channels = y.shape[1]
+    plane = height * width
+    o_blocks = (out_channels + LANES - 1) // LANES
+    n_groups = (plane + group - 1) // group
+    x_flat = x.reshape(-1)
+    y_flat = y.reshape(-1)
+    residual_flat = residual.reshape(-1)
+    n_planes = n_images * channels if (sh, sw) != (1, 1) else 0
+    planes = job_claims(n_planes, workers)
+    copied = phase_counter()
+    claims = job_claims(n_images * n_groups * o_blocks, workers)
+    for thread in prange(max(planes.shape[0], claims.shape[0])):
+        me = np.int64(thread)
+        done = 0
+        while True:
+            job = next_job(planes, me)
+            if job < 0:
+                break
+            _subsample_plane(source, x, job, sh, sw)
+            done += 1
+        phase_done(copied, done, n_planes)
+        while True:
+            job = next_job(claims, me)
+            if job < 0:
+                break
+            n = job // (n_groups * o_blocks)
+            g0 = (job // o_blocks) % n_groups * group
+            g1 = min(plane, g0 + group)
+            o0 = job % o_blocks * LANES
+            for p0 in range(g0, g1, tile_width):  # full tiles, then a tail (49 pixels: 14, 14, 14, 7)
+                stored = min(tile_width, g1 - p0)
+                computed = _compiled_width(stored)
+                start = min(p0, plane - computed)
+                acc = tile_conv(tile_zero(), x_flat, n * channels * plane + start, chunk * plane, 0, plane, 1,
+                                wb, o0 * channels, chunk * LANES, channels // chunk, 1, chunk, computed)
+                tile_store_nchw(acc, y_flat, (n * out_channels + o0) * plane + start, plane,
+                                min(LANES, out_channels - o0), p0 - start, p0 - start + stored,
+                                bias, o0, residual_flat, has_residual, relu)

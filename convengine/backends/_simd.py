@@ -122,15 +122,15 @@ def tile_zero(typingctx):
 
 
 @intrinsic
-def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_step, w, w_start, w_block_step,
+def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x_step, w, w_start, w_block_step,
               blocks, rows, count, width):
     """Return ``tile`` plus, for p < width, the sum over b < blocks, r < rows, k < count of
-    ``x[x_start + b*x_block_step + r*x_row_step + k + p*x_step] * w[w_start + b*w_block_step + 16*(r*count + k) : +16]``.
+    ``x[x_start + b*x_block_step + r*x_row_step + k*x_k_step + p*x_step] * w[w_start + b*w_block_step + 16*(r*count + k) : +16]``.
 
     A convolution's whole reduction for one output tile: ``blocks`` channel blocks of
     ``rows`` kernel rows, each one contiguous run of ``count`` (kw, channel) steps; pixel
-    ``p``'s inputs are ``x_step`` apart, and each step reads one vector of LANES output
-    channels' weights. Each row is summed in its own registers and then added to the
+    ``p``'s inputs are ``x_step`` apart (the steps of a run ``x_k_step``: 1 in the blocked
+    layout, a plane in NCHW), and each step reads one vector of LANES output channels' weights. Each row is summed in its own registers and then added to the
     running total (also in registers), which keeps float32 rounding of long reductions
     (4608 products on ResNet's 512-channel layers) within the exact class's bound, as
     blocked BLAS products do. ``width`` must be one of :data:`TILE_WIDTHS` (any other leaves
@@ -140,17 +140,18 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_step, w, 
     """
     if not (isinstance(tile, Tile) and _is_f32_array(x) and _is_f32_array(w)):
         return None
-    ints = (x_start, x_block_step, x_row_step, x_step, w_start, w_block_step, blocks, rows, count, width)
+    ints = (x_start, x_block_step, x_row_step, x_k_step, x_step, w_start, w_block_step, blocks, rows, count, width)
     if not all(isinstance(t, types.Integer) for t in ints):
         return None
-    sig = tile_type(tile, x, x_start, x_block_step, x_row_step, x_step, w, w_start, w_block_step, blocks, rows, count, width)
+    sig = tile_type(tile, x, x_start, x_block_step, x_row_step, x_k_step, x_step, w, w_start, w_block_step, blocks, rows,
+                    count, width)
 
     def codegen(context, builder, sig, args):
-        acc, xa, wa = args[0], args[1], args[6]
-        (x_start, x_block_step, x_row_step, x_step, w_start, w_block_step, blocks, rows, count, width) = (
-            _as_i64(context, builder, args[i], sig.args[i]) for i in (2, 3, 4, 5, 7, 8, 9, 10, 11, 12))
+        acc, xa, wa = args[0], args[1], args[7]
+        (x_start, x_block_step, x_row_step, x_k_step, x_step, w_start, w_block_step, blocks, rows, count, width) = (
+            _as_i64(context, builder, args[i], sig.args[i]) for i in (2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13))
         xp = _data(context, builder, sig.args[1], xa)
-        wp = _data(context, builder, sig.args[6], wa)
+        wp = _data(context, builder, sig.args[7], wa)
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3), f"llvm.fma.v{LANES}f32")
         lanes = ir.Constant(_I64, LANES)
         zero = ir.Constant(_VEC, [0.0] * LANES)
@@ -167,7 +168,7 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_step, w, 
                     def step(k, regs):
                         wv = builder.load(builder.bitcast(builder.gep(wp, [builder.add(w_row, builder.mul(k, lanes))]),
                                                           _VEC.as_pointer()), align=4)
-                        x_at = builder.add(x_row, k)
+                        x_at = builder.add(x_row, builder.mul(k, x_k_step))
                         return [builder.call(fma, [_splat(builder, builder.load(builder.gep(
                                     xp, [builder.add(x_at, builder.mul(x_step, ir.Constant(_I64, p)))]))), wv, reg])
                                 for p, reg in enumerate(regs)]
@@ -224,36 +225,38 @@ def _masked(builder, name, fnty):
 
 
 @intrinsic
-def tile_store_nchw(typingctx, tile, y, y_start, plane, channels, width, bias, b_start, residual, has_residual, relu):
+def tile_store_nchw(typingctx, tile, y, y_start, plane, channels, first, width, bias, b_start, residual, has_residual,
+                    relu):
     """Write the tile to NCHW: ``y[y_start + j*plane + p] = act(tile[p][j] + bias[b_start + j] (+ residual))``.
 
-    For j < channels, p < width; ``y`` and ``residual`` are flat NCHW arrays of one layout
+    For j < channels, first <= p < width (a tile that starts early, so as not to read past
+    its input, leaves its first pixels to the tile before it); ``y`` and ``residual`` are flat NCHW arrays of one layout
     (pass ``y`` as ``residual`` when there is none). The tile is transposed in registers so
     that each channel's pixels leave as one masked vector store (the scalar loop measured
     about 6 cycles per element: more than a 1x1 layer's arithmetic). ReLU keeps NaN.
     """
     if not (isinstance(tile, Tile) and all(_is_f32_array(a) for a in (y, bias, residual))):
         return None
-    ints = (y_start, plane, channels, width, b_start)
+    ints = (y_start, plane, channels, first, width, b_start)
     if not (all(isinstance(t, types.Integer) for t in ints)
             and isinstance(has_residual, types.Boolean) and isinstance(relu, types.Boolean)):
         return None
-    sig = types.void(tile, y, y_start, plane, channels, width, bias, b_start, residual, has_residual, relu)
+    sig = types.void(tile, y, y_start, plane, channels, first, width, bias, b_start, residual, has_residual, relu)
 
     def codegen(context, builder, sig, args):
         acc = args[0]
-        y_start, plane, channels, width, b_start = (
-            _as_i64(context, builder, args[i], sig.args[i]) for i in (2, 3, 4, 5, 7))
+        y_start, plane, channels, first, width, b_start = (
+            _as_i64(context, builder, args[i], sig.args[i]) for i in (2, 3, 4, 5, 6, 8))
         yp = _data(context, builder, sig.args[1], args[1])
-        bp = _data(context, builder, sig.args[6], args[6])
-        rp = _data(context, builder, sig.args[8], args[8])
-        has_residual, relu = args[9], args[10]
+        bp = _data(context, builder, sig.args[7], args[7])
+        rp = _data(context, builder, sig.args[9], args[9])
+        has_residual, relu = args[10], args[11]
         i32 = ir.IntType(32)
         mask_ty = ir.VectorType(ir.IntType(1), LANES)
         load = _masked(builder, "load", ir.FunctionType(_VEC, [_VEC.as_pointer(), i32, mask_ty, _VEC]))
         store = _masked(builder, "store", ir.FunctionType(ir.VoidType(), [_VEC, _VEC.as_pointer(), i32, mask_ty]))
         zero = ir.Constant(_VEC, [0.0] * LANES)
-        mask = _lanes_below(builder, width)
+        mask = builder.and_(_lanes_below(builder, width), builder.not_(_lanes_below(builder, first)))
         columns = _transpose(builder, [builder.extract_value(acc, p) for p in range(MAX_WIDTH)]
                              + [zero] * (LANES - MAX_WIDTH))
         for j, column in enumerate(columns):
