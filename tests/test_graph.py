@@ -322,6 +322,24 @@ def test_the_3x3_stride_2_maxpool_fast_path_matches_the_definition(pads, ceil_mo
     np.testing.assert_array_equal(OPS["MaxPool"].run(node, [x])[0], expected)
 
 
+@pytest.mark.parametrize("shape,dtype", [((1, 2048, 7, 7), "float32"), ((2, 3, 112, 112), "float32"),
+                                         ((2, 5, 3, 4), "float64"), ((2, 4, 9), "float32"), ((1, 2, 2, 2, 3), "float64")])
+def test_global_average_pool_matches_the_float64_mean(shape, dtype):
+    """ResNet's last pool runs a Numba kernel over each plane; it must stay within float rounding, NaN and inf kept."""
+    from convengine.graph.ops import OPS
+
+    x = np.random.default_rng(len(shape)).standard_normal(shape).astype(dtype)
+    x.reshape(-1)[0], x.reshape(-1)[-1] = np.nan, np.inf
+    before = x.copy()
+    y = OPS["GlobalAveragePool"].run(Node("gap", "GlobalAveragePool", ["x"], ["y"]), [x])[0]
+    expected = x.astype(np.float64).mean(axis=tuple(range(2, x.ndim)), keepdims=True)
+    assert y.shape == expected.shape and y.dtype == x.dtype
+    assert np.isnan(y.reshape(-1)[0]) and np.isposinf(y.reshape(-1)[-1])
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(y[finite], expected[finite], rtol=1e-5 if dtype == "float32" else 1e-12, atol=1e-6)
+    np.testing.assert_array_equal(x, before)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("rows", [1, 3])
 def test_a_large_one_row_gemm_runs_on_numba_and_matches_the_definition(dtype, rows, monkeypatch):

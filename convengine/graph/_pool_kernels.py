@@ -1,4 +1,4 @@
-"""Numba kernel for max pooling; imported when a MaxPool node first runs.
+"""Numba kernels for max pooling and global average pooling; imported when such a node first runs.
 
 One pass over the input with the window's bounds checked per tap: no padded copy (numpy
 needs one, and it cost more than the pooling itself on ResNet's stem), NaN propagated as
@@ -106,6 +106,25 @@ def _pool_plane_3x3_s2(src, dst, top, left):
             row[ox] = _edge_max3(vmax, 2 * ox - left)
 
 
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def plane_means(rows, y):
+    """``y[n, c] = mean(rows[n, c, :])``: global average pooling of ``(N, C, H*W)``.
+
+    One thread and no parallel start: ResNet-50's 2048 planes of 49 take ~8 us this way,
+    against ~70 us for ``numpy.mean`` over two axes. Reassociated, so the sum runs in vector
+    lanes (float32 partial sums, as numpy's pairwise float32 mean); NaN propagates.
+    """
+    n_images, channels, size = rows.shape
+    scale = 1.0 / size
+    for n in range(n_images):
+        for c in range(channels):
+            row = rows[n, c]
+            total = row[0]  # (the element type: a float32 sum stays in float32 lanes)
+            for k in range(1, size):
+                total += row[k]
+            y[n, c] = total * scale
+
+
 def precompile_kernels(function: str, dtype: str) -> list:
     """The signature ``function`` is called with on ``dtype`` activations (see :mod:`convengine.precompile`)."""
     from numba import types
@@ -113,6 +132,9 @@ def precompile_kernels(function: str, dtype: str) -> list:
     from ..precompile import Kernel
 
     plane = types.Array(getattr(types, dtype), 4, "C")
+    if function == "plane_means":
+        return [Kernel(__name__, function, (types.Array(getattr(types, dtype), 3, "C"),
+                                            types.Array(getattr(types, dtype), 2, "C")), cost=0.3)]
     if function == "max_pool_3x3_s2":
         return [Kernel(__name__, function, (plane, plane, types.int64, types.int64), cost=2.2)]
     return [Kernel(__name__, function, (plane, plane) + (types.int64,) * 8, cost=1.5)]

@@ -258,7 +258,25 @@ def _avgpool(node, arrays):
 @op("GlobalAveragePool", lambda node, shapes: [shapes[0][:2] + (1,) * (len(shapes[0]) - 2)])
 def _global_avgpool(node, arrays):
     x = arrays[0]
-    return [x.mean(axis=tuple(range(2, x.ndim)), keepdims=True)]
+    if x.ndim < 3 or x.dtype not in (np.float32, np.float64) or x[0, 0].size == 0:
+        return [x.mean(axis=tuple(range(2, x.ndim)), keepdims=True)]
+    from ._pool_kernels import plane_means
+
+    rows = np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)
+    y = np.empty(x.shape[:2], x.dtype)
+    plane_means(rows, y)
+    return [y.reshape(x.shape[:2] + (1,) * (x.ndim - 2))]
+
+
+def _global_avgpool_kernels(node, shapes, dtype, params):
+    if len(shapes[0]) < 3 or dtype not in ("float32", "float64"):
+        return []
+    from ._pool_kernels import precompile_kernels
+
+    return precompile_kernels("plane_means", dtype)
+
+
+KERNELS["GlobalAveragePool"] = _global_avgpool_kernels
 
 
 @op("GlobalMaxPool", lambda node, shapes: [shapes[0][:2] + (1,) * (len(shapes[0]) - 2)])
