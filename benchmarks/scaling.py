@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 
+import convengine as ce  # before numpy: it limits OpenBLAS's idle spinning only if numpy is not loaded yet
+
 import numpy as np
 from tqdm import tqdm
 
-import convengine as ce
 from convengine import bench
 from convengine.layers import layer
 from convengine.threads import set_num_threads

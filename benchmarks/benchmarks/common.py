@@ -30,9 +30,10 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+import convengine as ce  # before numpy: it limits OpenBLAS's idle spinning only if numpy is not loaded yet
+
 import numpy as np
 
-import convengine as ce
 from convengine.plugins import default_registry
 
 _SOURCE = Path(__file__).resolve().parents[2] / "convengine"

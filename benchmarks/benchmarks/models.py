@@ -44,9 +44,9 @@ from __future__ import annotations
 import os
 import pickle
 
-import numpy as np
+from .common import BACKENDS, _module, bench, usable_backend  # (first: it imports convengine before numpy)
 
-from .common import BACKENDS, _module, bench, usable_backend
+import numpy as np  # noqa: E402
 
 MODELS = ("lenet", "alexnet", "resnet18", "resnet50")
 PEER = "peer:onnxruntime"
