@@ -22,6 +22,10 @@ from numba.extending import intrinsic, models, register_model
 
 LANES = 16
 #: Pixels per tile: 14 accumulators + weights + broadcasts fit AVX-512's 32 registers.
+#: Products one register sum takes before it is added to the tile's running total (whole kernel
+#: rows at a time, at least one row): float32 rounding of long reductions stays within the
+#: exact class's bound, as in blocked BLAS products (and :data:`POINT_CHUNK`).
+SUM_STEPS = 256
 MAX_WIDTH = 14
 #: The tile widths compiled (each is a loop nest of its own; all 14 took 9 s to compile). A
 #: narrower tile runs as the next compiled width, its extra pixels computed and not stored.
@@ -130,10 +134,12 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
     A convolution's whole reduction for one output tile: ``blocks`` channel blocks of
     ``rows`` kernel rows, each one contiguous run of ``count`` (kw, channel) steps; pixel
     ``p``'s inputs are ``x_step`` apart (the steps of a run ``x_k_step``: 1 in the blocked
-    layout, a plane in NCHW), and each step reads one vector of LANES output channels' weights. Each row is summed in its own registers and then added to the
-    running total (also in registers), which keeps float32 rounding of long reductions
-    (4608 products on ResNet's 512-channel layers) within the exact class's bound, as
-    blocked BLAS products do. ``width`` must be one of :data:`TILE_WIDTHS` (any other leaves
+    layout, a plane in NCHW), and each step reads one vector of LANES output channels'
+    weights. Whole rows, up to :data:`SUM_STEPS` products (at least one row), are summed in
+    their own registers and then added to the running total (also in registers), which
+    keeps float32 rounding of long reductions (4608 products on ResNet's 512-channel
+    layers) within the exact class's bound, as blocked BLAS products do; a 3x3 layer's
+    16-channel block (3 rows of 48) is one such sum, the RGB stem's 7 rows of 21 another. ``width`` must be one of :data:`TILE_WIDTHS` (any other leaves
     the tile untouched); pixels at or beyond it are left untouched. No bounds checks: the
     caller guarantees them. All loops are emitted here, in one call per tile,
     because a call passes the tile through memory (about 150 cycles measured).
@@ -156,12 +162,25 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
         lanes = ir.Constant(_I64, LANES)
         zero = ir.Constant(_VEC, [0.0] * LANES)
 
+        one = ir.Constant(_I64, 1)
+        # rows summed in the same registers: as many as keep a sum within SUM_STEPS products (at least one)
+        per_sum = builder.sdiv(ir.Constant(_I64, SUM_STEPS), builder.select(builder.icmp_signed("<", count, one), one, count))
+        per_sum = builder.select(builder.icmp_signed("<", per_sum, one), one, per_sum)
+        groups = builder.sdiv(builder.sub(builder.add(rows, per_sum), one), per_sum)
+
         def nest(n):
             def block(b, totals):
                 x_block = builder.add(x_start, builder.mul(b, x_block_step))
                 w_block = builder.add(w_start, builder.mul(b, w_block_step))
+                return _counted_loop(builder, groups, totals, lambda g, totals: group(x_block, w_block, g, totals))
 
-                def row(r, totals):
+            def group(x_block, w_block, g, totals):
+                first = builder.mul(g, per_sum)
+                left = builder.sub(rows, first)
+                n_rows = builder.select(builder.icmp_signed("<", left, per_sum), left, per_sum)
+
+                def row(r, sums):
+                    r = builder.add(first, r)
                     x_row = builder.add(x_block, builder.mul(r, x_row_step))
                     w_row = builder.add(w_block, builder.mul(builder.mul(r, count), lanes))
 
@@ -173,10 +192,10 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
                                     xp, [builder.add(x_at, builder.mul(x_step, ir.Constant(_I64, p)))]))), wv, reg])
                                 for p, reg in enumerate(regs)]
 
-                    sums = _counted_loop(builder, count, [zero] * n, step)
-                    return [builder.fadd(total, s) for total, s in zip(totals, sums)]
+                    return _counted_loop(builder, count, sums, step)
 
-                return _counted_loop(builder, rows, totals, row)
+                sums = _counted_loop(builder, n_rows, [zero] * n, row)
+                return [builder.fadd(total, s) for total, s in zip(totals, sums)]
 
             return block
 
