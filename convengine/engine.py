@@ -137,7 +137,7 @@ class PreparedConv:
             self.engine.select(problem, self._backend)
             return np.empty(problem.output_shape, problem.dtype)
         prepared = self._prepared(batch)
-        x = np.ascontiguousarray(x)
+        x = _kernel_ready(x)
         try:
             if prepared.fused:
                 if self.epilogue.residual:
@@ -172,7 +172,7 @@ class PreparedConv:
             raise ValueError(f"residual must have the output's shape {expected}, got {residual.shape}")
         if residual.dtype != dtype:
             raise TypeError(f"residual dtype {residual.dtype} does not match input dtype {dtype}")
-        return np.ascontiguousarray(residual)
+        return _kernel_ready(residual)
 
 
 @dataclass(frozen=True)
@@ -379,6 +379,14 @@ class Engine:
         self._decisions.clear()
         if decision.explicit:
             raise BackendError(f"backend {decision.chosen!r} failed: {reason}") from exc
+
+
+def _kernel_ready(array: np.ndarray) -> np.ndarray:
+    """C-contiguous and writable memory: a read-only array (``np.frombuffer``, an ONNX tensor)
+    is a type of its own to Numba, and would cost every kernel a second compile. A copy then,
+    never a write into the caller's array."""
+    array = np.ascontiguousarray(array)
+    return array if array.flags.writeable else array.copy()
 
 
 def output_violation(y, problem: ConvProblem) -> Optional[str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import pickle
 import subprocess
 import sys
@@ -73,19 +74,27 @@ def is_compiled(kernel: Kernel) -> bool:
         dispatcher = kernel.dispatcher()
         if kernel.signature in dispatcher.overloads:
             return True
-        cache_file = dispatcher._cache._cache_file
-        return any(key[0] == kernel.signature for key in cache_file._load_index())
+        cache = dispatcher._cache
+        # the whole key: signature, target CPU and features, the function's bytecode
+        return cache._index_key(kernel.signature, dispatcher.targetctx.codegen()) in cache._cache_file._load_index()
     except Exception:  # noqa: BLE001 - a probe only; see the docstring
         return True
 
 
-def _compile(kernels: Iterable[Kernel], tick=lambda: None) -> list[str]:
-    """Compile (or load from the disk cache) each kernel here; the names of those that worked."""
+def _compile(kernels: Iterable[Kernel], tick=lambda: None, loaded: list | None = None) -> list[str]:
+    """Compile (or load from the disk cache) each kernel here; the names of those that worked.
+
+    ``loaded``, when given, receives the names of those that came from the disk cache.
+    """
     done = []
     for kernel in kernels:
         try:
-            kernel.dispatcher().compile(kernel.signature)
+            dispatcher = kernel.dispatcher()
+            hits = getattr(dispatcher, "_cache_hits", {}).get(kernel.signature, 0)
+            dispatcher.compile(kernel.signature)
             done.append(kernel.name)
+            if loaded is not None and getattr(dispatcher, "_cache_hits", {}).get(kernel.signature, 0) > hits:
+                loaded.append(kernel.name)
         except Exception as exc:  # noqa: BLE001 - a wrong listing; the first call reports a real error
             log.warning("precompiling %s%s failed (%s: %s); it compiles on first call instead",
                         kernel.name, kernel.signature, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
@@ -94,13 +103,20 @@ def _compile(kernels: Iterable[Kernel], tick=lambda: None) -> list[str]:
 
 
 def _shares(kernels: list[Kernel], n: int) -> list[list[Kernel]]:
-    """Split into ``n`` shares of about equal cost: the costliest first, each to the lightest share."""
+    """Split into ``n`` shares of about equal cost: the costliest first, each to the lightest share.
+
+    All signatures of one dispatcher go to the same share: two processes saving the same
+    function's cache index at once could each drop the other's entry.
+    """
+    by_function: dict[str, list[Kernel]] = {}
+    for kernel in kernels:
+        by_function.setdefault(kernel.name, []).append(kernel)
     shares: list[list[Kernel]] = [[] for _ in range(n)]
     totals = [0.0] * n
-    for kernel in sorted(kernels, key=lambda k: -k.cost):
+    for group in sorted(by_function.values(), key=lambda g: -sum(k.cost for k in g)):
         i = totals.index(min(totals))
-        shares[i].append(kernel)
-        totals[i] += kernel.cost
+        shares[i].extend(group)
+        totals[i] += sum(k.cost for k in group)
     return [share for share in shares if share]
 
 
@@ -117,6 +133,8 @@ def precompile(kernels: Iterable[Kernel], processes: int = 1, progress: bool = F
             report.cached.append(kernel.name)
         else:
             cold.append(kernel)
+    if getattr(sys, "frozen", False):  # a frozen application's executable is the application, not Python
+        processes = 1
     shares = _shares(cold, max(1, min(processes, len(cold))))
     workers = [_Worker(share) for share in shares[1:]]
     report.workers = len(workers)
@@ -126,10 +144,12 @@ def precompile(kernels: Iterable[Kernel], processes: int = 1, progress: bool = F
         if shares:
             report.compiled_here = _compile(shares[0], tick)
         for worker in workers:
-            compiled = worker.wait()
-            # a disk-cache load now, or the compile the worker could not do
-            loaded = _compile(worker.kernels, tick)
-            (report.compiled_in_workers if compiled else report.compiled_here).extend(loaded)
+            worker.wait()
+            # a disk-cache load now, or the compile the worker could not do (or did into another cache)
+            loaded: list[str] = []
+            done = _compile(worker.kernels, tick, loaded)
+            report.compiled_in_workers += loaded
+            report.compiled_here += [name for name in done if name not in loaded]
     finally:
         if bar is not None:
             bar.close()
@@ -153,18 +173,27 @@ class _Worker:
 
     def __init__(self, kernels: list[Kernel]):
         self.kernels = kernels
-        self.errors = tempfile.TemporaryFile()  # not a pipe: a chatty worker must not block on it
+        self.process = self.errors = None
         try:
+            self.errors = tempfile.TemporaryFile()  # not a pipe: a chatty worker must not block on it
             self.process = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
-                                            stdout=subprocess.DEVNULL, stderr=self.errors)
+                                            stdout=subprocess.DEVNULL, stderr=self.errors, env=_worker_env(),
+                                            cwd=_PACKAGE_ROOT)
             self.process.stdin.write(pickle.dumps(kernels))
             self.process.stdin.close()
+        except BrokenPipeError:  # it died while starting: wait() reports its error output
+            pass
         except Exception as exc:  # noqa: BLE001 - the caller compiles these itself
             log.warning("could not start a compile worker (%s); compiling in this process", exc)
+            if self.process is not None:
+                self.process.kill()
+                self.process.wait()
             self.process = None
 
     def wait(self) -> bool:
         """True when the worker compiled all its kernels."""
+        if self.errors is None:
+            return False
         with self.errors:
             if self.process is None:
                 return False
@@ -175,6 +204,19 @@ class _Worker:
                             last[0] if last else f"exit code {self.process.returncode}")
                 return False
             return True
+
+
+#: The directory holding this ``convengine`` package: the workers import the same copy (and so
+#: fill the disk cache this process reads; Numba keys it by the source file's path).
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _worker_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([_PACKAGE_ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
+    if env.get("NUMBA_CACHE_DIR"):  # the worker runs in _PACKAGE_ROOT: keep a relative cache directory where it was
+        env["NUMBA_CACHE_DIR"] = os.path.abspath(env["NUMBA_CACHE_DIR"])
+    return env
 
 
 def _worker_main() -> None:

@@ -195,17 +195,20 @@ def test_large_pointwise_inputs_are_swept_in_pixel_groups():
     assert direct.pixel_group(ConvProblem.from_shapes((1, 256, 56, 56), (64, 256, 1, 1)), 14) == 3136
     assert direct.computed_pixels(49, 14) == 49 and direct.computed_pixels(25, 14) == 27 and direct.computed_pixels(62, 7) == 63
     rng = np.random.default_rng(9)
-    x, w, b = _data(rng, (1, 40, 9, 23), (24, 40, 1, 1))
-    residual = rng.standard_normal((1, 24, 9, 23)).astype(np.float32)
+    x, w, b = _data(rng, (2, 40, 9, 23), (24, 40, 1, 1))
+    residual = rng.standard_normal((2, 24, 9, 23)).astype(np.float32)
     expected = np.maximum(_reference(x, w, b) + residual, 0)
     original = direct.GROUP_PANEL_BYTES, direct.WHOLE_PLANE_BYTES
     try:
         direct.WHOLE_PLANE_BYTES, direct.GROUP_PANEL_BYTES = 0, 40 * 4 * 30  # groups of 28 pixels: 7 and a 11-pixel tail
-        assert direct.pixel_group(ConvProblem.from_shapes(x.shape, w.shape), 14) == 28
-        y = _run(DirectBackend(), x, w, b, residual=residual, activation="relu")
+        problem = ConvProblem.from_shapes(x.shape, w.shape, bias=True)
+        assert direct.pixel_group(problem, 14) == 28
+        execute = DirectBackend().prepare(problem, w, b, epilogue=Epilogue(residual=True, activation="relu"))
     finally:
         direct.GROUP_PANEL_BYTES, direct.WHOLE_PLANE_BYTES = original
-    assert relative_error(y, expected) < EXACT_F32
+    assert relative_error(execute(x, residual), expected) < EXACT_F32
+    out = execute(x, residual, in_place=True)  # written over the residual, two images, group by group
+    assert out is residual and relative_error(out, expected) < EXACT_F32
 
 
 def test_pointwise_long_reduction_stays_within_the_exact_bound():

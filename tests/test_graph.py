@@ -340,6 +340,14 @@ def test_global_average_pool_matches_the_float64_mean(shape, dtype):
     np.testing.assert_array_equal(x, before)
 
 
+@pytest.mark.parametrize("shape", [(0, 4, 3, 3), (2, 0, 3, 3), (1, 2, 0, 3)])
+def test_global_average_pool_of_empty_tensors_has_the_right_shape(shape):
+    from convengine.graph.ops import OPS
+
+    y = OPS["GlobalAveragePool"].run(Node("gap", "GlobalAveragePool", ["x"], ["y"]), [np.zeros(shape, np.float32)])[0]
+    assert y.shape == shape[:2] + (1, 1)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("rows", [1, 3])
 def test_a_large_one_row_gemm_runs_on_numba_and_matches_the_definition(dtype, rows, monkeypatch):
@@ -350,7 +358,7 @@ def test_a_large_one_row_gemm_runs_on_numba_and_matches_the_definition(dtype, ro
 
     rng = np.random.default_rng(rows)
     k = 640
-    n = MATVEC_MIN_BYTES // (k * np.dtype(dtype).itemsize) + 3  # just past the threshold
+    n = MATVEC_MIN_BYTES // (k * np.dtype(dtype).itemsize) + 5  # just past the threshold; not a multiple of 4 rows
     a = rng.standard_normal((rows, k)).astype(dtype)
     w = rng.standard_normal((n, k)).astype(dtype)
     c = rng.standard_normal(n).astype(dtype)

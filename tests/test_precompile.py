@@ -21,7 +21,8 @@ pytestmark = pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") == "1",
 
 
 def _in_fresh_process(code: str, tmp_path) -> dict:
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
+    # two threads, so two processes, whatever the machine
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"), CONVENGINE_NUM_THREADS="2")
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr
@@ -36,7 +37,10 @@ _FIRST_RUN = """
     from convengine.graph.executor import CompiledGraph
     from convengine.models import resnet18
 
-    compiled = CompiledGraph(resnet18(input_size=32), Engine(policy={policy!r}))
+    graph = resnet18(input_size=32)
+    for name, value in graph.params.items():  # as an ONNX file's tensors: read-only
+        value.flags.writeable = False
+    compiled = CompiledGraph(graph, Engine(policy={policy!r}))
     report = compiled.precompiled
     original, compiled_later = dispatcher.Dispatcher.compile, []
 
@@ -45,7 +49,9 @@ _FIRST_RUN = """
         return original(self, sig)
 
     dispatcher.Dispatcher.compile = record
-    y = compiled.run(np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32))
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    x.flags.writeable = False  # a read-only input compiles nothing either
+    y = compiled.run(x)
     print(json.dumps(dict(here=report.compiled_here, workers=report.compiled_in_workers, cached=report.cached,
                           n_workers=report.workers, later=compiled_later, finite=bool(np.isfinite(y).all()))))
 """
@@ -75,14 +81,15 @@ def test_a_wrong_listing_costs_a_warning_not_the_run(tmp_path):
         logging.getLogger("convengine.precompile").addHandler(logging.Handler())
         logging.getLogger("convengine.precompile").handlers[-1].emit = lambda record: messages.append(record.getMessage())
         vector = types.Array(types.float64, 1, "C")
-        good = Kernel("convengine.graph._dense_kernels", "matvec_rows", (types.Array(types.float64, 2, "C"), vector, vector))
+        good = Kernel("convengine.graph._pool_kernels", "plane_means", (types.Array(types.float64, 3, "C"),
+                                                                        types.Array(types.float64, 2, "C")))
         bad = Kernel("convengine.graph._dense_kernels", "matvec_rows", (vector, vector, types.unicode_type))
         missing = Kernel("convengine.no_such_module", "kernel", ())
         report = precompile([bad, good, missing], processes=2)
         print(json.dumps(dict(done=report.compiled_here + report.compiled_in_workers, workers=report.workers,
                               messages=messages)))
     """, tmp_path)
-    assert got["done"] == ["convengine.graph._dense_kernels.matvec_rows"]  # the good one, once
+    assert got["done"] == ["convengine.graph._pool_kernels.plane_means"]  # the good one, once
     assert got["workers"] == 1
     assert any("precompiling convengine.graph._dense_kernels.matvec_rows" in m and "unicode" in m
                for m in got["messages"]), got["messages"]
@@ -95,6 +102,25 @@ def test_shares_balance_the_estimated_cost():
     assert sorted(round(sum(k.cost for k in share), 1) for share in shares) == [4.5, 4.9]
     assert _shares(kernels[:1], 3) == [[kernels[0]]]  # no empty shares, so no idle worker is started
     assert _shares([], 2) == []
+
+
+def test_signatures_of_one_function_stay_in_one_process():
+    """Two processes saving one function's cache index at once could each drop the other's entry."""
+    kernels = [Kernel("m", "f", ("float32",), 2.0), Kernel("m", "f", ("float64",), 2.0), Kernel("m", "g", (), 1.0)]
+    shares = _shares(kernels, 2)
+    assert sorted([k.signature for k in share if k.function == "f"] for share in shares) == [
+        [], [("float32",), ("float64",)]]
+
+
+def test_workers_import_this_copy_of_convengine():
+    """Numba keys its disk cache by the source file's path: a worker importing another copy
+    (an installed one, the working directory's) would fill a cache nobody reads."""
+    import convengine
+    from convengine import precompile
+
+    assert os.path.join(precompile._PACKAGE_ROOT, "convengine") == os.path.dirname(os.path.abspath(convengine.__file__))
+    env = precompile._worker_env()
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == precompile._PACKAGE_ROOT
 
 
 def test_the_report_says_what_happened():

@@ -42,13 +42,13 @@ def matvec_rows(w, x, y):
                 y[r] = total
 
 
-def precompile_kernels(dtype: str) -> list:
+def precompile_kernels(dtype: str, weights_writable: bool = True) -> list:
     """The signature :func:`matvec_rows` is called with on ``dtype`` (see :mod:`convengine.precompile`)."""
     from numba import types
 
     from ..precompile import Kernel
 
-    def array(ndim):
-        return types.Array(getattr(types, dtype), ndim, "C")
+    def array(ndim, writable=True):
+        return types.Array(getattr(types, dtype), ndim, "C", readonly=not writable)
 
-    return [Kernel(__name__, "matvec_rows", (array(2), array(1), array(1)), cost=0.4)]
+    return [Kernel(__name__, "matvec_rows", (array(2, weights_writable), array(1), array(1)), cost=0.4)]

@@ -220,7 +220,8 @@ class CompiledGraph:
             if batch is not None and array.shape[0] != batch:
                 raise GraphError(f"inputs disagree on the batch size ({batch} vs {array.shape[0]} for {name!r})")
             batch = array.shape[0]
-            env[name] = np.ascontiguousarray(array)
+            array = np.ascontiguousarray(array)
+            env[name] = array if array.flags.writeable else array.copy()  # (read-only: another type to Numba's kernels)
         return env
 
 

@@ -339,12 +339,12 @@ class _Importer:
         if a.dtype.kind not in "fc":
             raise _Unsupported(f"{what} {name!r} is a {a.dtype} constant used as data; only floating-point "
                                f"tensors are supported")
-        self.params[name] = np.ascontiguousarray(a)
+        self.params[name] = _writable(a)
 
     def add_param(self, base: str, value: np.ndarray) -> str:
         name = self.fresh_tensor(base)
         self.consts[name] = (value, value)
-        self.params[name] = np.ascontiguousarray(value)
+        self.params[name] = _writable(value)
         return name
 
     def emit(self, op: str, inputs: list[str], outputs: list[str], attrs: dict, name: str) -> None:
@@ -1153,3 +1153,11 @@ def _fresh_name(base: str, taken: set) -> str:
         name = f"{base}_{k}"
     taken.add(name)
     return name
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous array that owns writable memory: ``numpy_helper.to_array`` returns read-only
+    views of the file's bytes, and Numba compiles read-only arrays as a type of their own (a
+    second compile of every kernel that reads a parameter)."""
+    array = np.ascontiguousarray(array)
+    return array if array.flags.writeable else array.copy()

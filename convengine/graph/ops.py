@@ -258,11 +258,12 @@ def _avgpool(node, arrays):
 @op("GlobalAveragePool", lambda node, shapes: [shapes[0][:2] + (1,) * (len(shapes[0]) - 2)])
 def _global_avgpool(node, arrays):
     x = arrays[0]
-    if x.ndim < 3 or x.dtype not in (np.float32, np.float64) or x[0, 0].size == 0:
+    if x.ndim < 3 or x.dtype not in (np.float32, np.float64) or x.size == 0:
         return [x.mean(axis=tuple(range(2, x.ndim)), keepdims=True)]
     from ._pool_kernels import plane_means
 
     rows = np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)
+    rows = rows if rows.flags.writeable else rows.copy()  # (a read-only array is another Numba type)
     y = np.empty(x.shape[:2], x.dtype)
     plane_means(rows, y)
     return [y.reshape(x.shape[:2] + (1,) * (x.ndim - 2))]
@@ -329,7 +330,7 @@ def _gemm_kernels(node, shapes, dtype, params):
         return []
     from ._dense_kernels import precompile_kernels
 
-    return precompile_kernels(dtype)
+    return precompile_kernels(dtype, weights_writable=rows.flags.writeable)
 
 
 KERNELS["Gemm"] = _gemm_kernels
