@@ -16,10 +16,6 @@ import pytest
 
 from convengine.precompile import Kernel, PrecompileReport, _shares
 
-pytestmark = pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") == "1",
-                                reason="compiles CPU kernels; nothing to do with the CUDA simulator")
-
-
 def _in_fresh_process(code: str, tmp_path) -> dict:
     # two threads, so two processes, whatever the machine
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"), CONVENGINE_NUM_THREADS="2")
