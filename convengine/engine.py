@@ -137,7 +137,7 @@ class PreparedConv:
             self.engine.select(problem, self._backend)
             return np.empty(problem.output_shape, problem.dtype)
         prepared = self._prepared(batch)
-        x = _kernel_ready(x)
+        x = kernel_ready(x)
         try:
             if prepared.fused:
                 if self.epilogue.residual:
@@ -172,7 +172,7 @@ class PreparedConv:
             raise ValueError(f"residual must have the output's shape {expected}, got {residual.shape}")
         if residual.dtype != dtype:
             raise TypeError(f"residual dtype {residual.dtype} does not match input dtype {dtype}")
-        return _kernel_ready(residual)
+        return kernel_ready(residual)
 
 
 @dataclass(frozen=True)
@@ -381,7 +381,7 @@ class Engine:
             raise BackendError(f"backend {decision.chosen!r} failed: {reason}") from exc
 
 
-def _kernel_ready(array: np.ndarray) -> np.ndarray:
+def kernel_ready(array: np.ndarray) -> np.ndarray:
     """C-contiguous and writable memory: a read-only array (``np.frombuffer``, an ONNX tensor)
     is a type of its own to Numba, and would cost every kernel a second compile. A copy then,
     never a write into the caller's array."""

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..engine import default_engine
+from ..engine import default_engine, kernel_ready
 from ..precompile import precompile as precompile_kernels
 from ..threads import get_num_threads
 from .fusion import EpilogueFusion, fusible_epilogues
@@ -220,8 +220,7 @@ class CompiledGraph:
             if batch is not None and array.shape[0] != batch:
                 raise GraphError(f"inputs disagree on the batch size ({batch} vs {array.shape[0]} for {name!r})")
             batch = array.shape[0]
-            array = np.ascontiguousarray(array)
-            env[name] = array if array.flags.writeable else array.copy()  # (read-only: another type to Numba's kernels)
+            env[name] = kernel_ready(array)
         return env
 
 

@@ -35,6 +35,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..engine import kernel_ready
 from .ir import Graph, GraphError, Node, TensorSpec
 from .ops import OPS
 
@@ -339,12 +340,12 @@ class _Importer:
         if a.dtype.kind not in "fc":
             raise _Unsupported(f"{what} {name!r} is a {a.dtype} constant used as data; only floating-point "
                                f"tensors are supported")
-        self.params[name] = _writable(a)
+        self.params[name] = kernel_ready(a)  # (to_array gives read-only views of the file's bytes)
 
     def add_param(self, base: str, value: np.ndarray) -> str:
         name = self.fresh_tensor(base)
         self.consts[name] = (value, value)
-        self.params[name] = _writable(value)
+        self.params[name] = kernel_ready(value)
         return name
 
     def emit(self, op: str, inputs: list[str], outputs: list[str], attrs: dict, name: str) -> None:
@@ -1153,11 +1154,3 @@ def _fresh_name(base: str, taken: set) -> str:
         name = f"{base}_{k}"
     taken.add(name)
     return name
-
-
-def _writable(array: np.ndarray) -> np.ndarray:
-    """A C-contiguous array that owns writable memory: ``numpy_helper.to_array`` returns read-only
-    views of the file's bytes, and Numba compiles read-only arrays as a type of their own (a
-    second compile of every kernel that reads a parameter)."""
-    array = np.ascontiguousarray(array)
-    return array if array.flags.writeable else array.copy()

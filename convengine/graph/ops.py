@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..engine import kernel_ready
 from .ir import GraphError, Node
 
 Shape = tuple[int, ...]
@@ -262,8 +263,7 @@ def _global_avgpool(node, arrays):
         return [x.mean(axis=tuple(range(2, x.ndim)), keepdims=True)]
     from ._pool_kernels import plane_means
 
-    rows = np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)
-    rows = rows if rows.flags.writeable else rows.copy()  # (a read-only array is another Numba type)
+    rows = kernel_ready(x).reshape(x.shape[0], x.shape[1], -1)
     y = np.empty(x.shape[:2], x.dtype)
     plane_means(rows, y)
     return [y.reshape(x.shape[:2] + (1,) * (x.ndim - 2))]
