@@ -185,14 +185,7 @@ def pointwise_conv(source, x, sh, sw, w_packed, bias, residual, has_residual, re
     claims = job_claims(n_images * p_blocks * o_blocks, workers)
     for thread in prange(max(planes.shape[0], claims.shape[0])):
         me = np.int64(thread)
-        done = 0
-        while True:
-            job = next_job(planes, me)
-            if job < 0:
-                break
-            _subsample_plane(source, x, job, sh, sw)
-            done += 1
-        phase_done(copied, done, n_planes)
+        _subsample_phase(source, x, planes, me, sh, sw, copied, n_planes)
         while True:
             job = next_job(claims, me)
             if job < 0:
@@ -204,6 +197,20 @@ def pointwise_conv(source, x, sh, sw, w_packed, bias, residual, has_residual, re
                             y_flat, (n * out_channels + o0) * plane + p0, min(POINT_CHANNELS, out_channels - o0),
                             min(POINT_PIXELS, plane - p0), bias, o0, residual_flat, has_residual, relu)
 
+
+
+@numba.njit(cache=True, nogil=True)
+def _subsample_phase(source, x, planes, me, sh, sw, copied, n_planes):
+    """Thread ``me``'s share of a 1x1 kernel's first phase: claim and fill subsampled planes of
+    ``x`` (none at stride 1), then wait at the barrier until all ``n_planes`` are filled."""
+    done = 0
+    while True:
+        job = next_job(planes, me)
+        if job < 0:
+            break
+        _subsample_plane(source, x, job, sh, sw)
+        done += 1
+    phase_done(copied, done, n_planes)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -249,14 +256,7 @@ def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, 
     claims = job_claims(n_images * n_groups * o_blocks, workers)
     for thread in prange(max(planes.shape[0], claims.shape[0])):
         me = np.int64(thread)
-        done = 0
-        while True:
-            job = next_job(planes, me)
-            if job < 0:
-                break
-            _subsample_plane(source, x, job, sh, sw)
-            done += 1
-        phase_done(copied, done, n_planes)
+        _subsample_phase(source, x, planes, me, sh, sw, copied, n_planes)
         while True:
             job = next_job(claims, me)
             if job < 0:
