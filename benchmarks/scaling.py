@@ -18,8 +18,8 @@ import numpy as np
 from tqdm import tqdm
 
 from convengine import bench
-from convengine.layers import layer
-from convengine.threads import set_num_threads
+from convengine.bench.catalogue import layer
+from convengine.runtime.threads import set_num_threads
 
 DEFAULT_LAYERS = ("resnet50.layer1.conv2", "resnet50.layer1.conv3", "resnet50.layer4.conv2", "alexnet.conv1")
 

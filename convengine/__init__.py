@@ -10,20 +10,22 @@ array([[19., 25.],
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
-from dataclasses import dataclass
 from typing import Optional
 
-from . import threads as _threads  # noqa: F401  (first: sets thread-pool variables before numpy loads BLAS)
-from .backend import EXACT, LOSSY, Backend
-from .engine import BackendError, Engine, PreparedConv, default_engine
-from .epilogue import Epilogue
-from .hookspecs import hookimpl
-from .plugins import PluginWarning, default_registry
-from .problem import ConvProblem
-from .selection import BackendUnavailableError, Decision
-from .threads import ThreadingWarning, get_num_threads, set_num_threads
+from .runtime import threads as _threads  # noqa: F401  (first: sets thread-pool variables before numpy loads BLAS)
+from .core.contract import EXACT, LOSSY, Backend
+from .core.engine import BackendError, Engine, PreparedConv, default_engine
+from .core.epilogue import Epilogue
+from .core.hookspecs import hookimpl
+from .core.registry import BackendInfo, PluginWarning, default_registry, list_backends
+from .core.problem import ConvProblem
+from .core.selection import BackendUnavailableError, Decision
+from .runtime.threads import ThreadingWarning, get_num_threads, set_num_threads
+from . import _moved
+
+_moved.install()
 
 __all__ = [
     "Backend", "BackendError", "BackendInfo", "BackendUnavailableError", "ConvProblem", "Decision", "EXACT",
@@ -68,31 +70,3 @@ def to_onnx(graph, *, opset: int = 17):
 def explain(x, weight, bias=None, **params) -> Decision:
     """The default engine's decision for a problem; see :meth:`Engine.explain`."""
     return default_engine().explain(x, weight, bias, **params)
-
-
-@dataclass(frozen=True)
-class BackendInfo:
-    """A registered backend as ``list_backends`` reports it."""
-
-    name: str
-    device: str
-    available: bool
-    reason: Optional[str]
-    numerical_class: str
-    plugin: str
-
-
-def list_backends() -> list[BackendInfo]:
-    """Every registered backend (and every plugin that failed to load) with its availability."""
-    infos = []
-    for entry in default_registry().entries():
-        backend = entry.backend
-        infos.append(BackendInfo(
-            name=entry.name,
-            device=str(getattr(backend, "device", "?")),
-            available=entry.available,
-            reason=entry.unavailable_reason,
-            numerical_class=str(getattr(backend, "numerical_class", "?")),
-            plugin=entry.plugin,
-        ))
-    return infos

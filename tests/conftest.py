@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 import convengine as ce
-from convengine.backend import LOSSY
-from convengine.engine import ENV_BACKEND
-from convengine.plugins import default_registry
-from convengine.problem import ConvProblem
+from convengine.core.contract import LOSSY
+from convengine.core.engine import ENV_BACKEND
+from convengine.core.registry import default_registry
+from convengine.core.problem import ConvProblem
 from convengine.testing.conformance import tolerance as kit_tolerance
 
 try:  # hypothesis is a test extra; files that do not use it must still run without it

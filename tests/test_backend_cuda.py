@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from convengine.backends.cuda import SHARED_BYTES, TILE, CudaBackend, launch_plan
-from convengine.problem import ConvProblem
+from convengine.core.problem import ConvProblem
 from convengine.testing.reference import conv2d_reference, relative_error
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import convengine as ce
-from convengine.plugins import Registry
+from convengine.core.registry import Registry
 from convengine.testing.reference import conv2d_reference, relative_error
 
 from conftest import AVAILABLE_BACKEND_NAMES, is_lossy, skip_if_unsupported, tolerance

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 import convengine as ce
-from convengine import bench, layers
+from convengine import bench
+from convengine.bench import catalogue as layers
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "benchmarks"
@@ -127,7 +128,7 @@ def test_onnxruntime_peer_explains_what_it_cannot_run():
 
 
 def _bench(capsys, *argv) -> tuple[int, str, str]:
-    import convengine.cli_bench  # noqa: F401  (registers the command, if cli.py does not yet)
+    import convengine.cli.bench  # noqa: F401  (registers the command, if cli.py does not yet)
     from convengine.cli import main
 
     code = main(["bench", *argv])
@@ -239,7 +240,7 @@ def test_bench_model_tables(capsys):
 
 
 def test_bench_model_memory_in_fresh_processes(capsys):
-    from convengine import cli_bench
+    from convengine.cli import bench as cli_bench
 
     model = _whole(capsys, "--model", "lenet", "--rounds", "1", "--backend", "im2col", "--no-tune", "--memory")
     rows = {r["contender"]: r for r in model["results"]}

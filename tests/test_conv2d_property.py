@@ -19,7 +19,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import convengine as ce
-from convengine.backend import ERROR_BOUNDS
+from convengine.core.contract import ERROR_BOUNDS
 from convengine.testing.conformance import REL_TOLERANCE
 from convengine.testing.reference import conv2d_reference, relative_error
 

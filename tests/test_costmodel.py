@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from convengine import costmodel
-from convengine.costmodel import MachineProfile
-from convengine.tuning_cache import TuningCache
+from convengine.core import costmodel
+from convengine.core.costmodel import MachineProfile
+from convengine.core.tuning_cache import TuningCache
 
 pytestmark = pytest.mark.usefixtures("isolated_env")
 
@@ -57,7 +57,7 @@ def test_the_parallel_launch_probe_measures_a_plausible_time():
 
 def test_estimates_charge_each_parallel_kernel_start():
     from convengine.backends.direct import DirectBackend
-    from convengine.problem import ConvProblem
+    from convengine.core.problem import ConvProblem
 
     quick = MachineProfile(1e11, 5e10, 1e10, parallel_launches=1e6)  # 1 us per start
     slow = MachineProfile(1e11, 5e10, 1e10, parallel_launches=1e4)  # 100 us per start

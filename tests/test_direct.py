@@ -13,8 +13,8 @@ import pytest
 
 import convengine as ce
 from convengine.backends.direct import DirectBackend, channel_block, reduction_chunk, runs_pointwise_tiles, tile_efficiency
-from convengine.epilogue import Epilogue
-from convengine.problem import ConvProblem
+from convengine.core.epilogue import Epilogue
+from convengine.core.problem import ConvProblem
 from convengine.testing.reference import conv2d_reference, relative_error
 
 EXACT_F32 = 1e-6
@@ -242,7 +242,7 @@ def test_the_backend_s_copies_of_the_kernel_constants_match_the_kernels():
 
 
 def test_estimate_counts_channel_padding_and_narrow_tiles():
-    from convengine.costmodel import MachineProfile
+    from convengine.core.costmodel import MachineProfile
 
     machine = MachineProfile(gemm_flops_float32=1e11, gemm_flops_float64=5e10, bandwidth=1e10)
     backend = DirectBackend(tile_width=14)

@@ -15,8 +15,8 @@ import pytest
 import convengine
 from convengine import (EXACT, LOSSY, Backend, BackendError, BackendUnavailableError, Decision, Engine, PluginWarning,
                         PreparedConv)
-from convengine.engine import ENV_BACKEND
-from convengine.plugins import Registry
+from convengine.core.engine import ENV_BACKEND
+from convengine.core.registry import Registry
 from convengine.testing.reference import conv2d_reference, relative_error
 
 from conftest import make_plugin
@@ -252,7 +252,7 @@ def test_auto_picks_the_lowest_estimate_and_reports_predictions():
 
 @pytest.mark.parametrize("lossy_estimate,chosen", [(0.9e-9, "exact"), (0.8e-9, "lossy")])
 def test_auto_asks_a_lossy_backend_to_be_faster_by_a_margin(lossy_estimate, chosen):
-    from convengine.selection import LOSSY_MARGIN
+    from convengine.core.selection import LOSSY_MARGIN
 
     assert 0.8 < 1 - LOSSY_MARGIN < 0.9  # the two cases straddle the margin
     exact = FakeBackend("exact", estimate=1e-9)
@@ -370,8 +370,8 @@ def test_explain_accepts_shapes_and_arrays():
 
 def test_module_level_explain_and_list_backends(monkeypatch):
     registry = registry_with(FakeBackend("cheap", estimate=1e-9))
-    monkeypatch.setattr(convengine.plugins, "_default_registry", registry)
-    monkeypatch.setattr(convengine.engine, "_default_engine", None)
+    monkeypatch.setattr(convengine.core.registry, "_default_registry", registry)
+    monkeypatch.setattr(convengine.core.engine, "_default_engine", None)
     assert convengine.explain(X_SHAPE, W_SHAPE).chosen == "cheap"
     assert "cheap" in {info.name for info in convengine.list_backends()}
 

@@ -13,7 +13,7 @@ import convengine as ce
 from convengine import Backend, Engine, Epilogue, PluginWarning
 from convengine.graph import GraphBuilder
 from convengine.graph.executor import CompiledGraph
-from convengine.plugins import Registry
+from convengine.core.registry import Registry
 from convengine.testing.conformance import tolerance
 from convengine.testing.reference import conv2d_reference, relative_error
 
@@ -300,7 +300,7 @@ def test_a_broadcasting_add_is_not_a_residual():
 def test_scratch_buffers_are_reused_per_thread_and_purpose():
     import threading
 
-    from convengine import workspace
+    from convengine.runtime import workspace
 
     workspace.release()
     a = workspace.scratch("test.a", (4, 8), np.float32)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import convengine
-from convengine import hardware
-from convengine.hardware import UNKNOWN, fingerprint_digest, host_fingerprint
+from convengine.runtime import hardware
+from convengine.runtime.hardware import UNKNOWN, fingerprint_digest, host_fingerprint
 
 KEYS = {
     "cpu_model",
@@ -113,7 +113,7 @@ def test_fingerprint_does_not_depend_on_what_else_was_imported():
     import sys
 
     code = (
-        "from convengine import hardware\n"
+        "from convengine.runtime import hardware\n"
         "before = hardware._collect()['blas']\n"
         "import scipy.linalg\n"
         "try:\n    import torch\nexcept ImportError:\n    pass\n"

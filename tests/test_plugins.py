@@ -17,7 +17,7 @@ import pytest
 
 import convengine
 from convengine import Backend, Engine, PluginWarning
-from convengine.plugins import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, Registry
+from convengine.core.registry import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, Registry
 from convengine.testing.reference import conv2d_reference
 
 BUILTIN_NAMES = {"naive": "convengine.backends.naive", "im2col": "convengine.backends.im2col",
@@ -136,7 +136,7 @@ def test_plugin_whose_hook_raises_is_excluded_and_listed(monkeypatch):
         registry.get("plugin:badplugin")
 
     # listed by list_backends() with the reason
-    monkeypatch.setattr(convengine.plugins, "_default_registry", registry)
+    monkeypatch.setattr(convengine.core.registry, "_default_registry", registry)
     infos = {info.name: info for info in convengine.list_backends()}
     assert infos["plugin:badplugin"].available is False
     assert "hook exploded" in infos["plugin:badplugin"].reason
@@ -264,7 +264,7 @@ def test_backend_whose_availability_raises_is_unavailable_with_the_reason(monkey
     assert entry.available is False
     assert entry.unavailable_reason == reason  # cached: probed once
 
-    monkeypatch.setattr(convengine.plugins, "_default_registry", registry)
+    monkeypatch.setattr(convengine.core.registry, "_default_registry", registry)
     info = {i.name: i for i in convengine.list_backends()}["probe"]
     assert info.available is False and "driver probe crashed" in info.reason
 
@@ -385,7 +385,7 @@ def test_entry_point_whose_module_fails_to_import_is_listed_as_failed(site, monk
     assert any("broken" in str(w.message) and "libfoo" in str(w.message) for w in plugin_warnings)
     # the working plugin and the built-ins are unaffected
     assert "fake-ep" in registry.names()
-    monkeypatch.setattr(convengine.plugins, "_default_registry", registry)
+    monkeypatch.setattr(convengine.core.registry, "_default_registry", registry)
     infos = {i.name: i for i in convengine.list_backends()}
     assert infos["plugin:broken"].available is False and "libfoo" in infos["plugin:broken"].reason
     _assert_engine_works(registry)

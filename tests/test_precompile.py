@@ -1,4 +1,4 @@
-"""Compiling a model's kernels ahead, in parallel processes (convengine.precompile).
+"""Compiling a model's kernels ahead, in parallel processes (convengine.runtime.precompile).
 
 The end-to-end checks run in a fresh interpreter with an empty Numba cache, so that there
 is something to compile whatever ran before; they also prove that each backend's and
@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from convengine.precompile import Kernel, PrecompileReport, _shares
+from convengine.runtime.precompile import Kernel, PrecompileReport, _shares
 
 def _in_fresh_process(code: str, tmp_path) -> dict:
     # two threads, so two processes, whatever the machine
@@ -71,11 +71,11 @@ def test_a_wrong_listing_costs_a_warning_not_the_run(tmp_path):
     got = _in_fresh_process("""
         import json, logging
         from numba import types
-        from convengine.precompile import Kernel, precompile
+        from convengine.runtime.precompile import Kernel, precompile
 
         messages = []
-        logging.getLogger("convengine.precompile").addHandler(logging.Handler())
-        logging.getLogger("convengine.precompile").handlers[-1].emit = lambda record: messages.append(record.getMessage())
+        logging.getLogger("convengine.runtime.precompile").addHandler(logging.Handler())
+        logging.getLogger("convengine.runtime.precompile").handlers[-1].emit = lambda record: messages.append(record.getMessage())
         vector = types.Array(types.float64, 1, "C")
         good = Kernel("convengine.graph._pool_kernels", "plane_means", (types.Array(types.float64, 3, "C"),
                                                                         types.Array(types.float64, 2, "C")))
@@ -112,7 +112,7 @@ def test_workers_import_this_copy_of_convengine():
     """Numba keys its disk cache by the source file's path: a worker importing another copy
     (an installed one, the working directory's) would fill a cache nobody reads."""
     import convengine
-    from convengine import precompile
+    from convengine.runtime import precompile
 
     assert os.path.join(precompile._PACKAGE_ROOT, "convengine") == os.path.dirname(os.path.abspath(convengine.__file__))
     env = precompile._worker_env()
@@ -128,8 +128,8 @@ def test_a_backend_whose_listing_raises_lists_nothing():
     import numpy as np
 
     from convengine import Engine
-    from convengine.backend import Backend
-    from convengine.plugins import Registry
+    from convengine.core.contract import Backend
+    from convengine.core.registry import Registry
 
     from conftest import make_plugin
 

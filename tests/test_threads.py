@@ -15,7 +15,7 @@ PROBE = ("import warnings, json, os\n"
          "warnings.simplefilter('always')\n"
          "with warnings.catch_warnings(record=True) as caught:\n"
          "{imports}\n"
-         "from convengine import threads\n"
+         "from convengine.runtime import threads\n"
          "print(json.dumps({{'spinning': threads.SPINNING_OPENMP, 'policy': os.environ.get('OMP_WAIT_POLICY'),\n"
          "  'spin': os.environ.get('GOMP_SPINCOUNT'),\n"
          "  'warned': [str(w.message) for w in caught if w.category.__name__ == 'ThreadingWarning']}}))\n")
@@ -31,7 +31,7 @@ def _probe(*modules, env_extra=None) -> dict:
 
 
 def test_convengine_first_asks_openmp_to_sleep_after_a_short_spin_and_does_not_warn():
-    from convengine.threads import WORKER_SPIN_COUNT
+    from convengine.runtime.threads import WORKER_SPIN_COUNT
 
     result = _probe("convengine")
     assert result == {"spinning": False, "policy": "PASSIVE", "spin": WORKER_SPIN_COUNT, "warned": []}
@@ -72,7 +72,7 @@ def test_openblas_spin_limit_applies_when_openblas_can_see_it(first, preset, lim
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
     if preset:
         env["OPENBLAS_THREAD_TIMEOUT"] = preset
-    code = (f"import {first}\nimport convengine, os, json\nfrom convengine import threads\n"
+    code = (f"import {first}\nimport convengine, os, json\nfrom convengine.runtime import threads\n"
             "print(json.dumps([threads.blas_spin_limited(), os.environ['OPENBLAS_THREAD_TIMEOUT']]))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
                          check=True).stdout

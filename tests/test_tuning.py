@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from convengine import Backend, BackendUnavailableError, Engine, PluginWarning
-from convengine.plugins import Registry
+from convengine.core.registry import Registry
 from convengine.testing.reference import conv2d_reference
-from convengine.tuning import tuning_key
-from convengine.tuning_cache import TuningCache, TuningCacheWarning
+from convengine.core.tuning import tuning_key
+from convengine.core.tuning_cache import TuningCache, TuningCacheWarning
 
 from conftest import make_plugin
 

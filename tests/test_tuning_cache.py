@@ -16,8 +16,8 @@ from types import SimpleNamespace
 import platformdirs
 import pytest
 
-from convengine import tuning_cache
-from convengine.tuning_cache import FORMAT, VERSION, TuningCache, TuningCacheWarning
+from convengine.core import tuning_cache
+from convengine.core.tuning_cache import FORMAT, VERSION, TuningCache, TuningCacheWarning
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECORD = {"backend": "im2col", "seconds": {"im2col": 0.0012, "direct": 0.0031}}
@@ -316,7 +316,7 @@ def _kill(child):
 
 _HANG_BEFORE_REPLACE = """
     import sys, time
-    from convengine import tuning_cache
+    from convengine.core import tuning_cache
 
     def hang(fd):  # the temp file is written, the lock is held, os.replace has not run
         print("ready", flush=True)
@@ -350,7 +350,7 @@ def test_writer_killed_before_replace_leaves_the_cache_intact(path, no_warnings)
 
 _WRITE_FOREVER = """
     import sys
-    from convengine.tuning_cache import TuningCache
+    from convengine.core.tuning_cache import TuningCache
 
     cache = TuningCache(sys.argv[1], max_entries=100_000)
     for i in range(10**9):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from numba import prange
 
-from convengine.backends._worksharing import job_claims, next_job
+from convengine.backends.direct._worksharing import job_claims, next_job
 
 
 @numba.njit(parallel=True, cache=True)

@@ -3,7 +3,7 @@
 Axes are fixed, whatever this machine has installed, so that results of different machines
 and commits line up:
 
-* ``LAYER_NAMES``: every layer of :mod:`convengine.layers` (course examples, every distinct
+* ``LAYER_NAMES``: every layer of :mod:`convengine.bench.catalogue` (course examples, every distinct
   convolution of ResNet-50 and AlexNet), at batch 1; ``BATCH32_LAYERS`` a few of them at 32.
 * ``CONTENDERS``: the built-in backends and the two known plugin backends (``winograd``,
   ``torch``), any other registered backend, ``auto`` (the engine's own choice, so dispatch
@@ -34,27 +34,33 @@ import convengine as ce  # before numpy: it limits OpenBLAS's idle spinning only
 
 import numpy as np
 
-from convengine.plugins import default_registry
+try:
+    from convengine.core.registry import default_registry
+except ImportError:  # commits before the layered package (asv run over history)
+    from convengine.plugins import default_registry
 
 _SOURCE = Path(__file__).resolve().parents[2] / "convengine"
 
 
-def _module(name: str, needs: str):
+def _module(names, needs: str):
     """``convengine.<name>`` as installed, or this checkout's copy when the installed one lacks ``needs``.
 
     ``asv run`` over a commit range installs old versions of convengine, which may predate
-    ``convengine.layers``, the peer and whole-model helpers of ``convengine.bench`` or
+    ``convengine.bench.catalogue``, the peer and whole-model helpers of ``convengine.bench`` or
     ``convengine.graph.onnx_export``; they are pure Python on top of APIs that old versions
     have (``ConvProblem``, ``Engine.prepare``, the graph IR), so the suite loads the current
     source of the module instead, inside the installed package (a dotted ``name`` such as
     ``graph.onnx_export`` inside that subpackage, so its relative imports resolve).
     """
-    try:
-        module = importlib.import_module(f"convengine.{name}")
-        if hasattr(module, needs):
-            return module
-    except ImportError:
-        pass
+    names = (names,) if isinstance(names, str) else tuple(names)
+    for candidate in names:  # the layered package's name first, then the flat layout's
+        try:
+            module = importlib.import_module(f"convengine.{candidate}")
+            if hasattr(module, needs):
+                return module
+        except ImportError:
+            pass
+    name = names[-1]
     package, _, leaf = f"convengine.{name}".rpartition(".")
     qualified = f"{package}._suite_{leaf}"
     if qualified not in sys.modules:
@@ -65,7 +71,7 @@ def _module(name: str, needs: str):
     return sys.modules[qualified]
 
 
-layers = _module("layers", "SETS")
+layers = _module(("bench.catalogue", "layers"), "SETS")
 bench = _module("bench", "bench_model")
 
 #: Backends always on the axis, registered here or not (the built-ins and the two plugins).

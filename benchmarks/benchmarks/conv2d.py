@@ -1,6 +1,6 @@
 """2-D convolution: every backend and peer on the layers that matter.
 
-Parameters: ``layer`` (a name from :mod:`convengine.layers`) and ``contender`` (a backend,
+Parameters: ``layer`` (a name from :mod:`convengine.bench.catalogue`) and ``contender`` (a backend,
 ``auto``, or a peer ``peer:torch`` / ``peer:onnxruntime``); see :mod:`.common` for the axes
 and for which combinations are skipped. float32, convengine's default thread count.
 

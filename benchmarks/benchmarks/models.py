@@ -77,7 +77,7 @@ def _make(directory: str, model: str, what: str) -> None:
 
     files = _files(directory, model)
     if what == "tuned":
-        from convengine.engine import Engine
+        from convengine.core.engine import Engine
         from convengine.graph.executor import CompiledGraph
 
         with open(files["graph"], "rb") as f:

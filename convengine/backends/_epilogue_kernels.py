@@ -1,7 +1,7 @@
 """Numba kernel applying bias, residual and ReLU in one pass over a convolution's output.
 
 Imported only when a backend runs. One pass instead of three, with each (image, channel)
-plane's bias held in a register; for the unfused engine path see ``convengine.epilogue``.
+plane's bias held in a register; for the unfused engine path see ``convengine.core.epilogue``.
 """
 
 import numba

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..backend import Backend
+from ..core.contract import Backend
 
 
 class NumbaBackend(Backend):

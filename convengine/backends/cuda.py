@@ -17,9 +17,9 @@ from typing import Optional
 
 import numpy as np
 
-from ..backend import EXACT, Backend, Executor
-from ..hookspecs import hookimpl
-from ..problem import ConvProblem
+from ..core.contract import EXACT, Backend, Executor
+from ..core.hookspecs import hookimpl
+from ..core.problem import ConvProblem
 
 #: Largest output tile (per axis) one thread block computes: 16 x 16 = 256 threads.
 TILE = 16

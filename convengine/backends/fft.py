@@ -17,10 +17,10 @@ import math
 
 import numpy as np
 
-from ..backend import LOSSY, Backend
-from ..hookspecs import hookimpl
-from ..problem import ConvProblem
-from ..threads import get_num_threads
+from ..core.contract import LOSSY, Backend
+from ..core.hookspecs import hookimpl
+from ..core.problem import ConvProblem
+from ..runtime.threads import get_num_threads
 
 # Fraction of the GEMM rate FFT butterflies reach, and that the per-frequency complex products
 # reach (small matrices, one per frequency; at batch 1 they are matrix-vector products bound by

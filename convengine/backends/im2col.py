@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import EXACT
-from ..epilogue import NONE, Epilogue
-from ..environment import positive_int
-from ..hookspecs import hookimpl
-from ..problem import ConvProblem
-from ..threads import apply_blas_threads, numba_threads
-from ..workspace import scratch
+from ..core.contract import EXACT
+from ..core.epilogue import NONE, Epilogue
+from ..runtime.environment import positive_int
+from ..core.hookspecs import hookimpl
+from ..core.problem import ConvProblem
+from ..runtime.threads import apply_blas_threads, numba_threads
+from ..runtime.workspace import scratch
 from ._numba import NumbaBackend
 
 DEFAULT_MAX_BUFFER_BYTES = 256 * 2**20
@@ -69,7 +69,7 @@ class Im2colBackend(NumbaBackend):
     def kernels(self, problem: ConvProblem, epilogue: Epilogue = NONE):
         from numba import types
 
-        from ..precompile import Kernel
+        from ..runtime.precompile import Kernel
 
         def array(ndim):
             return types.Array(getattr(types, problem.dtype), ndim, "C")

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import EXACT
-from ..hookspecs import hookimpl
-from ..problem import ConvProblem
-from ..threads import numba_threads
+from ..core.contract import EXACT
+from ..core.hookspecs import hookimpl
+from ..core.problem import ConvProblem
+from ..runtime.threads import numba_threads
 from ._numba import NumbaBackend
 
 # Fraction of the machine's GEMM rate that vectorised direct loops reach (order of magnitude).

@@ -2,6 +2,7 @@
 
 from .builder import GraphBuilder
 from .executor import CompiledGraph
-from .ir import Graph, GraphError, Node, TensorSpec
+from .ir import GraphError, Node, TensorSpec
+from .network import Graph
 
 __all__ = ["CompiledGraph", "Graph", "GraphBuilder", "GraphError", "Node", "TensorSpec"]

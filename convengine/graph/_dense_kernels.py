@@ -43,10 +43,10 @@ def matvec_rows(w, x, y):
 
 
 def precompile_kernels(dtype: str, weights_writable: bool = True) -> list:
-    """The signature :func:`matvec_rows` is called with on ``dtype`` (see :mod:`convengine.precompile`)."""
+    """The signature :func:`matvec_rows` is called with on ``dtype`` (see :mod:`convengine.runtime.precompile`)."""
     from numba import types
 
-    from ..precompile import Kernel
+    from ..runtime.precompile import Kernel
 
     def array(ndim, writable=True):
         return types.Array(getattr(types, dtype), ndim, "C", readonly=not writable)

@@ -126,10 +126,10 @@ def plane_means(rows, y):
 
 
 def precompile_kernels(function: str, dtype: str) -> list:
-    """The signature ``function`` is called with on ``dtype`` activations (see :mod:`convengine.precompile`)."""
+    """The signature ``function`` is called with on ``dtype`` activations (see :mod:`convengine.runtime.precompile`)."""
     from numba import types
 
-    from ..precompile import Kernel
+    from ..runtime.precompile import Kernel
 
     plane = types.Array(getattr(types, dtype), 4, "C")
     if function == "plane_means":

@@ -13,7 +13,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .ir import Graph, Node, TensorSpec
+from .ir import Node, TensorSpec
+from .network import Graph
 from .ops import OPS
 
 

@@ -8,10 +8,12 @@ convolution's epilogue (unless ``fuse_epilogues=False``; see :mod:`.fusion`). Ea
 intermediate tensor is dropped as soon as its last consumer has run, so peak memory follows
 the widest point of the graph, not its length. Before the first run, the Numba kernels the
 layers will call are compiled in parallel processes where they are not cached yet
-(:mod:`convengine.precompile`).
+(:mod:`convengine.runtime.precompile`).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import time
 from dataclasses import dataclass, field
@@ -19,12 +21,16 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..engine import default_engine, kernel_ready
-from ..precompile import precompile as precompile_kernels
-from ..threads import get_num_threads
+from ..core.arrays import kernel_ready
+from ..core.engine import default_engine
+from ..runtime.precompile import precompile as precompile_kernels
+from ..runtime.threads import get_num_threads
 from .fusion import EpilogueFusion, fusible_epilogues
-from .ir import Graph, GraphError, Node
+from .ir import GraphError, Node
 from .ops import INPLACE, KERNELS, OPS, conv_problem_args
+
+if TYPE_CHECKING:  # annotations only: the Graph class sits above this module
+    from .network import Graph
 
 #: Operators whose output may share memory with their first input.
 VIEW_OPS = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Transpose"}
@@ -101,7 +107,7 @@ class CompiledGraph:
     def kernels(self) -> list:
         """The compiled kernels the first run will call: each convolution's backend's and each operator's.
 
-        :mod:`convengine.precompile` compiles them ahead, in parallel; a kernel listed by
+        :mod:`convengine.runtime.precompile` compiles them ahead, in parallel; a kernel listed by
         nobody compiles on first call instead.
         """
         params = self.graph.params

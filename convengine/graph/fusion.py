@@ -9,10 +9,15 @@ so the shortcut tensor is always computed by then.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 from typing import Optional
 
-from .ir import Graph, Node
+from .ir import Node
+
+if TYPE_CHECKING:  # annotations only: the Graph class sits above this module
+    from .network import Graph
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The graph IR: named tensors flowing through operator nodes.
+"""The graph IR's parts: named tensors flowing through operator nodes, and their order.
 
 Operators and their attributes follow ONNX names and semantics (``Conv``, ``Gemm``,
 ``MaxPool`` with ``pads``...), so an ONNX file maps onto the IR one node at a time and the
@@ -39,63 +39,7 @@ class GraphError(ValueError):
     """The graph, its weights, or an input given to it is not what it must be."""
 
 
-@dataclass
-class Graph:
-    """A CNN as an ordered list of nodes (topologically sorted at construction)."""
-
-    name: str
-    inputs: list[TensorSpec]
-    outputs: list[str]
-    nodes: list[Node]
-    params: dict[str, np.ndarray]
-    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # inferred, batch dimension as 1
-
-    def __post_init__(self):
-        from .shapes import infer_shapes
-
-        self.nodes = _topological(self.nodes, {s.name for s in self.inputs} | set(self.params))
-        self.shapes = infer_shapes(self)
-        self._compiled = None
-
-    # -- execution ---------------------------------------------------------------------------
-    def compile(self, engine=None, *, fold_batchnorm: bool = True, plan=None, precompile: bool = True):
-        """Prepare every layer (backend choice, weight packing) once; returns an executable graph.
-
-        ``precompile`` compiles the layers' Numba kernels ahead, in parallel processes, where
-        they are not in the disk cache yet (:mod:`convengine.precompile`).
-        """
-        from .executor import CompiledGraph
-
-        self._compiled = CompiledGraph(self, engine=engine, fold_batchnorm=fold_batchnorm, plan=plan,
-                                       precompile=precompile)
-        return self._compiled
-
-    def run(self, inputs):
-        """Run on one array (single-input graphs) or ``{input name: array}``; compiles on first use."""
-        if self._compiled is None:
-            self.compile()
-        return self._compiled.run(inputs)
-
-    def summary(self, input_shape=None):
-        """Per-layer rows (name, op, output shape, parameters, MACs, backend) and totals."""
-        from .summary import summarize
-
-        return summarize(self, self._compiled, input_shape)
-
-    # -- weights -----------------------------------------------------------------------------
-    def save_weights(self, path) -> None:
-        from .weights import save_weights
-
-        save_weights(self, path)
-
-    def load_weights(self, path) -> None:
-        from .weights import load_weights
-
-        load_weights(self, path)
-        self._compiled = None  # packed weights are stale
-
-
-def _topological(nodes: list[Node], available: set[str]) -> list[Node]:
+def topological(nodes: list[Node], available: set[str]) -> list[Node]:
     """Order nodes so each runs after the producers of its inputs (unchanged when already sorted)."""
     names = [node.name for node in nodes]
     if len(set(names)) != len(names):

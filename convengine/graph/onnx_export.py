@@ -28,12 +28,17 @@ reads it back into an equivalent graph. ``onnx`` is an optional dependency
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from typing import Any, Optional
 
 import numpy as np
 
-from .ir import Graph, GraphError, Node
+from .ir import GraphError, Node
 from .ops import OPS
+
+if TYPE_CHECKING:  # annotations only: the Graph class sits above this module
+    from .network import Graph
 
 __all__ = ["to_onnx", "MIN_OPSET"]
 
@@ -288,6 +293,6 @@ def _show(value) -> str:
 
 
 def _version() -> str:
-    from .. import __version__
+    from .._version import __version__
 
     return __version__

@@ -35,8 +35,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..engine import kernel_ready
-from .ir import Graph, GraphError, Node, TensorSpec
+from ..core.arrays import kernel_ready
+from .ir import GraphError, Node, TensorSpec
+from .network import Graph
 from .ops import OPS
 
 __all__ = ["load_onnx", "SUPPORTED_OPS"]

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..engine import kernel_ready
+from ..core.arrays import kernel_ready
 from .ir import GraphError, Node
 
 Shape = tuple[int, ...]
@@ -30,7 +30,7 @@ OPS: dict[str, Op] = {}
 
 
 #: Per operator, ``kernels(node, input_shapes, dtype, params) -> [Kernel]``: the compiled kernels
-#: its ``run`` calls on such inputs, for compiling them ahead (:mod:`convengine.precompile`).
+#: its ``run`` calls on such inputs, for compiling them ahead (:mod:`convengine.runtime.precompile`).
 KERNELS: dict[str, Callable] = {}
 
 
@@ -57,7 +57,7 @@ def conv_problem_args(node: Node) -> dict:
 
 
 def _conv_infer(node, shapes):
-    from ..problem import ConvProblem
+    from ..core.problem import ConvProblem
 
     x, w = shapes[0], shapes[1]
     try:
@@ -209,7 +209,7 @@ def _maxpool(node, arrays):
     geometry = _pool_geometry(node, x.shape)
     if x.ndim != 4 or len(node.outputs) > 1:  # (the Indices output is not supported anyway)
         return [_pool_reduce(_pad_for_pool(x, geometry, -np.inf), geometry, np.maximum)]
-    from ..threads import numba_threads
+    from ..runtime.threads import numba_threads
     from ._pool_kernels import max_pool, max_pool_3x3_s2
 
     (kh, sh, dh, top, _, _, out_h), (kw, sw, dw, left, _, _, out_w) = geometry
@@ -308,7 +308,7 @@ MATVEC_MIN_BYTES = 1 << 20
 
 def _one_row_product(a, weight_rows):
     """``a @ weight_rows.T`` for one row ``a``, on Numba's threads instead of BLAS's."""
-    from ..threads import numba_threads
+    from ..runtime.threads import numba_threads
     from ._dense_kernels import matvec_rows
 
     numba_threads()

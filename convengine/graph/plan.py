@@ -8,11 +8,16 @@ made on other hardware (the latter unless ``force=True``), before any work is do
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import json
 from dataclasses import asdict, dataclass, field
 
-from ..hardware import fingerprint_digest, host_fingerprint
-from .ir import Graph, GraphError
+from ..runtime.hardware import fingerprint_digest, host_fingerprint
+from .ir import GraphError
+
+if TYPE_CHECKING:  # annotations only: the Graph class sits above this module
+    from .network import Graph
 
 FORMAT = "convengine-plan"
 VERSION = 1

@@ -8,13 +8,18 @@ running statistics are buffers, not parameters, as in PyTorch.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-from ..problem import ConvProblem
-from .ir import Graph, Node
+from ..core.problem import ConvProblem
+from .ir import Node
 from .ops import conv_problem_args
+
+if TYPE_CHECKING:  # annotations only: the Graph class sits above this module
+    from .network import Graph
 
 BUFFER_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")
 

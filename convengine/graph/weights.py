@@ -7,11 +7,16 @@ old weights. ``num_batches_tracked`` entries (a PyTorch training counter) are ig
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import zipfile
 
 import numpy as np
 
-from .ir import Graph, GraphError
+from .ir import GraphError
+
+if TYPE_CHECKING:  # annotations only: the Graph class sits above this module
+    from .network import Graph
 
 IGNORED_SUFFIXES = (".num_batches_tracked",)
 

@@ -27,8 +27,8 @@ from typing import Optional
 import numpy as np
 import pytest
 
-from ..backend import ERROR_BOUNDS, EXACT, LOSSY
-from ..problem import ConvProblem
+from ..core.contract import ERROR_BOUNDS, EXACT, LOSSY
+from ..core.problem import ConvProblem
 from .reference import conv2d_reference, relative_error
 
 #: Normwise relative error accepted, per numerical class and dtype: a margin over the
@@ -256,13 +256,14 @@ class BackendConformance:
 
     def test_runs_through_the_engine(self):
         """Registered through the hook like any plugin, the engine runs it by name and returns its result."""
-        import convengine
-        from convengine.plugins import Registry
+        from ..core.engine import Engine
+        from ..core.hookspecs import hookimpl
+        from ..core.registry import Registry
 
         backend = self.backend
         plugin = type("ConformancePlugin", (), {
-            "convengine_register_backends": staticmethod(convengine.hookimpl(lambda register: register(backend)))})()
-        engine = convengine.Engine(policy=backend.name, registry=Registry.load(extra_plugins=[plugin], load_entry_points=False, builtins=False))
+            "convengine_register_backends": staticmethod(hookimpl(lambda register: register(backend)))})()
+        engine = Engine(policy=backend.name, registry=Registry.load(extra_plugins=[plugin], load_entry_points=False, builtins=False))
         spec, _ = self._first_supported("float32")
         x, w, b = _arrays(spec, "float32", 7)
         kwargs = {k: spec[k] for k in ("stride", "padding", "dilation", "groups")}
@@ -275,7 +276,7 @@ class BackendConformance:
     def test_epilogue_matches_reference(self, residual, activation):
         """A backend that says it fuses an epilogue computes ``act(conv + bias + residual)``,
         leaving the residual untouched; one that declines gets a reason and the engine's path."""
-        from ..epilogue import Epilogue
+        from ..core.epilogue import Epilogue
 
         epilogue = Epilogue(residual=residual, activation=activation)
         declines = getattr(self.backend, "supports_epilogue", None)
@@ -325,7 +326,7 @@ class BackendConformance:
 def benchmark_against_builtins(backend, x_shape=(1, 64, 28, 28), w_shape=(64, 64, 3, 3), padding=1,
                                rounds: int = 5) -> str:
     """A small side-by-side timing table of ``backend`` and the available built-in backends."""
-    from ..plugins import BUILTIN_PLUGINS, default_registry
+    from ..core.registry import BUILTIN_PLUGINS, default_registry
 
     problem = ConvProblem.from_shapes(x_shape, w_shape, padding=padding)
     rng = np.random.default_rng(0)

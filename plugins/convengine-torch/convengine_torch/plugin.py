@@ -7,7 +7,7 @@ without torch still imports this plugin and lists the backend as unavailable.
 from __future__ import annotations
 
 import convengine
-from convengine.threads import get_num_threads
+from convengine.runtime.threads import get_num_threads
 
 from . import __version__
 

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 import convengine as ce
-from convengine.costmodel import measure_machine
+from convengine.core.costmodel import measure_machine
 from convengine.testing.reference import conv2d_reference, relative_error
 
 LAYERS = [((64, 56), 64), ((256, 14), 256), ((512, 7), 512)]

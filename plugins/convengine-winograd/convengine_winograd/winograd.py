@@ -13,7 +13,7 @@ import numpy as np
 from . import kernels, kernels_f4
 
 try:  # the host's one thread setting for Numba and BLAS pools
-    from convengine.threads import apply_blas_threads, numba_threads
+    from convengine.runtime.threads import apply_blas_threads, numba_threads
 except ImportError:  # pragma: no cover - an older convengine without the helpers: use the pools as they are
     def apply_blas_threads() -> None:
         return None
@@ -21,8 +21,8 @@ except ImportError:  # pragma: no cover - an older convengine without the helper
     def numba_threads() -> int:
         return 0
 
-try:  # reused scratch buffers: no page faults per call (see convengine.workspace)
-    from convengine.workspace import scratch
+try:  # reused scratch buffers: no page faults per call (see convengine.runtime.workspace)
+    from convengine.runtime.workspace import scratch
 except ImportError:  # pragma: no cover - an older convengine: fresh buffers per call
     def scratch(purpose, shape, dtype):
         return np.empty(shape, dtype)

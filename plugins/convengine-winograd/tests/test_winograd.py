@@ -296,7 +296,7 @@ def test_f4_stays_within_its_error_bound(x_shape, w_shape, padding, groups, dtyp
 
 def test_f4_is_predicted_slower_where_it_has_few_tiles():
     """The cost model keeps F(4x4) off small images at batch 1 (measured: 3.8 ms vs F(2x2)'s 1.9 ms at 7x7)."""
-    from convengine.costmodel import MachineProfile
+    from convengine.core.costmodel import MachineProfile
 
     machine = MachineProfile(2e11, 1e11, 3e10)
     problem = _problem((1, 512, 7, 7), (512, 512, 3, 3), padding=1)

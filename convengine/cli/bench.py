@@ -1,6 +1,6 @@
 """``convengine bench``: each backend's time on named layers or whole models, as a ratio to the peers.
 
-For every selected layer (:mod:`convengine.layers`), every available backend that supports
+For every selected layer (:mod:`convengine.bench.catalogue`), every available backend that supports
 it, the engine's own choice (``auto``), and the peers that are installed
 (``torch.nn.functional.conv2d``, ONNX Runtime) are prepared, warmed, and timed in
 interleaved rounds (:func:`convengine.bench.compare`); the report gives each one's median
@@ -24,8 +24,8 @@ import json
 import sys
 from typing import Optional
 
-from . import threads as threads_module
-from .cli import command
+from ..runtime import threads as threads_module
+from .commands import command
 
 
 def _positive_int(text: str) -> int:
@@ -39,8 +39,8 @@ def _positive_int(text: str) -> int:
 
 
 def _shape(text: str):
-    """``C,H,W:O,KH,KW[:STRIDE[:PADDING]]`` as an unnamed :class:`~convengine.layers.LayerSpec`."""
-    from .layers import LayerSpec
+    """``C,H,W:O,KH,KW[:STRIDE[:PADDING]]`` as an unnamed :class:`~convengine.bench.catalogue.LayerSpec`."""
+    from ..bench.catalogue import LayerSpec
 
     parts = text.split(":")
     try:
@@ -59,7 +59,7 @@ def _shape(text: str):
 
 
 def _bench_args(parser: argparse.ArgumentParser) -> None:
-    from .layers import SETS
+    from ..bench.catalogue import SETS
 
     parser.add_argument("--layer", action="append", default=[], metavar="NAME",
                         help="a layer by name, e.g. resnet50.layer1.conv2 (repeatable); see --list")
@@ -113,9 +113,9 @@ def _progress(items, enabled: bool):
 
 def _contenders(problem, spec, backend_names, x, w, b):
     """Prepared executors by name, and the backends/peers that cannot run (name -> reason)."""
-    from . import bench
-    from .engine import Engine
-    from .plugins import default_registry
+    from .. import bench
+    from ..core.engine import Engine
+    from ..core.registry import default_registry
 
     executors, skipped = {}, {}
     registry = default_registry()
@@ -140,7 +140,7 @@ def _contenders(problem, spec, backend_names, x, w, b):
 
 def _model_totals(layer_reports: list[dict]) -> list[dict]:
     """Per model whose every layer was run: each contender's total, weighting layers by ``count``."""
-    from .layers import SETS
+    from ..bench.catalogue import SETS
 
     by_name = {r["layer"]: r for r in layer_reports}
     totals = []
@@ -208,8 +208,8 @@ def _format_totals(total: dict, gemm: float) -> str:
 def _refresh_profile() -> None:
     """Re-measure the cost model's machine profile (best of stored and now), so 'auto' here and later
     does not decide on rates measured while the machine was busy."""
-    from .costmodel import refresh_machine_profile
-    from .engine import default_engine
+    from ..core.costmodel import refresh_machine_profile
+    from ..core.engine import default_engine
 
     refresh_machine_profile(default_engine().tuning_cache)
 
@@ -217,10 +217,11 @@ def _refresh_profile() -> None:
 @command("bench", "time every backend on named layers (ResNet-50, AlexNet, the course's examples) against torch and ONNX Runtime",
          _bench_args)
 def _bench(args: argparse.Namespace) -> int:
-    from . import bench, list_backends
-    from .costmodel import measure_gemm_flops
-    from .layers import LAYERS, SETS, select
-    from .threads import get_num_threads, set_num_threads
+    from .. import bench
+    from ..core.registry import list_backends
+    from ..core.costmodel import measure_gemm_flops
+    from ..bench.catalogue import LAYERS, SETS, select
+    from ..runtime.threads import get_num_threads, set_num_threads
 
     if args.list:
         for spec in LAYERS:
@@ -332,7 +333,7 @@ def _check_models(specs) -> Optional[str]:
             if not os.path.isfile(spec):
                 return f"model file {spec!r} does not exist"
             continue
-        from .models import MODELS
+        from ..models import MODELS
 
         if spec not in MODELS:
             import difflib
@@ -362,8 +363,8 @@ def _bench_models(args, backend_names, gemm, emit) -> list[dict]:
     """Run :func:`convengine.bench.bench_model` for every --model; print each table when ``emit``."""
     import tempfile
 
-    from . import bench
-    from .cli_models import load_model
+    from .. import bench
+    from ..models.loading import load_model
 
     say = (lambda text: print(f"  ... {text}", file=sys.stderr, flush=True)) if not args.no_progress else (
         lambda text: None)

@@ -11,7 +11,7 @@ to a GPU); it returns an *executor*, a callable ``execute(x) -> y`` that must be
 stateless (it may be called many times, and concurrently).
 
 Fused epilogues (optional): a backend whose :meth:`Backend.supports_epilogue` returns
-``None`` for a problem receives the :class:`~convengine.epilogue.Epilogue` in ``prepare``
+``None`` for a problem receives the :class:`~convengine.core.epilogue.Epilogue` in ``prepare``
 and applies it itself; its executor is then called ``execute(x, residual)`` when the
 epilogue adds a residual. Backends that do not override it need not know epilogues exist:
 the engine applies them on their output. A fusing backend that sets
@@ -86,7 +86,7 @@ class Backend:
     def estimate_seconds(self, problem: ConvProblem, machine) -> Optional[float]:
         """Predicted execution time, for the ``"auto"`` policy; ``None`` means "no estimate".
 
-        ``machine`` is a :class:`convengine.costmodel.MachineProfile` with the measured
+        ``machine`` is a :class:`convengine.core.costmodel.MachineProfile` with the measured
         GEMM rate and memory bandwidth of this machine.
         """
         return None
@@ -118,10 +118,10 @@ class Backend:
         raise NotImplementedError
 
     def kernels(self, problem: ConvProblem, epilogue: Epilogue) -> Sequence:
-        """The compiled kernels (:class:`convengine.precompile.Kernel`) running ``problem`` calls.
+        """The compiled kernels (:class:`convengine.runtime.precompile.Kernel`) running ``problem`` calls.
 
         Listed, they are compiled ahead, in parallel worker processes, when a model is
-        prepared (see :mod:`convengine.precompile`). The default lists none: those compile on
+        prepared (see :mod:`convengine.runtime.precompile`). The default lists none: those compile on
         first call, one after another.
         """
         return ()

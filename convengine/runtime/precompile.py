@@ -6,7 +6,7 @@ a 2-vCPU machine. The kernels are independent, and Numba's disk cache (``cache=T
 shared between processes: compiled in a worker, a kernel costs the caller a cache load.
 
 A :class:`Kernel` names a module-level Numba dispatcher and one signature; backends list
-theirs in :meth:`convengine.backend.Backend.kernels`. :func:`precompile` compiles the ones
+theirs in :meth:`convengine.core.contract.Backend.kernels`. :func:`precompile` compiles the ones
 neither in memory nor in the disk cache: the caller takes one share, each of
 ``processes - 1`` spawned workers another. Anything going wrong in a worker only costs time:
 the caller then compiles the rest itself.
@@ -165,7 +165,7 @@ def _bar(total: int, processes: int):
 
 
 class _Worker:
-    """``python -m convengine.precompile`` compiling ``kernels`` (pickled on its stdin) into the disk cache.
+    """``python -m convengine.runtime.precompile`` compiling ``kernels`` (pickled on its stdin) into the disk cache.
 
     A fresh interpreter, not ``multiprocessing``: that would re-import the caller's main
     script in the worker.

@@ -9,32 +9,9 @@ import time
 
 import numpy as np
 
-from .cli import _ints, _policy, command
-
-
-def load_model(spec: str, input_shape=None):
-    """A zoo name (``resnet18``) or a path to an ``.onnx`` file; ``input_shape`` (C, H, W) for zoo models."""
-    if spec.endswith(".onnx") or os.path.sep in spec or os.path.exists(spec):
-        from .graph.onnx_import import load_onnx
-
-        if not os.path.exists(spec):
-            raise ValueError(f"model file {spec!r} does not exist")
-        return load_onnx(spec)
-    import inspect
-
-    from .models import MODELS, get_model
-
-    if input_shape is None:
-        return get_model(spec)
-    c, h, w = input_shape
-    factory = MODELS.get(spec)
-    if factory is not None and "input_size" in inspect.signature(factory).parameters:
-        return get_model(spec, in_channels=c, input_size=(h, w))
-    graph = get_model(spec, in_channels=c)
-    natural = tuple(graph.inputs[0].shape[2:])
-    if natural != (h, w):
-        raise ValueError(f"model {spec!r} is defined for {natural[0]}x{natural[1]} inputs only; got {h}x{w}")
-    return graph
+from ..models.loading import load_model  # noqa: F401  (the commands below and cli.bench use it)
+from . import arguments
+from .commands import command
 
 
 def _model_arg(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +19,7 @@ def _model_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _engine_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--policy", type=_policy, default="auto",
+    parser.add_argument("--policy", type=arguments.policy, default="auto",
                         help="auto (cost model, default), tune (measure per layer), a backend name, or a comma-separated preference list")
     parser.add_argument("--backend", help="run every convolution on this backend (same as --policy NAME)")
     parser.add_argument("--max-rel-error", type=float, help="accuracy budget; e.g. 1e-6 keeps lossy backends out")
@@ -50,8 +27,8 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _engine(args):
-    from . import set_num_threads
-    from .engine import Engine
+    from ..runtime.threads import set_num_threads
+    from ..core.engine import Engine
 
     if args.threads:
         set_num_threads(args.threads)
@@ -71,7 +48,7 @@ def _input(graph, batch: int, seed: int = 0):
 
 def _summary_args(parser):
     _model_arg(parser)
-    parser.add_argument("--input-shape", type=_ints, metavar="C,H,W or N,C,H,W",
+    parser.add_argument("--input-shape", type=arguments.ints, metavar="C,H,W or N,C,H,W",
                         help="input shape to count for (default: the model's natural input, batch 1)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
@@ -102,17 +79,17 @@ def _run_args(parser):
 
 @command("run", "run a model, printing each layer's backend and time and the whole-model time", _run_args)
 def _run(args) -> int:
-    from .cli import _backends
-    from .graph.plan import Plan
+    from .info import backends as print_backends
+    from ..graph.plan import Plan
 
     if args.batch < 1:
         raise ValueError(f"--batch must be at least 1, got {args.batch}")
     print("backends on this machine:")
-    _backends(argparse.Namespace(json=False))
+    print_backends(argparse.Namespace(json=False))
     engine = _engine(args)
     graph = load_model(args.model)
     plan = Plan.load(args.plan, graph, force=args.force, backends=engine.registry.names()) if args.plan else None
-    from .graph.executor import CompiledGraph
+    from ..graph.executor import CompiledGraph
 
     start = time.perf_counter()
     compiled = CompiledGraph(graph, engine, plan=plan, progress=True)
@@ -168,13 +145,13 @@ def _tune_args(parser):
 
 @command("tune", "measure every backend on each layer of a model and write the plan", _tune_args)
 def _tune(args) -> int:
-    from .engine import Engine
-    from .graph.executor import CompiledGraph
-    from .graph.plan import Plan
+    from ..core.engine import Engine
+    from ..graph.executor import CompiledGraph
+    from ..graph.plan import Plan
 
     graph = load_model(args.model)
     engine = Engine(policy="tune", max_rel_error=args.max_rel_error, tune_budget_s=args.budget)
-    from .costmodel import refresh_machine_profile
+    from ..core.costmodel import refresh_machine_profile
 
     refresh_machine_profile(engine.tuning_cache)  # the cost model prunes hopeless candidates with it
     compiled = CompiledGraph(graph, engine, progress=True, batch=args.batch)

@@ -19,8 +19,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .problem import ConvProblem
-from .threads import get_num_threads
+from ..core.arrays import problem_data  # noqa: F401  (part of this module's API: the asv suite calls bench.problem_data)
+from ..core.problem import ConvProblem
+from ..runtime.threads import get_num_threads
 
 
 @dataclass
@@ -41,14 +42,6 @@ def simulated(device: str) -> Optional[str]:
     if device == "cuda" and os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
         return "runs on Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1): correct, but no measurement"
     return None
-
-
-def problem_data(problem: ConvProblem, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(problem.input_shape).astype(problem.dtype)
-    w = rng.standard_normal(problem.weight_shape).astype(problem.dtype)
-    b = rng.standard_normal(problem.out_channels).astype(problem.dtype) if problem.has_bias else None
-    return x, w, b
 
 
 #: The peer libraries, by the name they carry in tables and benchmark parameters.
@@ -271,7 +264,6 @@ def format_table(problem: ConvProblem, timings: list[Timing], gemm_flops: Option
 #: The ONNX Runtime contender of a whole-model run.
 MODEL_PEER = "peer:onnxruntime"
 #: The engine policies every whole-model run includes.
-MODEL_POLICIES = ("auto", "tune")
 TORCH_ON_MODELS = ("not run on whole models: it would need a torch twin of the graph "
                    "(peer:torch is timed on single layers)")
 
@@ -310,7 +302,7 @@ def import_heavy_libraries() -> None:
 
 def conv_problems(graph, batch: int = 1) -> list[tuple[str, ConvProblem]]:
     """``(node name, problem)`` of every Conv node of ``graph`` at ``batch``."""
-    from .graph.ops import conv_problem_args
+    from ..graph.ops import conv_problem_args
 
     problems = []
     for node in graph.nodes:
@@ -342,7 +334,7 @@ def backend_skip_reason(name: str, problems, *, explicit: bool = False, max_run_
     costs minutes and gigabytes on ResNet-50), and a backend whose cost model predicts more
     than ``max_run_s`` seconds per run (``naive`` on large models or batches).
     """
-    from .plugins import default_registry
+    from ..core.registry import default_registry
 
     backend = (registry or default_registry()).get(name).backend
     for node, problem in problems:
@@ -358,7 +350,7 @@ def backend_skip_reason(name: str, problems, *, explicit: bool = False, max_run_
         return ("skipped: fft on 1x1 convolutions (a GEMM; kernel transforms take minutes and GBs); "
                 "--backend fft runs it")
     if max_run_s:
-        from .engine import Engine
+        from ..core.engine import Engine
 
         engine, total = Engine(), 0.0
         for _, problem in problems:
@@ -392,8 +384,8 @@ def build_model_runner(contender: str, graph, batch: int, *, tuning_cache=None, 
         return (lambda x: session.run(None, {input_name: x})), None
     from collections import Counter
 
-    from .engine import Engine
-    from .graph.executor import CompiledGraph
+    from ..core.engine import Engine
+    from ..graph.executor import CompiledGraph
 
     if contender == "auto":
         engine = Engine()
@@ -407,8 +399,8 @@ def build_model_runner(contender: str, graph, batch: int, *, tuning_cache=None, 
 
 def tune_model(graph, batch: int, tuning_cache) -> float:
     """Tune every convolution of ``graph`` at ``batch`` into ``tuning_cache`` (a path); seconds taken."""
-    from .engine import Engine
-    from .graph.executor import CompiledGraph
+    from ..core.engine import Engine
+    from ..graph.executor import CompiledGraph
 
     start = time.perf_counter()
     CompiledGraph(graph, Engine(policy="tune", tuning_cache=tuning_cache), batch=batch)
@@ -494,7 +486,7 @@ def bench_model(model: str, graph, *, batch: int = 1, backends=(), explicit=(), 
     onnx_model = None
     try:
         import onnxruntime  # noqa: F401
-        from .graph.onnx_export import to_onnx
+        from ..graph.onnx_export import to_onnx
 
         onnx_model = to_onnx(graph).SerializeToString()
     except ImportError as exc:
@@ -675,8 +667,8 @@ def _memory_child(spec_json: str) -> int:
         with open(spec["onnx"], "rb") as f:
             onnx_model = f.read()
     else:
-        from . import list_backends
-        from .cli_models import load_model
+        from ..core.registry import list_backends
+        from ..models.loading import load_model
 
         list_backends()  # imports every registered backend's libraries (Numba, torch...)
         graph = load_model(spec["model"])

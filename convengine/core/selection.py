@@ -22,8 +22,8 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from .backend import LOSSY
-from .plugins import BackendEntry, PluginWarning, Registry
+from .contract import LOSSY
+from .registry import BackendEntry, PluginWarning, Registry
 from .problem import ConvProblem
 
 Policy = Union[str, Sequence[str]]

@@ -27,7 +27,7 @@ import platform
 import numpy as np
 from threadpoolctl import threadpool_info
 
-from . import __version__
+from .._version import __version__
 from .threads import usable_cores
 
 UNKNOWN = "unknown"

@@ -4,7 +4,7 @@ Every distinct convolution shape of ResNet-50 and of AlexNet at a 224x224 input,
 course's worked examples, each as a :class:`LayerSpec` (a shape without the batch size) that
 makes a :class:`~convengine.ConvProblem` for any batch and dtype:
 
->>> from convengine.layers import layer
+>>> from convengine.bench.catalogue import layer
 >>> layer("resnet50.layer1.conv2").problem(batch=1).output_shape
 (1, 64, 56, 56)
 
@@ -40,7 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence, Union
 
-from .problem import ConvProblem, Padding
+from ..core.problem import ConvProblem, Padding
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,13 @@ import math
 
 import numpy as np
 
-from ..backend import EXACT
-from ..epilogue import NONE, Epilogue
-from ..hookspecs import hookimpl
-from ..problem import ConvProblem
-from ..threads import numba_threads
-from ..workspace import scratch
-from ._numba import NumbaBackend
+from ...core.contract import EXACT
+from ...core.epilogue import NONE, Epilogue
+from ...core.hookspecs import hookimpl
+from ...core.problem import ConvProblem
+from ...runtime.threads import numba_threads
+from ...runtime.workspace import scratch
+from .._numba import NumbaBackend
 
 LANES = 16  # output channels per vector (``_simd.LANES``; not imported, to keep numba out of startup)
 POINT_CHANNELS, POINT_PIXELS = 6, 64  # the 1x1 pixel-vector kernel's block (``_simd.POINT_*``)
@@ -219,7 +219,7 @@ class DirectBackend(NumbaBackend):
         return None  # applied where the output tile leaves the registers
 
     def kernels(self, problem: ConvProblem, epilogue: Epilogue = NONE):
-        from ._direct_kernels import precompile_kernels
+        from ._kernels import precompile_kernels
 
         if not is_subsampled_pointwise(problem):
             return precompile_kernels("direct_conv")
@@ -228,7 +228,7 @@ class DirectBackend(NumbaBackend):
     def prepare(self, problem: ConvProblem, weight, bias, epilogue: Epilogue = NONE):
         if is_subsampled_pointwise(problem):
             return self._prepare_pointwise(problem, weight, bias, epilogue)
-        from ._direct_kernels import direct_conv, input_slack
+        from ._kernels import direct_conv, input_slack
 
         block = channel_block(problem.in_channels)
         c_blocks = -(-problem.in_channels // block)
@@ -264,7 +264,7 @@ class DirectBackend(NumbaBackend):
 
         On the register tiles where :func:`runs_pointwise_tiles`, else on the pixel-vector kernel.
         """
-        from ._direct_kernels import pointwise_conv, pointwise_tiles
+        from ._kernels import pointwise_conv, pointwise_tiles
 
         tiles = runs_pointwise_tiles(problem, self.tile_width)
         rows = LANES if tiles else POINT_CHANNELS  # output channels per block

@@ -19,7 +19,8 @@ import numpy as np
 from . import selection
 from .epilogue import NONE as NO_EPILOGUE
 from .epilogue import Epilogue
-from .plugins import Registry, default_registry
+from .registry import Registry, default_registry
+from .arrays import as_float_array, conv_arrays, kernel_ready, output_violation
 from .problem import ConvProblem
 from .selection import Decision, Policy
 
@@ -28,38 +29,6 @@ ENV_BACKEND = "CONVENGINE_BACKEND"
 
 class BackendError(RuntimeError):
     """The explicitly requested backend failed or broke its contract."""
-
-
-def _as_array(value, name: str) -> np.ndarray:
-    array = np.asarray(value)
-    if array.dtype.kind != "f" or array.dtype.itemsize not in (4, 8):  # float32/float64, either byte order
-        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {array.dtype}")
-    if not array.dtype.isnative:  # backends are promised native-endian data
-        array = array.astype(array.dtype.newbyteorder("="))
-    return array
-
-
-def _conv_arrays(x, weight, bias):
-    """Check types, dtypes and ranks; return C-contiguous arrays and whether ``x`` was unbatched."""
-    x = _as_array(x, "input")
-    weight = _as_array(weight, "weight")
-    if weight.dtype != x.dtype:
-        raise TypeError(f"weight dtype {weight.dtype} does not match input dtype {x.dtype}; cast one of them")
-    if weight.ndim != 4:
-        raise ValueError(f"weight must be 4-D (C_out, C_in/groups, kH, kW), got {weight.ndim}-D shape {weight.shape}")
-    unbatched = x.ndim == 3
-    if unbatched:  # as torch: (C, H, W) in, (C_out, H_out, W_out) out
-        x = x[None]
-    if x.ndim != 4:
-        raise ValueError(f"input must be 4-D (N, C_in, H, W) or 3-D (C_in, H, W), got {x.ndim}-D shape {x.shape}")
-    if bias is not None:
-        bias = _as_array(bias, "bias")
-        if bias.dtype != x.dtype:
-            raise TypeError(f"bias dtype {bias.dtype} does not match input dtype {x.dtype}")
-        if bias.shape != (weight.shape[0],):
-            raise ValueError(f"bias must have shape (C_out,) = ({weight.shape[0]},), got {bias.shape}")
-        bias = np.ascontiguousarray(bias)
-    return np.ascontiguousarray(x), np.ascontiguousarray(weight), bias, unbatched
 
 
 class PreparedConv:
@@ -95,7 +64,7 @@ class PreparedConv:
         return self._prepared(batch).fused
 
     def kernels(self) -> list:
-        """The compiled kernels the chosen backend lists for this convolution (:mod:`convengine.precompile`).
+        """The compiled kernels the chosen backend lists for this convolution (:mod:`convengine.runtime.precompile`).
 
         Only a listing: a backend whose ``kernels`` is missing or raises lists none.
         """
@@ -124,7 +93,7 @@ class PreparedConv:
         ``consume_residual=True`` says the caller will not read ``residual`` again (the graph
         executor knows when): a backend that can then writes the output over it and returns it.
         """
-        x = _as_array(x, "input")
+        x = as_float_array(x, "input")
         expected = self.problem.input_shape[1:]
         if x.ndim != 4 or x.shape[1:] != expected:
             raise ValueError(f"input must have shape (N, {', '.join(map(str, expected))}), got {x.shape}")
@@ -166,7 +135,7 @@ class PreparedConv:
             return None
         if residual is None:
             raise ValueError("residual is required: this convolution was prepared with residual=True")
-        residual = _as_array(residual, "residual")
+        residual = as_float_array(residual, "residual")
         expected = (batch,) + self.problem.output_shape[1:]
         if residual.shape != expected:
             raise ValueError(f"residual must have the output's shape {expected}, got {residual.shape}")
@@ -203,7 +172,7 @@ class Engine:
         dtype exceeds it are excluded (``1e-6`` keeps FFT and Winograd out of float32 work).
         ``None`` admits every backend.
     tuning_cache:
-        Where ``"tune"`` keeps its measurements: a :class:`~convengine.tuning_cache.TuningCache`,
+        Where ``"tune"`` keeps its measurements: a :class:`~convengine.core.tuning_cache.TuningCache`,
         a path, ``None`` for the default per-user location, or ``False`` for no persistence.
     tune_budget_s:
         Time allowed to measure all candidates for one problem (each runs at least once).
@@ -243,12 +212,12 @@ class Engine:
     def conv2d(self, x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
                backend: Optional[str] = None, residual=None, activation: Optional[str] = None) -> np.ndarray:
         """2-D cross-correlation with PyTorch's semantics; see :func:`convengine.conv2d`."""
-        x, weight, bias, unbatched = _conv_arrays(x, weight, bias)
+        x, weight, bias, unbatched = conv_arrays(x, weight, bias)
         epilogue = Epilogue(residual=residual is not None, activation=activation)
         problem = ConvProblem.from_shapes(x.shape, weight.shape, bias=bias is not None, stride=stride,
                                           padding=padding, dilation=dilation, groups=groups, dtype=x.dtype)
         if unbatched and residual is not None:
-            residual = _as_array(residual, "residual")
+            residual = as_float_array(residual, "residual")
             if residual.ndim != 3:
                 raise ValueError(f"residual must be 3-D (C_out, H_out, W_out) like the unbatched output, "
                                  f"got shape {residual.shape}")
@@ -265,10 +234,10 @@ class Engine:
         ``activation="relu"`` applies a ReLU last. Backends that can fuse these do so.
         """
         epilogue = Epilogue(residual=residual, activation=activation)
-        weight = _as_array(weight, "weight")
+        weight = as_float_array(weight, "weight")
         if len(input_shape) != 4:
             raise ValueError(f"input_shape must be (N, C_in, H, W), got {tuple(input_shape)}")
-        _, weight, bias, _ = _conv_arrays(np.empty((0, *input_shape[1:]), weight.dtype), weight, bias)
+        _, weight, bias, _ = conv_arrays(np.empty((0, *input_shape[1:]), weight.dtype), weight, bias)
         problem = ConvProblem.from_shapes(input_shape, weight.shape, bias=bias is not None, stride=stride,
                                           padding=padding, dilation=dilation, groups=groups, dtype=weight.dtype)
         prepared = PreparedConv(self, weight.copy(), None if bias is None else bias.copy(), problem, backend, epilogue)
@@ -379,22 +348,6 @@ class Engine:
         self._decisions.clear()
         if decision.explicit:
             raise BackendError(f"backend {decision.chosen!r} failed: {reason}") from exc
-
-
-def kernel_ready(array: np.ndarray) -> np.ndarray:
-    """C-contiguous and writable memory: a read-only array (``np.frombuffer``, an ONNX tensor)
-    is a type of its own to Numba, and would cost every kernel a second compile. A copy then,
-    never a write into the caller's array."""
-    array = np.ascontiguousarray(array)
-    return array if array.flags.writeable else array.copy()
-
-
-def output_violation(y, problem: ConvProblem) -> Optional[str]:
-    """Why ``y`` is not a valid output for ``problem`` (``None`` when it is)."""
-    if isinstance(y, np.ndarray) and y.shape == problem.output_shape and y.dtype == np.dtype(problem.dtype):
-        return None
-    got = f"{type(y).__name__} {getattr(y, 'shape', '')} {getattr(y, 'dtype', '')}".strip()
-    return f"returned {got}, expected ndarray {problem.output_shape} {problem.dtype}"
 
 
 def _shape_and_dtype(value) -> tuple[tuple[int, ...], Optional[str]]:

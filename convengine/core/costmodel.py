@@ -4,7 +4,7 @@ Backends predict their own time from a :class:`MachineProfile` (``Backend.estima
 because only a backend knows its algorithm's FLOPs and memory traffic. The profile holds the
 rates those predictions need: numpy's BLAS GEMM throughput (the practical compute limit
 of the machine), its streaming memory bandwidth, and how many Numba parallel kernels it can
-start per second (``convengine.launch_probe``). Measuring takes a fraction of a second,
+start per second (``convengine.runtime.probes``). Measuring takes a fraction of a second,
 so the result is kept in the tuning cache, keyed by the hardware fingerprint.
 """
 
@@ -66,7 +66,7 @@ def _best_seconds(fn, repeats: int) -> float:
 
 def measure_gemm_flops(dtype: str = "float32", size: int = GEMM_SIZE, repeats: int = 5) -> float:
     """FLOP/s of numpy's BLAS on a square ``size`` x ``size`` product (with the configured threads)."""
-    from .threads import apply_blas_threads
+    from ..runtime.threads import apply_blas_threads
 
     apply_blas_threads()
     rng = np.random.default_rng(0)
@@ -86,9 +86,9 @@ def measure_bandwidth(nbytes: int = BANDWIDTH_BYTES, repeats: int = 5) -> float:
 
 
 def measure_parallel_launch_seconds(repeats: int = 200) -> float:
-    """Median seconds to start one Numba parallel kernel (``convengine.launch_probe``): the
+    """Median seconds to start one Numba parallel kernel (``convengine.runtime.probes``): the
     median, not the best, because every kernel call pays it, quiet moment or not."""
-    from .launch_probe import near_empty_kernel_call
+    from ..runtime.probes import near_empty_kernel_call
 
     return float(np.median(_call_seconds(near_empty_kernel_call(), repeats)))
 
@@ -107,7 +107,7 @@ _lock = threading.Lock()
 
 
 def _cache_key() -> str:
-    from .hardware import fingerprint_digest, host_fingerprint
+    from ..runtime.hardware import fingerprint_digest, host_fingerprint
 
     return "machine-profile-v3:" + fingerprint_digest(host_fingerprint())  # v3: parallel launch rate
 

@@ -15,8 +15,7 @@ import numpy as np
 from numba import prange
 
 from ._worksharing import job_claims, next_job, phase_counter, phase_done
-from ._simd import (LANES, MAX_WIDTH, POINT_CHANNELS, POINT_PIXELS, TILE_WIDTHS, pack_block, pointwise_block, tile_conv,
-                    tile_store_nchw, tile_zero)
+from ._simd import LANES, MAX_WIDTH, POINT_CHANNELS, POINT_PIXELS, TILE_WIDTHS, pack_block, pointwise_block, tile_conv, tile_store_nchw, tile_zero
 
 
 @numba.njit(inline="always")
@@ -29,10 +28,10 @@ def _compiled_width(width):
 
 
 def precompile_kernels(function: str) -> list:
-    """The signature ``direct`` calls ``function`` with (see :mod:`convengine.precompile`); costs measured on Zen 4."""
+    """The signature ``direct`` calls ``function`` with (see :mod:`convengine.runtime.precompile`); costs measured on Zen 4."""
     from numba import types
 
-    from ..precompile import Kernel
+    from ...runtime.precompile import Kernel
 
     def f32(ndim):
         return types.Array(types.float32, ndim, "C")

@@ -1,6 +1,6 @@
 """The plugin manager: finds plugins, collects their backends, contains their failures.
 
-This module and :mod:`convengine.hookspecs` are the only places that know about pluggy.
+This module and :mod:`convengine.core.hookspecs` are the only places that know about pluggy.
 Built-in backends are hookimpl modules listed in :data:`BUILTIN_PLUGINS`; third-party
 ones arrive through the ``convengine`` entry-point group. Both go through the same
 ``convengine_register_backends`` hook.
@@ -23,7 +23,7 @@ from typing import Iterable, Optional
 import pluggy
 
 from . import hookspecs
-from .backend import Backend
+from .contract import Backend
 
 ENTRY_POINT_GROUP = "convengine"
 BUILTIN_PLUGINS = (
@@ -226,8 +226,29 @@ def default_registry() -> Registry:
         return _default_registry
 
 
-def reset_default_registry() -> None:
-    """Forget the process-wide registry (tests, or after installing a plugin at run time)."""
-    global _default_registry
-    with _default_lock:
-        _default_registry = None
+@dataclass(frozen=True)
+class BackendInfo:
+    """A registered backend as ``list_backends`` reports it."""
+
+    name: str
+    device: str
+    available: bool
+    reason: Optional[str]
+    numerical_class: str
+    plugin: str
+
+
+def list_backends() -> list[BackendInfo]:
+    """Every registered backend (and every plugin that failed to load) with its availability."""
+    infos = []
+    for entry in default_registry().entries():
+        backend = entry.backend
+        infos.append(BackendInfo(
+            name=entry.name,
+            device=str(getattr(backend, "device", "?")),
+            available=entry.available,
+            reason=entry.unavailable_reason,
+            numerical_class=str(getattr(backend, "numerical_class", "?")),
+            plugin=entry.plugin,
+        ))
+    return infos

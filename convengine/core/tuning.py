@@ -1,6 +1,6 @@
 """The ``"tune"`` policy: measure every eligible backend on the problem, keep the fastest.
 
-Measurements are persisted in the per-machine :class:`~convengine.tuning_cache.TuningCache`
+Measurements are persisted in the per-machine :class:`~convengine.core.tuning_cache.TuningCache`
 under a key that digests everything the timing depends on: the host (CPU model and flags,
 cores, BLAS), convengine's version, each eligible backend's own fingerprint (its version,
 Numba/scipy/plugin versions, GPU name) and the problem. Any upgrade or new plugin changes
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import time
 
-from . import __version__
-from .bench import problem_data
-from .hardware import fingerprint_digest, host_fingerprint
+from .._version import __version__
+from .arrays import output_violation, problem_data
+from ..runtime.hardware import fingerprint_digest, host_fingerprint
 from .selection import Decision, choose_by_measurement, pick_fastest, predict, prune_hopeless, timed_median
 
 #: Candidates predicted slower than this many times the best prediction (and than the whole
@@ -66,8 +66,6 @@ def tune(engine, decision: Decision) -> None:
 
 
 def _measure(engine, name: str, problem, inputs, budget_s: float) -> float:
-    from .engine import output_violation
-
     x, w, b = inputs
     backend = engine.registry.get(name).backend
     execute = backend.prepare(problem, w, b)
