@@ -19,7 +19,9 @@ import subprocess
 import sys
 import time
 
+# isort: off
 import convengine  # noqa: F401  (before numpy: sets OPENBLAS_THREAD_TIMEOUT before BLAS loads, see docs/usage.md)
+# isort: on
 import numpy as np
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 
+# isort: off
 import convengine as ce  # before numpy: it limits OpenBLAS's idle spinning only if numpy is not loaded yet
+# isort: on
 
 import numpy as np
 from tqdm import tqdm

@@ -10,20 +10,21 @@ array([[19., 25.],
 
 from __future__ import annotations
 
-from ._version import __version__
-
 from typing import Optional
 
+# isort: off
 from .runtime import threads as _threads  # noqa: F401  (first: sets thread-pool variables before numpy loads BLAS)
+# isort: on
+from . import _moved
+from ._version import __version__  # noqa: F401  (public: convengine.__version__)
 from .core.contract import EXACT, LOSSY, Backend
 from .core.engine import BackendError, Engine, PreparedConv, default_engine
 from .core.epilogue import Epilogue
 from .core.hookspecs import hookimpl
-from .core.registry import BackendInfo, PluginWarning, default_registry, list_backends
 from .core.problem import ConvProblem
+from .core.registry import BackendInfo, PluginWarning, default_registry, list_backends  # noqa: F401  (default_registry: public, for plugin tooling)
 from .core.selection import BackendUnavailableError, Decision
 from .runtime.threads import ThreadingWarning, get_num_threads, set_num_threads
-from . import _moved
 
 _moved.install()
 

@@ -16,8 +16,8 @@ import pytest
 import convengine as ce
 from convengine.core.contract import LOSSY
 from convengine.core.engine import ENV_BACKEND
-from convengine.core.registry import default_registry
 from convengine.core.problem import ConvProblem
+from convengine.core.registry import default_registry
 from convengine.testing.conformance import tolerance as kit_tolerance
 
 try:  # hypothesis is a test extra; files that do not use it must still run without it
@@ -35,7 +35,7 @@ if settings is not None:
         suppress_health_check=[HealthCheck.too_slow],
         print_blob=True,
     )
-    # A longer local run: HYPOTHESIS_PROFILE=thorough python -m pytest tests/test_conv2d_property.py
+    # A longer local run: HYPOTHESIS_PROFILE=thorough python -m pytest tests/core/test_conv2d_property.py
     settings.register_profile("thorough", parent=settings.get_profile("ci"), derandomize=False, max_examples=500)
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

@@ -30,7 +30,9 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+# isort: off
 import convengine as ce  # before numpy: it limits OpenBLAS's idle spinning only if numpy is not loaded yet
+# isort: on
 
 import numpy as np
 

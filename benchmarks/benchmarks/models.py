@@ -44,7 +44,9 @@ from __future__ import annotations
 import os
 import pickle
 
+# isort: off
 from .common import BACKENDS, _module, bench, usable_backend  # (first: it imports convengine before numpy)
+# isort: on
 
 import numpy as np  # noqa: E402
 

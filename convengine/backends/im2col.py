@@ -15,9 +15,9 @@ import numpy as np
 
 from ..core.contract import EXACT
 from ..core.epilogue import NONE, Epilogue
-from ..runtime.environment import positive_int
 from ..core.hookspecs import hookimpl
 from ..core.problem import ConvProblem
+from ..runtime.environment import positive_int
 from ..runtime.threads import apply_blas_threads, numba_threads
 from ..runtime.workspace import scratch
 from ._numba import NumbaBackend

@@ -486,6 +486,7 @@ def bench_model(model: str, graph, *, batch: int = 1, backends=(), explicit=(), 
     onnx_model = None
     try:
         import onnxruntime  # noqa: F401
+
         from ..graph.onnx_export import to_onnx
 
         onnx_model = to_onnx(graph).SerializeToString()

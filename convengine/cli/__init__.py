@@ -9,7 +9,6 @@ from typing import Optional, Sequence
 from .._version import __version__
 from .commands import COMMANDS
 
-
 # -- entry point ------------------------------------------------------------------------------
 
 

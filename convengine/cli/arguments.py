@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+
 def ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())

@@ -151,7 +151,7 @@ def _model_totals(layer_reports: list[dict]) -> list[dict]:
         reports = [by_name[n] for n in names]
         flops = sum(r["flops"] * r["count"] for r in reports)
 
-        def total(pick) -> Optional[float]:
+        def total(pick, reports=reports) -> Optional[float]:
             seconds = 0.0
             for r in reports:
                 value = pick(r)
@@ -161,11 +161,11 @@ def _model_totals(layer_reports: list[dict]) -> list[dict]:
             return seconds
 
         def median_of(name):
-            return lambda r: next((t["median_s"] for t in r["results"] if t["contender"] == name), None)
+            return lambda report: next((t["median_s"] for t in report["results"] if t["contender"] == name), None)
 
         def best_of(kind):
-            def pick(r):
-                times = [t["median_s"] for t in r["results"]
+            def pick(report):
+                times = [t["median_s"] for t in report["results"]
                          if t["kind"] == kind and t["median_s"] and not t["contender"].startswith("auto")]
                 return min(times) if times else None
             return pick
@@ -218,9 +218,9 @@ def _refresh_profile() -> None:
          _bench_args)
 def _bench(args: argparse.Namespace) -> int:
     from .. import bench
-    from ..core.registry import list_backends
-    from ..core.costmodel import measure_gemm_flops
     from ..bench.catalogue import LAYERS, SETS, select
+    from ..core.costmodel import measure_gemm_flops
+    from ..core.registry import list_backends
     from ..runtime.threads import get_num_threads, set_num_threads
 
     if args.list:

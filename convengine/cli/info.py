@@ -8,7 +8,6 @@ import json
 from . import arguments
 from .commands import command
 
-
 # -- backends ---------------------------------------------------------------------------------
 
 

@@ -20,15 +20,16 @@ def _model_arg(parser: argparse.ArgumentParser) -> None:
 
 def _engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", type=arguments.policy, default="auto",
-                        help="auto (cost model, default), tune (measure per layer), a backend name, or a comma-separated preference list")
+                        help="auto (cost model, default), tune (measure per layer), a backend name, "
+                             "or a comma-separated preference list")
     parser.add_argument("--backend", help="run every convolution on this backend (same as --policy NAME)")
     parser.add_argument("--max-rel-error", type=float, help="accuracy budget; e.g. 1e-6 keeps lossy backends out")
     parser.add_argument("--threads", type=int, help="threads for every backend (default: usable cores)")
 
 
 def _engine(args):
-    from ..runtime.threads import set_num_threads
     from ..core.engine import Engine
+    from ..runtime.threads import set_num_threads
 
     if args.threads:
         set_num_threads(args.threads)
@@ -79,8 +80,8 @@ def _run_args(parser):
 
 @command("run", "run a model, printing each layer's backend and time and the whole-model time", _run_args)
 def _run(args) -> int:
-    from .info import backends as print_backends
     from ..graph.plan import Plan
+    from .info import backends as print_backends
 
     if args.batch < 1:
         raise ValueError(f"--batch must be at least 1, got {args.batch}")

@@ -112,8 +112,9 @@ class Backend:
         ``weight`` and ``bias`` are C-contiguous arrays of ``problem.dtype`` with the shapes
         ``problem.weight_shape`` and ``(out_channels,)`` (``bias`` is ``None`` when absent);
         they must not be modified. The engine passes arrays it owns and never changes, so a
-        backend may keep views of them instead of copies (a model's weights are then held once). ``execute`` receives a C-contiguous input of
-        ``problem.input_shape`` and returns a new array of ``problem.output_shape`` and dtype.
+        backend may keep views of them instead of copies (a model's weights are then held once).
+        ``execute`` receives a C-contiguous input of ``problem.input_shape`` and returns a new
+        array of ``problem.output_shape`` and dtype.
         """
         raise NotImplementedError
 

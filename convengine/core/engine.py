@@ -17,11 +17,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from . import selection
+from .arrays import as_float_array, conv_arrays, kernel_ready, output_violation
 from .epilogue import NONE as NO_EPILOGUE
 from .epilogue import Epilogue
-from .registry import Registry, default_registry
-from .arrays import as_float_array, conv_arrays, kernel_ready, output_violation
 from .problem import ConvProblem
+from .registry import Registry, default_registry
 from .selection import Decision, Policy
 
 ENV_BACKEND = "CONVENGINE_BACKEND"
@@ -242,7 +242,7 @@ class Engine:
                                           padding=padding, dilation=dilation, groups=groups, dtype=weight.dtype)
         prepared = PreparedConv(self, weight.copy(), None if bias is None else bias.copy(), problem, backend, epilogue)
         if problem.batch:
-            prepared.backend  # choose and prepare now, so errors surface here
+            _ = prepared.backend  # choose and prepare now, so errors surface here
         return prepared
 
     def explain(self, x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,

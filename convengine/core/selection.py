@@ -23,8 +23,8 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 
 from .contract import LOSSY
-from .registry import BackendEntry, PluginWarning, Registry
 from .problem import ConvProblem
+from .registry import BackendEntry, PluginWarning, Registry
 
 Policy = Union[str, Sequence[str]]
 NAMED_POLICIES = ("auto", "tune")

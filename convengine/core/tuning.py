@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 
 from .._version import __version__
-from .arrays import output_violation, problem_data
 from ..runtime.hardware import fingerprint_digest, host_fingerprint
+from .arrays import output_violation, problem_data
 from .selection import Decision, choose_by_measurement, pick_fastest, predict, prune_hopeless, timed_median
 
 #: Candidates predicted slower than this many times the best prediction (and than the whole

@@ -73,7 +73,8 @@ class GraphBuilder:
         kh, kw = _pair(kernel)
         c_in = self.channels(x)
         fan_in = c_in // groups * kh * kw
-        w = self.param(f"{name}.weight", self.rng.standard_normal((out_channels, c_in // groups, kh, kw)) * math.sqrt(2.0 / fan_in))
+        scale = math.sqrt(2.0 / fan_in)
+        w = self.param(f"{name}.weight", self.rng.standard_normal((out_channels, c_in // groups, kh, kw)) * scale)
         inputs = [x, w]
         if bias:
             inputs.append(self.param(f"{name}.bias", np.zeros(out_channels)))

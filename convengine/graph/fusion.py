@@ -9,10 +9,8 @@ so the shortcut tensor is always computed by then.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .ir import Node
 

@@ -16,6 +16,7 @@ from .shapes import infer_shapes
 from .summary import summarize
 from .weights import load_weights, save_weights
 
+
 @dataclass
 class Graph:
     """A CNN as an ordered list of nodes (topologically sorted at construction)."""

@@ -28,9 +28,7 @@ reads it back into an equivalent graph. ``onnx`` is an optional dependency
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 

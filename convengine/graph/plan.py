@@ -8,10 +8,9 @@ made on other hardware (the latter unless ``force=True``), before any work is do
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import json
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from ..runtime.hardware import fingerprint_digest, host_fingerprint
 from .ir import GraphError

@@ -8,11 +8,9 @@ running statistics are buffers, not parameters, as in PyTorch.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import math
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..core.problem import ConvProblem
 from .ir import Node

@@ -7,9 +7,8 @@ old weights. ``num_batches_tracked`` entries (a PyTorch training counter) are ig
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import zipfile
+from typing import TYPE_CHECKING
 
 import numpy as np
 

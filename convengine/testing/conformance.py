@@ -263,7 +263,8 @@ class BackendConformance:
         backend = self.backend
         plugin = type("ConformancePlugin", (), {
             "convengine_register_backends": staticmethod(hookimpl(lambda register: register(backend)))})()
-        engine = Engine(policy=backend.name, registry=Registry.load(extra_plugins=[plugin], load_entry_points=False, builtins=False))
+        registry = Registry.load(extra_plugins=[plugin], load_entry_points=False, builtins=False)
+        engine = Engine(policy=backend.name, registry=registry)
         spec, _ = self._first_supported("float32")
         x, w, b = _arrays(spec, "float32", 7)
         kwargs = {k: spec[k] for k in ("stride", "padding", "dilation", "groups")}

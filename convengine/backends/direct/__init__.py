@@ -191,7 +191,8 @@ class DirectBackend(NumbaBackend):
         if panel > POINT_PANEL_CACHED_BYTES:
             restream = (o_blocks * problem.batch * problem.in_channels * plane * itemsize
                         / (CACHE_BANDWIDTH_FACTOR * machine.bandwidth))
-        subsample = 0.0 if problem.is_pointwise else 2 * problem.batch * problem.in_channels * plane * itemsize / machine.bandwidth
+        subsample = (0.0 if problem.is_pointwise
+                     else 2 * problem.batch * problem.in_channels * plane * itemsize / machine.bandwidth)
         # one parallel kernel; the output is written once, by the FMA loop's stores
         return max(compute, weights) + restream + subsample + machine.parallel_launch_s
 
@@ -212,7 +213,8 @@ class DirectBackend(NumbaBackend):
         weights = weight_bytes * (1 + (problem.batch * n_groups - 1) / CACHE_BANDWIDTH_FACTOR) / machine.bandwidth
         epilogue = (int(np.prod(problem.output_shape)) * POINTWISE_EPILOGUE_FLOPS_PER_OUTPUT
                     / machine.gemm_flops(problem.dtype))
-        subsample = 0.0 if problem.is_pointwise else 2 * problem.batch * problem.in_channels * plane * itemsize / machine.bandwidth
+        subsample = (0.0 if problem.is_pointwise
+                     else 2 * problem.batch * problem.in_channels * plane * itemsize / machine.bandwidth)
         return max(work / rate, weights) + epilogue + subsample + machine.parallel_launch_s
 
     def supports_epilogue(self, problem: ConvProblem, epilogue: Epilogue):

@@ -14,8 +14,19 @@ import numba
 import numpy as np
 from numba import prange
 
+from ._simd import (
+    LANES,
+    MAX_WIDTH,
+    POINT_CHANNELS,
+    POINT_PIXELS,
+    TILE_WIDTHS,
+    pack_block,
+    pointwise_block,
+    tile_conv,
+    tile_store_nchw,
+    tile_zero,
+)
 from ._worksharing import job_claims, next_job, phase_counter, phase_done
-from ._simd import LANES, MAX_WIDTH, POINT_CHANNELS, POINT_PIXELS, TILE_WIDTHS, pack_block, pointwise_block, tile_conv, tile_store_nchw, tile_zero
 
 
 @numba.njit(inline="always")

@@ -139,8 +139,9 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
     their own registers and then added to the running total (also in registers), which
     keeps float32 rounding of long reductions (4608 products on ResNet's 512-channel
     layers) within the exact class's bound, as blocked BLAS products do; a 3x3 layer's
-    16-channel block (3 rows of 48) is one such sum, the RGB stem's 7 rows of 21 another. ``width`` must be one of :data:`TILE_WIDTHS` (any other leaves
-    the tile untouched); pixels at or beyond it are left untouched. No bounds checks: the
+    16-channel block (3 rows of 48) is one such sum, the RGB stem's 7 rows of 21 another.
+    ``width`` must be one of :data:`TILE_WIDTHS` (any other leaves the tile untouched);
+    pixels at or beyond it are left untouched. No bounds checks: the
     caller guarantees them. All loops are emitted here, in one call per tile,
     because a call passes the tile through memory (about 150 cycles measured).
     """
@@ -281,7 +282,8 @@ def tile_store_nchw(typingctx, tile, y, y_start, plane, channels, first, width, 
         for j, column in enumerate(columns):
             with builder.if_then(builder.icmp_signed("<", ir.Constant(_I64, j), channels)):
                 at = builder.add(y_start, builder.mul(plane, ir.Constant(_I64, j)))
-                v = builder.fadd(column, _splat(builder, builder.load(builder.gep(bp, [builder.add(b_start, ir.Constant(_I64, j))]))))
+                bias_j = builder.load(builder.gep(bp, [builder.add(b_start, ir.Constant(_I64, j))]))
+                v = builder.fadd(column, _splat(builder, bias_j))
                 r_ptr = builder.bitcast(builder.gep(rp, [at]), _VEC.as_pointer())
                 r_mask = builder.and_(mask, _splat(builder, has_residual))
                 r = builder.call(load, [r_ptr, ir.Constant(i32, 4), r_mask, zero])
@@ -381,7 +383,8 @@ def pointwise_block(typingctx, x, x_start, plane, channels, w, w_start, y, y_sta
                             res = builder.call(load, [vptr(rp, at), align, builder.and_(masks[v], res_on), zero])
                             final = builder.fadd(value, b)
                             final = builder.select(has_residual, builder.fadd(final, res), final)
-                            final = builder.select(relu, builder.select(builder.fcmp_ordered("<", final, zero), zero, final), final)
+                            clipped = builder.select(builder.fcmp_ordered("<", final, zero), zero, final)
+                            final = builder.select(relu, clipped, final)
                             builder.call(store, [builder.select(last, final, value), vptr(yp, at), align, masks[v]])
                 return []
 

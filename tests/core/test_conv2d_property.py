@@ -15,6 +15,7 @@ from typing import Optional
 
 import numpy as np
 import pytest
+from conftest import is_cuda_simulator, tolerance, unsupported_reason
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -22,8 +23,6 @@ import convengine as ce
 from convengine.core.contract import ERROR_BOUNDS
 from convengine.testing.conformance import REL_TOLERANCE
 from convengine.testing.reference import conv2d_reference, relative_error
-
-from conftest import is_cuda_simulator, tolerance, unsupported_reason
 
 pytestmark = pytest.mark.usefixtures("no_forced_backend")
 

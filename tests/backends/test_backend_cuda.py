@@ -18,7 +18,7 @@ from convengine.backends.cuda import SHARED_BYTES, TILE, CudaBackend, launch_pla
 from convengine.core.problem import ConvProblem
 from convengine.testing.reference import conv2d_reference, relative_error
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BACKEND = CudaBackend()
 
 _reason = BACKEND.availability()

@@ -11,15 +11,13 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import make_plugin
 
 import convengine
-from convengine import (EXACT, LOSSY, Backend, BackendError, BackendUnavailableError, Decision, Engine, PluginWarning,
-                        PreparedConv)
+from convengine import EXACT, LOSSY, Backend, BackendError, BackendUnavailableError, Decision, Engine, PluginWarning, PreparedConv
 from convengine.core.engine import ENV_BACKEND
 from convengine.core.registry import Registry
 from convengine.testing.reference import conv2d_reference, relative_error
-
-from conftest import make_plugin
 
 X_SHAPE, W_SHAPE = (2, 3, 8, 8), (4, 3, 3, 3)
 

@@ -22,7 +22,7 @@ import convengine as ce
 from convengine import bench
 from convengine.bench import catalogue as layers
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SUITE = ROOT / "benchmarks"
 
 
@@ -399,7 +399,7 @@ def test_every_library_of_the_dashboard_can_be_vendored():
 def test_model_vs_ort_reports_both_runtimes_alone(extra):
     """The whole-model comparison script: each runtime in its own process, a ratio printed (LeNet: fast)."""
     pytest.importorskip("onnxruntime")
-    script = Path(__file__).parent.parent / "benchmarks" / "model_vs_ort.py"
+    script = Path(__file__).parents[2] / "benchmarks" / "model_vs_ort.py"
     out = subprocess.run([sys.executable, str(script), "lenet", "--processes", "1", "--runs", "2", *extra],
                          capture_output=True, text=True, timeout=300, check=True).stdout
     line = out.strip().splitlines()[-1]

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from convengine.core.engine import Engine
+from convengine.core.problem import ConvProblem
 from convengine.graph import Graph
 from convengine.models import MODELS, alexnet, densenet121, get_model, lenet, resnet18, resnet50
-from convengine.core.problem import ConvProblem
 
 ALL_MODELS = ["lenet", "alexnet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121"]
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")  # torch state, not parameters

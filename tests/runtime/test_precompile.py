@@ -16,6 +16,7 @@ import pytest
 
 from convengine.runtime.precompile import Kernel, PrecompileReport, _shares
 
+
 def _in_fresh_process(code: str, tmp_path) -> dict:
     # two threads, so two processes, whatever the machine
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"), CONVENGINE_NUM_THREADS="2")
@@ -126,12 +127,11 @@ def test_the_report_says_what_happened():
 
 def test_a_backend_whose_listing_raises_lists_nothing():
     import numpy as np
+    from conftest import make_plugin
 
     from convengine import Engine
     from convengine.core.contract import Backend
     from convengine.core.registry import Registry
-
-    from conftest import make_plugin
 
     class Listing(Backend):
         name = "broken-listing"

@@ -14,14 +14,13 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import make_plugin
 
 from convengine import Backend, BackendUnavailableError, Engine, PluginWarning
 from convengine.core.registry import Registry
-from convengine.testing.reference import conv2d_reference
 from convengine.core.tuning import tuning_key
 from convengine.core.tuning_cache import TuningCache, TuningCacheWarning
-
-from conftest import make_plugin
+from convengine.testing.reference import conv2d_reference
 
 X_SHAPE, W_SHAPE = (1, 2, 5, 5), (2, 2, 3, 3)
 

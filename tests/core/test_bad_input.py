@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import AVAILABLE_BACKEND_NAMES, is_lossy, skip_if_unsupported, tolerance
 
 import convengine as ce
 from convengine.core.registry import Registry
 from convengine.testing.reference import conv2d_reference, relative_error
-
-from conftest import AVAILABLE_BACKEND_NAMES, is_lossy, skip_if_unsupported, tolerance
 
 pytestmark = pytest.mark.usefixtures("no_forced_backend")
 

@@ -6,11 +6,10 @@ code here), so they check the float64 reference as well as the backends.
 
 import numpy as np
 import pytest
+from conftest import is_lossy, skip_if_unsupported, tolerance
 
 import convengine as ce
 from convengine.testing.reference import conv2d_reference, relative_error
-
-from conftest import is_lossy, skip_if_unsupported, tolerance
 
 pytestmark = pytest.mark.usefixtures("no_forced_backend")
 

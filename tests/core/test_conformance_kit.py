@@ -81,7 +81,7 @@ def _template_backend():
     import pathlib
     import sys
 
-    folder = pathlib.Path(__file__).resolve().parents[1] / "plugins" / "template"
+    folder = pathlib.Path(__file__).resolve().parents[2] / "plugins" / "template"
     sys.path.insert(0, str(folder))
     try:
         return importlib.import_module("convengine_mybackend.plugin").MyBackend()

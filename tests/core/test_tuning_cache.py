@@ -19,7 +19,7 @@ import pytest
 from convengine.core import tuning_cache
 from convengine.core.tuning_cache import FORMAT, VERSION, TuningCache, TuningCacheWarning
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RECORD = {"backend": "im2col", "seconds": {"im2col": 0.0012, "direct": 0.0031}}
 
 

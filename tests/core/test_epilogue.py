@@ -6,18 +6,17 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import make_plugin
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import convengine as ce
 from convengine import Backend, Engine, Epilogue, PluginWarning
+from convengine.core.registry import Registry
 from convengine.graph import GraphBuilder
 from convengine.graph.executor import CompiledGraph
-from convengine.core.registry import Registry
 from convengine.testing.conformance import tolerance
 from convengine.testing.reference import conv2d_reference, relative_error
-
-from conftest import make_plugin
 
 pytestmark = pytest.mark.usefixtures("isolated_env")
 
