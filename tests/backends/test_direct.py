@@ -234,7 +234,8 @@ def test_a_tile_width_outside_the_compiled_range_is_refused(bad):
 
 
 def test_the_backend_s_copies_of_the_kernel_constants_match_the_kernels():
-    from convengine.backends import _simd, direct
+    from convengine.backends import direct
+    from convengine.backends.direct import _simd
 
     assert (direct.LANES, direct.POINT_CHANNELS, direct.POINT_PIXELS, direct.MAX_TILE_WIDTH, direct.TILE_WIDTHS) == (
         _simd.LANES, _simd.POINT_CHANNELS, _simd.POINT_PIXELS, _simd.MAX_WIDTH, _simd.TILE_WIDTHS)

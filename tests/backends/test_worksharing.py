@@ -1,4 +1,4 @@
-"""Jobs claimed at run time (``backends._worksharing``): each job exactly once, whatever the thread count."""
+"""Jobs claimed at run time (``backends.direct._worksharing``): each job exactly once, whatever the thread count."""
 
 from __future__ import annotations
 
