@@ -208,7 +208,7 @@ class _Worker:
 
 #: The directory holding this ``convengine`` package: the workers import the same copy (and so
 #: fill the disk cache this process reads; Numba keys it by the source file's path).
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # .../convengine/runtime/<this>
 
 
 def _worker_env() -> dict:
