@@ -18,18 +18,20 @@ from .runtime import threads as _threads  # noqa: F401  (first: sets thread-pool
 from . import _moved
 from ._version import __version__  # noqa: F401  (public: convengine.__version__)
 from .core.contract import EXACT, LOSSY, Backend
-from .core.engine import BackendError, Engine, PreparedConv, default_engine
+from .core.engine import Engine, PreparedConv, default_engine
 from .core.epilogue import Epilogue
+from .core.errors import BackendDeclinedError, BackendError, BackendFailedError, BackendUnavailableError, PluginWarning
 from .core.hookspecs import hookimpl
 from .core.problem import ConvProblem
-from .core.registry import BackendInfo, PluginWarning, default_registry, list_backends  # noqa: F401  (default_registry: public, for plugin tooling)
-from .core.selection import BackendUnavailableError, Decision
+from .core.registry import BackendInfo, default_registry, list_backends  # noqa: F401  (default_registry: public, for plugin tooling)
+from .core.selection import Decision
 from .runtime.threads import ThreadingWarning, get_num_threads, set_num_threads
 
 _moved.install()
 
 __all__ = [
-    "Backend", "BackendError", "BackendInfo", "BackendUnavailableError", "ConvProblem", "Decision", "EXACT",
+    "Backend", "BackendDeclinedError", "BackendError", "BackendFailedError", "BackendInfo", "BackendUnavailableError",
+    "ConvProblem", "Decision", "EXACT",
     "Engine", "Epilogue", "LOSSY", "PluginWarning", "PreparedConv", "conv2d", "explain", "get_num_threads", "hookimpl",
     "list_backends", "load_onnx", "set_num_threads", "ThreadingWarning", "to_onnx",
 ]

@@ -27,12 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from . import info, models, bench  # noqa: F401, I001  (importing them registers their commands, in this order in --help)
+    from . import info, models, bench, predict  # noqa: F401, I001  (importing them registers their commands, in this order in --help)
+
+    from ..core.errors import BackendError
 
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, TypeError, OSError) as exc:
+    except (BackendError, ValueError, TypeError, OSError, ImportError) as exc:  # ImportError: an optional extra is missing
         print(f"convengine {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

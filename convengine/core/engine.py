@@ -20,15 +20,12 @@ from . import selection
 from .arrays import as_float_array, conv_arrays, kernel_ready, output_violation
 from .epilogue import NONE as NO_EPILOGUE
 from .epilogue import Epilogue
+from .errors import BackendError, BackendFailedError  # noqa: F401  (BackendError: its old home)
 from .problem import ConvProblem
 from .registry import Registry, default_registry
 from .selection import Decision, Policy
 
 ENV_BACKEND = "CONVENGINE_BACKEND"
-
-
-class BackendError(RuntimeError):
-    """The explicitly requested backend failed or broke its contract."""
 
 
 class PreparedConv:
@@ -118,7 +115,7 @@ class PreparedConv:
             with self._lock:
                 self._by_batch.pop(batch, None)
             return self(x, residual, consume_residual=consume_residual)
-        except BackendError:  # the backend is excluded now: the next call prepares another
+        except BackendFailedError:  # the backend is excluded now: the next call prepares another
             with self._lock:
                 self._by_batch.pop(batch, None)
             raise
@@ -271,9 +268,9 @@ class Engine:
         selection.screen(problem, self.registry, self.max_rel_error, decision)
         if forced:
             decision.notes.append(f"forced by {ENV_BACKEND}={forced}")
-            selection.choose_explicit(decision, forced, f"set by {ENV_BACKEND}")
+            selection.choose_explicit(decision, forced, f"set by {ENV_BACKEND}", self.registry)
         elif backend is not None:
-            selection.choose_explicit(decision, backend, "backend= argument")
+            selection.choose_explicit(decision, backend, "backend= argument", self.registry)
         elif policy == "auto":
             from .costmodel import machine_profile
 
@@ -283,9 +280,9 @@ class Engine:
 
             tune(self, decision)
         elif isinstance(policy, str):
-            selection.choose_explicit(decision, policy, "engine policy")
+            selection.choose_explicit(decision, policy, "engine policy", self.registry)
         else:
-            selection.choose_preferred(decision, policy)
+            selection.choose_preferred(decision, policy, self.registry)
         return decision
 
     @property
@@ -323,7 +320,7 @@ class Engine:
         """Run the executor; a backend that raises or returns a wrong output is excluded and the call retried.
 
         Except after ``in_place``: the residual may be half overwritten, so no other backend can
-        redo the call; it fails with a :class:`BackendError` instead (the next call goes elsewhere).
+        redo the call; it fails with a :class:`BackendFailedError` instead (the next call goes elsewhere).
         """
         decision = prepared.decision
         try:
@@ -331,14 +328,16 @@ class Engine:
         except Exception as exc:
             self._exclude(decision, f"execute() raised {type(exc).__name__}: {exc}", exc)
             if in_place:
-                raise BackendError(f"backend {decision.chosen!r} failed writing over the residual: "
-                                   f"{type(exc).__name__}: {exc}") from exc
+                reason = f"execute() raised {type(exc).__name__}: {exc}"
+                raise BackendFailedError(f"backend {decision.chosen!r} failed writing over the residual: {reason}",
+                                         backend=decision.chosen, reason=reason) from exc
             raise _Retry from exc
         violation = output_violation(y, prepared.problem)
         if violation:
             self._exclude(decision, violation, None)
             if in_place:
-                raise BackendError(f"backend {decision.chosen!r} failed writing over the residual: {violation}")
+                raise BackendFailedError(f"backend {decision.chosen!r} failed writing over the residual: {violation}",
+                                         backend=decision.chosen, reason=violation)
             raise _Retry
         return y
 
@@ -347,7 +346,8 @@ class Engine:
         self.registry.mark_broken(decision.chosen, reason)
         self._decisions.clear()
         if decision.explicit:
-            raise BackendError(f"backend {decision.chosen!r} failed: {reason}") from exc
+            raise BackendFailedError(f"backend {decision.chosen!r} failed: {reason}", backend=decision.chosen,
+                                     reason=reason) from exc
 
 
 def _shape_and_dtype(value) -> tuple[tuple[int, ...], Optional[str]]:

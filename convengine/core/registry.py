@@ -16,7 +16,6 @@ import importlib.metadata
 import os
 import re
 import threading
-import warnings
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -24,6 +23,7 @@ import pluggy
 
 from . import hookspecs
 from .contract import Backend
+from .errors import BackendUnavailableError, PluginWarning, warn  # noqa: F401  (PluginWarning: its old home)
 
 ENTRY_POINT_GROUP = "convengine"
 BUILTIN_PLUGINS = (
@@ -35,8 +35,30 @@ BUILTIN_PLUGINS = (
 )
 
 
-class PluginWarning(UserWarning):
-    """A plugin or backend misbehaved and was excluded; the engine carries on without it."""
+@dataclass(frozen=True)
+class AbsentPlugin:
+    """A third-party plugin whose backends are not registered, and why (failed, or not loaded)."""
+
+    name: str  # entry-point name (or the plugin's name in the plugin manager)
+    distribution: Optional[str]  # the installed package providing it, when known
+    reason: str  # "failed to import: ImportError: ...", "was not loaded: CONVENGINE_LOAD_PLUGINS=...", ...
+
+    @property
+    def failed(self) -> bool:
+        """It was tried and broke (as opposed to left out by ``CONVENGINE_LOAD_PLUGINS``)."""
+        return not self.reason.startswith("was not loaded")
+
+    def may_provide(self, backend_name: str) -> bool:
+        """Whether ``backend_name`` looks like one of its backends: it starts with the plugin's entry-point
+        or distribution name (``convengine-`` prefix dropped), as ``winograd4`` does with ``winograd``.
+
+        Only a guess (a plugin's backend names are known once it loads), used to word error messages.
+        """
+        names = {_normalize(self.name)}
+        if self.distribution:
+            names |= {_normalize(self.distribution), _normalize(self.distribution).removeprefix("convengine-")}
+        wanted = _normalize(backend_name)
+        return any(name and wanted.startswith(name) for name in names)
 
 
 @dataclass
@@ -59,7 +81,7 @@ class BackendEntry:
                 reason = self.backend.availability()
             except Exception as exc:  # a plugin's probe must not take the engine down
                 reason = f"availability() raised {type(exc).__name__}: {exc}"
-                warnings.warn(f"backend {self.name!r} ({self.plugin}): {reason}", PluginWarning, stacklevel=2)
+                warn(f"backend {self.name!r} ({self.plugin}): {reason}")
             self._availability = (reason if reason is None else str(reason),)
         return self._availability[0]
 
@@ -78,21 +100,26 @@ class BackendEntry:
         try:
             return str(getattr(self.backend, attr))
         except Exception as exc:
-            warnings.warn(f"backend {self.name!r} ({self.plugin}): reading {attr} raised {type(exc).__name__}: {exc}",
-                          PluginWarning, stacklevel=3)
+            warn(f"backend {self.name!r} ({self.plugin}): reading {attr} raised {type(exc).__name__}: {exc}")
             return "?"
 
 
 class Registry:
-    """Every backend the plugins registered, by name, plus the plugins that failed."""
+    """Every backend the plugins registered, by name, plus the plugins that failed or were left out.
 
-    def __init__(self, plugin_manager: pluggy.PluginManager, load_failures: Optional[dict[str, str]] = None):
+    ``absent`` lists the third-party plugins whose backends are missing, by plugin name: those
+    that failed (also listed as ``plugin:NAME`` entries) and those ``CONVENGINE_LOAD_PLUGINS``
+    left out. Selection uses it to say why a requested name is not registered.
+    """
+
+    def __init__(self, plugin_manager: pluggy.PluginManager, absent: Iterable[AbsentPlugin] = ()):
         self.plugin_manager = plugin_manager
         self._entries: dict[str, BackendEntry] = {}
+        self.absent: dict[str, AbsentPlugin] = {}
         self._lock = threading.Lock()
         self._collect()
-        for name, reason in (load_failures or {}).items():
-            self._record_failed_plugin(name, reason)
+        for plugin in absent:
+            self._record_absent_plugin(plugin)
 
     @classmethod
     def load(cls, extra_plugins: Iterable[object] = (), load_entry_points: bool = True,
@@ -112,7 +139,8 @@ class Registry:
             try:
                 impl.function(**{arg: offered[arg] for arg in impl.argnames})
             except Exception as exc:
-                self._record_failed_plugin(impl.plugin_name, f"convengine_register_backends raised {type(exc).__name__}: {exc}")
+                self._record_absent_plugin(AbsentPlugin(
+                    impl.plugin_name, None, f"failed: convengine_register_backends raised {type(exc).__name__}: {exc}"))
                 continue
             for backend in collected:
                 self._add(backend, impl.plugin_name)
@@ -136,14 +164,17 @@ class Registry:
         elif not all(callable(getattr(backend, m, None)) for m in ("availability", "supports", "prepare")):
             problem = f"plugin {plugin_name}: backend {name!r} lacks availability()/supports()/prepare()"
         if problem:
-            warnings.warn(problem + "; ignored", PluginWarning, stacklevel=3)
+            warn(problem + "; ignored")
             return
         self._entries[name] = BackendEntry(name=name, plugin=plugin_name, backend=backend)  # type: ignore[arg-type]
 
-    def _record_failed_plugin(self, plugin_name: str, reason: str) -> None:
-        warnings.warn(f"plugin {plugin_name!r} excluded: {reason}", PluginWarning, stacklevel=3)
-        key = f"plugin:{plugin_name}"
-        self._entries[key] = BackendEntry(name=key, plugin=plugin_name, backend=None, broken=f"plugin failed: {reason}")
+    def _record_absent_plugin(self, plugin: AbsentPlugin) -> None:
+        self.absent[plugin.name] = plugin
+        if not plugin.failed:  # left out on purpose: nothing to warn about, nothing to list
+            return
+        warn(f"plugin {plugin.name!r} excluded: {plugin.reason}")
+        key = f"plugin:{plugin.name}"
+        self._entries[key] = BackendEntry(name=key, plugin=plugin.name, backend=None, broken=f"plugin {plugin.reason}")
 
     # -- queries ---------------------------------------------------------------------------
     def entries(self) -> list[BackendEntry]:
@@ -153,13 +184,28 @@ class Registry:
         return [e.name for e in self._entries.values() if e.backend is not None]
 
     def get(self, name: str) -> BackendEntry:
+        """The entry of a registered backend; :class:`BackendUnavailableError` saying why for any other name."""
         try:
             entry = self._entries[name]
         except KeyError:
-            raise ValueError(f"unknown backend {name!r}; registered backends: {', '.join(self.names()) or 'none'}") from None
+            reason = self.why_not_registered(name)
+            raise BackendUnavailableError(f"unknown backend {name!r}: {reason}; registered backends: "
+                                          f"{', '.join(self.names()) or 'none'}", backend=name, reason=reason) from None
         if entry.backend is None:
-            raise ValueError(f"{name!r} is a plugin that failed to load: {entry.broken}")
+            raise BackendUnavailableError(f"{name!r} is a plugin that failed to load: {entry.broken}",
+                                          backend=name, reason=entry.broken)
         return entry
+
+    def why_not_registered(self, name: str) -> str:
+        """Why no backend is registered as ``name``: the plugin that did not load and may have provided it
+        (its failure, or ``CONVENGINE_LOAD_PLUGINS``), else every plugin that did not load, else a plain "no such name"."""
+        likely = [p for p in self.absent.values() if p.may_provide(name)]
+        if likely:
+            return "; ".join(f"its plugin {p.name!r} {p.reason}" for p in likely)
+        if self.absent:
+            return ("no registered backend has this name; it may come from a plugin that did not load: "
+                    + "; ".join(f"{p.name!r} {p.reason}" for p in self.absent.values()))
+        return "no registered backend has this name"
 
     def mark_broken(self, name: str, reason: str) -> None:
         """Exclude a backend for the rest of this process after it misbehaved."""
@@ -167,7 +213,7 @@ class Registry:
             entry = self._entries[name]
             if entry.broken is None:
                 entry.broken = reason
-                warnings.warn(f"backend {name!r} ({entry.plugin}) excluded: {reason}", PluginWarning, stacklevel=3)
+                warn(f"backend {name!r} ({entry.plugin}) excluded: {reason}")
 
 
 def _normalize(name: str) -> str:
@@ -175,42 +221,57 @@ def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _allowed_plugins() -> Optional[set[str]]:
-    raw = os.environ.get("CONVENGINE_LOAD_PLUGINS")
+ENV_LOAD_PLUGINS = "CONVENGINE_LOAD_PLUGINS"
+
+
+def _allowed_plugins() -> Optional[dict[str, str]]:
+    """``{normalised name: name as written}`` of ``CONVENGINE_LOAD_PLUGINS``; ``None`` when unset (load all)."""
+    raw = os.environ.get(ENV_LOAD_PLUGINS)
     if raw is None:
         return None
-    return {_normalize(part.strip()) for part in raw.split(",") if part.strip()}
+    return {_normalize(part.strip()): part.strip() for part in raw.split(",") if part.strip()}
 
 
 def create_plugin_manager(
     extra_plugins: Iterable[object] = (), load_entry_points: bool = True, builtins: bool = True
-) -> tuple[pluggy.PluginManager, dict[str, str]]:
+) -> tuple[pluggy.PluginManager, list[AbsentPlugin]]:
     """A plugin manager with the built-ins, the allowed entry-point plugins and ``extra_plugins``.
 
-    Returns the manager and ``{plugin: reason}`` for plugins that failed to load: a failure
-    is recorded (and later listed by ``list_backends``) instead of raised.
+    Returns the manager and the plugins that are not in it: those that failed to load (a
+    failure is recorded, and later listed by ``list_backends``, instead of raised) and those
+    ``CONVENGINE_LOAD_PLUGINS`` left out. A name in that variable that no installed plugin
+    has is a :class:`PluginWarning`: a typo would otherwise silently load nothing.
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
-    failures: dict[str, str] = {}
+    absent: list[AbsentPlugin] = []
     for module_name in BUILTIN_PLUGINS if builtins else ():
         pm.register(importlib.import_module(module_name), name=module_name)
     if load_entry_points:
         allowed = _allowed_plugins()
+        installed: dict[str, str] = {}  # normalised entry-point and distribution names -> "entry point (distribution)"
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            dist_name = _normalize(ep.dist.name) if ep.dist is not None else None
-            if allowed is not None and _normalize(ep.name) not in allowed and dist_name not in allowed:
+            dist = ep.dist.name if ep.dist is not None else None
+            names = {_normalize(ep.name)} | ({_normalize(dist)} if dist else set())
+            installed.update(dict.fromkeys(names, f"{ep.name} ({dist})" if dist else ep.name))
+            if allowed is not None and not names & set(allowed):
+                absent.append(AbsentPlugin(ep.name, dist, f"was not loaded: {ENV_LOAD_PLUGINS}="
+                                                          f"{os.environ.get(ENV_LOAD_PLUGINS, '')!r} does not name it"))
                 continue
             try:
                 pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep.name)
             except Exception as exc:
-                failures[ep.name] = f"import failed: {type(exc).__name__}: {exc}"
+                absent.append(AbsentPlugin(ep.name, dist, f"failed to import: {type(exc).__name__}: {exc}"))
+        unknown = [written for name, written in (allowed or {}).items() if name not in installed]
+        if unknown:
+            warn(f"{ENV_LOAD_PLUGINS} names {', '.join(map(repr, unknown))}, which no installed plugin has as its "
+                 f"entry-point or distribution name; installed plugins: {', '.join(sorted(set(installed.values()))) or 'none'}")
     for plugin in extra_plugins:
         try:
             pm.register(plugin)
         except Exception as exc:
-            failures[repr(plugin)] = f"registration failed: {type(exc).__name__}: {exc}"
-    return pm, failures
+            absent.append(AbsentPlugin(repr(plugin), None, f"failed to register: {type(exc).__name__}: {exc}"))
+    return pm, absent
 
 
 _default_registry: Optional[Registry] = None

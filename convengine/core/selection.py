@@ -16,22 +16,18 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
 from .contract import LOSSY
+from .errors import BackendDeclinedError, BackendUnavailableError, warn
 from .problem import ConvProblem
-from .registry import BackendEntry, PluginWarning, Registry
+from .registry import BackendEntry, Registry
 
 Policy = Union[str, Sequence[str]]
 NAMED_POLICIES = ("auto", "tune")
-
-
-class BackendUnavailableError(ValueError):
-    """No backend allowed by the policy can run the problem; the message lists why, per backend."""
 
 
 @dataclass
@@ -131,25 +127,46 @@ def _exclusion_reason(entry: BackendEntry, problem: ConvProblem, max_rel_error: 
 
 def _plugin_fault(name: str, reason: str) -> str:
     """Report a backend method that misbehaved; the reason goes into the decision too."""
-    warnings.warn(f"backend {name!r}: {reason}", PluginWarning, stacklevel=4)
+    warn(f"backend {name!r}: {reason}")
     return reason
 
 
-def choose_explicit(decision: Decision, name: str, source: str) -> None:
-    names = [c.name for c in decision.candidates]
-    if name not in names:
-        raise ValueError(f"unknown backend {name!r} ({source}); registered backends: {', '.join(names)}")
+#: How a row excluded for these reasons is reported when the backend was named: unavailable, not declined.
+_UNAVAILABLE_PREFIXES = ("not available:", "not registered:")
+
+
+def choose_explicit(decision: Decision, name: str, source: str, registry: Registry) -> None:
+    """Pick ``name``, or raise why it cannot run the problem: a :class:`BackendUnavailableError` when it is
+    not registered or not available, a :class:`BackendDeclinedError` when it refuses the problem."""
+    if name not in {c.name for c in decision.candidates}:
+        reason = registry.why_not_registered(name)
+        raise BackendUnavailableError(
+            f"unknown backend {name!r} ({source}): {reason}; registered backends: {', '.join(registry.names())}",
+            backend=name, reason=reason)
     row = decision.row(name)
     if row.status == "excluded":
-        raise BackendUnavailableError(f"backend {name!r} ({source}) cannot run {decision.problem}: {row.reason}")
+        error = BackendUnavailableError if row.reason.startswith(_UNAVAILABLE_PREFIXES) else BackendDeclinedError
+        raise error(f"backend {name!r} ({source}) cannot run {decision.problem}: {row.reason}", backend=name,
+                    reason=row.reason)
     _pick(decision, name, source)
 
 
-def choose_preferred(decision: Decision, preference: Sequence[str]) -> None:
+def choose_preferred(decision: Decision, preference: Sequence[str], registry: Registry) -> None:
+    """Pick the first eligible backend in ``preference``.
+
+    A listed name that is not registered is skipped, with the reason in its row, when a plugin
+    that did not load (it failed, or ``CONVENGINE_LOAD_PLUGINS`` left it out) may have provided it:
+    one list can then serve machines with and without that plugin. When every plugin loaded, an
+    unknown name can only be a typo, and raises.
+    """
     names = {c.name for c in decision.candidates}
-    unknown = [p for p in preference if p not in names]
-    if unknown:
-        raise ValueError(f"unknown backend(s) in preference list: {', '.join(unknown)}; registered: {', '.join(sorted(names))}")
+    unknown = [p for p in dict.fromkeys(preference) if p not in names]
+    if unknown and not registry.absent:
+        raise BackendUnavailableError(f"unknown backend(s) in preference list: {', '.join(unknown)}; "
+                                      f"registered: {', '.join(sorted(names))}", reason="no such backend")
+    for name in unknown:
+        decision.candidates.append(Candidate(name=name, device="-", numerical_class="-", status="excluded",
+                                             reason=f"not registered: {registry.why_not_registered(name)}"))
     for rank, name in enumerate(preference):
         if decision.row(name).status != "excluded":
             _pick(decision, name, f"first eligible in the preference list (position {rank + 1})")
@@ -274,7 +291,8 @@ def _pick(decision: Decision, name: str, reason: str) -> None:
 def _raise_none_eligible(decision: Decision, only: Optional[Sequence[str]] = None) -> None:
     rows = [c for c in decision.candidates if only is None or c.name in only]
     detail = "; ".join(f"{c.name}: {c.reason or c.status}" for c in rows)
-    raise BackendUnavailableError(f"no backend can run {decision.problem} under policy {decision.policy!r}: {detail}")
+    raise BackendUnavailableError(f"no backend can run {decision.problem} under policy {decision.policy!r}: {detail}",
+                                  reason=detail)
 
 
 def timed_median(fn: Callable[[], object], budget_s: float, min_runs: int = 1, max_runs: int = 15) -> float:

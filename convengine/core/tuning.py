@@ -66,11 +66,19 @@ def tune(engine, decision: Decision) -> None:
 
 
 def _measure(engine, name: str, problem, inputs, budget_s: float) -> float:
+    """Median time of ``name`` on ``inputs``; a backend that raises or returns a wrong output is excluded
+    for the rest of the process, as the engine would exclude it at run time (and the error re-raised)."""
     x, w, b = inputs
     backend = engine.registry.get(name).backend
-    execute = backend.prepare(problem, w, b)
-    violation = output_violation(execute(x), problem)
-    if violation:
-        engine.registry.mark_broken(name, violation)
-        raise ValueError(violation)
-    return timed_median(lambda: execute(x), budget_s)
+    step = "prepare()"
+    try:
+        execute = backend.prepare(problem, w, b)
+        step = "execute()"
+        violation = output_violation(execute(x), problem)
+        if not violation:
+            return timed_median(lambda: execute(x), budget_s)
+    except Exception as exc:
+        engine.registry.mark_broken(name, f"{step} raised {type(exc).__name__}: {exc} (while tuning)")
+        raise
+    engine.registry.mark_broken(name, violation)
+    raise ValueError(violation)

@@ -562,3 +562,61 @@ def test_engine_accepts_valid_arguments():
     assert engine.max_rel_error == 1e-5 and engine.tune_budget_s == 0.5
     assert Engine(max_rel_error=None).max_rel_error is None
     assert Engine(policy="tune").policy == "tune"
+
+
+# -- one exception family for "the backend I named cannot run this" (issue 16, point 4) -------
+
+
+def test_every_way_a_named_backend_cannot_run_is_a_backend_error_with_its_reason():
+    """Declined, unavailable, failed: one base class, the reason in the message and in ``.reason``.
+
+    Before, a decline was a ValueError subclass, a first failure a RuntimeError subclass with no
+    common base, and an unregistered name a plain ValueError.
+    """
+    registry = registry_with(FakeBackend("flat", unsupported=no_groups), FakeBackend("gone", unavailable="needs a TPU"),
+                             FakeBackend("bad", mode="raise_prepare"))
+    x, w, _ = data(x_shape=(1, 4, 6, 6), w_shape=(4, 2, 3, 3))
+    engine = Engine(registry=registry)
+    cases = [
+        ("flat", convengine.BackendDeclinedError, "groups > 1 not supported"),
+        ("gone", convengine.BackendUnavailableError, "not available: needs a TPU"),
+        ("bad", convengine.BackendFailedError, "prepare() raised RuntimeError: prepare exploded"),
+        ("bad", convengine.BackendUnavailableError, "prepare() raised RuntimeError: prepare exploded"),  # a repeat call
+        ("nope", convengine.BackendUnavailableError, "no registered backend has this name"),
+    ]
+    for name, kind, reason in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PluginWarning)
+            with pytest.raises(BackendError) as info:
+                engine.conv2d(x, w, groups=2, backend=name)
+        error = info.value
+        assert type(error) is kind, (name, type(error), error)
+        assert error.backend == name and reason in error.reason and reason in str(error), (name, str(error))
+    # the old names keep catching what they caught: declines are unavailable "for this problem", both ValueErrors
+    assert issubclass(convengine.BackendDeclinedError, convengine.BackendUnavailableError)
+    assert issubclass(convengine.BackendUnavailableError, ValueError)
+    assert issubclass(convengine.BackendFailedError, RuntimeError) and issubclass(BackendError, RuntimeError)
+    with pytest.raises(BackendUnavailableError, match="no backend can run"):
+        Engine(policy=["flat", "gone"], registry=registry).conv2d(x, w, groups=2)
+
+
+def test_plugin_warnings_point_at_the_callers_line():
+    """Issue 16 (6): the warning about a misbehaving backend names the caller's file and line,
+    not convengine's engine.py or registry.py, however deep the call went."""
+    registry = registry_with(FakeBackend("bad", estimate=1e-12, mode="raise_execute"))
+    x, w, _ = data()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y = Engine(registry=registry).conv2d(x, w)  # the line every warning must point at
+    assert_matches_reference(y, x, w)
+    plugin_warnings = [c for c in caught if issubclass(c.category, PluginWarning)]
+    assert plugin_warnings and "execute exploded" in str(plugin_warnings[0].message)
+    assert {(c.filename, c.lineno) for c in plugin_warnings} == {(__file__, y_line())}
+
+
+def y_line() -> int:
+    """The line of ``y = Engine(registry=registry).conv2d(x, w)`` in the test above."""
+    import inspect
+
+    source, first = inspect.getsourcelines(test_plugin_warnings_point_at_the_callers_line)
+    return first + next(i for i, line in enumerate(source) if "the line every warning must point at" in line)

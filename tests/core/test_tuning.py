@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import re
 import time
 import warnings
 
@@ -286,6 +287,24 @@ def test_wrong_output_while_tuning_marks_the_backend_broken(tmp_path):
     with pytest.warns(PluginWarning, match="'bad'.*returned ndarray"):
         tune_engine(registry, tmp_path / "tuning.json").explain(X_SHAPE, W_SHAPE)
     assert registry.get("bad").unavailable_reason.startswith("returned ndarray")
+
+
+@pytest.mark.parametrize("mode, reason", [
+    ("raise_prepare", "prepare() raised RuntimeError: cannot prepare here (while tuning)"),
+    ("raise_execute", "execute() raised RuntimeError: kernel launch failed (while tuning)"),
+])
+def test_backend_raising_while_tuned_is_excluded_for_the_process(tmp_path, monkeypatch, mode, reason):
+    """Issue 16 (5): a wrong output excluded the backend, but a prepare() that raised left it listed as available."""
+    import convengine
+
+    registry = fakes_only(SleepyBackend("bad", 0.0, mode=mode), SleepyBackend("ok", 0.001))
+    with pytest.warns(PluginWarning, match="'bad'.* excluded: " + re.escape(reason)):
+        assert tune_engine(registry, tmp_path / "tuning.json").explain(X_SHAPE, W_SHAPE).chosen == "ok"
+    monkeypatch.setattr(convengine.core.registry, "_default_registry", registry)
+    info = {i.name: i for i in convengine.list_backends()}["bad"]
+    assert not info.available and info.reason == reason
+    # and a later "auto" decision does not consider it either
+    assert Engine(registry=registry, tuning_cache=False).explain(X_SHAPE, W_SHAPE).row("bad").status == "excluded"
 
 
 def test_tuning_with_every_candidate_failing_says_why(tmp_path):
