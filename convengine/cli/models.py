@@ -80,7 +80,7 @@ def _run_args(parser):
 
 @command("run", "run a model, printing each layer's backend and time and the whole-model time", _run_args)
 def _run(args) -> int:
-    from ..graph.plan import Plan
+    from ..graph.plan import PlanSet
     from .info import backends as print_backends
 
     if args.batch < 1:
@@ -89,7 +89,11 @@ def _run(args) -> int:
     print_backends(argparse.Namespace(json=False))
     engine = _engine(args)
     graph = load_model(args.model)
-    plan = Plan.load(args.plan, graph, force=args.force, backends=engine.registry.names()) if args.plan else None
+    plan = None
+    if args.plan:  # a one-plan file, or a plans file with a plan per hardware: say which plan runs
+        choice = PlanSet.read(args.plan).choose(graph, force=args.force, backends=engine.registry.names())
+        plan = choice.plan
+        print(f"plan: {choice.message}")
     from ..graph.executor import CompiledGraph
 
     start = time.perf_counter()
@@ -124,7 +128,7 @@ def _run(args) -> int:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     outputs = y if isinstance(y, dict) else {graph.outputs[0]: y}
     print()
-    print(f"model {graph.name}, batch {args.batch}, policy {engine.policy if not args.plan else 'plan ' + args.plan}")
+    print(f"model {graph.name}, batch {args.batch}, policy {engine.policy if plan is None else 'plan ' + args.plan}")
     print(f"prepare + first run (incl. JIT compilation): {prepare_s:.2f} s; kernels: {compiled.precompiled}")
     print(f"whole model: median {np.median(totals) * 1e3:.2f} ms over {len(totals)} runs "
           f"({summary.total_macs / 1e9:.2f} GMACs, {summary.total_macs / np.median(totals) / 1e9:.1f} GMAC/s)")
@@ -139,30 +143,48 @@ def _run(args) -> int:
 def _tune_args(parser):
     _model_arg(parser)
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--output", "-o", help="plan file to write (default: MODEL-plan.json)")
+    parser.add_argument("--output", "-o", help="plan file to write (default: MODEL-plan.json, or MODEL-plans.json "
+                                               "with --scheduler)")
     parser.add_argument("--budget", type=float, default=1.0, help="seconds of measurement per layer")
     parser.add_argument("--max-rel-error", type=float, help="accuracy budget; e.g. 1e-6 keeps lossy backends out")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="tune on every kind of machine of a Dask cluster (needs the dask extra) and write one "
+                             "plans file with a plan per hardware fingerprint")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the scheduler (with --scheduler)")
+
+
+def _backend_counts(plan) -> str:
+    counts: dict[str, int] = {}
+    for backend in plan.layers.values():
+        counts[backend] = counts.get(backend, 0) + 1
+    return ", ".join(f"{b} x{n}" for b, n in sorted(counts.items()))
 
 
 @command("tune", "measure every backend on each layer of a model and write the plan", _tune_args)
 def _tune(args) -> int:
-    from ..core.engine import Engine
-    from ..graph.executor import CompiledGraph
-    from ..graph.plan import Plan
+    from ..graph.plan import tune_plan
+
+    stem = os.path.splitext(os.path.basename(args.model))[0]
+    if args.scheduler:
+        return _tune_fleet(args, args.output or f"{stem}-plans.json")
+    graph = load_model(args.model)
+    plan = tune_plan(graph, batch=args.batch, budget_s=args.budget, max_rel_error=args.max_rel_error, progress=True)
+    output = args.output or f"{stem}-plan.json"
+    plan.save(output)
+    print(f"tuned {len(plan.layers)} convolutions of {graph.name} at batch {args.batch}: {_backend_counts(plan)}")
+    print(f"plan written to {output}")
+    return 0
+
+
+def _tune_fleet(args, output: str) -> int:
+    from .. import dask as ce_dask  # ImportError (the extra is missing): one line from main()
 
     graph = load_model(args.model)
-    engine = Engine(policy="tune", max_rel_error=args.max_rel_error, tune_budget_s=args.budget)
-    from ..core.costmodel import refresh_machine_profile
-
-    refresh_machine_profile(engine.tuning_cache)  # the cost model prunes hopeless candidates with it
-    compiled = CompiledGraph(graph, engine, progress=True, batch=args.batch)
-    plan = Plan.from_compiled(compiled)
-    output = args.output or f"{os.path.splitext(os.path.basename(args.model))[0]}-plan.json"
-    plan.save(output)
-    counts: dict[str, int] = {}
-    for backend in plan.layers.values():
-        counts[backend] = counts.get(backend, 0) + 1
-    print(f"tuned {len(plan.layers)} convolutions of {graph.name} at batch {args.batch}: "
-          + ", ".join(f"{b} x{n}" for b, n in sorted(counts.items())))
-    print(f"plan written to {output}")
+    with ce_dask.connect(args.scheduler, timeout=args.timeout) as client:
+        plans = ce_dask.tune(graph, client, batch=args.batch, budget_s=args.budget, max_rel_error=args.max_rel_error)
+    plans.save(output)
+    for plan in plans.plans.values():
+        print(f"{plan.describe()}: {len(plan.layers)} convolutions of {graph.name} at batch {args.batch}: "
+              f"{_backend_counts(plan)}")
+    print(f"plans for {len(plans.plans)} kinds of machine written to {output}")
     return 0
