@@ -4,7 +4,7 @@ Convolutions go through the engine (``Engine.prepare``), which picks a backend p
 under its policy; this module knows no backend. Batch normalisation that directly follows a
 convolution is folded into that convolution's weights and bias at compile time (unless
 ``fold_batchnorm=False``), and a following residual ``Add`` and ``Relu`` become the
-convolution's epilogue (unless ``fuse_epilogues=False``; see :mod:`.fusion`). Each
+convolution's epilogue (unless ``fuse_epilogues=False``; see :mod:`.folding` and :mod:`.fusion`). Each
 intermediate tensor is dropped as soon as its last consumer has run, so peak memory follows
 the widest point of the graph, not its length. Before the first run, the Numba kernels the
 layers will call are compiled in parallel processes where they are not cached yet
@@ -23,8 +23,9 @@ from ..core.arrays import kernel_ready
 from ..core.engine import default_engine
 from ..runtime.precompile import precompile as precompile_kernels
 from ..runtime.threads import get_num_threads
+from .folding import fold_batchnorm, foldable_batchnorms
 from .fusion import EpilogueFusion, fusible_epilogues
-from .ir import GraphError, Node
+from .ir import GraphError, Node, consumers
 from .ops import INPLACE, KERNELS, OPS, conv_problem_args
 
 if TYPE_CHECKING:  # annotations only: the Graph class sits above this module
@@ -56,11 +57,12 @@ class CompiledGraph:
         self.plan = plan
         self.steps: list[Step] = []
         layers = dict(plan.layers) if plan is not None else {}
-        folded = _foldable_batchnorms(graph) if fold_batchnorm else {}
+        readers = consumers(graph.nodes)  # one map, for folding and fusion alike
+        folded = foldable_batchnorms(graph, readers) if fold_batchnorm else {}
         skipped = {bn.name for _, bn in folded.values()}
         conv_outputs = {n.name: (folded[n.name][1] if n.name in folded else n).outputs[0]
                         for n in graph.nodes if n.op == "Conv"}
-        fusions = fusible_epilogues(graph, conv_outputs) if fuse_epilogues else {}
+        fusions = fusible_epilogues(graph, conv_outputs, readers) if fuse_epilogues else {}
         # A fused convolution runs where its last absorbed node was (the residual exists by then).
         runs_at = {f.absorbed[-1].name: conv for conv, f in fusions.items()}
         skipped |= {n.name for f in fusions.values() for n in f.absorbed} | set(fusions)
@@ -93,7 +95,7 @@ class CompiledGraph:
         weight = params[node.inputs[1]]
         bias = params[node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] else None
         if fold is not None:
-            weight, bias = _fold(weight, bias, fold[1], params)
+            weight, bias = fold_batchnorm(weight, bias, fold[1], params)
         x_shape = self.graph.shapes[node.inputs[0]]
         try:
             return self.engine.prepare(weight, bias, input_shape=(self.batch,) + tuple(x_shape[1:]), backend=backend,
@@ -226,33 +228,3 @@ class CompiledGraph:
             batch = array.shape[0]
             env[name] = kernel_ready(array)
         return env
-
-
-# -- batch-norm folding --------------------------------------------------------------------------
-
-
-def _foldable_batchnorms(graph: Graph) -> dict[str, tuple[Node, Node]]:
-    """``{conv name: (conv, bn)}`` for BatchNormalization nodes that alone consume a Conv's output."""
-    consumers: dict[str, list[Node]] = {}
-    for node in graph.nodes:
-        for name in node.inputs:
-            consumers.setdefault(name, []).append(node)
-    folds = {}
-    for node in graph.nodes:
-        if node.op != "Conv":
-            continue
-        users = consumers.get(node.outputs[0], [])
-        if (len(users) == 1 and users[0].op == "BatchNormalization" and node.outputs[0] not in graph.outputs
-                and all(name in graph.params for name in users[0].inputs[1:5])):
-            folds[node.name] = (node, users[0])
-    return folds
-
-
-def _fold(weight: np.ndarray, bias: Optional[np.ndarray], bn: Node, params) -> tuple[np.ndarray, np.ndarray]:
-    """Conv followed by BN == conv with weight * s and bias (b - mean) * s + beta, s = gamma / sqrt(var + eps)."""
-    gamma, beta, mean, var = (params[name].astype(np.float64) for name in bn.inputs[1:5])
-    scale = gamma / np.sqrt(var + bn.attrs.get("epsilon", 1e-5))
-    b = np.zeros_like(mean) if bias is None else bias.astype(np.float64)
-    new_weight = (weight.astype(np.float64) * scale[:, None, None, None]).astype(weight.dtype)
-    new_bias = ((b - mean) * scale + beta).astype(weight.dtype)
-    return new_weight, new_bias

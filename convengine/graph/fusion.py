@@ -35,12 +35,13 @@ class EpilogueFusion:
         return "+".join(node.op for node in self.absorbed)
 
 
-def fusible_epilogues(graph: Graph, conv_outputs: dict[str, str]) -> dict[str, EpilogueFusion]:
-    """``{conv name: fusion}`` for convolutions (``{name: output tensor}``) whose epilogue can be absorbed."""
-    consumers: dict[str, list[Node]] = {}
-    for node in graph.nodes:
-        for name in node.inputs:
-            consumers.setdefault(name, []).append(node)
+def fusible_epilogues(graph: Graph, conv_outputs: dict[str, str],
+                      consumers: dict[str, list[Node]]) -> dict[str, EpilogueFusion]:
+    """``{conv name: fusion}`` for convolutions (``{name: output tensor}``) whose epilogue can be absorbed.
+
+    ``consumers`` is :func:`.ir.consumers` of the graph's nodes, the map batch-norm folding
+    (:mod:`.folding`) reads too; a folded batch norm's output is its convolution's output here.
+    """
 
     def sole_consumer(tensor: str) -> Optional[Node]:
         users = consumers.get(tensor, [])

@@ -37,6 +37,16 @@ class GraphError(ValueError):
     """The graph, its weights, or an input given to it is not what it must be."""
 
 
+def consumers(nodes: list[Node]) -> dict[str, list[Node]]:
+    """``{tensor: the nodes that read it, in order}``: what batch-norm folding and epilogue fusion
+    ask ("is this convolution's output read by one node only, and which?"), built once per graph."""
+    readers: dict[str, list[Node]] = {}
+    for node in nodes:
+        for name in node.inputs:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
 def topological(nodes: list[Node], available: set[str]) -> list[Node]:
     """Order nodes so each runs after the producers of its inputs (unchanged when already sorted)."""
     names = [node.name for node in nodes]

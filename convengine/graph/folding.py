@@ -1,0 +1,49 @@
+"""Which batch normalisations fold into the convolution before them, and the folded weights.
+
+Inference-mode ``BatchNormalization`` is a per-channel affine map, so a convolution whose
+output only feeds one can absorb it into its weights and bias at compile time: the batch
+norm then costs nothing per run and its node leaves the schedule. This runs before epilogue
+fusion (:mod:`.fusion`), which then sees the batch norm's output as the convolution's.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+
+from .ir import Node
+
+if TYPE_CHECKING:  # annotations only: the Graph class sits above this module
+    from .network import Graph
+
+
+def foldable_batchnorms(graph: Graph, consumers: dict[str, list[Node]]) -> dict[str, tuple[Node, Node]]:
+    """``{conv name: (conv, bn)}`` for BatchNormalization nodes that alone consume a Conv's output.
+
+    ``consumers`` is :func:`.ir.consumers` of the graph's nodes, shared with epilogue fusion.
+    The batch norm's statistics must be parameters (constants), or there is nothing to fold.
+    """
+    folds = {}
+    for node in graph.nodes:
+        if node.op != "Conv":
+            continue
+        users = consumers.get(node.outputs[0], [])
+        if (len(users) == 1 and users[0].op == "BatchNormalization" and node.outputs[0] not in graph.outputs
+                and all(name in graph.params for name in users[0].inputs[1:5])):
+            folds[node.name] = (node, users[0])
+    return folds
+
+
+def fold_batchnorm(weight: np.ndarray, bias: Optional[np.ndarray], bn: Node, params) -> tuple[np.ndarray, np.ndarray]:
+    """Conv followed by BN == conv with weight * s and bias (b - mean) * s + beta, s = gamma / sqrt(var + eps).
+
+    Computed in float64 and rounded once to the weight's dtype, so folding adds one rounding,
+    not the several a float32 computation would. New arrays: ``params`` is never modified.
+    """
+    gamma, beta, mean, var = (params[name].astype(np.float64) for name in bn.inputs[1:5])
+    scale = gamma / np.sqrt(var + bn.attrs.get("epsilon", 1e-5))
+    b = np.zeros_like(mean) if bias is None else bias.astype(np.float64)
+    new_weight = (weight.astype(np.float64) * scale[:, None, None, None]).astype(weight.dtype)
+    new_bias = ((b - mean) * scale + beta).astype(weight.dtype)
+    return new_weight, new_bias
