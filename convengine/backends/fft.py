@@ -9,6 +9,12 @@ correct but wasteful, and the cost model knows it.
 
 The transform's round-off makes this a *lossy* backend: an accuracy budget tighter than
 the lossy bound keeps it out.
+
+A NaN or Inf anywhere in an image would reach every frequency, and from there every output
+of that image. Direct convolution (and torch) confine it to the outputs whose window holds
+it, so an input or weights that are not all finite go through ``im2col`` instead: exact, and
+with the direct pattern of NaN and Inf. Checking costs one pass over the input per call
+(``all_finite``; measured in ``benchmarks/nonfinite_check.py``, see docs/backends.md).
 """
 
 from __future__ import annotations
@@ -17,10 +23,12 @@ import math
 
 import numpy as np
 
+from ..core.arrays import all_finite
 from ..core.contract import LOSSY, Backend
 from ..core.hookspecs import hookimpl
 from ..core.problem import ConvProblem
 from ..runtime.threads import get_num_threads
+from .im2col import Im2colBackend
 
 # Fraction of the GEMM rate FFT butterflies reach, and that the per-frequency complex products
 # reach (small matrices, one per frequency; at batch 1 they are matrix-vector products bound by
@@ -42,7 +50,7 @@ def fft_shape(problem: ConvProblem) -> tuple[int, int]:
 class FFTBackend(Backend):
     name = "fft"
     numerical_class = LOSSY
-    version = "2"
+    version = "3"  # 3: the finiteness check (and exact path) on every call
 
     def fingerprint(self) -> dict:
         import scipy
@@ -68,6 +76,9 @@ class FFTBackend(Backend):
     def prepare(self, problem: ConvProblem, weight, bias):
         import scipy.fft
 
+        if not all_finite(weight):  # every spectrum would be NaN: the exact path for every call
+            return Im2colBackend().prepare(problem, weight, bias)
+        exact = []  # im2col's executor, prepared on the first input holding a NaN or Inf
         fh, fw = fft_shape(problem)
         g = problem.groups
         out_per_group = problem.out_channels // g
@@ -87,6 +98,10 @@ class FFTBackend(Backend):
         cols = slice(0, (problem.out_width - 1) * sw + 1, sw)
 
         def execute(x: np.ndarray) -> np.ndarray:
+            if not all_finite(x):
+                if not exact:  # two threads may both prepare one here: harmless, either is right
+                    exact.append(Im2colBackend().prepare(problem, weight, bias))
+                return exact[0](x)
             n = x.shape[0]
             workers = get_num_threads()
             xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right))) if any(problem.padding) else x

@@ -51,6 +51,20 @@ def kernel_ready(array: np.ndarray) -> np.ndarray:
     return array if array.flags.writeable else array.copy()
 
 
+def all_finite(array: np.ndarray) -> bool:
+    """Whether no element is NaN or Inf: one BLAS pass (the sum of squares), no temporary array.
+
+    Lossy backends ask it of every input, to take an exact path when a NaN or Inf would spread
+    through their transform. Squares of huge finite values can overflow: then the element-wise
+    test decides (slower, and only then).
+    """
+    flat = array.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.dot(flat, flat)):
+            return True
+    return bool(np.isfinite(flat).all())
+
+
 def output_violation(y, problem: ConvProblem) -> Optional[str]:
     """Why ``y`` is not a valid output for ``problem`` (``None`` when it is)."""
     if isinstance(y, np.ndarray) and y.shape == problem.output_shape and y.dtype == np.dtype(problem.dtype):

@@ -32,12 +32,13 @@ import os
 import tempfile
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
 import platformdirs
 from filelock import FileLock
+
+from .errors import warn
 
 FORMAT = "convengine-tuning-cache"
 VERSION = 1
@@ -235,7 +236,7 @@ class TuningCache:
     def _warn_once(self, message: str) -> None:
         if message not in self._warned:
             self._warned.add(message)
-            warnings.warn(message, TuningCacheWarning, stacklevel=2)
+            warn(message, TuningCacheWarning)  # at the caller's line, however deep the cache was reached
 
 
 def _signature(st: os.stat_result) -> tuple:

@@ -124,7 +124,8 @@ class _FusesWrongly(Backend):
 
     def prepare(self, problem, weight, bias, epilogue=None):
         def execute(x, residual=None):
-            return conv2d_reference(x, weight, bias, problem.stride, problem.padding, problem.dilation, problem.groups)
+            return conv2d_reference(x, weight, bias, problem.stride, problem.padding, problem.dilation,
+                                    problem.groups).astype(problem.dtype)
 
         return execute
 

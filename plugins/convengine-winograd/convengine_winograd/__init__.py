@@ -5,4 +5,4 @@ entry-point group (see :mod:`convengine_winograd.plugin`). Importing this packag
 Numba and the kernels load only when a convolution is prepared.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # 0.2: NaN and Inf take an exact path (a finiteness check per call)

@@ -1,6 +1,12 @@
 """The executor: input transform (Numba), 16 or 36 batched GEMMs (numpy/BLAS), output transform (Numba).
 
 Imported by :meth:`WinogradBackend.prepare`, never at plugin load, because it imports Numba.
+
+A NaN or Inf in an input tile reaches all of the tile's outputs through the transforms (and
+``Inf - Inf`` turns an Inf into NaN), where a direct convolution confines it to the outputs
+whose 3x3 window holds it. Inputs (or weights) that are not all finite therefore take
+:func:`direct_executor`, an exact path; checking costs one pass over the input per call
+(measured in ``benchmarks/nonfinite_check.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +32,12 @@ try:  # reused scratch buffers: no page faults per call (see convengine.runtime.
 except ImportError:  # pragma: no cover - an older convengine: fresh buffers per call
     def scratch(purpose, shape, dtype):
         return np.empty(shape, dtype)
+
+try:  # one BLAS pass over the input (see convengine.core.arrays)
+    from convengine.core.arrays import all_finite
+except ImportError:  # pragma: no cover - an older convengine: the element-wise test
+    def all_finite(array) -> bool:
+        return bool(np.isfinite(array).all())
 
 #: Upper bound on the transformed input + GEMM output (``V`` + ``M``) held at once.
 DEFAULT_MAX_BUFFER_BYTES = 256 * 2**20
@@ -64,10 +76,47 @@ def buffer_bytes_per_image(problem, variant: Variant = F2) -> int:
     return variant.positions * (tiles_h * tiles_w + 64 // itemsize) * (problem.in_channels + problem.out_channels) * itemsize
 
 
+def direct_executor(problem, weight: np.ndarray, bias: Optional[np.ndarray], *, relu: bool = False
+                    ) -> Callable[..., np.ndarray]:
+    """``execute(x, residual=None) -> y`` by the direct formula, nine taps summed over channels: exact,
+    so NaN and Inf land where a direct convolution puts them. For inputs that are not all finite.
+
+    Keeps a view of ``weight`` (the engine never changes the arrays it passes, see ``Backend.prepare``).
+    """
+    groups, (oh, ow) = problem.groups, (problem.out_height, problem.out_width)
+    top, bottom, left, right = problem.padding
+    w = weight.reshape(groups, problem.out_channels // groups, problem.in_channels // groups, 3, 3)
+    b = None if bias is None else np.array(bias, copy=True).reshape(1, -1, 1, 1)
+
+    def execute(x: np.ndarray, residual: Optional[np.ndarray] = None) -> np.ndarray:
+        n = x.shape[0]
+        xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+        xg = xp.reshape(n, groups, problem.in_channels // groups, *xp.shape[2:])
+        y = np.zeros((n, *w.shape[:2], oh, ow), x.dtype)
+        for p in range(3):
+            for q in range(3):
+                y += np.einsum("ngchw,goc->ngohw", xg[..., p:p + oh, q:q + ow], w[..., p, q], optimize=True)
+        y = y.reshape(problem.output_shape)
+        if b is not None:
+            y += b
+        if residual is not None:
+            y += residual
+        return np.maximum(y, 0, out=y) if relu else y  # maximum keeps NaN, as torch's relu does
+
+    return execute
+
+
 def build_executor(problem, weight: np.ndarray, bias: Optional[np.ndarray],
                    max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES, *, relu: bool = False,
                    variant: Variant = F2) -> Callable[..., np.ndarray]:
-    """``execute(x, residual=None) -> y``; the output transform adds ``residual`` and applies ``relu``."""
+    """``execute(x, residual=None) -> y``; the output transform adds ``residual`` and applies ``relu``.
+
+    Inputs that are not all finite go through :func:`direct_executor`; so does every input when the
+    weights are not all finite.
+    """
+    exact = direct_executor(problem, weight, bias, relu=relu)
+    if not all_finite(weight):
+        return exact
     dtype = np.dtype(problem.dtype)
     groups = problem.groups
     c_in_g = problem.in_channels // groups
@@ -83,6 +132,8 @@ def build_executor(problem, weight: np.ndarray, bias: Optional[np.ndarray],
 
     def execute(x: np.ndarray, residual: Optional[np.ndarray] = None) -> np.ndarray:
         x = np.ascontiguousarray(x)
+        if not all_finite(x):
+            return exact(x, residual)
         n_images = x.shape[0]
         y = np.empty(output_shape, dtype)
         for n0 in range(0, n_images, images_per_chunk):

@@ -316,3 +316,27 @@ def test_tuning_picks_winograd_only_when_fastest_and_within_budget(tmp_path):
     measured = {c.name: c.measured_s for c in decision.candidates if c.measured_s is not None}
     assert "winograd" in measured  # admitted and measured
     assert decision.chosen == min(measured, key=measured.get)  # chosen iff fastest
+
+
+@pytest.mark.parametrize("backend", [WinogradBackend(), Winograd4Backend()], ids=["F2", "F4"])
+@pytest.mark.parametrize("where", ["input", "weight"])
+def test_nan_and_inf_with_a_fused_epilogue_land_where_a_direct_convolution_puts_them(backend, where):
+    """Issue 16 (9): the transforms spread a NaN over its tile (and Inf - Inf made NaN of an Inf);
+    non-finite data now takes the exact path, the fused residual and ReLU included."""
+    rng = np.random.default_rng(9)
+    x, w, b = _data(rng, (2, 4, 9, 10), (6, 2, 3, 3), "float32", True)
+    if where == "input":
+        x[0, 1, 4, 4], x[1, 0, 0, 1], x[1, 1, 2, 2] = np.nan, np.inf, -np.inf
+    else:
+        w[0, 1, 1, 1], w[3, 0, 0, 1], w[5, 1, 2, 2] = np.nan, np.inf, -np.inf
+    residual = rng.standard_normal((2, 6, 9, 10)).astype("float32")
+    problem = _problem(x.shape, w.shape, padding=1, groups=2, bias=True)
+    epilogue = ce.Epilogue(residual=True, activation="relu")
+    with np.errstate(invalid="ignore", over="ignore"):
+        y = backend.prepare(problem, w, b, epilogue=epilogue)(x, residual)
+        expected = np.maximum(conv2d_reference(x, w, b, padding=(1, 1, 1, 1), groups=2) + residual, 0)
+    for test in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(test(y), test(expected), err_msg=test.__name__)
+    finite = np.isfinite(expected)
+    assert 0 < finite.mean() < 1
+    assert relative_error(y[finite], expected[finite]) <= backend.error_bound("float32")
