@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..runtime.tables import format_table
 from . import arguments
 from .commands import command
 
@@ -25,11 +26,8 @@ def backends(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([asdict(i) for i in infos], indent=2))
         return 0
-    rows = [("name", "device", "class", "available", "plugin", "reason")]
-    rows += [(i.name, i.device, i.numerical_class, "yes" if i.available else "no", i.plugin, i.reason or "") for i in infos]
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
-    for r in rows:
-        print(("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1]).rstrip())
+    rows = [(i.name, i.device, i.numerical_class, "yes" if i.available else "no", i.plugin, i.reason or "") for i in infos]
+    print(format_table(("name", "device", "class", "available", "plugin", "reason"), rows))
     return 0
 
 

@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 from ..models.loading import load_model  # noqa: F401  (the commands below and cli.bench use it)
+from ..runtime.tables import format_table
 from . import arguments
 from .commands import command
 
@@ -114,7 +115,7 @@ def _run(args) -> int:
     backends = compiled.layer_backends_for(args.batch)
     fused = compiled.fused
     print()
-    rows = [("layer", "op", "output shape", "backend", "median ms", "GMAC/s")]
+    rows = []
     for row in summary.layers:
         if row.name not in per_layer:
             continue  # folded into the preceding convolution (batch norm, or its epilogue)
@@ -123,9 +124,7 @@ def _run(args) -> int:
         op = f"{row.op}+{fused[row.name]}" if row.name in fused else row.op
         rows.append((row.name, op, "x".join(map(str, row.output_shape)), backends.get(row.name, "-"),
                      f"{median * 1e3:.3f}", rate))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    print(format_table(("layer", "op", "output shape", "backend", "median ms", "GMAC/s"), rows))
     outputs = y if isinstance(y, dict) else {graph.outputs[0]: y}
     print()
     print(f"model {graph.name}, batch {args.batch}, policy {engine.policy if plan is None else 'plan ' + args.plan}")

@@ -5,17 +5,21 @@ because only a backend knows its algorithm's FLOPs and memory traffic. The profi
 rates those predictions need: numpy's BLAS GEMM throughput (the practical compute limit
 of the machine), its streaming memory bandwidth, and how many Numba parallel kernels it can
 start per second (``convengine.runtime.probes``). Measuring takes a fraction of a second,
-so the result is kept in the tuning cache, keyed by the hardware fingerprint.
+so the result is kept in the tuning cache, keyed by the hardware fingerprint. The rates are
+the fastest of a few calls (:func:`~convengine.runtime.timing.best_seconds`): load from other
+processes only ever slows a call down, and a profile kept for good must describe the machine,
+not a busy moment.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import asdict, astuple, dataclass
 from typing import Optional
 
 import numpy as np
+
+from ..runtime.timing import best_seconds, median_seconds
 
 GEMM_SIZE = 1024
 BANDWIDTH_BYTES = 64 * 2**20
@@ -29,7 +33,8 @@ class MachineProfile:
     gemm_flops_float64: float
     bandwidth: float
     #: Numba parallel kernels started per second (a rate, so that every field is "higher is
-    #: better" for refresh_machine_profile); profiles stored before it was measured get 5 us.
+    #: better" for refresh_machine_profile). Every stored profile has it (the cache key's "v3"
+    #: leaves older ones unread); the default, a typical 5 us, serves profiles built by hand.
     parallel_launches: float = 2e5
 
     def gemm_flops(self, dtype: str) -> float:
@@ -46,24 +51,6 @@ class MachineProfile:
                 f"parallel kernel start {self.parallel_launch_s * 1e6:.0f} us")
 
 
-def _call_seconds(fn, repeats: int) -> list[float]:
-    """Seconds of each of ``repeats`` calls of ``fn``, after one untimed call (JIT compilation,
-    caches, thread pools)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def _best_seconds(fn, repeats: int) -> float:
-    """The fastest of ``repeats`` runs: load from other processes only ever slows a run down,
-    and this profile is kept for good, so it must describe the machine, not a busy moment."""
-    return min(_call_seconds(fn, repeats))
-
-
 def measure_gemm_flops(dtype: str = "float32", size: int = GEMM_SIZE, repeats: int = 5) -> float:
     """FLOP/s of numpy's BLAS on a square ``size`` x ``size`` product (with the configured threads)."""
     from ..runtime.threads import apply_blas_threads
@@ -73,7 +60,7 @@ def measure_gemm_flops(dtype: str = "float32", size: int = GEMM_SIZE, repeats: i
     a = rng.standard_normal((size, size)).astype(dtype)
     b = rng.standard_normal((size, size)).astype(dtype)
     out = np.empty_like(a)
-    seconds = _best_seconds(lambda: np.matmul(a, b, out=out), repeats)
+    seconds = best_seconds(lambda: np.matmul(a, b, out=out), repeats)
     return 2.0 * size**3 / seconds
 
 
@@ -81,7 +68,7 @@ def measure_bandwidth(nbytes: int = BANDWIDTH_BYTES, repeats: int = 5) -> float:
     """Bytes/s moved by a large array copy (read + write)."""
     src = np.ones(nbytes // 8)
     dst = np.empty_like(src)
-    seconds = _best_seconds(lambda: np.copyto(dst, src), repeats)
+    seconds = best_seconds(lambda: np.copyto(dst, src), repeats)
     return 2.0 * nbytes / seconds
 
 
@@ -90,7 +77,7 @@ def measure_parallel_launch_seconds(repeats: int = 200) -> float:
     median, not the best, because every kernel call pays it, quiet moment or not."""
     from ..runtime.probes import near_empty_kernel_call
 
-    return float(np.median(_call_seconds(near_empty_kernel_call(), repeats)))
+    return median_seconds(near_empty_kernel_call(), repeats)
 
 
 def measure_machine() -> MachineProfile:

@@ -15,12 +15,10 @@ The outcome is a :class:`Decision`, whose ``str()`` is the report ``explain`` pr
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
-import numpy as np
-
+from ..runtime.tables import format_table
 from .contract import LOSSY
 from .errors import BackendDeclinedError, BackendUnavailableError, warn
 from .problem import ConvProblem
@@ -66,14 +64,9 @@ class Decision:
         lines += [f"note:    {note}" for note in self.notes]
         lines.append(f"chosen:  {self.chosen or 'none'}")
         header = ("backend", "device", "class", "status", "predicted", "measured", "reason")
-        rows = [header] + [
-            (c.name, c.device, c.numerical_class, c.status, _fmt_time(c.predicted_s), _fmt_time(c.measured_s), c.reason)
-            for c in self.candidates
-        ]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-        lines.append("")
-        for r in rows:
-            lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1])
+        rows = [(c.name, c.device, c.numerical_class, c.status, _fmt_time(c.predicted_s), _fmt_time(c.measured_s),
+                 c.reason) for c in self.candidates]
+        lines += ["", format_table(header, rows)]
         return "\n".join(line.rstrip() for line in lines)
 
 
@@ -294,14 +287,3 @@ def _raise_none_eligible(decision: Decision, only: Optional[Sequence[str]] = Non
     raise BackendUnavailableError(f"no backend can run {decision.problem} under policy {decision.policy!r}: {detail}",
                                   reason=detail)
 
-
-def timed_median(fn: Callable[[], object], budget_s: float, min_runs: int = 1, max_runs: int = 15) -> float:
-    """Median wall time of ``fn`` after one untimed warm-up call (which absorbs JIT compilation)."""
-    fn()
-    times: list[float] = []
-    deadline = time.perf_counter() + budget_s
-    while len(times) < min_runs or (len(times) < max_runs and time.perf_counter() < deadline):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))

@@ -13,8 +13,9 @@ import time
 
 from .._version import __version__
 from ..runtime.hardware import fingerprint_digest, host_fingerprint
+from ..runtime.timing import median_seconds
 from .arrays import output_violation, problem_data
-from .selection import Decision, choose_by_measurement, pick_fastest, predict, prune_hopeless, timed_median
+from .selection import Decision, choose_by_measurement, pick_fastest, predict, prune_hopeless
 
 #: Candidates predicted slower than this many times the best prediction (and than the whole
 #: tuning budget) are not measured.
@@ -76,7 +77,7 @@ def _measure(engine, name: str, problem, inputs, budget_s: float) -> float:
         step = "execute()"
         violation = output_violation(execute(x), problem)
         if not violation:
-            return timed_median(lambda: execute(x), budget_s)
+            return median_seconds(lambda: execute(x), budget_s=budget_s)
     except Exception as exc:
         engine.registry.mark_broken(name, f"{step} raised {type(exc).__name__}: {exc} (while tuning)")
         raise

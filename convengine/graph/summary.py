@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Optional
 
 from ..core.problem import ConvProblem
+from ..runtime.tables import format_table
 from .ir import Node
 from .ops import conv_problem_args
 
@@ -50,17 +51,12 @@ class Summary:
                 "total": {"params": self.total_params, "macs": self.total_macs}}
 
     def __str__(self) -> str:
-        rows = [("layer", "op", "output shape", "params", "MACs", "backend")]
-        rows += [(r.name, r.op, "x".join(map(str, r.output_shape)), f"{r.params:,}", f"{r.macs:,}", r.backend)
-                 for r in self.layers]
-        rows.append(("total", "", "", f"{self.total_params:,}", f"{self.total_macs:,}", ""))
-        widths = [max(len(r[i]) for r in rows) for i in range(6)]
-        lines = [f"model: {self.model}"]
-        for i, r in enumerate(rows):
-            lines.append("  ".join(c.rjust(w) if 3 <= j <= 4 else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))).rstrip())
-            if i == 0 or i == len(rows) - 2:
-                lines.append("-" * (sum(widths) + 10))
-        return "\n".join(lines)
+        rows = [(r.name, r.op, "x".join(map(str, r.output_shape)), f"{r.params:,}", f"{r.macs:,}", r.backend)
+                for r in self.layers]
+        total = ("total", "", "", f"{self.total_params:,}", f"{self.total_macs:,}", "")
+        table = format_table(("layer", "op", "output shape", "params", "MACs", "backend"), rows, right=(3, 4),
+                             footer=[total], rules=True)
+        return f"model: {self.model}\n{table}"
 
 
 def node_macs(node: Node, shapes: dict, batch: int = 1) -> int:
