@@ -58,7 +58,7 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, b
 
 def load_onnx(source):
     """A :class:`convengine.graph.Graph` from an ONNX file, bytes or ``ModelProto`` (needs ``onnx``)."""
-    from .graph.onnx_import import load_onnx as _load
+    from .graph.onnx import load_onnx as _load
 
     return _load(source)
 

@@ -33,6 +33,7 @@ MOVED = {
     "convengine.layers": "convengine.bench.catalogue",
     "convengine.cli_bench": "convengine.cli.bench",
     "convengine.cli_models": "convengine.cli.models",
+    "convengine.graph.onnx_import": "convengine.graph.onnx",
 }
 
 

@@ -8,7 +8,7 @@ import os
 def load_model(spec: str, input_shape=None):
     """A zoo name (``resnet18``) or a path to an ``.onnx`` file; ``input_shape`` (C, H, W) for zoo models."""
     if spec.endswith(".onnx") or os.path.sep in spec or os.path.exists(spec):
-        from ..graph.onnx_import import load_onnx
+        from ..graph.onnx import load_onnx
 
         if not os.path.exists(spec):
             raise ValueError(f"model file {spec!r} does not exist")

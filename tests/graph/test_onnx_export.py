@@ -25,7 +25,7 @@ ort = pytest.importorskip("onnxruntime")
 import convengine as ce  # noqa: E402
 from convengine.graph import Graph, GraphError, Node, TensorSpec  # noqa: E402
 from convengine.graph.onnx_export import to_onnx  # noqa: E402
-from convengine.graph.onnx_import import load_onnx  # noqa: E402
+from convengine.graph.onnx import load_onnx  # noqa: E402
 from convengine.models import get_model  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("no_forced_backend")

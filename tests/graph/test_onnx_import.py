@@ -1,4 +1,4 @@
-"""ONNX import (``convengine.graph.onnx_import.load_onnx``), checked against ONNX Runtime.
+"""ONNX import (``convengine.graph.onnx.load_onnx``), checked against ONNX Runtime.
 
 * Every supported operator through a tiny model built with ``onnx.helper``: the imported graph
   and ONNX Runtime (CPUExecutionProvider) agree to 1e-5 (float32, normwise) on random input,
@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import convengine as ce  # noqa: E402
 from convengine.graph import Graph, GraphError  # noqa: E402
-from convengine.graph.onnx_import import SUPPORTED_OPS, load_onnx  # noqa: E402
+from convengine.graph.onnx import SUPPORTED_OPS, load_onnx  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("no_forced_backend")
 
