@@ -109,8 +109,8 @@ def _plugin(name: str) -> ModelPlugin:
     try:
         worker = get_worker()
     except ValueError:
-        raise RuntimeError("convengine.dask arrays compute on the Dask cluster they were made for (through its "
-                           "distributed.Client), not on dask's local schedulers") from None
+        raise RuntimeError("convengine.dask arrays compute on the Dask cluster they were made for, not on dask's "
+                           "local schedulers: client.compute(array), or array.compute(scheduler=client)") from None
     plugin = worker.plugins.get(name)
     if not isinstance(plugin, ModelPlugin):
         raise RuntimeError(f"worker {worker.address} has no convengine model {name!r}: compute the array on the "
