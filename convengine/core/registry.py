@@ -189,7 +189,7 @@ class Registry:
             entry = self._entries[name]
         except KeyError:
             reason = self.why_not_registered(name)
-            raise BackendUnavailableError(f"unknown backend {name!r}: {reason}; registered backends: "
+            raise BackendUnavailableError(f"backend {name!r} is not registered: {reason}; registered backends: "
                                           f"{', '.join(self.names()) or 'none'}", backend=name, reason=reason) from None
         if entry.backend is None:
             raise BackendUnavailableError(f"{name!r} is a plugin that failed to load: {entry.broken}",

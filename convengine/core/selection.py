@@ -134,7 +134,7 @@ def choose_explicit(decision: Decision, name: str, source: str, registry: Regist
     if name not in {c.name for c in decision.candidates}:
         reason = registry.why_not_registered(name)
         raise BackendUnavailableError(
-            f"unknown backend {name!r} ({source}): {reason}; registered backends: {', '.join(registry.names())}",
+            f"backend {name!r} ({source}) is not registered: {reason}; registered backends: {', '.join(registry.names())}",
             backend=name, reason=reason)
     row = decision.row(name)
     if row.status == "excluded":

@@ -503,8 +503,8 @@ BENCHMARK_PROBLEMS = [
 
 
 def _ratio(ratio: float) -> str:
-    """Three significant digits, whatever the size: ``0.00x`` says nothing, ``253x`` does."""
-    return f"{ratio:.3g}x"
+    """Three significant digits (whole numbers from 100 on), whatever the size: ``0.00x`` says nothing, ``1260x`` does."""
+    return f"{ratio:.3g}x" if ratio < 100 else f"{ratio:.0f}x"
 
 
 def benchmark_against_builtins(backend, problem: Optional[ConvProblem] = None, rounds: int = 5) -> str:
