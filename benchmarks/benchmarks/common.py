@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,18 +42,25 @@ try:
 except ImportError:  # commits before the layered package (asv run over history)
     from convengine.plugins import default_registry
 
-_SOURCE = Path(__file__).resolve().parents[2] / "convengine"
+_REPOSITORY = Path(__file__).resolve().parents[2]
+#: The last commit of the flat layout (``convengine/bench.py``, ``convengine/layers.py``, modules
+#: beside each other), whose helpers an older installed convengine can load (see :func:`_module`).
+FLAT_LAYOUT = "a5318aa"
 
 
 def _module(names, needs: str):
-    """``convengine.<name>`` as installed, or this checkout's copy when the installed one lacks ``needs``.
+    """``convengine.<name>`` as installed, or the flat layout's copy when the installed one lacks ``needs``.
 
-    ``asv run`` over a commit range installs old versions of convengine, which may predate
-    ``convengine.bench.catalogue``, the peer and whole-model helpers of ``convengine.bench`` or
-    ``convengine.graph.onnx_export``; they are pure Python on top of APIs that old versions
-    have (``ConvProblem``, ``Engine.prepare``, the graph IR), so the suite loads the current
-    source of the module instead, inside the installed package (a dotted ``name`` such as
-    ``graph.onnx_export`` inside that subpackage, so its relative imports resolve).
+    ``names`` lists where the module lives, the layered package's name first and the flat
+    layout's last (``("bench.catalogue", "layers")``). ``asv run`` over a commit range installs
+    old versions of convengine, which may predate ``convengine.layers``, the peer and
+    whole-model helpers of ``convengine.bench`` or ``convengine.graph.onnx_export``. Those
+    helpers are pure Python on top of APIs that old versions have (``ConvProblem``,
+    ``Engine.prepare``, the graph IR), so the suite then loads them as they were at
+    :data:`FLAT_LAYOUT` (``git show``), whose relative imports (``.problem``, ``.engine``)
+    resolve inside the old installed package, not the current layered source, whose imports
+    (``..core.problem``) would not. Loaded as ``convengine._suite_<leaf>``, inside the
+    installed package (a dotted name such as ``graph.onnx_export`` inside that subpackage).
     """
     names = (names,) if isinstance(names, str) else tuple(names)
     for candidate in names:  # the layered package's name first, then the flat layout's
@@ -66,10 +74,17 @@ def _module(names, needs: str):
     package, _, leaf = f"convengine.{name}".rpartition(".")
     qualified = f"{package}._suite_{leaf}"
     if qualified not in sys.modules:
-        spec = importlib.util.spec_from_file_location(qualified, _SOURCE.joinpath(*name.split(".")).with_suffix(".py"))
+        path = "convengine/" + name.replace(".", "/") + ".py"
+        try:
+            source = subprocess.run(["git", "-C", str(_REPOSITORY), "show", f"{FLAT_LAYOUT}:{path}"], check=True,
+                                    capture_output=True, text=True, timeout=60).stdout
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise ImportError(f"the installed convengine has no {name}.{needs}, and {path} of {FLAT_LAYOUT} "
+                              f"cannot be read ({exc})") from None
+        spec = importlib.util.spec_from_loader(qualified, loader=None, origin=f"{FLAT_LAYOUT}:{path}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[qualified] = module
-        spec.loader.exec_module(module)
+        exec(compile(source, spec.origin, "exec"), module.__dict__)
     return sys.modules[qualified]
 
 
@@ -117,12 +132,16 @@ DTYPE = "float32"
 
 
 def skip_reason(contender: str, spec, batch: int) -> Optional[str]:
-    """Why a combination is left out of the suite on purpose (too slow to be worth its minutes)."""
+    """Why a combination is left out of the suite on purpose (too slow to be worth its minutes).
+
+    fft on 1x1 kernels is the fft backend's own rule (its ``supports`` declines them); it is
+    repeated here only for the commits before that, so that the axis is n/a at every commit.
+    """
     if contender == "fft" and spec.kernel == (1, 1):
         return ("fft on a 1x1 kernel: a pointwise layer is a plain GEMM; the FFT backend would transform "
-                "every kernel to the input's size (seconds of prepare) and the cost model never picks it")
+                "every kernel to the input's size (seconds of prepare); newer versions decline them")
     if contender == "naive" and batch > 1:
-        return "naive at batch > 1: the direct-loop fallback takes seconds a call; it is measured at batch 1"
+        return "naive at batch > 1: the plain-loop fallback takes seconds a call; it is measured at batch 1"
     return None
 
 

@@ -34,9 +34,10 @@ Left out (``NotImplementedError`` in ``setup``, shown as n/a): a backend that is
 registered or not available, or whose ``supports`` declines any convolution of the model
 (``winograd``: 3x3 stride 1 only, so every model here); ``fft`` on models with 1x1
 convolutions (ResNets: the FFT backend transforms every 1x1 kernel to the input's size,
-a minute of preparation and ~17 GB on ResNet-50; the same rule as for layers and in
-``convengine bench``); ``naive`` on ResNet-50 (about 3 s a run on 2 cores, over this suite's
-2 s budget a run; its layers are tracked in ``conv2d``).
+a minute of preparation and ~17 GB on ResNet-50: the backend's ``supports`` declines 1x1
+kernels, and :func:`skip_reason` repeats the rule for commits before it did); ``naive`` on
+ResNet-50 (about 3 s a run on 2 cores, over this suite's 2 s budget a run; its layers are
+tracked in ``conv2d``).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def _make(directory: str, model: str, what: str) -> None:
 
     files = _files(directory, model)
     if what == "tuned":
-        from convengine.core.engine import Engine
+        from convengine import Engine  # the public name: the same at every commit
         from convengine.graph.executor import CompiledGraph
 
         with open(files["graph"], "rb") as f:
@@ -133,9 +134,9 @@ def skip_reason(policy: str, model: str, problems) -> str | None:
     """Why a (policy, model) combination does not run (see the module docstring), or ``None``."""
     if (policy, model) in TOO_SLOW:
         return TOO_SLOW[(policy, model)]
-    if policy == "fft" and any(p.kernel_h == p.kernel_w == 1 for _, p in problems):
+    if policy == "fft" and any(p.kernel_h == p.kernel_w == 1 for _, p in problems):  # fft's own rule, for older commits
         return (f"fft on {model}: 1x1 convolutions (a GEMM; the FFT backend transforms every kernel to the "
-                f"input's size: a minute and gigabytes of preparation on resnet50)")
+                f"input's size: a minute and gigabytes of preparation on resnet50; newer versions decline them)")
     return None
 
 

@@ -8,7 +8,8 @@ the transform; stride by computing the stride-1 result and subsampling it, which
 correct but wasteful, and the cost model knows it.
 
 The transform's round-off makes this a *lossy* backend: an accuracy budget tighter than
-the lossy bound keeps it out.
+the lossy bound keeps it out. A 1x1 kernel is declined: it is a matrix product already, and
+its transform would cost the kernel's size times the input's in spectra for nothing.
 
 A NaN or Inf anywhere in an image would reach every frequency, and from there every output
 of that image. Direct convolution (and torch) confine it to the outputs whose window holds
@@ -20,6 +21,7 @@ with the direct pattern of NaN and Inf. Checking costs one pass over the input p
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 
@@ -56,6 +58,13 @@ class FFTBackend(Backend):
         import scipy
 
         return {"version": self.version, "scipy": scipy.__version__}
+
+    def supports(self, problem: ConvProblem) -> Optional[str]:
+        # The one place this rule lives: the benchmarks, the asv suite and tuning all ask supports().
+        if problem.kernel_h == problem.kernel_w == 1:
+            return ("1x1 kernel: a matrix product, which im2col and direct run as one; the FFT would transform "
+                    "every kernel to the input's size (on ResNet-50, a minute and ~17 GB of spectra)")
+        return None
 
     def estimate_seconds(self, problem: ConvProblem, machine) -> float:
         fh, fw = fft_shape(problem)

@@ -3,7 +3,7 @@
 For every selected layer (:mod:`convengine.bench.catalogue`), every available backend that supports
 it, the engine's own choice (``auto``), and the peers that are installed
 (``torch.nn.functional.conv2d``, ONNX Runtime) are prepared, warmed, and timed in
-interleaved rounds (:func:`convengine.bench.compare`); the report gives each one's median
+interleaved rounds (:func:`convengine.bench.compare.compare`); the report gives each one's median
 time, its ratio to the fastest peer measured in the same run, its achieved GFLOP/s and its
 share of the machine's measured GEMM rate, the practical limit. When every layer of a model
 is selected, a model total follows: the layer times weighted by how often the model runs
@@ -11,7 +11,7 @@ each shape.
 
 With ``--model`` (a zoo name or an ``.onnx`` file), the whole graph runs through the
 executor under ``auto``, ``tune`` and each single backend that runs every layer, against
-ONNX Runtime on ``to_onnx(graph)`` (:func:`convengine.bench.bench_model`): median latency,
+ONNX Runtime on ``to_onnx(graph)`` (:func:`convengine.bench.models.bench_model`): median latency,
 ratio to ONNX Runtime, GMAC/s, the first call (preparation + one run) and, with
 ``--memory``, each contender's peak extra RSS and cold first call in a fresh process.
 """
@@ -93,12 +93,6 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list", action="store_true", help="list the layer names and sets, then exit")
 
 
-def _short(reason: Optional[str], limit: int = 90) -> str:
-    """The first line (and first clause) of a reason, cut to ``limit`` characters."""
-    text = reason.splitlines()[0].split("; ")[0] if reason else ""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _progress(items, enabled: bool):
     """``items`` wrapped in a tqdm bar on stderr (when enabled and tqdm is installed)."""
     if not enabled:
@@ -113,7 +107,7 @@ def _progress(items, enabled: bool):
 
 def _contenders(problem, spec, backend_names, x, w, b):
     """Prepared executors by name, and the backends/peers that cannot run (name -> reason)."""
-    from .. import bench
+    from ..bench.peers import available_peers
     from ..core.engine import Engine
     from ..core.registry import default_registry
 
@@ -133,76 +127,9 @@ def _contenders(problem, spec, backend_names, x, w, b):
             skipped[name] = f"prepare failed: {type(exc).__name__}: {exc}"
     auto = Engine().prepare(w, b, input_shape=problem.input_shape, **spec.conv_kwargs())
     executors[f"auto ({auto.backend})"] = auto
-    peers, why_not = bench.available_peers(problem, x, w, b)
+    peers, why_not = available_peers(problem, x, w, b)
     skipped.update(why_not)
     return executors, peers, skipped
-
-
-def _model_totals(layer_reports: list[dict]) -> list[dict]:
-    """Per model whose every layer was run: each contender's total, weighting layers by ``count``."""
-    from ..bench.catalogue import SETS
-
-    by_name = {r["layer"]: r for r in layer_reports}
-    totals = []
-    for model in ("resnet50", "alexnet"):
-        names = SETS[model]
-        if not all(n in by_name for n in names):
-            continue
-        reports = [by_name[n] for n in names]
-        flops = sum(r["flops"] * r["count"] for r in reports)
-
-        def total(pick, reports=reports) -> Optional[float]:
-            seconds = 0.0
-            for r in reports:
-                value = pick(r)
-                if value is None:
-                    return None
-                seconds += r["count"] * value
-            return seconds
-
-        def median_of(name):
-            return lambda report: next((t["median_s"] for t in report["results"] if t["contender"] == name), None)
-
-        def best_of(kind):
-            def pick(report):
-                times = [t["median_s"] for t in report["results"]
-                         if t["kind"] == kind and t["median_s"] and not t["contender"].startswith("auto")]
-                return min(times) if times else None
-            return pick
-
-        names_seen = list(dict.fromkeys(t["contender"] for r in reports for t in r["results"]
-                                        if not t["contender"].startswith("auto")))
-        rows = [(name, next(t["kind"] for r in reports for t in r["results"] if t["contender"] == name),
-                 total(median_of(name))) for name in names_seen]
-        rows.append(("auto", "backend", total(lambda r: next((t["median_s"] for t in r["results"]
-                                                               if t["contender"].startswith("auto")), None))))
-        rows.append(("best backend per layer", "backend", total(best_of("backend"))))
-        peer_totals = [s for _, kind, s in rows if kind == "peer" and s]
-        reference = min(peer_totals) if peer_totals else None
-        totals.append({
-            "model": model, "layers": len(names), "convolutions": sum(r["count"] for r in reports), "flops": flops,
-            "results": [{"contender": name, "kind": kind, "total_s": s,
-                         "ratio_to_peer": (s / reference) if (s and reference) else None,
-                         "gflops": (flops / s / 1e9) if s else None}
-                        for name, kind, s in rows],
-        })
-    return totals
-
-
-def _format_totals(total: dict, gemm: float) -> str:
-    lines = [f"{total['model']}: all {total['convolutions']} convolutions ({total['layers']} distinct shapes, "
-             f"{total['flops'] / 1e9:.2f} GFLOP), layer medians weighted by occurrence"]
-    rows = [("contender", "total", "vs peer", "GFLOP/s", "of GEMM")]
-    for t in total["results"]:
-        if t["total_s"] is None:
-            rows.append((t["contender"], "-", "-", "-", "(not every layer ran)"))
-            continue
-        ratio = f"{t['ratio_to_peer']:.2f}x" if t["ratio_to_peer"] else "-"
-        rows.append((t["contender"], f"{t['total_s'] * 1e3:.2f} ms", ratio, f"{t['gflops']:.1f}",
-                     f"{t['gflops'] * 1e9 / gemm:.0%}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines)
 
 
 def _refresh_profile() -> None:
@@ -217,8 +144,9 @@ def _refresh_profile() -> None:
 @command("bench", "time every backend on named layers (ResNet-50, AlexNet, the course's examples) against torch and ONNX Runtime",
          _bench_args)
 def _bench(args: argparse.Namespace) -> int:
-    from .. import bench
+    from ..bench import MEMORY_METHOD, PEERS, SETTLE_S, Timing, compare, model_totals, problem_data, simulated
     from ..bench.catalogue import LAYERS, SETS, select
+    from ..bench.report import cut, format_layer, format_totals
     from ..core.costmodel import measure_gemm_flops
     from ..core.registry import list_backends
     from ..runtime.threads import get_num_threads, set_num_threads
@@ -248,8 +176,8 @@ def _bench(args: argparse.Namespace) -> int:
             print(f"convengine bench: error: unknown backend {name!r}; registered: {', '.join(known)}", file=sys.stderr)
             return 2
     wanted = [i for i in infos if not args.backend or i.name in args.backend]
-    unavailable = {i.name: i.reason if not i.available else bench.simulated(i.device)
-                   for i in wanted if not i.available or bench.simulated(i.device)}
+    unavailable = {i.name: i.reason if not i.available else simulated(i.device)
+                   for i in wanted if not i.available or simulated(i.device)}
     backend_names = [i.name for i in wanted if i.name not in unavailable]
 
     if args.threads:
@@ -264,9 +192,9 @@ def _bench(args: argparse.Namespace) -> int:
               + f"{threads} thread{'s' if threads != 1 else ''}, median of {args.rounds} interleaved rounds",
               f"practical limit: numpy GEMM {gemm / 1e9:.1f} GFLOP/s ({args.dtype}, measured now)"
               + ("; 'vs peer' is the ratio to the fastest peer on the same layer in this run" if specs else ""),
-              f"each sample starts {bench.SETTLE_S:g} s after the previous contender's, once BLAS threads that "
+              f"each sample starts {SETTLE_S:g} s after the previous contender's, once BLAS threads that "
               "spin after a call have gone to sleep"]
-    header += [f"not run: {name} ({_short(reason, 70)})" for name, reason in unavailable.items()]
+    header += [f"not run: {name} ({cut(reason, 70, clause=True)})" for name, reason in unavailable.items()]
     if specs and threads_module.WAIT_POLICY_SET_HERE and importlib.util.find_spec("torch") is not None:
         header.append("peer:torch runs with OMP_WAIT_POLICY=PASSIVE, set by convengine at import: alone, torch's "
                       "64->64 3x3 measured ~12% slower so (docs/performance.md); prefer the ORT ratios")
@@ -279,10 +207,10 @@ def _bench(args: argparse.Namespace) -> int:
     reports = []
     for spec in items:
         problem = spec.problem(args.batch, args.dtype)
-        x, w, b = bench.problem_data(problem)
+        x, w, b = problem_data(problem)
         executors, peers, skipped = _contenders(problem, spec, backend_names, x, w, b)
-        timings = bench.compare(problem, executors, peers, x, rounds=args.rounds)
-        timings += [bench.Timing(name, "peer" if name in bench.PEERS else "backend", None, problem.flops, reason)
+        timings = compare(problem, executors, peers, x, rounds=args.rounds)
+        timings += [Timing(name, "peer" if name in PEERS else "backend", None, problem.flops, reason)
                     for name, reason in skipped.items()]
         peer_times = [t.median_s for t in timings if t.kind == "peer" and t.median_s]
         reference = min(peer_times) if peer_times else None
@@ -295,14 +223,13 @@ def _bench(args: argparse.Namespace) -> int:
         }
         reports.append(report)
         if not args.json:
-            shown = [bench.Timing(t.name, t.kind, t.median_s, t.flops, _short(t.error, 70)) for t in timings]
             emit(f"\n{spec.name}" + (f"  (x{spec.count} in {spec.model})" if spec.count > 1 else ""))
-            emit(bench.format_table(problem, shown, gemm))
-    totals = _model_totals(reports)
+            emit(format_layer(problem, timings, gemm))
+    totals = model_totals(reports, SETS)
     if not args.json:
         for total in totals:
             print()
-            print(_format_totals(total, gemm))
+            print(format_totals(total, gemm))
     whole = []
     if args.model:
         whole = _bench_models(args, backend_names, gemm, print if not args.json else None)
@@ -310,7 +237,8 @@ def _bench(args: argparse.Namespace) -> int:
         print(json.dumps({
             "batch": args.batch, "dtype": args.dtype, "threads": threads, "rounds": args.rounds,
             "gemm_flops": gemm, "unavailable": unavailable, "layers": reports, "models": totals,
-            "whole_models": whole, "memory_method": bench.MEMORY_METHOD if args.memory and args.model else None,
+            "whole_models": [r.to_dict() for r in whole],
+            "memory_method": MEMORY_METHOD if args.memory and args.model else None,
         }, indent=2))
     return 0
 
@@ -318,18 +246,14 @@ def _bench(args: argparse.Namespace) -> int:
 # -- whole models -----------------------------------------------------------------------------
 
 
-def _is_path(spec: str) -> bool:
-    import os
-
-    return spec.endswith(".onnx") or os.path.sep in spec or os.path.exists(spec)
-
-
 def _check_models(specs) -> Optional[str]:
     """Why a --model argument cannot be used (checked before anything is timed), else ``None``."""
     import os
 
+    from ..models.loading import is_model_file
+
     for spec in specs:
-        if _is_path(spec):
+        if is_model_file(spec):
             if not os.path.isfile(spec):
                 return f"model file {spec!r} does not exist"
             continue
@@ -359,11 +283,12 @@ def _model_notes(args) -> list[str]:
     return notes
 
 
-def _bench_models(args, backend_names, gemm, emit) -> list[dict]:
-    """Run :func:`convengine.bench.bench_model` for every --model; print each table when ``emit``."""
+def _bench_models(args, backend_names, gemm, emit) -> list:
+    """Run :func:`convengine.bench.models.bench_model` for every --model (its reports); print each table when ``emit``."""
     import tempfile
 
-    from .. import bench
+    from ..bench.models import bench_model
+    from ..bench.report import format_model
     from ..models.loading import load_model
 
     say = (lambda text: print(f"  ... {text}", file=sys.stderr, flush=True)) if not args.no_progress else (
@@ -372,69 +297,13 @@ def _bench_models(args, backend_names, gemm, emit) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="convengine-bench-") as workdir:
         for spec in args.model:
             graph = load_model(spec)
-            report = bench.bench_model(spec, graph, batch=args.batch, backends=backend_names,
-                                       explicit=set(args.backend), rounds=args.rounds, tune=not args.no_tune,
-                                       memory=args.memory, max_run_s=args.max_run_s or None, workdir=workdir,
-                                       gemm_flops=gemm, say=say)
+            report = bench_model(spec, graph, batch=args.batch, backends=backend_names, explicit=set(args.backend),
+                                 rounds=args.rounds, tune=not args.no_tune, memory=args.memory,
+                                 max_run_s=args.max_run_s or None, workdir=workdir, gemm_flops=gemm, say=say)
             del graph
             reports.append(report)
             if emit is not None:
                 emit("")
-                emit(_format_model(report, memory=args.memory))
+                emit(format_model(report, memory=args.memory))
     return reports
 
-
-def _cut(text: Optional[str], limit: int = 110) -> str:
-    text = (text or "").splitlines()[0] if text else ""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _seconds(value: Optional[float]) -> str:
-    if value is None:
-        return "-"
-    return f"{value * 1e3:.2f} ms" if value < 1 else f"{value:.2f} s"
-
-
-def _mib(value: Optional[int]) -> str:
-    return "-" if value is None else f"{value / 2**20:.0f} MiB"
-
-
-def _format_model(report: dict, memory: bool = False) -> str:
-    """One model's table: a row per contender, those that did not run last, with why."""
-    source = "zoo" if not _is_path(report["source"]) else report["source"]
-    lines = [f"{report['model']} ({source}): batch {report['batch']}, input {tuple(report['input_shape'])} "
-             f"{report['dtype']}, {report['convolutions']} convolutions ({report['distinct_convolutions']} distinct), "
-             + (f"{report['macs'] / 1e9:.2f} GMACs" if report["macs"] >= 1e8 else f"{report['macs'] / 1e6:.2f} MMACs")]
-    if report["tuning_s"] is not None:
-        lines.append(f"tuning (before timing, fresh cache): {report['tuning_s']:.1f} s")
-    header = ["contender", "median", "vs ORT", "GMAC/s", "of GEMM", "first call"]
-    if memory:
-        header += ["cold call", "peak RSS", "RSS vs ORT"]
-    header.append("layers")
-    rows = [header]
-    for r in report["results"]:
-        mem = r.get("memory") or {}
-        if r["median_s"] is None and r.get("first_call_s") is None:
-            rows.append([r["contender"], "-"] + [""] * (len(header) - 3) + [_cut(r["error"])])
-            continue
-        row = [r["contender"], _seconds(r["median_s"]),
-               f"{r['ratio_to_ort']:.2f}x" if r["ratio_to_ort"] else "-",
-               f"{r['gmacs']:.1f}" if r["gmacs"] else "-",
-               f"{r['gemm_share']:.0%}" if r["gemm_share"] else "-",
-               _seconds(r["first_call_s"])]
-        if memory:
-            if mem.get("error"):
-                row += ["-", "-", "-"]
-            else:
-                row += [_seconds(mem.get("cold_first_call_s")), _mib(mem.get("peak_extra_bytes")),
-                        f"{mem['ratio_to_ort']:.2f}x" if mem.get("ratio_to_ort") else "-"]
-        last = ", ".join(f"{name} x{n}" for name, n in (r["backends"] or {}).items())
-        notes = [text for text in (r["error"], mem.get("error")) if text]
-        if mem.get("retuned_layers"):
-            notes.append(f"the fresh process first re-tuned {mem['retuned_layers']} layers (tuning keys differ "
-                         f"between processes)")
-        row.append("; ".join([last] * bool(last) + [_cut(t) for t in notes]))
-        rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-    lines += ["  ".join([c.ljust(w) for c, w in zip(r, widths)] + [r[-1]]).rstrip() for r in rows]
-    return "\n".join(lines)

@@ -5,9 +5,14 @@ from __future__ import annotations
 import os
 
 
+def is_model_file(spec: str) -> bool:
+    """Whether ``spec`` names a file (an ``.onnx`` path, or anything with a separator or on disk), not a zoo model."""
+    return spec.endswith(".onnx") or os.path.sep in spec or os.path.exists(spec)
+
+
 def load_model(spec: str, input_shape=None):
     """A zoo name (``resnet18``) or a path to an ``.onnx`` file; ``input_shape`` (C, H, W) for zoo models."""
-    if spec.endswith(".onnx") or os.path.sep in spec or os.path.exists(spec):
+    if is_model_file(spec):
         from ..graph.onnx import load_onnx
 
         if not os.path.exists(spec):

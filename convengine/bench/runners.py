@@ -1,0 +1,80 @@
+"""Whole-model contenders, built the same way wherever they run: in the benchmark, in its
+memory-measuring processes and in the asv suite.
+
+A contender is a policy (``auto``, ``tune``), a single backend (``Engine(policy=NAME)``),
+or :data:`MODEL_PEER`, ONNX Runtime on the graph exported with ``to_onnx`` (same weights,
+same input). peer:torch is not run on whole models: it would need a torch twin of each graph.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from .peers import onnxruntime_options
+
+#: The ONNX Runtime contender of a whole-model run.
+MODEL_PEER = "peer:onnxruntime"
+
+
+#: Libraries the backends and peers load; imported before tuning, timing or a memory baseline.
+HEAVY_LIBRARIES = ("numba", "scipy.fft", "torch", "onnxruntime")
+
+
+def import_heavy_libraries() -> None:
+    """Import :data:`HEAVY_LIBRARIES` that are installed (as the asv suite's forkserver does).
+
+    Two reasons: a library's import is not a model's memory (the peak-RSS baseline comes
+    after it), and the process state is the same wherever tuning results are written and
+    read (a backend fingerprint that lists the loaded BLAS libraries changes once torch
+    loads its own, which would make a tuning cache written before that miss afterwards).
+    """
+    import importlib
+    import importlib.util
+
+    for name in HEAVY_LIBRARIES:
+        try:
+            if importlib.util.find_spec(name.split(".")[0]) is not None:
+                importlib.import_module(name)
+        except Exception:  # a broken optional install: whatever needs it will say so
+            pass
+
+
+def build_model_runner(contender: str, graph, batch: int, *, tuning_cache=None, onnx_model: Optional[bytes] = None,
+                       threads: Optional[int] = None):
+    """``(run(x), {backend: layer count} or None)``: ``contender`` prepared for ``graph`` at ``batch``.
+
+    ``contender`` is ``auto``, ``tune`` (with ``tuning_cache``, a path), a backend name, or
+    :data:`MODEL_PEER` (an ONNX Runtime session on ``onnx_model``, the serialized
+    ``to_onnx(graph)``, with :func:`onnxruntime_options`).
+    """
+    if contender == MODEL_PEER:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(onnx_model, onnxruntime_options(ort, threads),
+                                       providers=["CPUExecutionProvider"])
+        input_name = session.get_inputs()[0].name
+        return (lambda x: session.run(None, {input_name: x})), None
+    from collections import Counter
+
+    from ..core.engine import Engine
+    from ..graph.executor import CompiledGraph
+
+    if contender == "auto":
+        engine = Engine()
+    elif contender == "tune":
+        engine = Engine(policy="tune", tuning_cache=tuning_cache)
+    else:
+        engine = Engine(policy=contender)
+    compiled = CompiledGraph(graph, engine, batch=batch)
+    return compiled.run, dict(Counter(compiled.layer_backends.values()).most_common())
+
+
+def tune_model(graph, batch: int, tuning_cache) -> float:
+    """Tune every convolution of ``graph`` at ``batch`` into ``tuning_cache`` (a path); seconds taken."""
+    from ..core.engine import Engine
+    from ..graph.executor import CompiledGraph
+
+    start = time.perf_counter()
+    CompiledGraph(graph, Engine(policy="tune", tuning_cache=tuning_cache), batch=batch)
+    return time.perf_counter() - start
