@@ -38,7 +38,7 @@ __all__ = [
 
 
 def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, backend: Optional[str] = None,
-           residual=None, activation: Optional[str] = None):
+           residual=None, activation=None):
     """2-D cross-correlation with the semantics of ``torch.nn.functional.conv2d``.
 
     ``x`` is ``(N, C_in, H, W)`` (or unbatched ``(C_in, H, W)``), ``weight`` is
@@ -48,9 +48,11 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, b
     ``"same"``. ``backend`` names one backend; otherwise the default engine (policy ``"auto"``)
     chooses. Inputs are never modified.
 
-    Epilogue (what ResNet blocks do after a convolution): ``residual``, an array of the
-    output's shape, is added, then ``activation`` (``"relu"``) applied; backends that can
-    fuse these into the convolution do.
+    Epilogue (what ResNet and MobileNet blocks do after a convolution): ``residual``, an array
+    of the output's shape, is added, then ``activation`` applied: ``"relu"``, ``"relu6"``,
+    ``"sigmoid"``, ``"silu"``, ``"hardswish"``, ``"hardsigmoid"``, or a tuple with parameters,
+    ``("clip", min, max)``, ``("hardsigmoid", alpha, beta)`` (see :mod:`convengine.core.epilogue`);
+    backends that can fuse these into the convolution do.
     """
     return default_engine().conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation,
                                    groups=groups, backend=backend, residual=residual, activation=activation)

@@ -79,8 +79,9 @@ class Im2colBackend(NumbaBackend):
             listed.append(Kernel(f"{__package__}._im2col_kernels", "unfold",
                                  (array(3), array(2)) + (types.int64,) * 10, cost=1.0))
         if problem.has_bias or epilogue:
-            listed.append(Kernel(f"{__package__}._epilogue_kernels", "bias_residual_relu",
-                                 (array(3), array(1), array(3), types.boolean, types.boolean), cost=1.0))
+            listed.append(Kernel(f"{__package__}._epilogue_kernels", "bias_residual_activation",
+                                 (array(3), array(1), array(3), types.boolean, types.int64, types.float64, types.float64),
+                                 cost=1.5))
         return listed
 
     def prepare(self, problem: ConvProblem, weight, bias, epilogue: Epilogue = NONE):
@@ -129,16 +130,16 @@ def _finisher(problem: ConvProblem, bias, epilogue: Epilogue):
     """``finish(out, residual) -> out``: bias and epilogue in one in-place pass (nothing when neither)."""
     if bias is None and not epilogue:
         return lambda out, residual: out
-    from ._epilogue_kernels import bias_residual_relu
+    from ._epilogue_kernels import bias_residual_activation
 
     b = np.zeros(problem.out_channels, problem.dtype) if bias is None else bias
-    relu = epilogue.activation == "relu"
+    act, p0, p1 = epilogue.kernel_activation()
 
     def finish(out: np.ndarray, residual) -> np.ndarray:
         flat = out.reshape(out.shape[0], out.shape[1], -1)
         res = flat if residual is None else residual.reshape(flat.shape)
         numba_threads()
-        bias_residual_relu(flat, b, res, residual is not None, relu)
+        bias_residual_activation(flat, b, res, residual is not None, act, p0, p1)
         return out
 
     return finish

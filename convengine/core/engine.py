@@ -207,7 +207,7 @@ class Engine:
         return self._registry if self._registry is not None else default_registry()
 
     def conv2d(self, x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-               backend: Optional[str] = None, residual=None, activation: Optional[str] = None) -> np.ndarray:
+               backend: Optional[str] = None, residual=None, activation=None) -> np.ndarray:
         """2-D cross-correlation with PyTorch's semantics; see :func:`convengine.conv2d`."""
         x, weight, bias, unbatched = conv_arrays(x, weight, bias)
         epilogue = Epilogue(residual=residual is not None, activation=activation)
@@ -224,11 +224,12 @@ class Engine:
 
     def prepare(self, weight, bias=None, *, input_shape: Sequence[int], stride=1, padding=0, dilation=1, groups=1,
                 backend: Optional[str] = None, residual: bool = False,
-                activation: Optional[str] = None) -> PreparedConv:
+                activation=None) -> PreparedConv:
         """Fix the weights and hyper-parameters now; run on inputs later with ``prepared(x)``.
 
         ``residual=True`` prepares ``y = conv(x) + residual`` (then call ``prepared(x, residual)``);
-        ``activation="relu"`` applies a ReLU last. Backends that can fuse these do so.
+        ``activation`` (``"relu"``, ``"silu"``, ``("clip", 0, 6)``... as in :func:`convengine.conv2d`)
+        is applied last. Backends that can fuse these do so.
         """
         epilogue = Epilogue(residual=residual, activation=activation)
         weight = as_float_array(weight, "weight")

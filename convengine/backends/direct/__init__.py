@@ -150,7 +150,7 @@ class DirectBackend(NumbaBackend):
         if problem.dtype != "float32":
             return "float32 only (its register tiles are 16 float32 lanes)"
         if problem.groups != 1:
-            return "groups > 1 not supported (use im2col or naive)"
+            return "groups > 1 not supported (the grouped backend runs them)"
         return None
 
     def estimate_seconds(self, problem: ConvProblem, machine) -> float:
@@ -245,7 +245,7 @@ class DirectBackend(NumbaBackend):
         top, _, left, _ = problem.padding
         hp, wp = problem.padded_height, problem.padded_width
         (sh, sw), (dh, dw) = problem.stride, problem.dilation
-        relu = epilogue.activation == "relu"
+        act = epilogue.kernel_activation()
         tile_width = self.tile_width
         slack = input_slack(sw, block)
 
@@ -256,7 +256,7 @@ class DirectBackend(NumbaBackend):
             out = residual if in_place else np.empty(problem.output_shape, np.float32)
             res = out if residual is None else residual
             direct_conv(np.ascontiguousarray(x), flat[:flat.size - slack].reshape(shape), top, left, wb, kh, kw, sh, sw, dh, dw,
-                        b, res, residual is not None, relu, out, tile_width, workers)
+                        b, res, residual is not None, *act, out, tile_width, workers)
             return out
 
         return execute
@@ -276,7 +276,7 @@ class DirectBackend(NumbaBackend):
         # (ob, r, c) -> (ob, c, r): one step reads the block's weights of one input channel
         w_packed = np.ascontiguousarray(packed.reshape(o_blocks, rows, -1).transpose(0, 2, 1)).reshape(-1)
         b = np.zeros(problem.out_channels, np.float32) if bias is None else bias
-        relu = epilogue.activation == "relu"
+        act = epilogue.kernel_activation()
         sh, sw = problem.stride
         subsampled = (problem.batch, problem.in_channels, problem.out_height, problem.out_width)
         chunk, tile_width = reduction_chunk(problem.in_channels), self.tile_width
@@ -289,10 +289,10 @@ class DirectBackend(NumbaBackend):
             out = residual if in_place else np.empty(problem.output_shape, np.float32)
             res = out if residual is None else residual
             if tiles:
-                pointwise_tiles(x, products_read, sh, sw, w_packed, chunk, b, res, residual is not None, relu, out,
+                pointwise_tiles(x, products_read, sh, sw, w_packed, chunk, b, res, residual is not None, *act, out,
                                 tile_width, group, workers)
             else:
-                pointwise_conv(x, products_read, sh, sw, w_packed, b, res, residual is not None, relu, out, workers)
+                pointwise_conv(x, products_read, sh, sw, w_packed, b, res, residual is not None, *act, out, workers)
             return out
 
         return execute

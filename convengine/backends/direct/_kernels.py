@@ -47,11 +47,12 @@ def precompile_kernels(function: str) -> list:
     def f32(ndim):
         return types.Array(types.float32, ndim, "C")
 
-    i64, flag = types.int64, types.boolean
+    i64, flag, f64 = types.int64, types.boolean, types.float64
+    epilogue = (flag, i64, f64, f64)  # has_residual, then the activation: Epilogue.kernel_activation()
     signatures = {
-        "direct_conv": ((f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 6 + (f32(1), f32(4), flag, flag, f32(4), i64, i64), 4.5),
-        "pointwise_conv": ((f32(4), f32(4), i64, i64, f32(1), f32(1), f32(4), flag, flag, f32(4), i64), 2.3),
-        "pointwise_tiles": ((f32(4), f32(4), i64, i64, f32(1), i64, f32(1), f32(4), flag, flag, f32(4), i64, i64, i64), 2.3),
+        "direct_conv": ((f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 6 + (f32(1), f32(4)) + epilogue + (f32(4), i64, i64), 4.5),
+        "pointwise_conv": ((f32(4), f32(4), i64, i64, f32(1), f32(1), f32(4)) + epilogue + (f32(4), i64), 2.3),
+        "pointwise_tiles": ((f32(4), f32(4), i64, i64, f32(1), i64, f32(1), f32(4)) + epilogue + (f32(4), i64, i64, i64), 2.3),
     }
     signature, cost = signatures[function]
     return [Kernel(__name__, function, signature, cost)]
@@ -105,7 +106,7 @@ def _pack_row(x, x_flat, xb, xb_flat, row_index, top, left):
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def direct_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw,
-                bias, residual, has_residual, relu, y, tile_width, workers):
+                bias, residual, has_residual, act, act_a, act_b, y, tile_width, workers):
     """``y = act(conv(x) + bias (+ residual))``, ``x`` copied into ``blocked`` on the way, weights packed in ``wb`` (flat).
 
     ``blocked`` is the (N, Cb, Hp, Wp, block) view of a flat buffer with slack past its end.
@@ -166,11 +167,11 @@ def direct_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw,
                                     computed)
                 tile_store_nchw(acc, y_flat, ((n * out_channels + ob * LANES) * out_h + oh) * out_w + ow0,
                                 out_h * out_w, min(LANES, out_channels - ob * LANES), 0, width,
-                                bias, ob * LANES, residual_flat, has_residual, relu)
+                                bias, ob * LANES, residual_flat, has_residual, act, act_a, act_b)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def pointwise_conv(source, x, sh, sw, w_packed, bias, residual, has_residual, relu, y, workers):
+def pointwise_conv(source, x, sh, sw, w_packed, bias, residual, has_residual, act, act_a, act_b, y, workers):
     """``y = act(W @ x + bias (+ residual))`` for a 1x1 unpadded convolution, on NCHW directly.
 
     ``x`` (N, C, OH, OW) is what the products read: ``source`` itself at stride 1, else a
@@ -205,7 +206,7 @@ def pointwise_conv(source, x, sh, sw, w_packed, bias, residual, has_residual, re
             o0 = job % o_blocks * POINT_CHANNELS
             pointwise_block(x_flat, n * channels * plane + p0, plane, channels, w_packed, o0 * channels,
                             y_flat, (n * out_channels + o0) * plane + p0, min(POINT_CHANNELS, out_channels - o0),
-                            min(POINT_PIXELS, plane - p0), bias, o0, residual_flat, has_residual, relu)
+                            min(POINT_PIXELS, plane - p0), bias, o0, residual_flat, has_residual, act, act_a, act_b)
 
 
 
@@ -235,7 +236,8 @@ def _subsample_plane(source, x, job, sh, sw):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, relu, y, tile_width, group, workers):
+def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, act, act_a, act_b, y, tile_width, group,
+                    workers):
     """``y = act(W @ x + bias (+ residual))`` for a 1x1 unpadded convolution, output channels in the vector lanes.
 
     The register tiles of :func:`direct_conv` (up to ``tile_width`` pixels x 16 output
@@ -283,4 +285,4 @@ def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, 
                                 wb, o0 * channels, chunk * LANES, channels // chunk, 1, chunk, computed)
                 tile_store_nchw(acc, y_flat, (n * out_channels + o0) * plane + start, plane,
                                 min(LANES, out_channels - o0), p0 - start, p0 - start + stored,
-                                bias, o0, residual_flat, has_residual, relu)
+                                bias, o0, residual_flat, has_residual, act, act_a, act_b)

@@ -1,0 +1,173 @@
+"""The epilogue's activations for fusing kernels, written once as LLVM IR.
+
+Why IR: a fused SiLU or sigmoid needs ``exp``, and Numba compiles ``math.exp`` to a call of
+the C library's scalar ``expf``, which LLVM cannot vectorise here (no vector math library):
+measured ~100x the cost of the convolution's own store on a 1x1 layer. So ``exp`` is a
+polynomial (Cody-Waite range reduction, ``exp(x) = 2**k * exp(r)`` with ``|r| <= ln2/2``, a
+degree-7 Taylor polynomial for ``exp(r)``: under 2 ulp in float32) built from plain
+arithmetic and bit casts, which LLVM vectorises like any other loop body.
+
+The same emitters serve two kinds of caller: the ``direct`` backend's register-tile store
+(:mod:`.direct._simd`) applies them to 16-lane vectors, and Numba kernels call the scalar
+intrinsic :func:`finish` inside their loops (LLVM hoists the switch on the activation code
+out of the loop and vectorises each case). The codes and parameters are
+:meth:`convengine.core.epilogue.Epilogue.kernel_activation`'s.
+
+NaN stays NaN in every activation: comparisons are ordered (NaN compares false, so a clamp
+leaves it), and the exponent is taken from the float's bits, never converted from a NaN.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ..core.epilogue import (
+    KERNEL_CLIP,
+    KERNEL_HARDSIGMOID,
+    KERNEL_HARDSWISH,
+    KERNEL_NONE,
+    KERNEL_SIGMOID,
+    KERNEL_SILU,
+)
+
+#: Every code a kernel may receive.
+CODES = (KERNEL_NONE, KERNEL_CLIP, KERNEL_SIGMOID, KERNEL_SILU, KERNEL_HARDSIGMOID, KERNEL_HARDSWISH)
+
+_LOG2E = 1.4426950408889634
+#: ln 2 in two parts: ``k * _LN2_HI`` is exact for the ``|k| <= 128`` of float32's range.
+_LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4
+#: 1.5 * 2**23: adding it rounds a float32 below 2**22 in magnitude to an integer, which then
+#: sits in the low mantissa bits (the bit pattern minus the constant's is that integer).
+_ROUND_F32 = 12582912.0
+#: exp's argument is clamped to keep ``2**k`` a normal float32: exp(88) = 1.65e38, exp(-87) = 1.6e-38.
+_EXP_MIN, _EXP_MAX = -87.0, 88.0
+#: Below -_SIGMOID_FLOOR the sigmoid is 0 in float32 (true value < 6e-39): exactly 0 there, so
+#: that silu(-inf) = -inf * 0 = NaN, as Sigmoid followed by Mul gives.
+_SIGMOID_FLOOR = 88.0
+
+
+def _element(ty):
+    return ty.element if isinstance(ty, ir.VectorType) else ty
+
+
+def _const(ty, value):
+    """``value`` as a constant of ``ty`` (a scalar type, or a vector of one: every lane)."""
+    if isinstance(ty, ir.VectorType):
+        return ir.Constant(ty, [ir.Constant(ty.element, value)] * ty.count)
+    return ir.Constant(ty, value)
+
+
+def _like(builder, ty, scalar):
+    """A scalar LLVM value spread to ``ty`` (itself when ``ty`` is not a vector)."""
+    if not isinstance(ty, ir.VectorType):
+        return scalar
+    lanes = builder.insert_element(ir.Constant(ty, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(lanes, ir.Constant(ty, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), ty.count), [0] * ty.count))
+
+
+def _suffix(ty) -> str:
+    element = "f32" if isinstance(_element(ty), ir.FloatType) else "f64"
+    return f"v{ty.count}{element}" if isinstance(ty, ir.VectorType) else element
+
+
+def _fma(builder, a, b, c):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(a.type, [a.type] * 3), f"llvm.fma.{_suffix(a.type)}")
+    return builder.call(fn, [a, b, c])
+
+
+def clamp(builder, v, low, high):
+    """``min(max(v, low), high)`` with NaN kept (``low``/``high`` of ``v``'s type)."""
+    v = builder.select(builder.fcmp_ordered("<", v, low), low, v)
+    return builder.select(builder.fcmp_ordered(">", v, high), high, v)
+
+
+def exp(builder, x):
+    """``exp(x)`` of a float32 or float64 value or vector (float64: the ``llvm.exp`` intrinsic)."""
+    ty = x.type
+    if not isinstance(_element(ty), ir.FloatType):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty]), f"llvm.exp.{_suffix(ty)}")
+        return builder.call(fn, [x])
+    ity = ir.VectorType(ir.IntType(32), ty.count) if isinstance(ty, ir.VectorType) else ir.IntType(32)
+    x = clamp(builder, x, _const(ty, _EXP_MIN), _const(ty, _EXP_MAX))
+    shifted = builder.fadd(builder.fmul(x, _const(ty, _LOG2E)), _const(ty, _ROUND_F32))
+    k = builder.fsub(shifted, _const(ty, _ROUND_F32))  # round(x / ln 2), as a float
+    r = _fma(builder, k, _const(ty, -_LN2_HI), x)
+    r = _fma(builder, k, _const(ty, -_LN2_LO), r)
+    p = _const(ty, 1.0 / 5040.0)
+    for coefficient in (1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0):
+        p = _fma(builder, p, r, _const(ty, coefficient))
+    k_int = builder.sub(builder.bitcast(shifted, ity), _const(ity, 0x4B400000))  # 0x4B400000: _ROUND_F32's bits
+    scale = builder.bitcast(builder.shl(builder.add(k_int, _const(ity, 127)), _const(ity, 23)), ty)  # 2**k
+    return builder.fmul(p, scale)
+
+
+def sigmoid(builder, v):
+    """``1 / (1 + exp(-v))``, exactly 0 below -88 (see :data:`_SIGMOID_FLOOR`)."""
+    ty = v.type
+    one = _const(ty, 1.0)
+    s = builder.fdiv(one, builder.fadd(one, exp(builder, builder.fneg(v))))
+    return builder.select(builder.fcmp_ordered("<", v, _const(ty, -_SIGMOID_FLOOR)), _const(ty, 0.0), s)
+
+
+def activate(builder, v, code: int, p0, p1):
+    """The activation ``code`` (a ``KERNEL_*`` constant) applied to ``v``; ``p0``, ``p1`` of ``v``'s type."""
+    ty = v.type
+    if code == KERNEL_NONE:
+        return v
+    if code == KERNEL_CLIP:
+        return clamp(builder, v, p0, p1)
+    if code == KERNEL_SIGMOID:
+        return sigmoid(builder, v)
+    if code == KERNEL_SILU:
+        return builder.fmul(v, sigmoid(builder, v))
+    hard = clamp(builder, _fma(builder, v, p0, p1), _const(ty, 0.0), _const(ty, 1.0))
+    if code == KERNEL_HARDSIGMOID:
+        return hard
+    if code == KERNEL_HARDSWISH:
+        return builder.fmul(v, hard)
+    raise ValueError(f"unknown activation code {code}")
+
+
+def activate_any(builder, v, code, p0, p1):
+    """:func:`activate` for a run-time ``code`` (an integer LLVM value): a switch over :data:`CODES`.
+
+    An unknown code leaves ``v`` as it is (kernels are given codes by ``kernel_activation``).
+    """
+    done = builder.append_basic_block("act.done")
+    switch = builder.switch(code, done)
+    results = [(v, builder.block)]
+    for c in CODES:
+        case = builder.append_basic_block(f"act.{c}")
+        switch.add_case(ir.Constant(code.type, c), case)
+        builder.position_at_end(case)
+        results.append((activate(builder, v, c, p0, p1), builder.block))
+        builder.branch(done)
+    builder.position_at_end(done)
+    merged = builder.phi(v.type)
+    for value, block in results:
+        merged.add_incoming(value, block)
+    return merged
+
+
+@intrinsic
+def finish(typingctx, v, code, p0, p1):
+    """``activation(v)`` for a float32 or float64 scalar ``v``, activation ``code`` with parameters ``p0``, ``p1``.
+
+    For Numba loops: the IR is inlined at the call, and with ``code`` fixed for the loop LLVM
+    unswitches the loop on it and vectorises each case.
+    """
+    if not (isinstance(v, types.Float) and isinstance(code, types.Integer)
+            and isinstance(p0, (types.Float, types.Integer)) and isinstance(p1, (types.Float, types.Integer))):
+        return None
+    sig = v(v, code, p0, p1)
+
+    def codegen(context, builder, sig, args):
+        value, code_value = args[0], context.cast(builder, args[1], sig.args[1], types.int64)
+        q0, q1 = (context.cast(builder, args[i], sig.args[i], sig.args[0]) for i in (2, 3))
+        return activate_any(builder, value, code_value, q0, q1)
+
+    return sig, codegen

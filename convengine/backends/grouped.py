@@ -1,0 +1,187 @@
+"""``grouped``: depthwise and grouped convolutions on register tiles, epilogue fused.
+
+Why it exists: a grouped convolution is many small convolutions side by side. im2col runs
+one BLAS product per group per image (32 products of 4x36 by 36x3136 for ResNeXt's first
+stage: the calls cost more than the arithmetic), and a depthwise layer (MobileNet,
+EfficientNet: one input channel per group) is nine multiply-adds per output, a memory-bound
+pass that a column matrix nine times the input's size only slows down. ``direct`` runs
+``groups == 1`` only. Here each job copies one group's band of input rows into a
+per-thread buffer (zero-padded, strided inputs split into phase planes so that every tap
+reads contiguously) and a register tile of up to 8 output channels x 8 vectors of 16 pixels
+accumulates the group's whole reduction before the band's rows are written once, in NCHW,
+with bias, residual and activation (:mod:`convengine.core.epilogue`, every one of them)
+applied. See :mod:`._grouped_kernels` for the layout.
+
+float32, ``groups > 1`` only, any stride, padding, dilation and channel multiplier. It sums
+the products of the direct formula in float32 (at most :data:`MAX_CHUNK_PRODUCTS` in
+registers before the running total), so it is exact in the engine's sense.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.contract import EXACT
+from ..core.epilogue import NONE, Epilogue
+from ..core.hookspecs import hookimpl
+from ..core.problem import ConvProblem
+from ..runtime.threads import get_num_threads, numba_threads
+from ..runtime.workspace import scratch
+from ._numba import NumbaBackend
+
+LANES = 16
+# Copies of the kernel module's constants (not imported, to keep numba out of startup);
+# tests check that they agree.
+CHANNEL_BLOCKS = (1, 2, 4, 8)
+MAX_VECTORS = {1: 8, 2: 6, 4: 4, 8: 3}
+MAX_CHUNK_PRODUCTS = 256
+#: Floats of a job's input band that stay in the core's first-level cache with the tile's output.
+BAND_FLOATS = 6144
+#: Jobs per thread wanted, so that threads that start late or run slow even out.
+JOBS_PER_THREAD = 4
+#: Vector-issue slots of one reduction step of a tile of ``mb`` channels x ``nv`` vectors:
+#: ``mb * nv`` FMAs (two per cycle) against ``nv`` unaligned input loads and ``mb`` weight
+#: broadcasts, which split cache lines and so go at about one per cycle: two slots each.
+LOAD_SLOTS = 2
+#: Share of the machine's GEMM rate (per issue slot) the tiles' steps reach (loop and
+#: address overhead); fitted on the depthwise and grouped layers of benchmarks/grouped_layers.py.
+TILE_EFFICIENCY = 0.6
+
+
+def channel_block(per_group: int) -> int:
+    """Output channels per register tile for ``per_group`` output channels per group."""
+    return next((mb for mb in CHANNEL_BLOCKS if mb >= per_group), CHANNEL_BLOCKS[-1])
+
+
+def reduction_chunk(in_per_group: int, taps: int) -> int:
+    """Input channels summed in registers at a time: even chunks of at most MAX_CHUNK_PRODUCTS products."""
+    most = max(1, MAX_CHUNK_PRODUCTS // taps)
+    chunks = -(-in_per_group // most)
+    return -(-in_per_group // chunks)
+
+
+def _step_slots(mb: int, nv: int) -> int:
+    return max(mb * nv, LOAD_SLOTS * (mb + nv))
+
+
+class Geometry:
+    """The sizes a problem's jobs work with (see :mod:`._grouped_kernels`)."""
+
+    def __init__(self, problem: ConvProblem, workers: int):
+        p = problem
+        (sh, sw), (dh, dw) = p.stride, p.dilation
+        self.in_per_group = p.in_channels // p.groups
+        self.out_per_group = p.out_channels // p.groups
+        self.mb = channel_block(self.out_per_group)
+        self.vectors = MAX_VECTORS[self.mb]
+        self.taps = p.kernel_h * p.kernel_w
+        self.chunk = reduction_chunk(self.in_per_group, self.taps)
+        self.wq = -(-p.padded_width // sw)  # the phase planes' width (the output run's row pitch)
+        self.hq_extra = (p.kernel_h - 1) * dh // sh  # phase-plane rows past a band's output rows
+        self.max_qc = (p.kernel_w - 1) * dw // sw
+        per_row = self.in_per_group * sh * sw * self.wq
+        rows = max(1, min(p.out_height, BAND_FLOATS // per_row - self.hq_extra))
+        wanted_bands = -(-JOBS_PER_THREAD * workers // (p.batch * p.groups))
+        if -(-p.out_height // rows) < wanted_bands:  # too few jobs for the threads: thinner bands
+            rows = max(1, -(-p.out_height // wanted_bands))
+        self.band_rows = rows
+        self.slack = self.max_qc + 4 * LANES
+        self.in_floats = self.in_per_group * sh * sw * self.plane + self.slack
+        self.o_step = -(-(rows * self.wq + LANES) // LANES) * LANES
+        self.out_floats = self.mb * self.o_step
+
+    def band_sizes(self, out_height: int) -> list[int]:
+        """Output rows of each band of one (image, group)."""
+        return [min(self.band_rows, out_height - r0) for r0 in range(0, out_height, self.band_rows)]
+
+    @property
+    def plane(self) -> int:
+        """Floats per phase plane: a band's rows and the rows below it that its taps reach."""
+        return (self.band_rows + self.hq_extra) * self.wq
+
+    def tap_offsets(self, problem: ConvProblem) -> np.ndarray:
+        """Each kernel tap's offset from an output's index into its channel's phase planes (p-major, as the weights)."""
+        (sh, sw), (dh, dw) = problem.stride, problem.dilation
+        return np.array([((p * dh % sh) * sw + q * dw % sw) * self.plane + (p * dh // sh) * self.wq + q * dw // sw
+                         for p in range(problem.kernel_h) for q in range(problem.kernel_w)], np.int64)
+
+
+class GroupedBackend(NumbaBackend):
+    name = "grouped"
+    numerical_class = EXACT
+    version = "1"
+    residual_in_place = True  # each output element is written after its residual element was read
+
+    def supports(self, problem: ConvProblem):
+        if problem.dtype != "float32":
+            return "float32 only (its register tiles are 16 float32 lanes)"
+        if problem.groups == 1:
+            return "groups == 1: not a grouped convolution (use direct or im2col)"
+        return None
+
+    def estimate_seconds(self, problem: ConvProblem, machine) -> float:
+        geo = Geometry(problem, get_num_threads())
+        slots = 0
+        for rows in geo.band_sizes(problem.out_height):
+            run = rows * geo.wq
+            full, tail = divmod(-(-run // LANES), geo.vectors)
+            slots += (full * _step_slots(geo.mb, geo.vectors) + (_step_slots(geo.mb, tail) if tail else 0))
+        m_blocks = -(-geo.out_per_group // geo.mb)
+        slots *= problem.batch * problem.groups * m_blocks * geo.in_per_group * geo.taps
+        # a slot is one 16-lane FMA issue: 32 float32 flops of the GEMM rate
+        compute = slots * 2 * LANES / (machine.gemm_flops(problem.dtype) * TILE_EFFICIENCY)
+        itemsize = np.dtype(problem.dtype).itemsize
+        # the input is read once (band halos aside) and the output written once; the band
+        # buffers and the tile's output stay in the core's caches
+        traffic = (int(np.prod(problem.input_shape)) + int(np.prod(problem.output_shape))) * itemsize / machine.bandwidth
+        return compute + traffic + machine.parallel_launch_s
+
+    def supports_epilogue(self, problem: ConvProblem, epilogue: Epilogue):
+        return None  # every activation, with bias and residual, as the band's rows are written
+
+    def kernels(self, problem: ConvProblem, epilogue: Epilogue = NONE):
+        from ._grouped_kernels import precompile_kernels
+
+        return precompile_kernels()
+
+    def prepare(self, problem: ConvProblem, weight, bias, epilogue: Epilogue = NONE):
+        from ._grouped_kernels import grouped_conv
+
+        p = problem
+        workers = numba_threads()
+        geo = Geometry(p, workers)
+        g, mb = p.groups, geo.mb
+        m_blocks = -(-geo.out_per_group // mb)
+        packed = np.zeros((g, m_blocks * mb, geo.in_per_group, geo.taps), np.float32)
+        packed[:, :geo.out_per_group] = weight.reshape(g, geo.out_per_group, geo.in_per_group, geo.taps)
+        # (g, blk, m, c, t) -> (g, blk, c, t, m): one reduction step reads the tile's mb weights together
+        w_packed = np.ascontiguousarray(packed.reshape(g, m_blocks, mb, geo.in_per_group, geo.taps)
+                                        .transpose(0, 1, 3, 4, 2)).reshape(-1)
+        b = np.zeros(p.out_channels, np.float32) if bias is None else bias
+        act, p0, p1 = epilogue.kernel_activation()
+        top, left = p.padding[0], p.padding[2]
+        (sh, sw) = p.stride
+        by_workers = {workers: (geo, geo.tap_offsets(p))}  # the bands depend on the thread count
+
+        def execute(x: np.ndarray, residual=None, in_place: bool = False) -> np.ndarray:
+            n_workers = numba_threads()
+            if n_workers not in by_workers:
+                other = Geometry(p, n_workers)
+                by_workers[n_workers] = (other, other.tap_offsets(p))
+            jobs, taps = by_workers[n_workers]
+            out = residual if in_place else np.empty(p.output_shape, np.float32)
+            res = out if residual is None else residual
+            in_scratch = scratch("grouped.input", (n_workers, jobs.in_floats), np.float32)
+            out_scratch = scratch("grouped.output", (n_workers, jobs.out_floats), np.float32)
+            grouped_conv(np.ascontiguousarray(x), out, w_packed, taps, b, res, residual is not None, act, p0, p1,
+                         g, geo.in_per_group, geo.out_per_group, mb, top, left, sh, sw, jobs.wq, jobs.plane,
+                         jobs.band_rows, jobs.hq_extra, geo.chunk, jobs.o_step, geo.vectors, n_workers,
+                         in_scratch, out_scratch)
+            return out
+
+        return execute
+
+
+@hookimpl
+def convengine_register_backends(register):
+    register(GroupedBackend())

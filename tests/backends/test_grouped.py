@@ -1,0 +1,205 @@
+"""The ``grouped`` backend: depthwise and grouped convolutions on register tiles, every epilogue fused.
+
+Checked against the independent float64 reference (``convengine.testing.reference``): random
+problems drawn by hypothesis over groups, channels per group (1 = depthwise, up to chunked
+reductions), channel multipliers (every register-tile height, and partly filled ones),
+kernel sizes, strides, dilations and asymmetric padding; the epilogue's every activation
+with and without a residual; the band split at thread counts that cut planes into one-row
+bands; NaN; the conformance kit. No timing here (see benchmarks/grouped_layers.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import convengine as ce
+from convengine.backends import grouped
+from convengine.backends.grouped import Geometry, GroupedBackend
+from convengine.core.costmodel import MachineProfile
+from convengine.core.epilogue import ACTIVATIONS, Epilogue
+from convengine.core.problem import ConvProblem
+from convengine.testing import BackendConformance
+from convengine.testing.reference import conv2d_reference, relative_error
+
+EXACT_F32 = 1e-5  # the conformance kit's float32 tolerance for the exact class
+
+
+def _problem_and_data(seed, x_shape, w_shape, bias=True, **params):
+    problem = ConvProblem.from_shapes(x_shape, w_shape, bias=bias, dtype="float32", **params)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32) if bias else None
+    return problem, x, w, b
+
+
+def _reference(problem, x, w, b):
+    return conv2d_reference(x.astype(np.float64), w.astype(np.float64), None if b is None else b.astype(np.float64),
+                            problem.stride, problem.padding, problem.dilation, problem.groups)
+
+
+def _error_on_the_convolution_s_scale(y, expected, conv):
+    """``max|y - expected| / max|conv|``: an activation that squeezes the output's range (sigmoid,
+    clip) passes float32 rounding of the convolution on unchanged, so the error is measured on
+    the scale of the convolution it was applied to."""
+    return float(np.max(np.abs(y - expected)) / max(np.max(np.abs(conv)), 1e-30))
+
+
+@st.composite
+def grouped_problems(draw):
+    """Grouped convolutions of every kind the backend takes: depthwise, multipliers 1-9, 1-40 channels per group."""
+    groups = draw(st.integers(2, 5))
+    in_per_group = draw(st.sampled_from([1, 1, 2, 3, 4, 8, 40]))  # 40 x 3x3+: reductions chunked
+    out_per_group = draw(st.integers(1, 9))  # tiles of 1, 2, 4 and 8 channels, partly filled ones
+    kernel = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    pads = tuple(draw(st.integers(0, 3)) for _ in range(4))
+    sizes = []
+    for axis in range(2):
+        eff = dilation[axis] * (kernel[axis] - 1) + 1
+        sizes.append(max(1, eff - pads[2 * axis] - pads[2 * axis + 1]) + draw(st.integers(0, 20)))
+    return dict(x_shape=(draw(st.integers(1, 2)), groups * in_per_group, *sizes),
+                w_shape=(groups * out_per_group, in_per_group, *kernel),
+                stride=stride, padding=pads, dilation=dilation, groups=groups,
+                bias=draw(st.booleans()), seed=draw(st.integers(0, 2**16)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=grouped_problems())
+def test_matches_the_float64_reference(case):
+    seed = case.pop("seed")
+    problem, x, w, b = _problem_and_data(seed, **case)
+    backend = GroupedBackend()
+    assert backend.supports(problem) is None
+    before = [a.copy() for a in (x, w) + ((b,) if b is not None else ())]
+    y = backend.prepare(problem, w, b)(x)
+    assert y.shape == problem.output_shape and y.dtype == np.float32
+    assert relative_error(y, _reference(problem, x, w, b)) < EXACT_F32, str(problem)
+    for original, copy in zip((x, w) + ((b,) if b is not None else ()), before):
+        np.testing.assert_array_equal(original, copy)
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=grouped_problems(), activation=st.sampled_from((None,) + ACTIVATIONS), residual=st.booleans(),
+       in_place=st.booleans())
+def test_every_epilogue_matches_the_reference(case, activation, residual, in_place):
+    seed = case.pop("seed")
+    problem, x, w, b = _problem_and_data(seed, **case)
+    epilogue = Epilogue(residual=residual, activation=activation)
+    backend = GroupedBackend()
+    assert backend.supports_epilogue(problem, epilogue) is None
+    r = np.random.default_rng(seed + 1).standard_normal(problem.output_shape).astype(np.float32) if residual else None
+    conv = _reference(problem, x, w, b) + (0 if r is None else r)
+    expected = Epilogue(activation=activation).apply(conv.copy(), None)
+    execute = backend.prepare(problem, w, b, epilogue=epilogue)
+    if residual:
+        kept = r.copy()
+        y = execute(x, r)
+        np.testing.assert_array_equal(r, kept)  # read, never written...
+        if in_place:
+            out = execute(x, r, in_place=True)  # ...unless given up
+            assert out is r
+            assert _error_on_the_convolution_s_scale(out, expected, conv) < EXACT_F32
+    else:
+        y = execute(x)
+    assert _error_on_the_convolution_s_scale(y, expected, conv) < EXACT_F32, f"{problem}, {epilogue}"
+
+
+@pytest.mark.parametrize("workers", [1, 3, 64])
+@pytest.mark.parametrize("shape", [
+    ((1, 8, 13, 11), (8, 1, 3, 3), dict(groups=8, padding=1)),  # depthwise
+    ((2, 6, 17, 9), (12, 2, 5, 3), dict(groups=3, stride=2, padding=(2, 1, 0, 1))),  # strided, multiplier 4
+])
+def test_bands_split_at_any_thread_count(workers, shape, monkeypatch):
+    """More threads cut each (image, group) into thinner bands, down to one output row each."""
+    x_shape, w_shape, params = shape
+    problem, x, w, b = _problem_and_data(workers, x_shape, w_shape, **params)
+    geo = Geometry(problem, workers)
+    assert sum(geo.band_sizes(problem.out_height)) == problem.out_height
+    if workers == 64:
+        assert geo.band_rows == 1
+    monkeypatch.setattr(grouped, "numba_threads", lambda: workers)
+    y = GroupedBackend().prepare(problem, w, b)(x)
+    assert relative_error(y, _reference(problem, x, w, b)) < EXACT_F32
+
+
+def test_band_buffers_bound_large_planes():
+    """A 112x112 depthwise plane runs in bands that fit the core's first-level cache."""
+    problem = ConvProblem.from_shapes((1, 32, 112, 112), (32, 1, 3, 3), groups=32, padding=1)
+    geo = Geometry(problem, 1)
+    assert geo.in_floats <= grouped.BAND_FLOATS + geo.hq_extra * geo.wq + geo.slack
+    assert 1 < len(geo.band_sizes(112))
+
+
+@pytest.mark.parametrize("in_per_group", [29, 64])
+def test_long_reductions_are_chunked_and_stay_exact(in_per_group):
+    problem, x, w, b = _problem_and_data(in_per_group, (1, 2 * in_per_group, 9, 9), (4, in_per_group, 5, 5),
+                                         groups=2, padding=2)
+    assert grouped.reduction_chunk(in_per_group, 25) < in_per_group
+    assert relative_error(GroupedBackend().prepare(problem, w, b)(x), _reference(problem, x, w, b)) < EXACT_F32
+
+
+def test_nan_and_inf_reach_exactly_the_outputs_that_read_them():
+    problem, x, w, b = _problem_and_data(0, (1, 4, 9, 9), (4, 1, 3, 3), groups=4, padding=1)
+    x[0, 1, 4, 4] = np.nan
+    x[0, 2, 0, 0] = np.inf
+    w = np.abs(w)
+    y = GroupedBackend().prepare(problem, w, b, epilogue=Epilogue(activation="relu6"))(x)
+    assert np.isnan(y[0, 1, 3:6, 3:6]).all() and np.isnan(y[0, 1]).sum() == 9
+    assert np.isfinite(y[0, 0]).all() and np.isfinite(y[0, 3]).all()
+    assert (y[0, 2, :2, :2] == 6).all()  # +inf, clipped
+
+
+@pytest.mark.parametrize("kwargs, reason", [
+    (dict(dtype="float64", groups=2), "float32 only"),
+    (dict(groups=1), "groups == 1"),
+])
+def test_declines_what_it_does_not_run(kwargs, reason):
+    groups = kwargs["groups"]
+    problem = ConvProblem.from_shapes((1, 8, 5, 5), (8, 8 // groups, 3, 3), **kwargs)
+    assert reason in GroupedBackend().supports(problem)
+
+
+def test_the_backend_s_copies_of_the_kernel_constants_match_the_kernels():
+    from convengine.backends import _grouped_kernels as kernels
+
+    assert (grouped.LANES, grouped.CHANNEL_BLOCKS, grouped.MAX_VECTORS, grouped.MAX_CHUNK_PRODUCTS) == (
+        kernels.LANES, kernels.CHANNEL_BLOCKS, kernels.MAX_VECTORS, kernels.MAX_CHUNK_PRODUCTS)
+    # a tile's accumulators, its input vectors and a weight fit the 32 vector registers
+    assert all(mb * nv + nv + 1 <= 32 for mb, nv in grouped.MAX_VECTORS.items())
+
+
+def test_the_cost_model_prefers_it_on_depthwise_layers_and_explain_says_so():
+    machine = MachineProfile(gemm_flops_float32=4e11, gemm_flops_float64=2e11, bandwidth=2e10)
+    registry = ce.default_registry()
+    for x_shape, w_shape, params in [((1, 144, 56, 56), (144, 1, 3, 3), dict(groups=144, padding=1)),
+                                     ((32, 96, 112, 112), (96, 1, 3, 3), dict(groups=96, stride=2, padding=1)),
+                                     ((1, 128, 56, 56), (128, 4, 3, 3), dict(groups=32, padding=1))]:
+        problem = ConvProblem.from_shapes(x_shape, w_shape, **params)
+        ours = registry.get("grouped").backend.estimate_seconds(problem, machine)
+        assert 0 < ours < registry.get("im2col").backend.estimate_seconds(problem, machine)
+    decision = ce.explain((1, 144, 56, 56), (144, 1, 3, 3), groups=144, padding=1)
+    assert "grouped" in str(decision)
+    assert decision.row("grouped").predicted_s is not None
+
+
+def test_the_engine_runs_it_by_name_with_a_fused_activation():
+    problem, x, w, b = _problem_and_data(3, (2, 6, 10, 10), (6, 1, 3, 3), groups=6, padding=1)
+    y = ce.conv2d(x, w, b, groups=6, padding=1, backend="grouped", activation="hardswish")
+    conv = _reference(problem, x, w, b)
+    expected = Epilogue(activation="hardswish").apply(conv.copy(), None)
+    assert _error_on_the_convolution_s_scale(y, expected, conv) < EXACT_F32
+
+
+class TestGroupedConformance(BackendConformance):
+    backend = GroupedBackend()
+    test_worked_examples = None  # every hand-computed example has one group: nothing this backend runs
+    extra_problems = (
+        ConvProblem.from_shapes((1, 32, 28, 28), (32, 1, 3, 3), groups=32, padding=1, bias=True),  # MobileNet depthwise
+        ConvProblem.from_shapes((1, 16, 14, 14), (16, 1, 5, 5), groups=16, stride=2, padding=2),  # EfficientNet 5x5/2
+        ConvProblem.from_shapes((1, 32, 14, 14), (32, 4, 3, 3), groups=8, padding=1),  # ResNeXt-like
+    )
