@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 
+from ..models import MODELS
 from ..models.loading import load_model  # noqa: F401  (the commands below and cli.bench use it)
 from ..runtime.tables import format_table
 from . import arguments
@@ -16,7 +17,7 @@ from .commands import command
 
 
 def _model_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="a zoo model (lenet, alexnet, resnet18/34/50/101/152, densenet121) or an .onnx file")
+    parser.add_argument("model", help=f"a zoo model ({', '.join(MODELS)}) or an .onnx file")
 
 
 def _engine_args(parser: argparse.ArgumentParser) -> None:

@@ -47,13 +47,18 @@ class GraphBuilder:
     # -- plumbing ------------------------------------------------------------------------------
     def node(self, op: str, inputs: list[str], name: Optional[str] = None, **attrs) -> str:
         """Append a node with one output (named after the node) and return that output."""
+        return self.multi_node(op, inputs, 1, name, **attrs)[0]
+
+    def multi_node(self, op: str, inputs: list[str], outputs: int, name: Optional[str] = None, **attrs) -> list[str]:
+        """Append a node with ``outputs`` outputs (``name``, or ``name:0``, ``name:1``... when several) and return them."""
         self._count += 1
         name = name or f"{op.lower()}_{self._count}"
-        out = name if name not in self.shapes else f"{name}:{self._count}"
-        node = Node(name, op, list(inputs), [out], attrs)
+        wanted = [name] if outputs == 1 else [f"{name}:{i}" for i in range(outputs)]
+        outs = [out if out not in self.shapes else f"{out}:{self._count}" for out in wanted]
+        node = Node(name, op, list(inputs), outs, attrs)
         self.nodes.append(node)
-        self.shapes[out] = OPS[op].infer(node, [self.shapes[i] for i in inputs if i])[0]
-        return out
+        self.shapes.update(zip(outs, OPS[op].infer(node, [self.shapes[i] for i in inputs if i])))
+        return outs
 
     def param(self, name: str, value: np.ndarray) -> str:
         self.params[name] = np.ascontiguousarray(value, dtype=self.dtype)
@@ -104,6 +109,10 @@ class GraphBuilder:
     def relu(self, x: str) -> str:
         return self.activation(x, "relu")
 
+    def relu6(self, x: str, name: Optional[str] = None) -> str:
+        """min(max(x, 0), 6) as ONNX ``Clip`` (MobileNetV2's activation)."""
+        return self.activation(x, "relu6", name)
+
     def maxpool(self, x: str, kernel, stride=None, padding=0, *, ceil_mode: bool = False, name: Optional[str] = None) -> str:
         return self.node("MaxPool", [x], name, kernel_shape=list(_pair(kernel)), strides=list(_pair(stride or kernel)),
                          pads=_onnx_pads(padding), ceil_mode=int(ceil_mode))
@@ -124,6 +133,26 @@ class GraphBuilder:
 
     def concat(self, xs: Sequence[str], axis: int = 1, name: Optional[str] = None) -> str:
         return self.node("Concat", list(xs), name, axis=axis)
+
+    def split(self, x: str, parts: int, axis: int = 1, name: Optional[str] = None) -> list[str]:
+        """``x`` in ``parts`` equal pieces along ``axis`` (``torch.chunk``), as one ONNX ``Split`` node."""
+        size = self.shapes[x][axis]
+        if parts < 1 or size % parts:
+            raise ValueError(f"split: {size} elements on axis {axis} of {x!r} do not make {parts} equal parts")
+        return self.multi_node("Split", [x], parts, name, axis=axis % len(self.shapes[x]), split=[size // parts] * parts)
+
+    def channel_shuffle(self, x: str, groups: int, name: str) -> str:
+        """ShuffleNet's channel shuffle: (N, g, C/g, H, W) -> swap the two channel axes -> (N, C, H, W).
+
+        Three nodes, as ``torch.onnx.export`` writes torchvision's ``view``-``transpose``-``view``:
+        ``Reshape`` (0 keeps the free batch size), ``Transpose``, ``Reshape``.
+        """
+        _, c, h, w = self.shapes[x]
+        if c % groups:
+            raise ValueError(f"channel_shuffle: {c} channels of {x!r} do not make {groups} groups")
+        y = self.node("Reshape", [x], f"{name}.split_groups", shape=[0, groups, c // groups, h, w])
+        y = self.node("Transpose", [y], f"{name}.transpose", perm=[0, 2, 1, 3, 4])
+        return self.node("Reshape", [y], name, shape=[0, c, h, w])
 
     def dropout(self, x: str, name: Optional[str] = None) -> str:
         return self.node("Dropout", [x], name)

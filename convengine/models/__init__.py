@@ -13,7 +13,10 @@ from ..graph import Graph
 from .alexnet import alexnet
 from .densenet import densenet121
 from .lenet import lenet
-from .resnet import resnet18, resnet34, resnet50, resnet101, resnet152
+from .mobilenet import mobilenet_v2
+from .resnet import resnet18, resnet34, resnet50, resnet101, resnet152, resnext50_32x4d, wide_resnet50_2
+from .shufflenet import shufflenet_v2_x1_0
+from .squeezenet import squeezenet1_1
 
 #: Model name -> factory.
 MODELS: dict[str, Callable[..., Graph]] = {
@@ -25,6 +28,11 @@ MODELS: dict[str, Callable[..., Graph]] = {
     "resnet101": resnet101,
     "resnet152": resnet152,
     "densenet121": densenet121,
+    "resnext50_32x4d": resnext50_32x4d,
+    "wide_resnet50_2": wide_resnet50_2,
+    "squeezenet1_1": squeezenet1_1,
+    "shufflenet_v2_x1_0": shufflenet_v2_x1_0,
+    "mobilenet_v2": mobilenet_v2,
 }
 
 
@@ -37,5 +45,5 @@ def get_model(name: str, **kwargs) -> Graph:
     return factory(**kwargs)
 
 
-__all__ = ["MODELS", "alexnet", "densenet121", "get_model", "lenet", "resnet18", "resnet34", "resnet50",
-           "resnet101", "resnet152"]
+__all__ = ["MODELS", "alexnet", "densenet121", "get_model", "lenet", "mobilenet_v2", "resnet18", "resnet34", "resnet50",
+           "resnet101", "resnet152", "resnext50_32x4d", "shufflenet_v2_x1_0", "squeezenet1_1", "wide_resnet50_2"]

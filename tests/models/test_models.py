@@ -3,7 +3,8 @@
 Parameter and MAC counts are recomputed here from the graph itself (parameter arrays per
 layer, ``ConvProblem.macs`` per Conv node, in x out per Gemm) and compared with figures
 published independently of this code: the course's AlexNet/LeNet tables, the ResNet and
-DenseNet papers, and torchvision's parameter totals and GFLOPS. PyTorch, when installed, is
+DenseNet papers, and torchvision's parameter totals and GFLOPS (the ResNeXt, Wide ResNet,
+SqueezeNet, ShuffleNet V2 and MobileNetV2 figures too). PyTorch, when installed, is
 the reference for the numerics: the same architectures are written here as small torch
 modules laid out like torchvision's, our weights are loaded into them by name, and both
 forward passes must agree.
@@ -14,12 +15,27 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from convengine.cli import main
 from convengine.core.engine import Engine
 from convengine.core.problem import ConvProblem
 from convengine.graph import Graph
-from convengine.models import MODELS, alexnet, densenet121, get_model, lenet, resnet18, resnet50
+from convengine.models import (
+    MODELS,
+    alexnet,
+    densenet121,
+    get_model,
+    lenet,
+    mobilenet_v2,
+    resnet18,
+    resnet50,
+    resnext50_32x4d,
+    shufflenet_v2_x1_0,
+    squeezenet1_1,
+    wide_resnet50_2,
+)
 
-ALL_MODELS = ["lenet", "alexnet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121"]
+ALL_MODELS = ["lenet", "alexnet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121",
+              "resnext50_32x4d", "wide_resnet50_2", "squeezenet1_1", "shufflenet_v2_x1_0", "mobilenet_v2"]
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")  # torch state, not parameters
 
 # Exact backends only, chosen explicitly: the numerical comparisons below must neither pass
@@ -134,7 +150,8 @@ def test_alexnet_shapes():
 # torchvision's published parameter totals (BN running statistics excluded, as in torch).
 TORCHVISION_PARAMS = {
     "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,
-    "resnet152": 60_192_808, "densenet121": 7_978_856,
+    "resnet152": 60_192_808, "densenet121": 7_978_856, "resnext50_32x4d": 25_028_904, "wide_resnet50_2": 68_883_240,
+    "squeezenet1_1": 1_235_496, "shufflenet_v2_x1_0": 2_278_604, "mobilenet_v2": 3_504_872,
 }
 
 
@@ -162,6 +179,17 @@ def test_resnet_macs_match_paper(name):
 def test_macs_match_torchvision(name):
     v15 = {"stride_in_1x1": False} if name in ("resnet50", "resnet101", "resnet152") else {}
     assert macs(built(name, **v15)) / 1e9 == pytest.approx(TORCHVISION_GMACS[name], rel=0.01)
+
+
+# torchvision's GFLOPS (multiply-adds at 224x224, its weights' "_ops" metadata), as printed: (value, decimals).
+TORCHVISION_OPS = {"resnext50_32x4d": (4.23, 2), "wide_resnet50_2": (11.398, 3), "squeezenet1_1": (0.349, 3),
+                   "shufflenet_v2_x1_0": (0.145, 3), "mobilenet_v2": (0.301, 3)}
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_OPS))
+def test_macs_match_torchvision_to_its_printed_digits(name):
+    value, decimals = TORCHVISION_OPS[name]
+    assert round(macs(built(name)) / 1e9, decimals) == value
 
 
 @pytest.mark.parametrize("name", sorted(RESNET_DEPTH))
@@ -192,6 +220,70 @@ def test_densenet121_size_and_structure():
     assert graph.params["classifier.weight"].shape == (1000, 1024)
 
 
+# -- torchvision's state_dict names, written out from its module structure ----------------------------
+
+
+def _bn(prefix: str, c: int) -> dict:
+    return {f"{prefix}.{k}": (c,) for k in ("weight", "bias", "running_mean", "running_var")}
+
+
+# One block (or more) per model: every parameter under the prefix, with its shape, as
+# torchvision's modules name them (Sequential indices included).
+TORCHVISION_KEYS = {
+    "resnext50_32x4d": ("layer1.0", {  # width 128 = 64 x 4/64 x 32; conv2 in 32 groups of 4 channels
+        "layer1.0.conv1.weight": (128, 64, 1, 1), **_bn("layer1.0.bn1", 128),
+        "layer1.0.conv2.weight": (128, 4, 3, 3), **_bn("layer1.0.bn2", 128),
+        "layer1.0.conv3.weight": (256, 128, 1, 1), **_bn("layer1.0.bn3", 256),
+        "layer1.0.downsample.0.weight": (256, 64, 1, 1), **_bn("layer1.0.downsample.1", 256)}),
+    "wide_resnet50_2": ("layer4.2", {  # width 1024 = 512 x 128/64
+        "layer4.2.conv1.weight": (1024, 2048, 1, 1), **_bn("layer4.2.bn1", 1024),
+        "layer4.2.conv2.weight": (1024, 1024, 3, 3), **_bn("layer4.2.bn2", 1024),
+        "layer4.2.conv3.weight": (2048, 1024, 1, 1), **_bn("layer4.2.bn3", 2048)}),
+    "squeezenet1_1": ("features.3", {
+        "features.3.squeeze.weight": (16, 64, 1, 1), "features.3.squeeze.bias": (16,),
+        "features.3.expand1x1.weight": (64, 16, 1, 1), "features.3.expand1x1.bias": (64,),
+        "features.3.expand3x3.weight": (64, 16, 3, 3), "features.3.expand3x3.bias": (64,)}),
+    "shufflenet_v2_x1_0": ("stage2", {
+        "stage2.0.branch1.0.weight": (24, 1, 3, 3), **_bn("stage2.0.branch1.1", 24),
+        "stage2.0.branch1.2.weight": (58, 24, 1, 1), **_bn("stage2.0.branch1.3", 58),
+        "stage2.0.branch2.0.weight": (58, 24, 1, 1), **_bn("stage2.0.branch2.1", 58),
+        "stage2.0.branch2.3.weight": (58, 1, 3, 3), **_bn("stage2.0.branch2.4", 58),
+        "stage2.0.branch2.5.weight": (58, 58, 1, 1), **_bn("stage2.0.branch2.6", 58),
+        **{k: v for i in (1, 2, 3) for k, v in {  # stride-1 units: no branch1, branch2 on half the channels
+            f"stage2.{i}.branch2.0.weight": (58, 58, 1, 1), **_bn(f"stage2.{i}.branch2.1", 58),
+            f"stage2.{i}.branch2.3.weight": (58, 1, 3, 3), **_bn(f"stage2.{i}.branch2.4", 58),
+            f"stage2.{i}.branch2.5.weight": (58, 58, 1, 1), **_bn(f"stage2.{i}.branch2.6", 58)}.items()}}),
+    "mobilenet_v2": ("features", {
+        "features.0.0.weight": (32, 3, 3, 3), **_bn("features.0.1", 32),
+        # t = 1: no expansion, conv = [depthwise Conv2dNormActivation, projection, BN]
+        "features.1.conv.0.0.weight": (32, 1, 3, 3), **_bn("features.1.conv.0.1", 32),
+        "features.1.conv.1.weight": (16, 32, 1, 1), **_bn("features.1.conv.2", 16),
+        # t = 6: conv = [expansion, depthwise, projection, BN]
+        **{k: v for i, (c_in, c_out) in ((2, (16, 24)), (3, (24, 24))) for k, v in {
+            f"features.{i}.conv.0.0.weight": (6 * c_in, c_in, 1, 1), **_bn(f"features.{i}.conv.0.1", 6 * c_in),
+            f"features.{i}.conv.1.0.weight": (6 * c_in, 1, 3, 3), **_bn(f"features.{i}.conv.1.1", 6 * c_in),
+            f"features.{i}.conv.2.weight": (c_out, 6 * c_in, 1, 1), **_bn(f"features.{i}.conv.3", c_out)}.items()},
+        "features.17.conv.0.0.weight": (960, 160, 1, 1), **_bn("features.17.conv.0.1", 960),
+        "features.17.conv.1.0.weight": (960, 1, 3, 3), **_bn("features.17.conv.1.1", 960),
+        "features.17.conv.2.weight": (320, 960, 1, 1), **_bn("features.17.conv.3", 320),
+        "features.18.0.weight": (1280, 320, 1, 1), **_bn("features.18.1", 1280)}),
+}
+# (mobilenet_v2's blocks 4-16 are left to the twin's full state_dict comparison in test_matches_torch.)
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_KEYS))
+def test_state_dict_names_and_shapes_follow_torchvision(name):
+    prefix, expected = TORCHVISION_KEYS[name]
+    graph = built(name)
+    if name == "mobilenet_v2":
+        ours = {k: v.shape for k, v in graph.params.items()
+                if k.startswith("features.") and k.split(".")[1] in ("0", "1", "2", "3", "17", "18")}
+    else:
+        ours = {k: v.shape for k, v in graph.params.items() if k.startswith(prefix + ".")}
+    assert sorted(ours) == sorted(expected)
+    assert ours == expected
+
+
 # -- construction options ------------------------------------------------------------------------
 
 
@@ -203,11 +295,11 @@ def test_num_classes_and_in_channels_are_honoured(name):
     first_conv = next(n for n in graph.nodes if n.op == "Conv")
     assert graph.shapes[first_conv.inputs[1]][1] == 2
     assert graph.shapes[graph.outputs[0]] == (1, 7)
-    last = next(n for n in reversed(graph.nodes) if n.op == "Gemm")
+    last = next(n for n in reversed(graph.nodes) if n.op in ("Gemm", "Conv"))  # SqueezeNet classifies with a 1x1 conv
     assert graph.params[last.inputs[2]].shape == (7,)
 
 
-@pytest.mark.parametrize("name", ["lenet", "alexnet", "resnet18", "densenet121"])
+@pytest.mark.parametrize("name", ["lenet", "alexnet", "resnet18", "densenet121", "shufflenet_v2_x1_0"])
 def test_seed_reproducibility(name):
     factory = MODELS[name]
     a, b, c = factory(seed=1), factory(seed=1), factory(seed=2)
@@ -249,6 +341,26 @@ def test_lenet_activation_is_selectable():
     assert not np.allclose(outputs["sigmoid"], outputs["relu"])
     with pytest.raises(ValueError, match="activation"):
         lenet(activation="swish")
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_OPS))
+def test_summary_cli_table_totals_torchvision_parameters(name, capsys):
+    assert main(["summary", name]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"model: {name}\n")
+    total = next(line for line in out.splitlines() if line.startswith("total"))
+    assert total.split()[1:] == [f"{TORCHVISION_PARAMS[name]:,}", f"{macs(built(name)):,}"]
+
+
+@pytest.mark.parametrize("name, batch", [("squeezenet1_1", 1), ("shufflenet_v2_x1_0", 2)])
+def test_run_cli_runs_the_small_new_models_end_to_end(name, batch, capsys):
+    assert main(["run", name, "--batch", str(batch), "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"model {name}, batch {batch}" in out and "whole model: median" in out
+    assert f"shape ({batch}, 1000), dtype float32, finite True" in out
 
 
 # -- PyTorch state-dict compatibility --------------------------------------------------------------
@@ -314,11 +426,13 @@ def _torch_modules():
     class Bottleneck(nn.Module):
         expansion = 4
 
-        def __init__(self, c_in, planes, stride):
+        def __init__(self, c_in, planes, stride, groups=1, width_per_group=64):
             super().__init__()
-            self.conv1, self.bn1 = conv_bn(c_in, planes, 1)
-            self.conv2, self.bn2 = conv_bn(planes, planes, 3, stride, 1)  # v1.5: stride on the 3x3
-            self.conv3, self.bn3 = conv_bn(planes, 4 * planes, 1)
+            width = int(planes * (width_per_group / 64.0)) * groups  # torchvision's formula
+            self.conv1, self.bn1 = conv_bn(c_in, width, 1)
+            self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)  # v1.5: stride on the 3x3
+            self.bn2 = nn.BatchNorm2d(width)
+            self.conv3, self.bn3 = conv_bn(width, 4 * planes, 1)
             self.relu = nn.ReLU()
             self.downsample = downsample(c_in, 4 * planes, stride)
 
@@ -329,7 +443,7 @@ def _torch_modules():
             return self.relu(out + (x if self.downsample is None else self.downsample(x)))
 
     class ResNet(nn.Module):
-        def __init__(self, block, layers, num_classes=1000):
+        def __init__(self, block, layers, num_classes=1000, **block_args):
             super().__init__()
             self.conv1, self.bn1 = conv_bn(3, 64, 7, 2, 3)
             self.relu = nn.ReLU()
@@ -338,7 +452,7 @@ def _torch_modules():
             for stage, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers), start=1):
                 modules = []
                 for i in range(blocks):
-                    modules.append(block(c_in, planes, 2 if stage > 1 and i == 0 else 1))
+                    modules.append(block(c_in, planes, 2 if stage > 1 and i == 0 else 1, **block_args))
                     c_in = planes * block.expansion
                 setattr(self, f"layer{stage}", nn.Sequential(*modules))
             self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -391,6 +505,119 @@ def _torch_modules():
             x = F.adaptive_avg_pool2d(F.relu(self.features(x)), 1)
             return self.classifier(torch.flatten(x, 1))
 
+    class Fire(nn.Module):
+        def __init__(self, c_in, squeeze, expand1x1, expand3x3):
+            super().__init__()
+            self.squeeze, self.squeeze_activation = nn.Conv2d(c_in, squeeze, 1), nn.ReLU()
+            self.expand1x1, self.expand1x1_activation = nn.Conv2d(squeeze, expand1x1, 1), nn.ReLU()
+            self.expand3x3, self.expand3x3_activation = nn.Conv2d(squeeze, expand3x3, 3, padding=1), nn.ReLU()
+
+        def forward(self, x):
+            x = self.squeeze_activation(self.squeeze(x))
+            return torch.cat([self.expand1x1_activation(self.expand1x1(x)),
+                              self.expand3x3_activation(self.expand3x3(x))], 1)
+
+    class SqueezeNet11(nn.Module):
+        def __init__(self, num_classes=1000):
+            super().__init__()
+
+            def pool():
+                return nn.MaxPool2d(3, 2, ceil_mode=True)
+
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 64, 3, stride=2), nn.ReLU(), pool(),
+                Fire(64, 16, 64, 64), Fire(128, 16, 64, 64), pool(),
+                Fire(128, 32, 128, 128), Fire(256, 32, 128, 128), pool(),
+                Fire(256, 48, 192, 192), Fire(384, 48, 192, 192), Fire(384, 64, 256, 256), Fire(512, 64, 256, 256))
+            self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(512, num_classes, 1), nn.ReLU(),
+                                            nn.AdaptiveAvgPool2d(1))
+
+        def forward(self, x):
+            return torch.flatten(self.classifier(self.features(x)), 1)
+
+    def channel_shuffle(x, groups):
+        n, c, h, w = x.shape
+        return x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous().view(n, -1, h, w)
+
+    class ShuffleUnit(nn.Module):  # torchvision's shufflenetv2.InvertedResidual
+        def __init__(self, c_in, c_out, stride):
+            super().__init__()
+            self.stride, half = stride, c_out // 2
+
+            def depthwise(c, s):
+                return nn.Conv2d(c, c, 3, s, 1, groups=c, bias=False)
+
+            if stride > 1:
+                self.branch1 = nn.Sequential(depthwise(c_in, stride), nn.BatchNorm2d(c_in),
+                                             nn.Conv2d(c_in, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU())
+            else:
+                self.branch1 = nn.Sequential()
+            self.branch2 = nn.Sequential(
+                nn.Conv2d(c_in if stride > 1 else half, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(),
+                depthwise(half, stride), nn.BatchNorm2d(half),
+                nn.Conv2d(half, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU())
+
+        def forward(self, x):
+            if self.stride == 1:
+                x1, x2 = x.chunk(2, dim=1)
+                out = torch.cat((x1, self.branch2(x2)), dim=1)
+            else:
+                out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+            return channel_shuffle(out, 2)
+
+    class ShuffleNetV2(nn.Module):
+        def __init__(self, repeats=(4, 8, 4), channels=(24, 116, 232, 464, 1024), num_classes=1000):
+            super().__init__()
+            self.conv1 = nn.Sequential(nn.Conv2d(3, channels[0], 3, 2, 1, bias=False), nn.BatchNorm2d(channels[0]),
+                                       nn.ReLU())
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+            c_in = channels[0]
+            for stage, (units, c_out) in enumerate(zip(repeats, channels[1:]), start=2):
+                setattr(self, f"stage{stage}", nn.Sequential(
+                    ShuffleUnit(c_in, c_out, 2), *[ShuffleUnit(c_out, c_out, 1) for _ in range(units - 1)]))
+                c_in = c_out
+            self.conv5 = nn.Sequential(nn.Conv2d(c_in, channels[-1], 1, bias=False), nn.BatchNorm2d(channels[-1]),
+                                       nn.ReLU())
+            self.fc = nn.Linear(channels[-1], num_classes)
+
+        def forward(self, x):
+            x = self.stage4(self.stage3(self.stage2(self.maxpool(self.conv1(x)))))
+            return self.fc(self.conv5(x).mean([2, 3]))
+
+    def conv_bn_relu6(c_in, c_out, k, stride=1, groups=1):  # torchvision's Conv2dNormActivation
+        return nn.Sequential(nn.Conv2d(c_in, c_out, k, stride, (k - 1) // 2, groups=groups, bias=False),
+                             nn.BatchNorm2d(c_out), nn.ReLU6())
+
+    class InvertedResidual(nn.Module):  # torchvision's mobilenetv2.InvertedResidual
+        def __init__(self, c_in, c_out, stride, t):
+            super().__init__()
+            hidden = int(round(c_in * t))
+            self.use_res_connect = stride == 1 and c_in == c_out
+            layers = [conv_bn_relu6(c_in, hidden, 1)] if t != 1 else []
+            layers += [conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),
+                       nn.Conv2d(hidden, c_out, 1, bias=False), nn.BatchNorm2d(c_out)]
+            self.conv = nn.Sequential(*layers)
+
+        def forward(self, x):
+            return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+    class MobileNetV2(nn.Module):
+        def __init__(self, num_classes=1000):
+            super().__init__()
+            features, c_in = [conv_bn_relu6(3, 32, 3, 2)], 32
+            for t, c, n, s in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                               (6, 160, 3, 2), (6, 320, 1, 1)]:
+                for i in range(n):
+                    features.append(InvertedResidual(c_in, c, s if i == 0 else 1, t))
+                    c_in = c
+            features.append(conv_bn_relu6(c_in, 1280, 1))
+            self.features = nn.Sequential(*features)
+            self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes))
+
+        def forward(self, x):
+            x = F.adaptive_avg_pool2d(self.features(x), (1, 1))
+            return self.classifier(torch.flatten(x, 1))
+
     return torch, {
         "lenet": lambda: LeNet("sigmoid"),
         "lenet_relu": lambda: LeNet("relu"),
@@ -398,6 +625,11 @@ def _torch_modules():
         "resnet18": lambda: ResNet(BasicBlock, (2, 2, 2, 2)),
         "resnet50": lambda: ResNet(Bottleneck, (3, 4, 6, 3)),
         "densenet121": DenseNet,
+        "resnext50_32x4d": lambda: ResNet(Bottleneck, (3, 4, 6, 3), groups=32, width_per_group=4),
+        "wide_resnet50_2": lambda: ResNet(Bottleneck, (3, 4, 6, 3), width_per_group=128),
+        "squeezenet1_1": SqueezeNet11,
+        "shufflenet_v2_x1_0": ShuffleNetV2,
+        "mobilenet_v2": MobileNetV2,
     }
 
 
@@ -449,6 +681,13 @@ def _compare(graph: Graph, key: str, batch: int, *, fold_batchnorm: bool = True)
     ("resnet18", resnet18, 1),
     ("resnet50", lambda: resnet50(stride_in_1x1=False), 1),  # the torch twin is torchvision's v1.5
     ("densenet121", densenet121, 1),
+    # the newer entries on small inputs (global pooling makes every size valid), to keep the test fast
+    ("resnext50_32x4d", lambda: resnext50_32x4d(input_size=64), 2),
+    ("wide_resnet50_2", lambda: wide_resnet50_2(input_size=64), 1),
+    ("squeezenet1_1", lambda: squeezenet1_1(input_size=64), 2),
+    ("shufflenet_v2_x1_0", lambda: shufflenet_v2_x1_0(input_size=64), 1),  # batch 1: the channel split is contiguous
+    ("shufflenet_v2_x1_0", lambda: shufflenet_v2_x1_0(input_size=(96, 64)), 2),  # batch 2: it is not
+    ("mobilenet_v2", lambda: mobilenet_v2(input_size=96), 2),
 ])
 def test_matches_torch(key, factory, batch):
     graph = factory()
