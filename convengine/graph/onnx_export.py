@@ -7,7 +7,8 @@ one ONNX node with the same name, inputs and outputs. What differs is only where
 
 * attributes that became inputs are written as constant initializers next to the node:
   ``Reshape``'s ``shape``, ``Squeeze``/``Unsqueeze``'s ``axes`` (int64), ``Pad``'s ``pads``
-  (int64) and ``value``, ``Clip``'s ``min``/``max`` (scalars of the data's dtype);
+  (int64) and ``value``, ``Clip``'s ``min``/``max`` (scalars of the data's dtype), ``Split``'s
+  ``split`` (int64);
 * the remaining attributes are typed by the operator's schema in the target opset (an IR
   ``alpha=1`` becomes a FLOAT attribute), and dropped when they only repeat the default
   (the schema's, or all-ones ``strides``/``dilations`` and all-zero ``pads``), so the file
@@ -60,6 +61,7 @@ _AS_INPUTS = {
     "Unsqueeze": [("axes", 1, "int64")],
     "Pad": [("pads", 1, "int64"), ("value", 2, "scalar")],
     "Clip": [("min", 1, "scalar"), ("max", 2, "scalar")],
+    "Split": [("split", 1, "int64")],
 }
 
 

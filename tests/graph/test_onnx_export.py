@@ -5,7 +5,9 @@
   1e-4 normwise at batch 2, and ``load_onnx(to_onnx(graph))`` gives the same outputs, node
   for node the same operators. LeNet, AlexNet and ResNet-18 also get a structural check
   (names, symbolic batch dimension "N", output shapes, initializers); ResNet-50 and
-  DenseNet-121 are exported, compared with ONNX Runtime and round-tripped in one test each.
+  DenseNet-121 are exported, compared with ONNX Runtime and round-tripped in one test each;
+  SqueezeNet 1.1, ShuffleNet V2 (Split, and the channel shuffle's Reshape-Transpose-Reshape) and
+  MobileNetV2 (depthwise convolutions, Clip) are exported and compared with ONNX Runtime.
 * One small graph with every other operator the IR has, including those whose attributes
   opset 13+ takes as inputs (Reshape, Squeeze, Unsqueeze, Pad, Clip), non-default float
   attributes, omitted optional inputs and two outputs.
@@ -24,8 +26,8 @@ ort = pytest.importorskip("onnxruntime")
 
 import convengine as ce  # noqa: E402
 from convengine.graph import Graph, GraphError, Node, TensorSpec  # noqa: E402
-from convengine.graph.onnx_export import to_onnx  # noqa: E402
 from convengine.graph.onnx import load_onnx  # noqa: E402
+from convengine.graph.onnx_export import to_onnx  # noqa: E402
 from convengine.models import get_model  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("no_forced_backend")
@@ -83,7 +85,7 @@ def check_structure(graph: Graph, model) -> None:
     assert used <= {t.name for t in model.graph.initializer}
 
 
-@pytest.mark.parametrize("name", ["lenet", "alexnet", "resnet18"])
+@pytest.mark.parametrize("name", ["lenet", "alexnet", "resnet18", "squeezenet1_1", "shufflenet_v2_x1_0", "mobilenet_v2"])
 def test_zoo_model_exports_and_matches_onnxruntime(name):
     graph, model, x, expected = exported(name)
     check_structure(graph, model)
