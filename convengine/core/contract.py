@@ -18,6 +18,12 @@ the engine applies them on their output. A fusing backend that sets
 :attr:`Backend.residual_in_place` may also be called ``execute(x, residual, in_place=True)``
 when the caller gave the residual up: it then writes the output over ``residual`` and
 returns it, saving a fresh output array (and, from memory, its cache misses).
+
+NaN and Inf: an input or weight that is NaN or Inf must reach exactly the outputs a direct
+convolution (and torch) lets it reach, those whose window holds it. A transform (FFT,
+Winograd) spreads it further, so a lossy backend checks its inputs
+(:func:`convengine.core.arrays.all_finite`) and takes an exact path when one is not finite.
+The conformance kit checks this for every backend.
 """
 
 from __future__ import annotations
@@ -29,10 +35,11 @@ import numpy as np
 from .epilogue import Epilogue
 from .problem import ConvProblem
 
-#: Accumulates the products of the direct formula (in any order, as BLAS does):
-#: error grows like the float epsilon times a small factor.
+#: Numerical class of a backend that accumulates the products of the direct formula (in any
+#: order, as BLAS does): its error grows like the float epsilon times a small factor.
 EXACT = "exact"
-#: Goes through a transform (FFT, Winograd): error is larger and depends on sizes.
+#: Numerical class of a backend that goes through a transform (FFT, Winograd): its error is
+#: larger and depends on sizes.
 LOSSY = "lossy"
 
 #: Normwise relative error ``max|y - y_ref| / max|y_ref|`` each class is expected to stay
@@ -43,40 +50,45 @@ ERROR_BOUNDS = {
     LOSSY: {"float32": 1e-4, "float64": 1e-11},
 }
 
+#: What ``prepare`` returns: ``execute(x) -> y`` (``execute(x, residual)`` for a fused residual).
 Executor = Callable[[np.ndarray], np.ndarray]
 
 
 class Backend:
     """Base class for convolution backends; override what differs.
 
-    Attributes
-    ----------
-    name:
-        Unique, lower-case identifier used in ``backend=`` and preference lists.
-    device:
-        ``"cpu"`` or ``"cuda"``; where the computation runs.
-    numerical_class:
-        :data:`EXACT` or :data:`LOSSY` (see :data:`ERROR_BOUNDS`).
-    version:
-        The backend's own version; part of the tuning-cache key so that an upgrade
-        never reuses a stale measurement.
-    residual_in_place:
-        Its fused executor accepts ``in_place=True`` (see the module docstring): it reads
-        each residual element before writing the output element at the same place.
+    The engine reads the class attributes below and calls the methods; only ``name`` and
+    ``prepare`` have no usable default. Every default declines safely: no estimate, no fused
+    epilogue, no listed kernels.
     """
 
+    #: Unique identifier used in ``backend=``, policies and preference lists (lower case by convention).
     name: str = ""
+    #: ``"cpu"`` or ``"cuda"``: where the computation runs.
     device: str = "cpu"
+    #: :data:`EXACT` or :data:`LOSSY`; decides the default :meth:`error_bound` and the kit's tolerance.
     numerical_class: str = EXACT
+    #: The backend's own version: part of the tuning-cache key (the default :meth:`fingerprint`), so that
+    #: an upgrade never reuses a stale measurement.
     version: str = "0"
+    #: Its fused executor accepts ``in_place=True`` (see the module docstring): it reads each residual
+    #: element before writing the output element at the same place.
     residual_in_place: bool = False
 
     def availability(self) -> Optional[str]:
-        """Return ``None`` if the backend can run on this machine, else the reason it cannot."""
+        """Return ``None`` if the backend can run on this machine, else the reason it cannot.
+
+        Asked once per process (the answer is cached); import heavy libraries and probe devices
+        here, not at import. An exception counts as "unavailable", with the exception as the reason.
+        """
         return None
 
     def supports(self, problem: ConvProblem) -> Optional[str]:
-        """Return ``None`` if the backend computes ``problem``, else a short reason why not."""
+        """Return ``None`` if the backend computes ``problem``, else a short reason why not.
+
+        The reason is shown to users (``explain``, error messages), so say what is missing:
+        ``"only stride 1 (got stride 2x2)"``. An exception excludes the backend for that problem.
+        """
         return None
 
     def error_bound(self, dtype: str) -> float:
@@ -84,15 +96,23 @@ class Backend:
         return ERROR_BOUNDS[self.numerical_class][dtype]
 
     def estimate_seconds(self, problem: ConvProblem, machine) -> Optional[float]:
-        """Predicted execution time, for the ``"auto"`` policy; ``None`` means "no estimate".
+        """Predicted seconds for one ``execute`` of ``problem``, for the ``"auto"`` policy; ``None``
+        means "no estimate" (ranked after every backend that has one).
 
-        ``machine`` is a :class:`convengine.core.costmodel.MachineProfile` with the measured
-        GEMM rate and memory bandwidth of this machine.
+        ``machine`` is a :class:`~convengine.core.costmodel.MachineProfile`: this machine's
+        measured GEMM rate per dtype (``machine.gemm_flops(dtype)``, FLOP/s), memory bandwidth
+        (``machine.bandwidth``, bytes/s) and parallel kernel start time (``machine.parallel_launch_s``).
+        A negative, NaN or non-number estimate is ignored with a warning.
         """
         return None
 
     def fingerprint(self) -> dict:
-        """Versions of the software and device this backend's speed depends on (tuning-cache key)."""
+        """What this backend's speed depends on, as a JSON-serialisable ``dict`` (tuning-cache key).
+
+        The default is ``{"version": self.version}``; add your library's version and the device
+        name (``{"version": ..., "scipy": scipy.__version__}``), so that a tuned choice is measured
+        again after any of them changes.
+        """
         return {"version": self.version}
 
     def supports_epilogue(self, problem: ConvProblem, epilogue: Epilogue) -> Optional[str]:

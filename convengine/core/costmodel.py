@@ -27,10 +27,16 @@ BANDWIDTH_BYTES = 64 * 2**20
 
 @dataclass(frozen=True)
 class MachineProfile:
-    """Measured throughputs: GEMM FLOP/s per dtype, and memory bandwidth in bytes/s."""
+    """Measured throughputs: GEMM FLOP/s per dtype, and memory bandwidth in bytes/s.
 
+    This is the ``machine`` a backend's ``estimate_seconds(problem, machine)`` receives.
+    """
+
+    #: numpy's BLAS GEMM rate on float32 (1024x1024 matrices, best of five), FLOP/s.
     gemm_flops_float32: float
+    #: The same for float64, FLOP/s.
     gemm_flops_float64: float
+    #: Streaming memory bandwidth (a large array copy, best of five), bytes/s.
     bandwidth: float
     #: Numba parallel kernels started per second (a rate, so that every field is "higher is
     #: better" for refresh_machine_profile). Every stored profile has it (the cache key's "v3"
@@ -38,6 +44,7 @@ class MachineProfile:
     parallel_launches: float = 2e5
 
     def gemm_flops(self, dtype: str) -> float:
+        """The GEMM rate for ``dtype`` (``"float32"`` or ``"float64"``), FLOP/s: the practical compute limit."""
         return self.gemm_flops_float32 if dtype == "float32" else self.gemm_flops_float64
 
     @property
@@ -46,6 +53,7 @@ class MachineProfile:
         return 1.0 / self.parallel_launches
 
     def describe(self) -> str:
+        """One line for reports (``explain`` prints it as the cost model's inputs)."""
         return (f"GEMM {self.gemm_flops_float32 / 1e9:.1f} GFLOP/s float32, "
                 f"{self.gemm_flops_float64 / 1e9:.1f} GFLOP/s float64; memory {self.bandwidth / 1e9:.1f} GB/s; "
                 f"parallel kernel start {self.parallel_launch_s * 1e6:.0f} us")

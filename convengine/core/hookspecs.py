@@ -16,6 +16,8 @@ import pluggy
 PROJECT_NAME = "convengine"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+#: Decorator marking a plugin's hook implementation: ``@convengine.hookimpl`` above
+#: ``def convengine_register_backends(register)``.
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 

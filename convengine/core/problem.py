@@ -85,18 +85,31 @@ class ConvProblem:
     ``padding`` is always ``(top, bottom, left, right)``.
     """
 
+    #: Images per call, ``N`` (0 is allowed: an empty batch).
     batch: int
+    #: Input channels, ``C_in`` (all groups together).
     in_channels: int
+    #: Input height ``H``, before padding.
     height: int
+    #: Input width ``W``, before padding.
     width: int
+    #: Output channels, ``C_out`` (all groups together).
     out_channels: int
+    #: Kernel height ``kH``.
     kernel_h: int
+    #: Kernel width ``kW``.
     kernel_w: int
+    #: ``(sh, sw)``, always a pair.
     stride: tuple[int, int] = (1, 1)
+    #: ``(top, bottom, left, right)``, always four ints (``"same"`` and pairs are resolved).
     padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+    #: ``(dh, dw)``, always a pair.
     dilation: tuple[int, int] = (1, 1)
+    #: Channel groups; ``groups == in_channels`` is a depthwise convolution.
     groups: int = 1
+    #: ``"float32"`` or ``"float64"``: input, weight, bias and output all have it.
     dtype: str = "float32"
+    #: Whether a bias of shape ``(out_channels,)`` is passed to ``prepare``.
     has_bias: bool = False
 
     # -- construction -------------------------------------------------------------------
@@ -160,30 +173,37 @@ class ConvProblem:
 
     @property
     def padded_height(self) -> int:
+        """``height + top + bottom``."""
         return self.height + self.padding[0] + self.padding[1]
 
     @property
     def padded_width(self) -> int:
+        """``width + left + right``."""
         return self.width + self.padding[2] + self.padding[3]
 
     @property
     def out_height(self) -> int:
+        """Output rows: ``(padded_height - effective kernel height) // sh + 1``."""
         return (self.padded_height - self.effective_kernel[0]) // self.stride[0] + 1
 
     @property
     def out_width(self) -> int:
+        """Output columns: ``(padded_width - effective kernel width) // sw + 1``."""
         return (self.padded_width - self.effective_kernel[1]) // self.stride[1] + 1
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
+        """``(batch, in_channels, height, width)``: the shape ``execute`` receives."""
         return (self.batch, self.in_channels, self.height, self.width)
 
     @property
     def weight_shape(self) -> tuple[int, int, int, int]:
+        """``(out_channels, in_channels // groups, kernel_h, kernel_w)``: the shape ``prepare`` receives."""
         return (self.out_channels, self.in_channels // self.groups, self.kernel_h, self.kernel_w)
 
     @cached_property  # checked on every call of a prepared convolution (frozen: computed once)
     def output_shape(self) -> tuple[int, int, int, int]:
+        """``(batch, out_channels, out_height, out_width)``: the shape ``execute`` must return."""
         return (self.batch, self.out_channels, self.out_height, self.out_width)
 
     @property
@@ -199,9 +219,11 @@ class ConvProblem:
 
     @property
     def flops(self) -> int:
+        """``2 * macs``: floating-point operations of the direct algorithm."""
         return 2 * self.macs
 
     def with_batch(self, batch: int) -> "ConvProblem":
+        """The same problem for ``batch`` images (the engine prepares once per batch size)."""
         from dataclasses import replace
 
         return replace(self, batch=batch)

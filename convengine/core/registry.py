@@ -30,6 +30,7 @@ BUILTIN_PLUGINS = (
     "convengine.backends.naive",
     "convengine.backends.im2col",
     "convengine.backends.direct",
+    "convengine.backends.grouped",
     "convengine.backends.fft",
     "convengine.backends.cuda",
 )
@@ -291,11 +292,18 @@ def default_registry() -> Registry:
 class BackendInfo:
     """A registered backend as ``list_backends`` reports it."""
 
+    #: The backend's name; ``plugin:NAME`` for a plugin that failed to load.
     name: str
+    #: ``"cpu"`` or ``"cuda"`` (``"-"`` for a failed plugin, ``"?"`` if reading it raised).
     device: str
+    #: Usable in this process: available on this machine and not excluded after misbehaving.
     available: bool
+    #: Why not (``None`` when available): ``availability()``'s answer, the plugin's import error, or
+    #: the failure that excluded it ("prepare() raised RuntimeError: ...").
     reason: Optional[str]
+    #: ``"exact"`` or ``"lossy"``.
     numerical_class: str
+    #: The plugin that registered it: the entry-point name, or the module of a built-in.
     plugin: str
 
 

@@ -208,6 +208,7 @@ class BackendConformance:
     spread). See the module docstring.
     """
 
+    #: An instance of the backend under test (required).
     backend = None
     #: Your own problems: checked like the spread's, each in float32 and float64.
     extra_problems: Sequence[ConvProblem] = ()
@@ -290,6 +291,7 @@ class BackendConformance:
 
     # -- the contract -------------------------------------------------------------------------
     def test_declares_its_capabilities(self):
+        """``name``, ``device``, ``numerical_class``, ``error_bound`` and a JSON-serialisable ``fingerprint``."""
         b = self.backend
         assert isinstance(b.name, str) and b.name and b.name == b.name.strip(), "name: a non-empty string"
         assert b.device in ("cpu", "cuda"), f"device must be 'cpu' or 'cuda', got {b.device!r}"
@@ -302,6 +304,7 @@ class BackendConformance:
         json.dumps(fingerprint)  # it becomes part of a JSON cache key
 
     def test_supports_answers_none_or_a_reason(self):
+        """``supports`` returns ``None`` or a non-empty reason for every generated problem, and accepts some."""
         answers = [self.backend.supports(problem) for dtype in DTYPES for _, problem in self.cases(dtype)]
         for answer in answers:
             assert answer is None or (isinstance(answer, str) and answer.strip()), (
@@ -310,6 +313,7 @@ class BackendConformance:
             self.checked_nothing("problem the kit generated")
 
     def test_output_is_a_new_array_of_the_problem_shape_and_dtype(self):
+        """``execute`` returns a new ndarray of ``problem.output_shape`` and dtype, sharing no memory with an input."""
         cases = self.supported_cases(one_per_kind=True)
         for i, (kind, problem) in enumerate(cases):
             x, w, b = problem_data(problem, i)
@@ -321,6 +325,7 @@ class BackendConformance:
             self.checked_nothing("problem")
 
     def test_never_modifies_its_inputs(self):
+        """Input, weight and bias are unchanged after ``prepare`` and ``execute``."""
         cases = self.supported_cases(one_per_kind=True)
         for i, (kind, problem) in enumerate(cases):
             x, w, b = problem_data(problem, i)
@@ -367,6 +372,8 @@ class BackendConformance:
             self.checked_nothing(f"worked example ({', '.join(w for w, *_ in WORKED_EXAMPLES)})")
 
     def test_matches_float64_reference(self):
+        """Every supported problem of the spread (and yours), in both dtypes, within :func:`tolerance` of the
+        float64 reference (normwise relative error)."""
         cases = self.supported_cases()
         for i, (kind, problem) in enumerate(cases):
             x, w, b = problem_data(problem, i)
@@ -378,6 +385,7 @@ class BackendConformance:
             self.checked_nothing("problem")
 
     def test_matches_onnx_conformance_cases(self):
+        """ONNX's Conv2d conformance cases (PyTorch's recorded outputs), when ``onnx`` is installed."""
         pytest.importorskip("onnx")
         from .onnx_cases import case_dirs, load_case
 
