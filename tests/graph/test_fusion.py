@@ -1,0 +1,126 @@
+"""Epilogue fusion in graphs: which nodes after a convolution it absorbs, and that nothing changes but speed.
+
+Graphs are tiny ONNX models built with ``onnx.helper`` (``Conv -> BatchNormalization ->``
+an activation pattern, as torchvision's MobileNets and EfficientNets export them), loaded with
+``convengine.load_onnx`` and checked against ONNX Runtime on the same file, fused and unfused.
+A pattern whose intermediate tensor is read by another node, or returned, is not absorbed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import convengine as ce  # noqa: E402
+from convengine.graph.executor import CompiledGraph  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("no_forced_backend")
+
+EXACT_ENGINE = ce.Engine(max_rel_error=1e-6)
+C, H = 8, 9
+
+#: (name, nodes after "bn" producing "y", what the fused convolution absorbs)
+PATTERNS = [
+    ("relu", [helper.make_node("Relu", ["bn"], ["y"])], "Relu"),
+    ("relu6", [helper.make_node("Clip", ["bn", "lo", "hi"], ["y"])], "Clip"),
+    ("hardswish", [helper.make_node("HardSwish", ["bn"], ["y"])], "HardSwish"),
+    ("hardsigmoid", [helper.make_node("HardSigmoid", ["bn"], ["y"], alpha=1 / 6, beta=0.5)], "HardSigmoid"),
+    ("sigmoid", [helper.make_node("Sigmoid", ["bn"], ["y"])], "Sigmoid"),
+    ("silu", [helper.make_node("Sigmoid", ["bn"], ["s"]), helper.make_node("Mul", ["bn", "s"], ["y"])], "Sigmoid+Mul"),
+    ("silu, Mul's inputs swapped", [helper.make_node("Sigmoid", ["bn"], ["s"]), helper.make_node("Mul", ["s", "bn"], ["y"])],
+     "Sigmoid+Mul"),
+    ("residual, relu", [helper.make_node("Add", ["bn", "x"], ["a"]), helper.make_node("Relu", ["a"], ["y"])], "Add+Relu"),
+    ("residual, silu", [helper.make_node("Add", ["x", "bn"], ["a"]), helper.make_node("Sigmoid", ["a"], ["s"]),
+                        helper.make_node("Mul", ["a", "s"], ["y"])], "Add+Sigmoid+Mul"),
+]
+
+#: Convolutions each pattern follows: a 3x3 (direct), a depthwise 3x3 (grouped), a 1x1 (direct's 1x1 kernels).
+CONVS = {"3x3": (C, 3, 1), "depthwise": (1, 3, C), "1x1": (C, 1, 1)}
+
+
+def _model(after, conv="3x3", outputs=("y",), seed=0):
+    rng = np.random.default_rng(seed)
+    per_group, k, groups = CONVS[conv]
+    inits = {
+        "w": rng.standard_normal((C, per_group, k, k)).astype(np.float32) * 0.5,
+        "b": rng.standard_normal(C).astype(np.float32),
+        "gamma": rng.uniform(0.5, 1.5, C).astype(np.float32), "beta": rng.standard_normal(C).astype(np.float32),
+        "mean": rng.standard_normal(C).astype(np.float32), "var": rng.uniform(0.5, 2, C).astype(np.float32),
+        "lo": np.array(0, np.float32), "hi": np.array(6, np.float32),
+    }
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", kernel_shape=[k, k], pads=[k // 2] * 4,
+                              group=groups),
+             helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["bn"], name="bn")] + after
+    graph = helper.make_graph(nodes, "fusion", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, H, H])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+                              [numpy_helper.from_array(v, k_) for k_, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def _onnx_runtime(model: bytes, x):
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})
+
+
+def _rel_error(got, want):
+    want = np.asarray(want, np.float64)
+    return float(np.max(np.abs(np.asarray(got, np.float64) - want)) / np.max(np.abs(want)))
+
+
+@pytest.mark.parametrize("conv", list(CONVS))
+@pytest.mark.parametrize("name, after, absorbed", PATTERNS, ids=[p[0] for p in PATTERNS])
+def test_the_pattern_is_absorbed_and_the_result_matches_onnx_runtime(name, after, absorbed, conv):
+    model = _model(after, conv)
+    x = np.random.default_rng(1).standard_normal((1, C, H, H)).astype(np.float32) * 2
+    want = _onnx_runtime(model, x)[0]
+    graph = ce.load_onnx(model)
+    fused = CompiledGraph(graph, EXACT_ENGINE)
+    assert fused.fused == {"conv": absorbed}
+    assert len(fused.steps) == 1  # conv, batch norm and the pattern: one step
+    unfused = CompiledGraph(graph, EXACT_ENGINE, fuse_epilogues=False)
+    assert unfused.fused == {}
+    for compiled in (fused, unfused):
+        assert _rel_error(compiled.run(x), want) < 1e-5
+
+
+@pytest.mark.parametrize("after, outputs", [
+    # the convolution's output is also returned: it must exist
+    ([helper.make_node("Relu", ["bn"], ["y"])], ("y", "bn")),
+    # a third reader of the output: no SiLU
+    ([helper.make_node("Sigmoid", ["bn"], ["s"]), helper.make_node("Mul", ["bn", "s"], ["m"]),
+      helper.make_node("Add", ["m", "bn"], ["y"])], ("y",)),
+    # the sigmoid is read by another node too: no SiLU (and no Sigmoid alone: the output has two readers)
+    ([helper.make_node("Sigmoid", ["bn"], ["s"]), helper.make_node("Mul", ["bn", "s"], ["m"]),
+      helper.make_node("Add", ["m", "s"], ["y"])], ("y",)),
+    # Mul of the output by something other than its sigmoid
+    ([helper.make_node("Sigmoid", ["bn"], ["s"]), helper.make_node("Mul", ["bn", "x"], ["m"]),
+      helper.make_node("Add", ["m", "s"], ["y"])], ("y",)),
+    # the activation's input is the residual sum, which is returned
+    ([helper.make_node("Add", ["bn", "x"], ["a"]), helper.make_node("HardSwish", ["a"], ["y"])], ("y", "a")),
+])
+def test_a_pattern_whose_intermediate_is_read_elsewhere_is_not_absorbed(after, outputs):
+    model = _model(after, outputs=outputs)
+    x = np.random.default_rng(2).standard_normal((1, C, H, H)).astype(np.float32)
+    want = _onnx_runtime(model, x)
+    compiled = CompiledGraph(ce.load_onnx(model), EXACT_ENGINE)
+    assert all("Mul" not in d and "HardSwish" not in d and "Relu" not in d for d in compiled.fused.values())
+    got = compiled.run(x)
+    got = [got[o] for o in outputs] if isinstance(got, dict) else [got]
+    for g, w in zip(got, want):
+        assert _rel_error(g, w) < 1e-5
+
+
+def test_the_residual_is_absorbed_when_only_the_activation_is_not():
+    after = [helper.make_node("Add", ["bn", "x"], ["a"]), helper.make_node("Relu", ["a"], ["y"])]
+    model = _model(after, outputs=("y", "a"))
+    compiled = CompiledGraph(ce.load_onnx(model), EXACT_ENGINE)
+    assert compiled.fused == {"conv": "Add"}
+    x = np.random.default_rng(3).standard_normal((1, C, H, H)).astype(np.float32)
+    got, want = compiled.run(x), _onnx_runtime(model, x)
+    assert _rel_error(got["y"], want[0]) < 1e-5 and _rel_error(got["a"], want[1]) < 1e-5
