@@ -9,6 +9,11 @@ graph optimizations, convengine's thread count, sequential, no spinning) on
 
 * ``ModelInference.time_run``: one run of the prepared model (batch-norm folded, weights
   packed, everything warm).
+* ``ZooInference.time_run`` and ``peakmem_run``: the same for the zoo's newer architectures
+  (:data:`ZOO_MODELS`: ResNeXt-50 32x4d, Wide ResNet-50-2, SqueezeNet 1.1, ShuffleNet V2 1.0x,
+  MobileNetV2; batch 1, 224x224, float32) under ``auto`` and ONNX Runtime only, to keep the
+  suite fast: the grouped, depthwise and channel-shuffle paths against ONNX Runtime. A commit
+  whose zoo lacks a model (or whose ``to_onnx`` cannot export it) shows n/a there.
 * ``ModelInference.peakmem_run``: the benchmark process's peak RSS: interpreter and imports
   (a constant), the model in memory (the unpickled ``Graph``; for ONNX Runtime the bytes of
   the ``.onnx`` file), the prepared model, one run.
@@ -52,6 +57,8 @@ from .common import BACKENDS, _module, bench, usable_backend  # (first: it impor
 import numpy as np  # noqa: E402
 
 MODELS = ("lenet", "alexnet", "resnet18", "resnet50")
+#: The newer zoo entries (issue 14), timed under auto and ONNX Runtime only (ZooInference).
+ZOO_MODELS = ("resnext50_32x4d", "wide_resnet50_2", "squeezenet1_1", "shufflenet_v2_x1_0", "mobilenet_v2")
 PEER = "peer:onnxruntime"
 POLICIES = ("auto", "tune") + BACKENDS + (PEER,)
 BATCH = 1
@@ -226,6 +233,12 @@ class ModelInference(_ModelFiles):
 
     def peakmem_run(self, directory, model, policy):
         self.case.run()
+
+
+class ZooInference(ModelInference):
+    """ModelInference's benchmarks on :data:`ZOO_MODELS`, convengine's ``auto`` against ONNX Runtime."""
+
+    params = [list(ZOO_MODELS), ["auto", PEER]]
 
 
 class ModelFirstRun(_ModelFiles):
