@@ -1,12 +1,16 @@
-"""Numba kernels of the direct (naive) convolution; imported only when the backend runs."""
+"""The ``naive`` backend's Numba kernel: the convolution sum as plain loops; imported only when the backend runs.
+
+(Named ``loop_conv``, not after the algorithm, so that it is not mistaken for the ``direct`` backend's
+register-tiled ``tiled_conv``.)
+"""
 
 import numba
 from numba import prange
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def direct_conv(xp, w, bias, out, sh, sw, dh, dw, groups):
-    """Direct cross-correlation of a zero-padded input ``xp`` into ``out`` (overwritten).
+def loop_conv(xp, w, bias, out, sh, sw, dh, dw, groups):
+    """Cross-correlation, by its definition, of a zero-padded input ``xp`` into ``out`` (overwritten).
 
     Parallel over (image, output channel) pairs; the innermost loop walks an output row
     so that for stride 1 it is a contiguous, vectorisable multiply-add.

@@ -1,4 +1,4 @@
-"""``naive``: the direct convolution loops, compiled with Numba.
+"""``naive``: the convolution's defining sum as plain nested loops, compiled with Numba.
 
 It supports every problem (any stride, padding, dilation, groups), which makes it the
 fallback that guarantees dispatch always finds a backend. Its speed is that of plain
@@ -15,8 +15,8 @@ from ..core.problem import ConvProblem
 from ..runtime.threads import numba_threads
 from ._numba import NumbaBackend
 
-# Fraction of the machine's GEMM rate that vectorised direct loops reach (order of magnitude).
-DIRECT_LOOP_EFFICIENCY = 0.025
+# Fraction of the machine's GEMM rate that the plain loops reach, vectorised along rows (order of magnitude).
+PLAIN_LOOP_EFFICIENCY = 0.025
 
 
 class NaiveBackend(NumbaBackend):
@@ -25,11 +25,11 @@ class NaiveBackend(NumbaBackend):
     version = "2"
 
     def estimate_seconds(self, problem: ConvProblem, machine) -> float:
-        rate = machine.gemm_flops(problem.dtype) * DIRECT_LOOP_EFFICIENCY
+        rate = machine.gemm_flops(problem.dtype) * PLAIN_LOOP_EFFICIENCY
         return problem.flops / rate + machine.parallel_launch_s
 
     def prepare(self, problem: ConvProblem, weight, bias):
-        from ._naive_kernels import direct_conv
+        from ._naive_kernels import loop_conv
 
         dtype = np.dtype(problem.dtype)
         w = weight.copy()
@@ -41,7 +41,7 @@ class NaiveBackend(NumbaBackend):
             xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right))) if any(problem.padding) else x
             out = np.empty(problem.output_shape, dtype)
             numba_threads()
-            direct_conv(xp, w, b, out, sh, sw, dh, dw, problem.groups)
+            loop_conv(xp, w, b, out, sh, sw, dh, dw, problem.groups)
             return out
 
         return execute

@@ -232,7 +232,7 @@ def prune_hopeless(decision: Decision, factor: float, floor_s: float) -> None:
     """Exclude from measuring the backends predicted slower than ``factor`` x the best and ``floor_s``.
 
     Measuring costs at least one run; a candidate predicted to take minutes (a GPU simulator,
-    direct loops on a huge layer) would blow the tuning budget to confirm that it loses.
+    naive's plain loops on a huge layer) would blow the tuning budget to confirm that it loses.
     """
     predictions = [c.predicted_s for c in decision.candidates if c.status != "excluded" and c.predicted_s is not None]
     if not predictions:

@@ -1,7 +1,8 @@
 """The ``direct`` backend's own edges: every tile width, channel padding, the dilated path, the epilogue.
 
-The generic property, conformance and ONNX tests already run it like every backend; these
-aim at what is specific to its register tiles (widths 1-14 and the balanced split, channel
+The generic property and ONNX tests run it like every backend, and the conformance kit runs
+on it here (:class:`TestDirectConformance`, as tests/core/test_conformance_kit.py runs it on
+the other built-ins); the rest aims at what is specific to its register tiles (widths 1-14 and the balanced split, channel
 counts that are not multiples of 16, the stem's small channel block, narrow tiles as on
 AVX2) against the independent float64 reference.
 """
@@ -15,9 +16,16 @@ import convengine as ce
 from convengine.backends.direct import DirectBackend, channel_block, reduction_chunk, runs_pointwise_tiles, tile_efficiency
 from convengine.core.epilogue import Epilogue
 from convengine.core.problem import ConvProblem
+from convengine.testing import BackendConformance
 from convengine.testing.reference import conv2d_reference, relative_error
 
 EXACT_F32 = 1e-6
+
+
+class TestDirectConformance(BackendConformance):
+    """The kit every backend must pass, on direct's own sub-space (float32, groups 1; it declines the rest)."""
+
+    backend = DirectBackend()
 
 
 def _run(backend, x, w, b=None, residual=None, activation=None, **params):
@@ -235,11 +243,22 @@ def test_a_tile_width_outside_the_compiled_range_is_refused(bad):
 
 def test_the_backend_s_copies_of_the_kernel_constants_match_the_kernels():
     from convengine.backends import direct
-    from convengine.backends.direct import _simd
+    from convengine.backends.direct import _simd, _tiles
 
-    assert (direct.LANES, direct.POINT_CHANNELS, direct.POINT_PIXELS, direct.MAX_TILE_WIDTH, direct.TILE_WIDTHS) == (
-        _simd.LANES, _simd.POINT_CHANNELS, _simd.POINT_PIXELS, _simd.MAX_WIDTH, _simd.TILE_WIDTHS)
-    assert _simd.MAX_WIDTH in _simd.TILE_WIDTHS and _simd.preferred_width() in _simd.TILE_WIDTHS
+    # the 1x1 pixel kernel's block is copied (the backend's module imports no Numba); the tile's shape is shared
+    assert (direct.POINT_CHANNELS, direct.POINT_PIXELS) == (_simd.POINT_CHANNELS, _simd.POINT_PIXELS)
+    assert (direct.LANES, direct.MAX_TILE_WIDTH) == (_simd.LANES, _simd.MAX_WIDTH) == (16, 14)
+    assert _tiles.MAX_WIDTH in _tiles.TILE_WIDTHS and _simd.preferred_width() in _tiles.TILE_WIDTHS
+
+
+@pytest.mark.parametrize("width, compiled", [(1, 4), (4, 4), (5, 7), (7, 7), (8, 13), (13, 13), (14, 14)])
+def test_a_run_of_pixels_is_computed_as_the_next_compiled_tile_width(width, compiled):
+    """One compiled_width, read by the cost model as Python and inlined into the kernels by Numba."""
+    from convengine.backends.direct import _kernels, _tiles, computed_pixels
+
+    assert _tiles.compiled_width(width) == _kernels._compiled_width(width) == compiled
+    assert computed_pixels(width, 14) == compiled
+    assert computed_pixels(30, 14) == 14 + 14 + 4  # two full tiles and a 2-pixel tail run 4 wide
 
 
 def test_estimate_counts_channel_padding_and_narrow_tiles():

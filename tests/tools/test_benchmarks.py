@@ -367,7 +367,7 @@ def test_asv_quick_run_of_a_subset(asv_env):
     values = {(layer, contender): value for layer, contender, value in rows}
     assert values[("resnet50.layer4.conv2", "im2col")] != "n/a", out
     assert values[("resnet50.layer4.conv2", "naive")] != "n/a", out
-    # the 1x1 layer at batch 32 skips the FFT and the direct loops on purpose
+    # the 1x1 layer at batch 32 skips the FFT and naive's plain loops on purpose
     assert values[("resnet50.layer3.conv1", "fft")] == "n/a"
     # whole models: LeNet runs under the policies and im2col; Winograd (3x3 only) does not
     models = dict(re.findall(r"^\s+'?lenet'?\s+'?([\w:]+)'?\s+(\S+)", out, re.M))

@@ -29,11 +29,10 @@ from ...core.problem import ConvProblem
 from ...runtime.threads import numba_threads
 from ...runtime.workspace import scratch
 from .._numba import NumbaBackend
+from ._tiles import LANES, compiled_width
+from ._tiles import MAX_WIDTH as MAX_TILE_WIDTH
 
-LANES = 16  # output channels per vector (``_simd.LANES``; not imported, to keep numba out of startup)
-POINT_CHANNELS, POINT_PIXELS = 6, 64  # the 1x1 pixel-vector kernel's block (``_simd.POINT_*``)
-MAX_TILE_WIDTH = 14  # ``_simd.MAX_WIDTH``
-TILE_WIDTHS = (4, 7, 13, 14)  # ``_simd.TILE_WIDTHS``
+POINT_CHANNELS, POINT_PIXELS = 6, 64  # the 1x1 pixel-vector kernel's block (``_simd.POINT_*``; not imported: no numba at startup)
 #: Fraction of the GEMM rate the 1x1 kernel reaches on full blocks (measured 0.88-0.98 on 56x56 layers).
 POINT_EFFICIENCY = 0.95
 #: Largest input panel (channels x 64 pixels) the 1x1 kernel re-reads from near caches for free.
@@ -107,13 +106,9 @@ def pixel_group(problem: ConvProblem, tile_width: int) -> int:
 
 def computed_pixels(pixels: int, tile_width: int) -> int:
     """Pixels the register tiles compute for a run of ``pixels``: full tiles and a tail, each
-    rounded up to a compiled width (``_simd.TILE_WIDTHS``)."""
+    rounded up to a compiled width (:data:`._tiles.TILE_WIDTHS`)."""
     full, tail = divmod(pixels, tile_width)
-    return full * _compiled_width(tile_width) + (_compiled_width(tail) if tail else 0)
-
-
-def _compiled_width(width: int) -> int:
-    return next(w for w in TILE_WIDTHS if w >= width)
+    return full * compiled_width(tile_width) + (compiled_width(tail) if tail else 0)
 
 
 def tile_efficiency(out_width: int, max_width: int) -> float:
@@ -131,10 +126,8 @@ class DirectBackend(NumbaBackend):
 
     def __init__(self, tile_width: int | None = None):
         if tile_width is not None:
-            from ._simd import MAX_WIDTH
-
-            if isinstance(tile_width, bool) or not isinstance(tile_width, int) or not 1 <= tile_width <= MAX_WIDTH:
-                raise ValueError(f"tile_width must be an int from 1 to {MAX_WIDTH} (pixels per register tile), "
+            if isinstance(tile_width, bool) or not isinstance(tile_width, int) or not 1 <= tile_width <= MAX_TILE_WIDTH:
+                raise ValueError(f"tile_width must be an int from 1 to {MAX_TILE_WIDTH} (pixels per register tile), "
                                  f"got {tile_width!r}")
         self._tile_width = tile_width
 
@@ -224,13 +217,13 @@ class DirectBackend(NumbaBackend):
         from ._kernels import precompile_kernels
 
         if not is_subsampled_pointwise(problem):
-            return precompile_kernels("direct_conv")
+            return precompile_kernels("tiled_conv")
         return precompile_kernels("pointwise_tiles" if runs_pointwise_tiles(problem, self.tile_width) else "pointwise_conv")
 
     def prepare(self, problem: ConvProblem, weight, bias, epilogue: Epilogue = NONE):
         if is_subsampled_pointwise(problem):
             return self._prepare_pointwise(problem, weight, bias, epilogue)
-        from ._kernels import direct_conv, input_slack
+        from ._kernels import input_slack, tiled_conv
 
         block = channel_block(problem.in_channels)
         c_blocks = -(-problem.in_channels // block)
@@ -255,7 +248,7 @@ class DirectBackend(NumbaBackend):
             flat = scratch("direct.input", (math.prod(shape) + slack,), np.float32)
             out = residual if in_place else np.empty(problem.output_shape, np.float32)
             res = out if residual is None else residual
-            direct_conv(np.ascontiguousarray(x), flat[:flat.size - slack].reshape(shape), top, left, wb, kh, kw, sh, sw, dh, dw,
+            tiled_conv(np.ascontiguousarray(x), flat[:flat.size - slack].reshape(shape), top, left, wb, kh, kw, sh, sw, dh, dw,
                         b, res, residual is not None, *act, out, tile_width, workers)
             return out
 

@@ -15,27 +15,19 @@ import numpy as np
 from numba import prange
 
 from ._simd import (
-    LANES,
-    MAX_WIDTH,
     POINT_CHANNELS,
     POINT_PIXELS,
-    TILE_WIDTHS,
     pack_block,
     pointwise_block,
     tile_conv,
     tile_store_nchw,
     tile_zero,
 )
+from ._tiles import LANES, MAX_WIDTH, compiled_width
 from ._worksharing import job_claims, next_job, phase_counter, phase_done
 
-
-@numba.njit(inline="always")
-def _compiled_width(width):
-    """The narrowest compiled tile width that covers ``width`` pixels."""
-    for w in TILE_WIDTHS:
-        if w >= width:
-            return w
-    return width
+#: :func:`._tiles.compiled_width`, the cost model's own function, compiled into the kernels.
+_compiled_width = numba.njit(inline="always")(compiled_width)
 
 
 def precompile_kernels(function: str) -> list:
@@ -50,7 +42,7 @@ def precompile_kernels(function: str) -> list:
     i64, flag, f64 = types.int64, types.boolean, types.float64
     epilogue = (flag, i64, f64, f64)  # has_residual, then the activation: Epilogue.kernel_activation()
     signatures = {
-        "direct_conv": ((f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 6 + (f32(1), f32(4)) + epilogue + (f32(4), i64, i64), 4.5),
+        "tiled_conv": ((f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 6 + (f32(1), f32(4)) + epilogue + (f32(4), i64, i64), 4.5),
         "pointwise_conv": ((f32(4), f32(4), i64, i64, f32(1), f32(1), f32(4)) + epilogue + (f32(4), i64), 2.3),
         "pointwise_tiles": ((f32(4), f32(4), i64, i64, f32(1), i64, f32(1), f32(4)) + epilogue + (f32(4), i64, i64, i64), 2.3),
     }
@@ -105,7 +97,7 @@ def _pack_row(x, x_flat, xb, xb_flat, row_index, top, left):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def direct_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw,
+def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw,
                 bias, residual, has_residual, act, act_a, act_b, y, tile_width, workers):
     """``y = act(conv(x) + bias (+ residual))``, ``x`` copied into ``blocked`` on the way, weights packed in ``wb`` (flat).
 
@@ -240,7 +232,7 @@ def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, 
                     workers):
     """``y = act(W @ x + bias (+ residual))`` for a 1x1 unpadded convolution, output channels in the vector lanes.
 
-    The register tiles of :func:`direct_conv` (up to ``tile_width`` pixels x 16 output
+    The register tiles of :func:`tiled_conv` (up to ``tile_width`` pixels x 16 output
     channels) over NCHW planes read in place: one reduction step reads 16 output channels'
     weights (``wb``: ``(ceil(O / 16), C, 16)`` flattened) and broadcasts one input channel's
     value for each pixel of the tile, which is contiguous in NCHW. The plane is swept

@@ -21,19 +21,12 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 from .._activations import activate_any
+from ._tiles import LANES, MAX_WIDTH, TILE_WIDTHS  # the tile's shape (numbers shared with the cost model)
 
-LANES = 16
-#: Pixels per tile: 14 accumulators + weights + broadcasts fit AVX-512's 32 registers.
 #: Products one register sum takes before it is added to the tile's running total (whole kernel
 #: rows at a time, at least one row): float32 rounding of long reductions stays within the
 #: exact class's bound, as in blocked BLAS products (and :data:`POINT_CHUNK`).
 SUM_STEPS = 256
-MAX_WIDTH = 14
-#: The tile widths compiled (each is a loop nest of its own; all 14 took 9 s to compile). A
-#: narrower tile runs as the next compiled width, its extra pixels computed and not stored.
-#: 14 and 7 cover ResNet's 112/56/28/14/7-pixel rows exactly; 13, AlexNet's 13x13 layers
-#: (5-7% faster than as 14-wide tiles, for 0.5 s more compile time); 4, small images.
-TILE_WIDTHS = (4, 7, 13, 14)
 
 _FLOAT = ir.FloatType()
 _VEC = ir.VectorType(_FLOAT, LANES)
