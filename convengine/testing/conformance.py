@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from typing import Optional, Sequence
 
 import numpy as np
@@ -44,6 +43,8 @@ import pytest
 from ..core.arrays import problem_data
 from ..core.contract import ERROR_BOUNDS, EXACT, LOSSY
 from ..core.problem import ConvProblem
+from ..runtime.tables import format_table
+from ..runtime.timing import interleaved
 from .reference import conv2d_reference, relative_error
 
 #: Normwise relative error accepted, per numerical class and dtype: a margin over the
@@ -533,17 +534,11 @@ def benchmark_against_builtins(backend, problem: Optional[ConvProblem] = None, r
         if entry.plugin in BUILTIN_PLUGINS and entry.available and entry.attribute("device") == "cpu":
             contenders.setdefault(entry.name, entry.backend)
     executors = {name: b.prepare(problem, w, None) for name, b in contenders.items() if not b.supports(problem)}
-    times: dict[str, list[float]] = {name: [] for name in executors}
-    for execute in executors.values():
-        execute(x)  # warm-up (JIT compilation)
-    for _ in range(rounds):
-        for name, execute in executors.items():
-            start = time.perf_counter()
-            execute(x)
-            times[name].append(time.perf_counter() - start)
+    # warmed first (JIT compilation), then one call per contender and round: a kit test must stay quick
+    times = interleaved({name: (lambda e=e: e(x)) for name, e in executors.items()}, rounds, target_s=0.0, settle_s=0.0)
     medians = {name: max(float(np.median(t)), 1e-9) for name, t in times.items()}
     ours = medians[backend.name]
-    lines = [f"{problem}: median of {rounds} interleaved rounds"]
+    rows = []
     for name, seconds in sorted(medians.items(), key=lambda kv: kv[1]):
         if name == backend.name:
             relation = "(the backend under test)"
@@ -551,5 +546,6 @@ def benchmark_against_builtins(backend, problem: Optional[ConvProblem] = None, r
             relation = f"{backend.name} is {_ratio(ours / seconds)} slower"
         else:
             relation = f"{backend.name} is {_ratio(seconds / ours)} faster"
-        lines.append(f"  {name:<12} {seconds * 1e3:9.3f} ms  {relation}")
-    return "\n".join(lines)
+        rows.append((name, f"{seconds * 1e3:.3f} ms", relation))
+    table = format_table(("backend", "median", f"{backend.name} against it"), rows, right=(1,))
+    return f"{problem}: median of {rounds} interleaved rounds\n" + "\n".join("  " + line for line in table.splitlines())
