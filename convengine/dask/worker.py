@@ -8,9 +8,9 @@ chunk costs its compute and nothing per task is re-sent or re-prepared, Ray's st
 ``map_batches`` with Dask's machinery.
 
 Thread budget: a worker started with T threads runs convengine with T threads and one chunk
-at a time (a lock per model), because convengine's kernels already spread one chunk over
-every thread they are given. Running T chunks at once with T threads each would
-oversubscribe the cores T-fold; the extra Dask threads of the worker only wait.
+at a time (one lock per process, whichever models it holds), because convengine's kernels
+already spread one chunk over every thread they are given. Running T chunks at once with T
+threads each would oversubscribe the cores T-fold; the extra Dask threads of the worker only wait.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from ..runtime.threads import get_num_threads, set_num_threads
 
 #: Preparations of each model (by plugin name) in this process: 1 each, however many chunks ran.
 PREPARED: Counter = Counter()
+#: One chunk at a time in this process, with all the worker's threads (see the module docstring).
+_ONE_CHUNK_AT_A_TIME = threading.Lock()
 
 
 class ModelPlugin(WorkerPlugin):
@@ -62,12 +64,10 @@ class ModelPlugin(WorkerPlugin):
         self.threads = 0
         self.chunks = 0
         self.compute_s = 0.0
-        self._lock = threading.Lock()
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        for transient in ("compiled", "_lock"):
-            state.pop(transient, None)
+        state.pop("compiled", None)
         return state
 
     def __setstate__(self, state):
@@ -92,7 +92,7 @@ class ModelPlugin(WorkerPlugin):
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """The model's output for one chunk, one chunk at a time in this worker."""
-        with self._lock:
+        with _ONE_CHUNK_AT_A_TIME:
             start = time.perf_counter()
             output = self.compiled.run(images)
             self.compute_s += time.perf_counter() - start

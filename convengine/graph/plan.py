@@ -183,15 +183,15 @@ class PlanSet:
         for plan in self.plans.values():
             plan.check(graph, self.source)
 
-    def choose(self, graph: Graph, *, force: bool = False, backends=None, hardware: Optional[str] = None) -> PlanChoice:
-        """The plan for this machine (``hardware``, default :func:`this_hardware`), checked against ``graph``.
+    def choose(self, graph: Graph, *, force: bool = False, backends=None) -> PlanChoice:
+        """The plan for this machine (:func:`this_hardware`), checked against ``graph``.
 
         A plans file without one for this hardware gives ``PlanChoice(None, why)`` and a
         :class:`PlanWarning`; a one-plan file for other hardware raises :class:`GraphError`
         unless ``force`` (then its plan is used anyway).
         """
         self.check(graph)
-        here = hardware or this_hardware()
+        here = this_hardware()
         plan = self.plans.get(here)
         if plan is None and self.single:
             plan = next(iter(self.plans.values()))
