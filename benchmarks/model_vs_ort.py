@@ -28,7 +28,7 @@ import numpy as np
 def _time_alone(runtime: str, model: str, policy: str, runs: int, import_torch: bool, from_onnx: bool = False) -> float:
     """Runs in the child process: median seconds per call of one runtime on ``model``."""
     if import_torch:
-        import torch  # noqa: F401
+        import torch  # noqa: F401  (loaded before convengine, as in a user's process that imports torch first)
     import convengine as ce
     from convengine import bench
     from convengine.models import get_model

@@ -54,7 +54,7 @@ import pickle
 from .common import BACKENDS, _module, bench, usable_backend  # (first: it imports convengine before numpy)
 # isort: on
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 MODELS = ("lenet", "alexnet", "resnet18", "resnet50")
 #: The newer zoo entries (issue 14), timed under auto and ONNX Runtime only (ZooInference).
@@ -168,7 +168,7 @@ class ModelCase:
             if "onnx" in errors:
                 raise NotImplementedError(errors["onnx"])
             try:
-                import onnxruntime  # noqa: F401
+                import onnxruntime  # noqa: F401  (only whether it is installed)
             except ImportError as exc:
                 raise NotImplementedError(f"onnxruntime is not installed ({exc})") from None
             with open(self.paths["onnx"], "rb") as f:  # the model in memory, as the Graph is for convengine

@@ -10,7 +10,7 @@ class NumbaBackend(Backend):
 
     def availability(self):
         try:
-            import numba  # noqa: F401
+            import numba  # noqa: F401  (only whether Numba is installed)
         except ImportError as exc:
             return f"numba is not importable: {exc}"
         return None

@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from ..models import MODELS
-from ..models.loading import load_model  # noqa: F401  (the commands below and cli.bench use it)
+from ..models.loading import load_model
 from ..runtime.tables import format_table
 from . import arguments
 from .commands import command

@@ -70,7 +70,7 @@ class PreparedConv:
         listing = getattr(backend, "kernels", None)
         try:
             return list(listing(prepared.problem, self.epilogue if prepared.fused else NO_EPILOGUE)) if listing else []
-        except Exception:  # noqa: BLE001 - a broken plugin must not stop preparation; its kernels compile on first call
+        except Exception:  # a broken plugin must not stop preparation; its kernels compile on first call
             return []
 
     def _prepared(self, batch: int) -> "_Prepared":

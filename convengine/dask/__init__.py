@@ -24,11 +24,11 @@ if _MISSING:
     raise ImportError(f"convengine.dask needs the 'dask' extra ({', '.join(_MISSING)} not installed): "
                       "pip install \"convengine[dask]\"", name=_MISSING[0])
 
-from .cluster import connect, describe, local_cluster, resolve_client, worker_environment  # noqa: E402
-from .fleet import machines, tune  # noqa: E402
-from .io import check_output, read, save  # noqa: E402
-from .predict import DEFAULT_BATCH_SIZE, as_graph, as_images, predict  # noqa: E402
-from .worker import PREPARED, ModelPlugin, worker_status  # noqa: E402
+from .cluster import connect, describe, local_cluster, resolve_client, worker_environment  # noqa: E402  (after the check above: a missing extra gives the install hint, not a bare ImportError)
+from .fleet import machines, tune  # noqa: E402  (after the check above: a missing extra gives the install hint, not a bare ImportError)
+from .io import check_output, read, save  # noqa: E402  (after the check above: a missing extra gives the install hint, not a bare ImportError)
+from .predict import DEFAULT_BATCH_SIZE, as_graph, as_images, predict  # noqa: E402  (after the check above: a missing extra gives the install hint, not a bare ImportError)
+from .worker import PREPARED, ModelPlugin, worker_status  # noqa: E402  (after the check above: a missing extra gives the install hint, not a bare ImportError)
 
 __all__ = ["DEFAULT_BATCH_SIZE", "ModelPlugin", "PREPARED", "as_graph", "as_images", "check_output", "connect",
            "describe", "local_cluster", "machines", "predict", "read", "resolve_client", "save", "status", "tune",

@@ -68,7 +68,7 @@ _AS_INPUTS = {
 def _import_onnx():
     try:
         import onnx
-        from onnx import defs, helper, numpy_helper  # noqa: F401
+        from onnx import defs, helper, numpy_helper  # noqa: F401  (loads the submodules read as onnx.defs, onnx.helper...)
     except ImportError as exc:  # pragma: no cover - exercised only without onnx
         raise ImportError("exporting to ONNX needs the 'onnx' package: pip install convengine[onnx]") from exc
     return onnx

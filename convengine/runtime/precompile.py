@@ -77,7 +77,7 @@ def is_compiled(kernel: Kernel) -> bool:
         cache = dispatcher._cache
         # the whole key: signature, target CPU and features, the function's bytecode
         return cache._index_key(kernel.signature, dispatcher.targetctx.codegen()) in cache._cache_file._load_index()
-    except Exception:  # noqa: BLE001 - a probe only; see the docstring
+    except Exception:  # a probe only; see the docstring
         return True
 
 
@@ -95,7 +95,7 @@ def _compile(kernels: Iterable[Kernel], tick=lambda: None, loaded: list | None =
             done.append(kernel.name)
             if loaded is not None and getattr(dispatcher, "_cache_hits", {}).get(kernel.signature, 0) > hits:
                 loaded.append(kernel.name)
-        except Exception as exc:  # noqa: BLE001 - a wrong listing; the first call reports a real error
+        except Exception as exc:  # a wrong listing; the first call reports a real error
             log.warning("precompiling %s%s failed (%s: %s); it compiles on first call instead",
                         kernel.name, kernel.signature, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
         tick()
@@ -183,7 +183,7 @@ class _Worker:
             self.process.stdin.close()
         except BrokenPipeError:  # it died while starting: wait() reports its error output
             pass
-        except Exception as exc:  # noqa: BLE001 - the caller compiles these itself
+        except Exception as exc:  # the caller compiles these itself
             log.warning("could not start a compile worker (%s); compiling in this process", exc)
             if self.process is not None:
                 self.process.kill()

@@ -30,6 +30,8 @@ import sys
 import warnings
 from typing import Optional
 
+from .environment import positive_int  # it imports only os: safe before the pool variables below are set
+
 
 class ThreadingWarning(RuntimeWarning):
     """The process's threading set-up will make convengine slower than it could be."""
@@ -88,8 +90,6 @@ if SPINNING_OPENMP:
                   "its idle threads spin and would stall BLAS between Numba kernels, so Numba kernels run on one "
                   "thread. Import convengine first, or set OMP_WAIT_POLICY=PASSIVE in the environment.",
                   ThreadingWarning, stacklevel=2)
-
-from .environment import positive_int  # noqa: E402
 
 
 def usable_cores() -> int:

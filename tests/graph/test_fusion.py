@@ -13,10 +13,10 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
 
-import convengine as ce  # noqa: E402
-from convengine.graph.executor import CompiledGraph  # noqa: E402
+import convengine as ce  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
+from convengine.graph.executor import CompiledGraph  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
 
 pytestmark = pytest.mark.usefixtures("no_forced_backend")
 

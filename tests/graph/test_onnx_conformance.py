@@ -15,11 +15,11 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 
-from conftest import backend_object, is_lossy, skip_if_unsupported  # noqa: E402
+from conftest import backend_object, is_lossy, skip_if_unsupported  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
 
-import convengine as ce  # noqa: E402
-from convengine.testing.onnx_cases import case_dirs, conformance_dir, load_case  # noqa: E402
-from convengine.testing.reference import conv2d_reference  # noqa: E402
+import convengine as ce  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
+from convengine.testing.onnx_cases import case_dirs, conformance_dir, load_case  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
+from convengine.testing.reference import conv2d_reference  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
 
 pytestmark = pytest.mark.usefixtures("no_forced_backend")
 

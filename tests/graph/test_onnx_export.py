@@ -24,11 +24,11 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-import convengine as ce  # noqa: E402
-from convengine.graph import Graph, GraphError, Node, TensorSpec  # noqa: E402
-from convengine.graph.onnx import load_onnx  # noqa: E402
-from convengine.graph.onnx_export import to_onnx  # noqa: E402
-from convengine.models import get_model  # noqa: E402
+import convengine as ce  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
+from convengine.graph import Graph, GraphError, Node, TensorSpec  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
+from convengine.graph.onnx import load_onnx  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
+from convengine.graph.onnx_export import to_onnx  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
+from convengine.models import get_model  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
 
 pytestmark = pytest.mark.usefixtures("no_forced_backend")
 

@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
 
-import convengine as ce  # noqa: E402
-from convengine.graph import Graph, GraphError  # noqa: E402
-from convengine.graph.onnx import SUPPORTED_OPS, load_onnx  # noqa: E402
+import convengine as ce  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
+from convengine.graph import Graph, GraphError  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
+from convengine.graph.onnx import SUPPORTED_OPS, load_onnx  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
 
 pytestmark = pytest.mark.usefixtures("no_forced_backend")
 

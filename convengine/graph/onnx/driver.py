@@ -224,7 +224,7 @@ class Importer:
         except GraphError as exc:
             self.problems.append(f"{label}: {exc}")
             self.bad.update(outputs)
-        except Exception as exc:  # noqa: BLE001 - report, with the others, rather than crash mid-import
+        except Exception as exc:  # report it with the others rather than crash mid-import
             self.problems.append(f"{label}: cannot be converted ({type(exc).__name__}: {exc})")
             self.bad.update(outputs)
 

@@ -17,7 +17,7 @@ def import_onnx():
     """The ``onnx`` module, or an ImportError saying how to install it."""
     try:
         import onnx
-        from onnx import helper, numpy_helper  # noqa: F401
+        from onnx import helper, numpy_helper  # noqa: F401  (loads the submodules read as onnx.helper, onnx.numpy_helper)
     except ImportError as exc:  # pragma: no cover - exercised only without onnx
         raise ImportError(f"loading ONNX models needs the 'onnx' package: {INSTALL_HINT}") from exc
     return onnx

@@ -54,7 +54,7 @@ class WinogradBackend(convengine.Backend):
 
     def availability(self) -> Optional[str]:
         try:
-            import numba  # noqa: F401
+            import numba  # noqa: F401  (only whether Numba is installed)
         except ImportError as exc:
             return f"numba is not importable: {exc}"
         return None
