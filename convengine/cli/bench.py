@@ -149,13 +149,13 @@ def _bench(args: argparse.Namespace) -> int:
     from ..bench.report import cut, format_layer, format_totals
     from ..core.costmodel import measure_gemm_flops
     from ..core.registry import list_backends
+    from ..runtime.tables import format_table
     from ..runtime.threads import get_num_threads, set_num_threads
 
     if args.list:
-        for spec in LAYERS:
-            problem = spec.problem(1)
-            print(f"{spec.name:30s} {str(spec.input_shape):18s} -> {str(problem.output_shape[1:]):18s} "
-                  f"kernel {spec.kernel[0]}x{spec.kernel[1]}  x{spec.count}")
+        rows = [(spec.name, spec.input_shape, spec.problem(1).output_shape[1:], f"{spec.kernel[0]}x{spec.kernel[1]}",
+                 f"x{spec.count}") for spec in LAYERS]
+        print(format_table(("layer", "input", "output", "kernel", "count"), rows))
         for name, members in SETS.items():
             print(f"--set {name}: {len(members)} layers")
         return 0

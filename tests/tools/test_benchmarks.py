@@ -177,7 +177,10 @@ def test_bench_rejects_unknown_names(capsys):
 def test_bench_lists_layers(capsys):
     code, out, _ = _bench(capsys, "--list")
     assert code == 0
-    assert len([line for line in out.splitlines() if not line.startswith("--set")]) == len(layers.LAYERS)
+    lines = [line for line in out.splitlines() if not line.startswith("--set")]
+    assert re.match(r"layer\s+input\s+output\s+kernel\s+count$", lines[0])
+    assert [line.split()[0] for line in lines[1:]] == [spec.name for spec in layers.LAYERS]
+    assert re.search(r"^resnet50\.layer4\.conv2\s+\(512, 7, 7\)\s+\(512, 7, 7\)\s+3x3\s+x3$", out, re.M)
 
 
 # -- convengine bench --model: whole models ----------------------------------------------------
