@@ -39,6 +39,18 @@ MAX_CHUNK_PRODUCTS = 256
 BAND_FLOATS = 6144
 #: Jobs per thread wanted, so that threads that start late or run slow even out.
 JOBS_PER_THREAD = 4
+#: Bytes of a depthwise job's blocked input rows: with the tiles' output, within the first-level cache.
+BLOCKED_BAND_BYTES = 48 * 1024
+#: Floats of slack per scratch row, to start it on a 64-byte boundary.
+ALIGN_FLOATS = 16
+#: Vector-issue slots per 16 elements moved through a register transpose (into the blocked
+#: layout and, in the store, out of it): 64 shuffles per 16 x 16 block, and the stores.
+TRANSPOSE_SLOTS = 6
+# direct's register tile (copies, to keep numba out of startup; tests check they agree)
+MAX_TILE_WIDTH = 14
+TILE_WIDTHS = (4, 7, 13, 14)
+#: Outputs a job should have at least: below, groups are taken several per job.
+GROUP_JOB_OUTPUTS = 4096
 #: Vector-issue slots of one reduction step of a tile of ``mb`` channels x ``nv`` vectors:
 #: ``mb * nv`` FMAs (two per cycle) against ``nv`` unaligned input loads and ``mb`` weight
 #: broadcasts, which split cache lines and so go at about one per cycle: two slots each.
@@ -85,6 +97,11 @@ class Geometry:
         if -(-p.out_height // rows) < wanted_bands:  # too few jobs for the threads: thinner bands
             rows = max(1, -(-p.out_height // wanted_bands))
         self.band_rows = rows
+        # small planes: several groups per job, so that a job's fixed costs (its call, claiming it)
+        # are paid per GROUP_JOB_OUTPUTS outputs or so, as long as every thread gets JOBS_PER_THREAD jobs
+        per_group = self.out_per_group * rows * p.out_width
+        most = max(1, p.batch * p.groups * -(-p.out_height // rows) // (JOBS_PER_THREAD * workers))
+        self.group_block = max(1, min(most, GROUP_JOB_OUTPUTS // per_group))
         self.slack = self.max_qc + 4 * LANES
         self.in_floats = self.in_per_group * sh * sw * self.plane + self.slack
         self.o_step = -(-(rows * self.wq + LANES) // LANES) * LANES
@@ -106,11 +123,49 @@ class Geometry:
                          for p in range(problem.kernel_h) for q in range(problem.kernel_w)], np.int64)
 
 
+def is_depthwise(problem: ConvProblem) -> bool:
+    """One input and one output channel per group: the channels-in-lanes path."""
+    return problem.groups == problem.in_channels == problem.out_channels
+
+
+class DepthwiseGeometry:
+    """The sizes of the channels-in-lanes depthwise path's jobs (see ``_grouped_kernels.depthwise_conv``)."""
+
+    def __init__(self, problem: ConvProblem, workers: int, tile_width: int):
+        p = problem
+        (sh, sw), (dh, _) = p.stride, p.dilation
+        self.wp = p.padded_width
+        self.tile_width = tile_width
+        halo = (p.kernel_h - 1) * dh + 1  # input rows of one output row
+        most_rows_in = max(halo, BLOCKED_BAND_BYTES // (self.wp * LANES * 4))
+        rows = max(1, min(p.out_height, (most_rows_in - halo) // sh + 1))
+        c_blocks = -(-p.in_channels // LANES)
+        wanted_bands = -(-JOBS_PER_THREAD * workers // (p.batch * c_blocks))
+        if -(-p.out_height // rows) < wanted_bands:  # too few jobs for the threads: thinner bands
+            rows = max(1, -(-p.out_height // wanted_bands))
+        self.band_rows = rows
+        self.rows_in = (rows - 1) * sh + halo
+        # a tile rounded up to a compiled width reads up to MAX_WIDTH pixels past its row's end
+        self.floats = self.rows_in * self.wp * LANES + MAX_TILE_WIDTH * sw * LANES  # a multiple of 16
+
+
 class GroupedBackend(NumbaBackend):
     name = "grouped"
     numerical_class = EXACT
     version = "1"
     residual_in_place = True  # each output element is written after its residual element was read
+
+    def __init__(self):
+        self._tile_width = None
+
+    @property
+    def tile_width(self) -> int:
+        """Pixels per depthwise register tile: 14 with AVX-512's 32 vector registers, 7 elsewhere (as ``direct``)."""
+        if self._tile_width is None:
+            from .direct._simd import preferred_width
+
+            self._tile_width = preferred_width()
+        return self._tile_width
 
     def supports(self, problem: ConvProblem):
         if problem.dtype != "float32":
@@ -120,31 +175,46 @@ class GroupedBackend(NumbaBackend):
         return None
 
     def estimate_seconds(self, problem: ConvProblem, machine) -> float:
-        geo = Geometry(problem, get_num_threads())
-        slots = 0
-        for rows in geo.band_sizes(problem.out_height):
-            run = rows * geo.wq
-            full, tail = divmod(-(-run // LANES), geo.vectors)
-            slots += (full * _step_slots(geo.mb, geo.vectors) + (_step_slots(geo.mb, tail) if tail else 0))
-        m_blocks = -(-geo.out_per_group // geo.mb)
-        slots *= problem.batch * problem.groups * m_blocks * geo.in_per_group * geo.taps
+        p = problem
+        itemsize = np.dtype(p.dtype).itemsize
+        inputs, outputs = int(np.prod(p.input_shape)), int(np.prod(p.output_shape))
+        if is_depthwise(p):
+            # per output row of a 16-channel block: each tile's taps load a weight vector and one
+            # aligned input vector per pixel computed (two loads a cycle, as the FMAs); the
+            # register transposes into and out of the blocked layout cost per element
+            tiles = -(-p.out_width // self.tile_width)
+            width = -(-p.out_width // tiles)
+            computed = (tiles - 1) * _compiled_width(width) + _compiled_width(p.out_width - (tiles - 1) * width)
+            slots = (p.batch * -(-p.in_channels // LANES) * p.out_height * p.kernel_h * p.kernel_w * (computed + tiles)
+                     + TRANSPOSE_SLOTS * (inputs + outputs) / LANES)
+        else:
+            geo = Geometry(p, get_num_threads())
+            slots = 0
+            for rows in geo.band_sizes(p.out_height):
+                run = rows * geo.wq
+                full, tail = divmod(-(-run // LANES), geo.vectors)
+                slots += (full * _step_slots(geo.mb, geo.vectors) + (_step_slots(geo.mb, tail) if tail else 0))
+            m_blocks = -(-geo.out_per_group // geo.mb)
+            slots *= p.batch * p.groups * m_blocks * geo.in_per_group * geo.taps
         # a slot is one 16-lane FMA issue: 32 float32 flops of the GEMM rate
-        compute = slots * 2 * LANES / (machine.gemm_flops(problem.dtype) * TILE_EFFICIENCY)
-        itemsize = np.dtype(problem.dtype).itemsize
+        compute = slots * 2 * LANES / (machine.gemm_flops(p.dtype) * TILE_EFFICIENCY)
         # the input is read once (band halos aside) and the output written once; the band
-        # buffers and the tile's output stay in the core's caches
-        traffic = (int(np.prod(problem.input_shape)) + int(np.prod(problem.output_shape))) * itemsize / machine.bandwidth
+        # buffers (and the grouped tile's output) stay in the core's caches
+        traffic = (inputs + outputs) * itemsize / machine.bandwidth
         return compute + traffic + machine.parallel_launch_s
 
     def supports_epilogue(self, problem: ConvProblem, epilogue: Epilogue):
-        return None  # every activation, with bias and residual, as the band's rows are written
+        return None  # every activation, with bias and residual, as the output is written
 
     def kernels(self, problem: ConvProblem, epilogue: Epilogue = NONE):
         from ._grouped_kernels import precompile_kernels
 
-        return precompile_kernels()
+        return [k for k in precompile_kernels() if (k.function == "depthwise_conv") == is_depthwise(problem)]
 
     def prepare(self, problem: ConvProblem, weight, bias, epilogue: Epilogue = NONE):
+        b = np.zeros(problem.out_channels, np.float32) if bias is None else bias
+        if is_depthwise(problem):
+            return self._prepare_depthwise(problem, weight, b, epilogue)
         from ._grouped_kernels import grouped_conv
 
         p = problem
@@ -157,7 +227,6 @@ class GroupedBackend(NumbaBackend):
         # (g, blk, m, c, t) -> (g, blk, c, t, m): one reduction step reads the tile's mb weights together
         w_packed = np.ascontiguousarray(packed.reshape(g, m_blocks, mb, geo.in_per_group, geo.taps)
                                         .transpose(0, 1, 3, 4, 2)).reshape(-1)
-        b = np.zeros(p.out_channels, np.float32) if bias is None else bias
         act, p0, p1 = epilogue.kernel_activation()
         top, left = p.padding[0], p.padding[2]
         (sh, sw) = p.stride
@@ -175,11 +244,55 @@ class GroupedBackend(NumbaBackend):
             out_scratch = scratch("grouped.output", (n_workers, jobs.out_floats), np.float32)
             grouped_conv(np.ascontiguousarray(x), out, w_packed, taps, b, res, residual is not None, act, p0, p1,
                          g, geo.in_per_group, geo.out_per_group, mb, top, left, sh, sw, jobs.wq, jobs.plane,
-                         jobs.band_rows, jobs.hq_extra, geo.chunk, jobs.o_step, geo.vectors, n_workers,
+                         jobs.band_rows, jobs.hq_extra, geo.chunk, jobs.o_step, geo.vectors, jobs.group_block, n_workers,
                          in_scratch, out_scratch)
             return out
 
         return execute
+
+    def _prepare_depthwise(self, problem: ConvProblem, weight, b, epilogue: Epilogue):
+        """Multiplier 1: 16 channels in the vector lanes (``_grouped_kernels.depthwise_conv``)."""
+        from ._grouped_kernels import depthwise_conv
+
+        p = problem
+        c_blocks = -(-p.in_channels // LANES)
+        packed = np.zeros((c_blocks * LANES, p.kernel_h, p.kernel_w), np.float32)
+        packed[:p.in_channels] = weight.reshape(p.in_channels, p.kernel_h, p.kernel_w)
+        # (cb, lane, kh, kw) -> (cb, kh, kw, lane): one tap's weights of 16 channels are one vector
+        w_packed = np.ascontiguousarray(packed.reshape(c_blocks, LANES, p.kernel_h, p.kernel_w).transpose(0, 2, 3, 1))
+        w_packed = w_packed.reshape(-1)
+        act, p0, p1 = epilogue.kernel_activation()
+        (sh, sw), (dh, dw) = p.stride, p.dilation
+        top, left = p.padding[0], p.padding[2]
+        tile_width = self.tile_width
+        by_workers: dict[int, DepthwiseGeometry] = {}
+
+        def execute(x: np.ndarray, residual=None, in_place: bool = False) -> np.ndarray:
+            n_workers = numba_threads()
+            geo = by_workers.get(n_workers)
+            if geo is None:
+                geo = by_workers[n_workers] = DepthwiseGeometry(p, n_workers, tile_width)
+            out = residual if in_place else np.empty(p.output_shape, np.float32)
+            res = out if residual is None else residual
+            rows = _aligned_rows(scratch("grouped.blocked", (n_workers * geo.floats + ALIGN_FLOATS,), np.float32), n_workers)
+            depthwise_conv(np.ascontiguousarray(x), out, w_packed, b, res, residual is not None, act, p0, p1,
+                           p.kernel_h, p.kernel_w, sh, sw, dh, dw, top, left, geo.wp, geo.band_rows, tile_width,
+                           n_workers, rows)
+            return out
+
+        return execute
+
+
+def _aligned_rows(flat: np.ndarray, n: int) -> np.ndarray:
+    """``flat`` (ALIGN_FLOATS longer than needed) as ``n`` rows starting on 64-byte boundaries
+    (row lengths are multiples of 16 floats): the blocked pixels' vectors are then whole-line loads."""
+    skip = (-flat.ctypes.data % 64) // 4
+    return flat[skip:skip + flat.size - ALIGN_FLOATS].reshape(n, -1)
+
+
+def _compiled_width(width: int) -> int:
+    """Pixels a register tile of ``width`` computes (``direct``'s compiled widths)."""
+    return next(w for w in TILE_WIDTHS if w >= width)
 
 
 @hookimpl

@@ -26,10 +26,15 @@ Names
     AlexNet as in the course: ``conv1`` 11x11 stride 4 padding 1 -> 96 channels on
     3x224x224 (54x54 out), 3x3/2 max-pool (26x26), ``conv2`` 5x5 padding 2 -> 256, 3x3/2
     max-pool (12x12), then ``conv3``-``conv5``: 3x3 padding 1 -> 384, 384, 256.
+``mobilenet_v2.*``, ``efficientnet_b0.*``, ``resnext50_32x4d.*``, ``regnet_y_400mf.*``
+    Only the grouped convolutions of these networks (224x224 input, torchvision's
+    definitions and module names): the depthwise 3x3 (and EfficientNet's 5x5) layers at
+    stride 1 and 2, ResNeXt's 32-group 3x3 layers (4 to 32 channels per group, stride on the
+    3x3) and RegNetY-400MF's 3x3 layers of group width 8. ``count`` as above.
 
-Sets (:data:`SETS`): ``course``, ``resnet50``, ``alexnet``, ``all``, and ``quick``: a few
-small but representative layers (a tiny example, a strided 11x11, a 1x1, a 3x3) that tests
-and smoke runs use.
+Sets (:data:`SETS`): ``course``, ``resnet50``, ``alexnet``, ``grouped`` (the four networks'
+grouped layers), ``all``, and ``quick``: a few small but representative layers (a tiny
+example, a strided 11x11, a 1x1, a 3x3) that tests and smoke runs use.
 
 The model zoo (:mod:`convengine.models`) and these specs are checked against each other by
 the tests: the specs of a model are exactly the distinct convolutions of its graph.
@@ -114,14 +119,56 @@ _ALEXNET = (
     LayerSpec("alexnet.conv5", 384, 12, 12, 256, (3, 3), padding=1),
 )
 
+def _grouped() -> tuple[LayerSpec, ...]:
+    """The grouped convolutions of MobileNetV2, EfficientNet-B0, ResNeXt-50 (32x4d) and RegNetY-400MF."""
+    specs = []
+
+    def depthwise(name, channels, size, kernel, stride, count=1):
+        specs.append(LayerSpec(name, channels, size, size, channels, (kernel, kernel), stride=stride, padding=kernel // 2,
+                               groups=channels, count=count))
+
+    # MobileNetV2: (block, channels, input size, stride, blocks of that shape)
+    for block, channels, size, stride, count in ((1, 32, 112, 1, 1), (2, 96, 112, 2, 1), (3, 144, 56, 1, 1),
+                                                 (4, 144, 56, 2, 1), (5, 192, 28, 1, 2), (7, 192, 28, 2, 1),
+                                                 (8, 384, 14, 1, 4), (12, 576, 14, 1, 2), (14, 576, 14, 2, 1),
+                                                 (15, 960, 7, 1, 3)):
+        depthwise(f"mobilenet_v2.features.{block}.conv.{0 if block == 1 else 1}.0", channels, size, 3, stride, count)
+    # EfficientNet-B0: (stage, block, channels, input size, kernel, stride, blocks of that shape)
+    for stage, block, channels, size, kernel, stride, count in (
+            (1, 0, 32, 112, 3, 1, 1), (2, 0, 96, 112, 3, 2, 1), (2, 1, 144, 56, 3, 1, 1), (3, 0, 144, 56, 5, 2, 1),
+            (3, 1, 240, 28, 5, 1, 1), (4, 0, 240, 28, 3, 2, 1), (4, 1, 480, 14, 3, 1, 2), (5, 0, 480, 14, 5, 1, 1),
+            (5, 1, 672, 14, 5, 1, 2), (6, 0, 672, 14, 5, 2, 1), (6, 1, 1152, 7, 5, 1, 3), (7, 0, 1152, 7, 3, 1, 1)):
+        depthwise(f"efficientnet_b0.features.{stage}.{block}.block.{0 if stage == 1 else 1}.0", channels, size, kernel,
+                  stride, count)
+    # ResNeXt-50 32x4d: each stage's 3x3 (32 groups), strided in its first block
+    for stage, width, size, blocks in ((1, 128, 56, 3), (2, 256, 56, 4), (3, 512, 28, 6), (4, 1024, 14, 3)):
+        stride = 1 if stage == 1 else 2
+        if stride == 2:
+            specs.append(LayerSpec(f"resnext50_32x4d.layer{stage}.0.conv2", width, size, size, width, (3, 3),
+                                   stride=2, padding=1, groups=32))
+        specs.append(LayerSpec(f"resnext50_32x4d.layer{stage}.{1 if stride == 2 else 0}.conv2", width, size // stride,
+                               size // stride, width, (3, 3), padding=1, groups=32, count=blocks - (stride == 2)))
+    # RegNetY-400MF: widths 48, 104, 208, 440 in 1, 3, 6, 6 blocks, group width 8, the first block strided
+    for stage, width, size, blocks in ((1, 48, 112, 1), (2, 104, 56, 3), (3, 208, 28, 6), (4, 440, 14, 6)):
+        prefix = f"regnet_y_400mf.trunk_output.block{stage}.block{stage}"
+        specs.append(LayerSpec(f"{prefix}-0.f.b", width, size, size, width, (3, 3), stride=2, padding=1,
+                               groups=width // 8))
+        if blocks > 1:
+            specs.append(LayerSpec(f"{prefix}-1.f.b", width, size // 2, size // 2, width, (3, 3), padding=1,
+                                   groups=width // 8, count=blocks - 1))
+    return tuple(specs)
+
+
 _COURSE = (
     LayerSpec("course.example1", 1, 3, 3, 1, (2, 2)),
     LayerSpec("course.example2", 1, 3, 3, 1, (2, 2), padding=1),
     LayerSpec("course.example3", 1, 3, 3, 1, (2, 2), padding=1, stride=(3, 2)),
 )
 
-#: Every named layer, in a fixed order (course, ResNet-50, AlexNet).
-LAYERS: tuple[LayerSpec, ...] = _COURSE + _resnet50() + _ALEXNET
+_GROUPED = _grouped()
+
+#: Every named layer, in a fixed order (course, ResNet-50, AlexNet, the grouped layers).
+LAYERS: tuple[LayerSpec, ...] = _COURSE + _resnet50() + _ALEXNET + _GROUPED
 
 _BY_NAME = {spec.name: spec for spec in LAYERS}
 assert len(_BY_NAME) == len(LAYERS), "duplicate layer names"
@@ -134,6 +181,7 @@ SETS: dict[str, tuple[str, ...]] = {
     "course": tuple(s.name for s in _COURSE),
     "resnet50": tuple(s.name for s in LAYERS if s.model == "resnet50"),
     "alexnet": tuple(s.name for s in _ALEXNET),
+    "grouped": tuple(s.name for s in _GROUPED),
     "quick": QUICK,
     "all": tuple(s.name for s in LAYERS),
 }

@@ -51,9 +51,12 @@ def _error_on_the_convolution_s_scale(y, expected, conv):
 @st.composite
 def grouped_problems(draw):
     """Grouped convolutions of every kind the backend takes: depthwise, multipliers 1-9, 1-40 channels per group."""
-    groups = draw(st.integers(2, 5))
-    in_per_group = draw(st.sampled_from([1, 1, 2, 3, 4, 8, 40]))  # 40 x 3x3+: reductions chunked
-    out_per_group = draw(st.integers(1, 9))  # tiles of 1, 2, 4 and 8 channels, partly filled ones
+    if draw(st.booleans()):  # depthwise, multiplier 1 (channels in the vector lanes; blocks of 16, partly filled)
+        groups, in_per_group, out_per_group = draw(st.integers(2, 40)), 1, 1
+    else:
+        groups = draw(st.integers(2, 5))
+        in_per_group = draw(st.sampled_from([1, 1, 2, 3, 4, 8, 40]))  # 40 x 3x3+: reductions chunked
+        out_per_group = draw(st.integers(1 if in_per_group > 1 else 2, 9))  # tiles of 1, 2, 4, 8 channels, partly filled
     kernel = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
     stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
@@ -127,12 +130,27 @@ def test_bands_split_at_any_thread_count(workers, shape, monkeypatch):
     assert relative_error(y, _reference(problem, x, w, b)) < EXACT_F32
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("out_width", list(range(1, 31)))
+def test_every_depthwise_tile_width_and_split(out_width, stride):
+    """Rows of any width: balanced tiles of up to 14 pixels (7 on AVX2), narrow ones computed at a wider compiled width."""
+    k = 3
+    width = (out_width - 1) * stride + k - 2  # padding 1
+    problem, x, w, b = _problem_and_data(out_width, (1, 20, 4, width), (20, 1, k, k), groups=20, padding=1, stride=stride)
+    assert problem.out_width == out_width
+    y = GroupedBackend().prepare(problem, w, b)(x)
+    assert relative_error(y, _reference(problem, x, w, b)) < EXACT_F32
+
+
 def test_band_buffers_bound_large_planes():
-    """A 112x112 depthwise plane runs in bands that fit the core's first-level cache."""
-    problem = ConvProblem.from_shapes((1, 32, 112, 112), (32, 1, 3, 3), groups=32, padding=1)
+    """112x112 planes run in bands that fit the core's first-level cache."""
+    problem = ConvProblem.from_shapes((1, 64, 112, 112), (128, 4, 3, 3), groups=16, padding=1)
     geo = Geometry(problem, 1)
-    assert geo.in_floats <= grouped.BAND_FLOATS + geo.hq_extra * geo.wq + geo.slack
+    assert geo.in_floats <= grouped.BAND_FLOATS + geo.hq_extra * geo.wq * 4 + geo.slack
     assert 1 < len(geo.band_sizes(112))
+    depthwise = ConvProblem.from_shapes((1, 32, 112, 112), (32, 1, 3, 3), groups=32, padding=1)
+    blocked = grouped.DepthwiseGeometry(depthwise, 1, 14)
+    assert blocked.rows_in * blocked.wp * 16 * 4 <= grouped.BLOCKED_BAND_BYTES and blocked.band_rows < 112
 
 
 @pytest.mark.parametrize("in_per_group", [29, 64])
@@ -166,9 +184,11 @@ def test_declines_what_it_does_not_run(kwargs, reason):
 
 def test_the_backend_s_copies_of_the_kernel_constants_match_the_kernels():
     from convengine.backends import _grouped_kernels as kernels
+    from convengine.backends.direct import _simd
 
     assert (grouped.LANES, grouped.CHANNEL_BLOCKS, grouped.MAX_VECTORS, grouped.MAX_CHUNK_PRODUCTS) == (
         kernels.LANES, kernels.CHANNEL_BLOCKS, kernels.MAX_VECTORS, kernels.MAX_CHUNK_PRODUCTS)
+    assert (grouped.MAX_TILE_WIDTH, grouped.TILE_WIDTHS) == (_simd.MAX_WIDTH, _simd.TILE_WIDTHS)
     # a tile's accumulators, its input vectors and a weight fit the 32 vector registers
     assert all(mb * nv + nv + 1 <= 32 for mb, nv in grouped.MAX_VECTORS.items())
 

@@ -57,6 +57,27 @@ def test_specs_are_the_distinct_convolutions_of_the_model_zoo(model):
     assert specs == in_graph
 
 
+@pytest.mark.parametrize("model", ["mobilenet_v2", "resnext50_32x4d"])
+def test_grouped_specs_are_the_grouped_convolutions_of_the_model_zoo(model):
+    """The ``grouped`` set's layers of a zoo network, named and counted as its grouped Conv nodes
+    (EfficientNet-B0 and RegNetY-400MF are not in the zoo; their specs follow torchvision's definitions)."""
+    from collections import Counter
+
+    models = pytest.importorskip("convengine.models")
+    from convengine.graph.ops import conv_problem_args
+
+    graph = models.get_model(model)
+    in_graph, names = Counter(), set()
+    for node in graph.nodes:
+        if node.op == "Conv" and node.attrs.get("group", 1) > 1:
+            x, w = graph.shapes[node.inputs[0]], graph.shapes[node.inputs[1]]
+            in_graph[ce.ConvProblem.from_shapes((1, *x[1:]), w, **conv_problem_args(node))] += 1
+            names.add(f"{model}.{node.name}")
+    specs = [layers.layer(name) for name in layers.SETS["grouped"] if layers.layer(name).model == model]
+    assert Counter({s.problem(): s.count for s in specs}) == in_graph
+    assert {s.name for s in specs} <= names  # each shape listed under one of its layers' names
+
+
 def test_alexnet_specs_follow_the_course():
     shapes = {s.name: s.problem().output_shape for s in layers.LAYERS if s.model == "alexnet"}
     assert shapes == {
@@ -83,7 +104,7 @@ def test_course_examples_give_the_course_results():
 
 
 def test_sets_and_selection():
-    assert set(layers.SETS) == {"course", "resnet50", "alexnet", "quick", "all"}
+    assert set(layers.SETS) == {"course", "resnet50", "alexnet", "grouped", "quick", "all"}
     for members in layers.SETS.values():
         assert all(layers.layer(name) for name in members)
     chosen = layers.select(["alexnet.conv1", "course.example1"], ["course"])
@@ -408,3 +429,18 @@ def test_model_vs_ort_reports_both_runtimes_alone(extra):
     assert line.startswith("lenet (from ONNX) auto:" if extra else "lenet auto:")
     ratio = float(re.search(r"ratio ([\d.]+)", line).group(1))
     assert ratio > 0
+
+
+def test_grouped_layers_script_reports_ratios_to_both_peers():
+    """benchmarks/grouped_layers.py on one small layer, one round: a row with both ratios, per-network totals."""
+    pytest.importorskip("onnxruntime")
+    script = Path(__file__).parents[2] / "benchmarks" / "grouped_layers.py"
+    layer = "mobilenet_v2.features.15.conv.1.0"
+    rows = json.loads(subprocess.run([sys.executable, str(script), "--batch", "1", "--layer", layer, "--rounds", "1",
+                                      "--json"], capture_output=True, text=True, timeout=300, check=True).stdout)
+    assert [(r["layer"], r["batch"], r["count"]) for r in rows] == [(layer, 1, 3)]
+    assert rows[0]["seconds"]["grouped"] > 0 and rows[0]["vs_ort"] > 0 and rows[0]["vs_torch"] > 0
+    table = subprocess.run([sys.executable, str(script), "--batch", "1", "--layer", layer, "--rounds", "1"],
+                           capture_output=True, text=True, timeout=300, check=True).stdout
+    assert re.search(rf"^{re.escape(layer)}\s+1\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+", table, re.M)
+    assert re.search(r"mobilenet_v2\s+N=1\s+ours\s+[\d.]+ ms\s+ours/ORT [\d.]+", table)
