@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # annotations only: the Graph class sits above this module
     from .network import Graph
 
 #: Operators whose output may share memory with their first input.
-VIEW_OPS = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Transpose"}
+VIEW_OPS = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Transpose", "Split", "Slice"}
 
 
 @dataclass

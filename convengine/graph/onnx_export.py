@@ -53,14 +53,20 @@ _DTYPES = {"float32": "FLOAT", "float64": "DOUBLE"}
 #: IR attribute defaults that ONNX does not share (there the attribute is required).
 _IR_DEFAULTS = {"Concat": {"axis": 1}}
 
-#: Attributes that opset >= 13 takes as inputs: op -> [(attribute, input position, kind)].
-#: kind "int64" is an int64 1-D tensor; "scalar" a 0-D tensor of the data's dtype.
+#: Attributes that the opset takes as inputs: op -> [(attribute, input position, kind[, since opset])]
+#: (since 13, the oldest opset written, unless stated). kind "int64" is an int64 1-D tensor;
+#: "indices" an int64 tensor of the value's own shape; "scalar" a 0-D tensor of the data's dtype.
 _AS_INPUTS = {
     "Reshape": [("shape", 1, "int64")],
     "Squeeze": [("axes", 1, "int64")],
     "Unsqueeze": [("axes", 1, "int64")],
     "Pad": [("pads", 1, "int64"), ("value", 2, "scalar")],
     "Clip": [("min", 1, "scalar"), ("max", 2, "scalar")],
+    "Slice": [("starts", 1, "int64"), ("ends", 2, "int64"), ("axes", 3, "int64"), ("steps", 4, "int64")],
+    "Gather": [("indices", 1, "indices")],
+    "ReduceSum": [("axes", 1, "int64")],
+    **{op: [("axes", 1, "int64", 18)] for op in ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+                                                  "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp")},
     "Split": [("split", 1, "int64")],
 }
 
@@ -147,8 +153,13 @@ class _Exporter:
         attrs = dict(_IR_DEFAULTS.get(node.op, {}))
         attrs.update({k: v for k, v in node.attrs.items() if v is not None})
         inputs = list(node.inputs)
-        for key, position, kind in _AS_INPUTS.get(node.op, ()):
-            if key not in attrs:
+        if node.op == "Resize":
+            problem = self._resize_inputs(node, attrs, inputs)
+            if problem:
+                self.problems.append(f"{label}: {problem}")
+                return None
+        for key, position, kind, *since in _AS_INPUTS.get(node.op, ()):
+            if key not in attrs or self.opset < (since[0] if since else MIN_OPSET):
                 continue
             value = attrs.pop(key)
             if node.op == "Pad" and key == "value" and (attrs.get("mode", "constant") != "constant" or value == 0):
@@ -181,10 +192,27 @@ class _Exporter:
             return None
         return self.helper.make_node(node.op, inputs, list(node.outputs), name=node.name, **kwargs)
 
+    def _resize_inputs(self, node: Node, attrs: dict, inputs: list) -> Optional[str]:
+        """The IR's output ``sizes`` and ``scales`` (axes after the channels) as Resize's inputs; a problem, or None."""
+        sizes, scales = attrs.pop("sizes"), attrs.pop("scales", None)
+        if scales is not None:  # the file's own scales: [1, 1, *scales]
+            inputs += ["", self._constant(node, "scales", [1.0, 1.0, *scales], "float32")]
+        elif self.opset >= 18:  # sizes of the listed axes only, so the batch size need not be written
+            inputs += ["", "", self._constant(node, "sizes", sizes, "int64")]
+            attrs["axes"] = list(range(2, 2 + len(sizes)))
+        else:
+            return (f"resizing to fixed sizes {list(sizes)} needs opset 18 or later (before, the sizes input "
+                    f"includes the batch size)")
+        return None
+
     def _constant(self, node: Node, key: str, value: Any, kind: str) -> str:
         """A fresh initializer holding ``value``; returns its name."""
         if kind == "int64":
             array = np.asarray([int(v) for v in value], dtype=np.int64)
+        elif kind == "indices":
+            array = np.asarray(value, dtype=np.int64)
+        elif kind == "float32":
+            array = np.asarray(value, dtype=np.float32)
         else:
             data = next((n for n in node.inputs if n), "")
             array = np.asarray(value, dtype=self.dtypes.get(data, "float32")).reshape(())

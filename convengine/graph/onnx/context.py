@@ -161,6 +161,18 @@ def fresh_name(base: str, taken: set) -> str:
     return name
 
 
+def axes_of(ctx: NodeContext, required: bool) -> Optional[list[int]]:
+    """The ``axes`` attribute, or (later opsets) the constant input 1; ``None`` when neither is given."""
+    if "axes" in ctx.attrs:
+        return ctx.ints_attr("axes")
+    value = ctx.const(1, "the axes")
+    if value is None:
+        if required:
+            raise Unsupported("the axes are missing")
+        return None
+    return [int(v) for v in value.reshape(-1)]
+
+
 # -- registries ----------------------------------------------------------------------------------
 
 #: ``{ONNX op: (converter, attributes it understands)}``

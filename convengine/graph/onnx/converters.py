@@ -1,29 +1,26 @@
-"""Converters: ONNX nodes whose data inputs are activations, turned into IR nodes.
+"""Converters for layers and arithmetic: convolutions, pooling, normalisation, activations, elementwise, reductions.
 
 Each ``@converter`` function reads its node through a :class:`~.context.NodeContext`:
-attributes that later opsets pass as inputs (``Clip`` min/max, ``Pad`` pads, ``Squeeze`` /
-``Unsqueeze`` axes, ``Reshape`` shape) must be constants and become IR attributes;
-``auto_pad`` becomes explicit ``pads``; a ``Reshape`` target is made to work for any batch
-size. ``Shape`` and ``Size`` (:data:`~.context.SPECIAL`) read activations' shapes into constants.
+attributes that later opsets pass as inputs (``Clip`` min/max, reduction axes) must be
+constants and become IR attributes; ``auto_pad`` and ``output_shape`` become explicit
+``pads``. Where ONNX spells a cheaper IR node differently, it is spelt that way here:
+``x - c`` is an ``Add`` of ``-c`` and ``x / c`` a ``Mul`` by ``1 / c`` (both fuse into a
+convolution's epilogue), a mean over the spatial axes is a ``GlobalAveragePool``.
+The tensors' shape and layout are :mod:`.shaping`'s.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Optional
-
 import numpy as np
 
 from .context import (
-    WORLDS,
     NodeContext,
     Unsupported,
+    axes_of,
     batch_axes,
     check_legacy_broadcast,
     converter,
-    onnx_reshape,
     show_shape,
-    special,
 )
 
 
@@ -61,10 +58,8 @@ def _spatial_4d(ctx: NodeContext, what: str):
     return shape_a
 
 
-@converter("Conv", attrs=("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"))
-def _conv(ctx: NodeContext) -> None:
-    x = ctx.activation(0)
-    shape = _spatial_4d(ctx, "convolution")
+def _conv_weight(ctx: NodeContext):
+    """``(weight, kernel_shape, strides, dilations)``: the constant 4-D weight and the attributes checked against it."""
     weight = ctx.const(1, "the weight")
     if weight is None:
         raise Unsupported("the weight input is missing")
@@ -73,22 +68,33 @@ def _conv(ctx: NodeContext) -> None:
     kernel = ctx.ints_attr("kernel_shape", list(weight.shape[2:]))
     if tuple(kernel) != tuple(weight.shape[2:]):
         raise Unsupported(f"kernel_shape {kernel} does not match the weight's shape {weight.shape}")
-    strides = ctx.ints_attr("strides", [1, 1])
-    dilations = ctx.ints_attr("dilations", [1, 1])
-    pads = _explicit_pads(ctx, shape[2:], kernel, strides, dilations)
+    return weight, kernel, ctx.ints_attr("strides", [1, 1]), ctx.ints_attr("dilations", [1, 1])
+
+
+def _conv_inputs(ctx: NodeContext, channels: int) -> list[str]:
+    """``[x, weight]`` and the bias when given: a ``(channels,)`` constant; all of the data's dtype."""
+    x = ctx.activation(0)
     inputs = [x, ctx.input(1)]
     if ctx.input(2):
         bias = ctx.const(2, "the bias")
-        if bias.shape != (weight.shape[0],):
-            raise Unsupported(f"the bias has shape {bias.shape}, expected ({weight.shape[0]},)")
+        if bias.shape != (channels,):
+            raise Unsupported(f"the bias has shape {bias.shape}, expected ({channels},)")
         inputs.append(ctx.input(2))
     dtype = ctx.imp.dtypes.get(x)
     for k in range(1, len(inputs)):
         value = ctx.imp.consts[inputs[k]][0]
         if dtype is not None and value.dtype.name != dtype:
             raise Unsupported(f"input {inputs[k]!r} is {value.dtype.name} but the data is {dtype}")
-    ctx.emit("Conv", inputs, dict(kernel_shape=kernel, strides=strides, pads=pads, dilations=dilations,
-                                  group=ctx.int_attr("group", 1)))
+    return inputs
+
+
+@converter("Conv", attrs=("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"))
+def _conv(ctx: NodeContext) -> None:
+    shape = _spatial_4d(ctx, "convolution")
+    weight, kernel, strides, dilations = _conv_weight(ctx)
+    pads = _explicit_pads(ctx, shape[2:], kernel, strides, dilations)
+    ctx.emit("Conv", _conv_inputs(ctx, weight.shape[0]), dict(kernel_shape=kernel, strides=strides, pads=pads,
+                                                              dilations=dilations, group=ctx.int_attr("group", 1)))
 
 
 def _pool(ctx: NodeContext, extra: dict) -> None:
@@ -149,9 +155,31 @@ def _lrn(ctx: NodeContext) -> None:
                                              beta=float(ctx.attr("beta", 0.75)), bias=float(ctx.attr("bias", 1.0))))
 
 
-@converter("Relu", "Sigmoid", "Tanh", attrs=("consumed_inputs",))
+@converter("Relu", "Sigmoid", "Tanh", "Neg", "Abs", "Sqrt", "Exp", "Log", "Reciprocal", "Floor", "Ceil", "Erf",
+           "Softplus", "Softsign", "HardSwish", attrs=("consumed_inputs",))
 def _unary(ctx: NodeContext) -> None:
     ctx.emit(ctx.op, [ctx.activation(0)])
+
+
+@converter("HardSigmoid", attrs=("alpha", "beta", "consumed_inputs"))
+def _hard_sigmoid(ctx: NodeContext) -> None:
+    ctx.emit("HardSigmoid", [ctx.activation(0)], dict(alpha=float(ctx.attr("alpha", 0.2)),
+                                                     beta=float(ctx.attr("beta", 0.5))))
+
+
+@converter("Elu", "Selu", attrs=("alpha", "gamma", "consumed_inputs"))
+def _elu(ctx: NodeContext) -> None:
+    if ctx.op == "Elu" and "gamma" in ctx.attrs:
+        raise Unsupported("attribute gamma is not supported (Elu has none)")
+    ctx.emit(ctx.op, [ctx.activation(0)], {k: float(v) for k, v in ctx.attrs.items() if k in ("alpha", "gamma")})
+
+
+@converter("Gelu", attrs=("approximate",))
+def _gelu(ctx: NodeContext) -> None:
+    approximate = ctx.attr("approximate", "none") or "none"
+    if approximate not in ("none", "tanh"):
+        raise Unsupported(f"approximate={approximate!r} is not supported (none, tanh)")
+    ctx.emit("Gelu", [ctx.activation(0)], dict(approximate=approximate))
 
 
 @converter("LeakyRelu", attrs=("alpha", "consumed_inputs"))
@@ -238,25 +266,50 @@ def _binary(ctx: NodeContext) -> None:
 def _sub(ctx: NodeContext) -> None:
     check_legacy_broadcast(ctx)
     a, b = ctx.activation(0), ctx.activation(1)
-    if b in ctx.imp.consts:  # x - c == x + (-c)
+    if b in ctx.imp.consts and a not in ctx.imp.consts:  # x - c == x + (-c): an Add, which fuses into a convolution
         negated = ctx.imp.add_param(f"{b}/neg", -ctx.const(1, "the subtrahend"))
         ctx.emit("Add", [a, negated])
         return
-    minus_one = ctx.imp.add_param(f"{ctx.name}/minus_one", np.array(-1, dtype=ctx.imp.dtypes[b]))
-    negated = ctx.imp.fresh_tensor(f"{ctx.outputs[0]}/neg")
-    ctx.emit("Mul", [b, minus_one], outputs=[negated], name=ctx.imp.fresh_node(f"{ctx.name}/neg"))
-    ctx.emit("Add", [a, negated])
+    ctx.emit("Sub", [a, b])
 
 
 @converter("Div", attrs=("broadcast", "axis", "consumed_inputs"))
 def _div(ctx: NodeContext) -> None:
     check_legacy_broadcast(ctx)
-    divisor = ctx.const(1, "the divisor")
-    if divisor is None or divisor.dtype.kind != "f":
-        raise Unsupported("only division by a floating-point constant is supported")
-    with np.errstate(divide="ignore"):
-        reciprocal = np.reciprocal(divisor)
-    ctx.emit("Mul", [ctx.activation(0), ctx.imp.add_param(f"{ctx.input(1)}/reciprocal", reciprocal)])
+    a, b = ctx.activation(0), ctx.activation(1)
+    if b in ctx.imp.consts and a not in ctx.imp.consts:  # x / c == x * (1 / c): a Mul, cheaper than a division
+        divisor = ctx.const(1, "the divisor")
+        if divisor.dtype.kind != "f":
+            raise Unsupported(f"the divisor {b!r} is {divisor.dtype}; dividing activations by integers is not supported")
+        with np.errstate(divide="ignore"):
+            reciprocal = np.reciprocal(divisor)
+        ctx.emit("Mul", [a, ctx.imp.add_param(f"{b}/reciprocal", reciprocal)])
+        return
+    ctx.emit("Div", [a, b])
+
+
+@converter("Pow")
+def _pow(ctx: NodeContext) -> None:
+    base, exponent = ctx.activation(0), ctx.activation(1)
+    if exponent in ctx.imp.consts and base not in ctx.imp.consts:
+        value = ctx.const(1, "the exponent")
+        dtype = ctx.imp.dtypes[base]
+        if value.dtype != dtype:  # ONNX allows an integer exponent; the IR's parameters are floating point
+            exponent = ctx.imp.add_param(f"{exponent}/{dtype}", value.astype(dtype))
+    ctx.emit("Pow", [base, exponent])
+
+
+@converter("PRelu")
+def _prelu(ctx: NodeContext) -> None:
+    ctx.emit("PRelu", [ctx.activation(0), ctx.activation(1)])
+
+
+@converter("Max", "Min", attrs=("consumed_inputs",))
+def _max_min(ctx: NodeContext) -> None:
+    inputs = [n for n in ctx.inputs if n]
+    if not inputs:
+        raise Unsupported("needs at least one input")
+    ctx.emit(ctx.op if len(inputs) > 1 else "Identity", inputs)
 
 
 @converter("Sum", attrs=("consumed_inputs",))
@@ -267,197 +320,124 @@ def _sum(ctx: NodeContext) -> None:
     ctx.emit("Sum" if len(inputs) > 1 else "Identity", inputs)
 
 
-@converter("Concat", attrs=("axis",))
-def _concat(ctx: NodeContext) -> None:
-    if "axis" not in ctx.attrs:
-        raise Unsupported("attribute axis is required")
-    ctx.emit("Concat", [n for n in ctx.inputs if n], dict(axis=int(ctx.attrs["axis"])))
+# -- reductions ----------------------------------------------------------------------------------
+
+REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+              "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp")
 
 
-@converter("Flatten", attrs=("axis",))
-def _flatten(ctx: NodeContext) -> None:
-    ctx.emit("Flatten", [ctx.activation(0)], dict(axis=ctx.int_attr("axis", 1)))
+@converter(*REDUCTIONS, attrs=("axes", "keepdims", "noop_with_empty_axes"))
+def _reduce(ctx: NodeContext) -> None:
+    """Axes from the attribute (before opset 18; ReduceSum before 13) or the constant input 1.
 
-
-@converter("Transpose", attrs=("perm",))
-def _transpose(ctx: NodeContext) -> None:
-    shape_a, _ = ctx.shapes(0)
-    perm = ctx.ints_attr("perm", list(reversed(range(len(shape_a)))))
-    if sorted(p % len(shape_a) for p in perm) != list(range(len(shape_a))):
-        raise Unsupported(f"perm {perm} is not a permutation of {len(shape_a)} axes")
-    ctx.emit("Transpose", [ctx.activation(0)], dict(perm=[p % len(shape_a) for p in perm]))
-
-
-@converter("Reshape", attrs=("shape", "allowzero", "consumed_inputs"))
-def _reshape(ctx: NodeContext) -> None:
-    x = ctx.activation(0)
-    if ctx.input(1):
-        t_a, t_b = (np.asarray(t).astype(np.int64).reshape(-1) for t in ctx.worlds(1, "the target shape"))
-    elif "shape" in ctx.attrs:
-        t_a = t_b = np.asarray(ctx.ints_attr("shape"), dtype=np.int64)
-    else:
-        raise Unsupported("the target shape is missing")
-    allowzero = ctx.int_attr("allowzero", 0)
-    target = _batch_free_target(ctx, ctx.shapes(0), [int(v) for v in t_a], [int(v) for v in t_b], allowzero)
-    ctx.emit("Reshape", [x], dict(shape=target))
-
-
-def _batch_free_target(ctx, shapes, t_a, t_b, allowzero) -> list[int]:
-    """A Reshape target, with ONNX's 0/-1 semantics, that is right for every batch size.
-
-    In order of preference: the file's target made batch-independent (batch entries -> 0 or
-    -1) when the output keeps a clean batch axis; the same with a literal export batch size
-    rewritten to 0 (``[1, 9216]`` from a batch-1 export -> ``[0, 9216]``); the file's target
-    made batch-independent even if it folds the batch into another axis (``[-1, H*W]``), as
-    long as it means what the file means at both batch sizes.
+    A mean or maximum over every axis after the channels is a global pool (MNASNet's and
+    ShuffleNetV2's ``x.mean([2, 3])``): it runs as one, flattened to (N, C) without keepdims.
     """
-    x_a, x_b = shapes
-    batch = ctx.imp.batch
-    if len(t_a) != len(t_b):
-        raise Unsupported(f"the length of the target shape {t_a} depends on the batch size")
-    if allowzero and (0 in t_a or 0 in t_b):
-        raise Unsupported("allowzero=1 with a zero in the target shape is not supported")
-    n_axes = batch_axes(x_a, x_b)
-    target, dynamic = [], []
-    for i, (a, b) in enumerate(zip(t_a, t_b)):
-        if a == b:
-            target.append(a)
-        elif i in n_axes and a == x_a[i] and b == x_b[i]:
-            target.append(0)  # "the batch size" at the batch axis: copy the input's dimension
-        else:
-            target.append(None)
-            dynamic.append(i)
-    shown = [a if a == b else "N-dependent" for a, b in zip(t_a, t_b)]
-    if dynamic:
-        if len(dynamic) > 1 or -1 in target:
-            raise Unsupported(f"target shape {shown} has several batch-dependent entries; cannot make it "
-                              f"independent of the batch size")
-        target[dynamic[0]] = -1
-
-    def outputs(candidate):
-        return onnx_reshape(x_a, candidate), onnx_reshape(x_b, candidate)
-
-    def faithful(candidate) -> bool:  # the file's own result at both batch sizes
-        out = outputs(candidate)
-        return None not in out and out == (onnx_reshape(x_a, t_a), onnx_reshape(x_b, t_b))
-
-    def clean(candidate) -> bool:  # the output has one batch axis, of the batch size
-        out_a, out_b = outputs(candidate)
-        if out_a is None or out_b is None:
-            return False
-        moved = batch_axes(out_a, out_b)
-        return len(moved) == 1 and (out_a[moved[0]], out_b[moved[0]]) == batch
-
-    if faithful(target) and clean(target):
-        return target
-    # A literal export batch size (e.g. [1, 9216] from a batch-1 export): make it "copy the batch".
-    for axis in n_axes:
-        if (x_a[axis], x_b[axis]) == batch and axis < len(target) and target[axis] == batch[0]:
-            candidate = list(target)
-            candidate[axis] = 0
-            if clean(candidate):
-                return candidate
-    if faithful(target):
-        return target
-    raise Unsupported(f"cannot reshape {show_shape(x_a, n_axes)} to {shown} for every batch size "
-                      f"(N is the batch size)")
-
-
-
-def _axes(ctx: NodeContext, required: bool) -> Optional[list[int]]:
-    if "axes" in ctx.attrs:
-        return ctx.ints_attr("axes")
-    value = ctx.const(1, "the axes")
-    if value is None:
-        if required:
-            raise Unsupported("the axes are missing")
-        return None
-    return [int(v) for v in value.reshape(-1)]
-
-
-@converter("Squeeze", attrs=("axes",))
-def _squeeze(ctx: NodeContext) -> None:
-    shape_a, shape_b = ctx.shapes(0)
-    n_axes = batch_axes(shape_a, shape_b)
-    axes = _axes(ctx, required=False)
-    rank = len(shape_a)
-    if axes is None:  # all axes of size 1, but never the batch axis (size 1 only in a batch-1 export)
-        axes = [i for i in range(rank) if shape_a[i] == 1 and shape_b[i] == 1]
-    if any(not -rank <= a < rank for a in axes):
-        raise Unsupported(f"axes {axes} are out of range for rank {rank}")
-    axes = sorted({a % rank for a in axes})
-    if any(a in n_axes for a in axes):
-        raise Unsupported(f"squeezing the batch axis of {show_shape(shape_a, n_axes)} is not supported")
-    bad = [a for a in axes if shape_a[a] != 1]
-    if bad:
-        raise Unsupported(f"cannot squeeze axes {bad} of shape {shape_a}: their size is not 1")
-    ctx.emit("Squeeze", [ctx.activation(0)], dict(axes=axes))
-
-
-@converter("Unsqueeze", attrs=("axes",))
-def _unsqueeze(ctx: NodeContext) -> None:
+    x = ctx.activation(0)
     shape_a, _ = ctx.shapes(0)
-    axes = _axes(ctx, required=True)
-    rank = len(shape_a) + len(axes)
-    if any(not -rank <= a < rank for a in axes) or len({a % rank for a in axes}) != len(axes):
-        raise Unsupported(f"axes {axes} are out of range or repeated for output rank {rank}")
-    ctx.emit("Unsqueeze", [ctx.activation(0)], dict(axes=sorted(a % rank for a in axes)))
-
-
-@converter("Pad", attrs=("pads", "mode", "value", "paddings"))
-def _pad(ctx: NodeContext) -> None:
-    shape_a, shape_b = ctx.shapes(0)
     rank = len(shape_a)
-    mode = ctx.attr("mode", "constant") or "constant"
-    if mode not in ("constant", "reflect", "edge"):
-        raise Unsupported(f"mode={mode!r} is not supported (constant, reflect, edge)")
-    if "pads" in ctx.attrs or "paddings" in ctx.attrs:
-        pads = ctx.ints_attr("pads") or ctx.ints_attr("paddings")
-        value = float(ctx.attr("value", 0.0))
+    axes = axes_of(ctx, required=False)
+    keepdims = ctx.int_attr("keepdims", 1)
+    if not axes:
+        if ctx.int_attr("noop_with_empty_axes", 0):
+            ctx.emit("Identity", [x])
+            return
+        axes = None
     else:
-        raw = ctx.const(1, "the pads")
-        if raw is None:
-            raise Unsupported("the pads are missing")
-        pads = [int(v) for v in raw.reshape(-1)]
-        fill = ctx.const(2, "the constant value")
-        value = 0.0 if fill is None or fill.size == 0 else float(fill.reshape(-1)[0])
-        axes = ctx.const(3, "the axes")
-        if axes is not None:  # opset 18: pads only for the listed axes
-            axes = [int(a) % rank for a in axes.reshape(-1)]
-            if len(pads) != 2 * len(axes):
-                raise Unsupported(f"pads {pads} do not match axes {axes}")
-            full = [0] * (2 * rank)
-            for j, a in enumerate(axes):
-                full[a], full[a + rank] = pads[j], pads[j + len(axes)]
-            pads = full
-    if len(pads) != 2 * rank:
-        raise Unsupported(f"pads {pads} must have {2 * rank} entries for an input of rank {rank}")
-    if any(p < 0 for p in pads):
-        raise Unsupported(f"negative pads (cropping) {pads} are not supported")
-    for axis in batch_axes(shape_a, shape_b):
-        if pads[axis] or pads[axis + rank]:
-            raise Unsupported(f"padding the batch axis ({pads}) is not supported")
-    ctx.emit("Pad", [ctx.activation(0)], dict(pads=pads, mode=mode, value=value))
+        if any(not -rank <= a < rank for a in axes) or len({a % rank for a in axes}) != len(axes):
+            raise Unsupported(f"axes {axes} are out of range or repeated for rank {rank}")
+        axes = sorted(a % rank for a in axes)
+    pool = {"ReduceMean": "GlobalAveragePool", "ReduceMax": "GlobalMaxPool"}.get(ctx.op)
+    if pool and rank >= 3 and axes == list(range(2, rank)):
+        if keepdims:
+            ctx.emit(pool, [x])
+            return
+        pooled = ctx.imp.fresh_tensor(f"{ctx.outputs[0]}/pooled")
+        ctx.emit(pool, [x], outputs=[pooled], name=ctx.imp.fresh_node(f"{ctx.name}/pool"))
+        ctx.emit("Flatten", [pooled], dict(axis=1), outputs=ctx.outputs[:1])
+        return
+    attrs = dict(keepdims=keepdims)
+    if axes is not None:
+        attrs["axes"] = axes
+    ctx.emit(ctx.op, [x], attrs)
 
 
-# -- special: Shape works on activations too -------------------------------------------------
+# -- normalisation over the last axes --------------------------------------------------------------
 
 
-@special("Shape")
-def _shape_op(ctx: NodeContext) -> None:
-    ctx.check_attrs(("start", "end"))
-    name = ctx.activation(0)
-    start, end = ctx.attr("start"), ctx.attr("end")
-    values = []
-    for w in WORLDS:
-        shape = ctx.imp.shape(name, w)
-        values.append(np.array(shape[slice(start, end)], dtype=np.int64))
-    ctx.imp.consts[ctx.outputs[0]] = tuple(values)
+@converter("LayerNormalization", attrs=("axis", "epsilon", "stash_type"))
+def _layer_norm(ctx: NodeContext) -> None:
+    shape_a, _ = ctx.shapes(0)
+    rank = len(shape_a)
+    axis = ctx.int_attr("axis", -1)
+    if not -rank <= axis < rank:
+        raise Unsupported(f"axis {axis} is out of range for rank {rank}")
+    inputs = [ctx.activation(0), ctx.activation(1)] + ([ctx.input(2)] if ctx.input(2) else [])
+    normalised = tuple(shape_a[axis % rank:])
+    for k, name in enumerate(inputs[1:], start=1):
+        shape = ctx.imp.shape(name, 0)
+        try:
+            fits = np.broadcast_shapes(shape, normalised) == normalised
+        except ValueError:
+            fits = False
+        if not fits:
+            raise Unsupported(f"input {k} ({name!r}) has shape {shape}, which does not broadcast to the normalised "
+                              f"axes {normalised}")
+    outputs = list(ctx.outputs)
+    while outputs and not ctx.imp.consumers.get(outputs[-1]):  # unused Mean / InvStdDev: not computed
+        outputs.pop()
+    outputs = ctx.outputs[:1] + [out or ctx.imp.fresh_tensor(f"{ctx.name}/unused_{k}") for k, out in enumerate(outputs[1:], 1)]
+    ctx.emit("LayerNormalization", inputs, dict(axis=axis % rank, epsilon=float(ctx.attr("epsilon", 1e-5))),
+             outputs=outputs)
 
 
-@special("Size")
-def _size_op(ctx: NodeContext) -> None:
-    name = ctx.activation(0)
-    ctx.imp.consts[ctx.outputs[0]] = tuple(np.array(math.prod(ctx.imp.shape(name, w)), dtype=np.int64)
-                                           for w in WORLDS)
+# -- transposed convolution ----------------------------------------------------------------------
 
+
+@converter("ConvTranspose", attrs=("auto_pad", "dilations", "group", "kernel_shape", "output_padding", "output_shape",
+                                   "pads", "strides"))
+def _conv_transpose(ctx: NodeContext) -> None:
+    """``output_shape`` and ``auto_pad`` become explicit ``pads`` (ONNX's rule: the odd unit goes to the end for
+    SAME_UPPER, to the beginning otherwise). An ``output_shape`` larger than the full result (by less
+    than the stride) becomes ``output_padding``: rows and columns of zeros (plus the bias) at the end,
+    as in ONNX Runtime."""
+    shape = _spatial_4d(ctx, "transposed convolution")
+    weight, kernel, strides, dilations = _conv_weight(ctx)
+    group = ctx.int_attr("group", 1)
+    if weight.shape[0] != shape[1] or shape[1] % group:
+        raise Unsupported(f"the weight's shape {weight.shape} (Cin, Cout/group, kh, kw) does not fit {shape[1]} "
+                          f"input channels in {group} groups")
+    output_padding = ctx.ints_attr("output_padding", [0, 0])
+    auto_pad = ctx.attr("auto_pad", "NOTSET") or "NOTSET"
+    if auto_pad not in ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"):
+        raise Unsupported(f"auto_pad={auto_pad!r} is not supported (NOTSET, SAME_UPPER, SAME_LOWER, VALID)")
+    wanted = ctx.ints_attr("output_shape")
+    if wanted is None and auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        wanted = [d * s for d, s in zip(shape[2:], strides)]
+    if wanted is not None:
+        wanted = wanted[-2:]
+        begins, ends = [], []
+        for i, (size, k, s, d, extra, out) in enumerate(zip(shape[2:], kernel, strides, dilations, output_padding,
+                                                             wanted)):
+            total = s * (size - 1) + extra + (k - 1) * d + 1 - out
+            if total < 0:  # rows of zeros (and bias) at the end, as ONNX Runtime adds them: output padding
+                if -total >= s:
+                    raise Unsupported(f"output_shape {wanted} is inconsistent with the input {tuple(shape[2:])}: "
+                                      f"at most stride - 1 more than the full result (ONNX Runtime refuses it too)")
+                output_padding[i] -= total
+                begin = end = 0
+            else:
+                small, large = total // 2, total - total // 2
+                begin, end = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+            begins.append(begin)
+            ends.append(end)
+        pads = begins + ends
+    elif auto_pad == "VALID":
+        pads = [0, 0, 0, 0]
+    else:
+        pads = ctx.ints_attr("pads", [0, 0, 0, 0])
+        if len(pads) != 4 or any(p < 0 for p in pads):
+            raise Unsupported(f"pads {pads} must be 4 non-negative entries")
+    ctx.emit("ConvTranspose", _conv_inputs(ctx, weight.shape[1] * group),
+             dict(kernel_shape=kernel, strides=strides, pads=pads, dilations=dilations, group=group,
+                  output_padding=output_padding))

@@ -18,7 +18,7 @@ from ...core.arrays import kernel_ready
 from ..ir import GraphError, Node, TensorSpec
 from ..network import Graph
 from ..ops import OPS
-from . import converters, folding  # noqa: F401  (they register themselves)
+from . import converters, folding, shaping  # noqa: F401  (they register themselves)
 from .context import CONVERTERS, FOLDERS, SPECIAL, WORLDS, NodeContext, Unsupported, fresh_name, same_value
 from .reader import import_onnx, read_model
 

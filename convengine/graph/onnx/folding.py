@@ -116,7 +116,8 @@ def _fold_reshape(ctx, values):
 @folder("Flatten", attrs=("axis",))
 def _fold_flatten(ctx, values):
     x = values[0]
-    axis = ctx.int_attr("axis", 1) % (x.ndim + 1)
+    axis = ctx.int_attr("axis", 1)
+    axis = axis + x.ndim if axis < 0 else axis
     return [x.reshape(math.prod(x.shape[:axis]), -1)]
 
 
