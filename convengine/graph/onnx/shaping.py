@@ -265,7 +265,6 @@ def _slice(ctx: NodeContext) -> None:
     rank = len(shapes[0])
     n_axes = batch_axes(*shapes)
     if "starts" in ctx.attrs:
-        starts = ends = None
         bounds = [(ctx.ints_attr("starts"), ctx.ints_attr("ends"))] * 2
         axes = ctx.ints_attr("axes")
         steps = None
