@@ -9,6 +9,7 @@ nothing of that fingerprint reaches the user's cache.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -33,13 +34,31 @@ cd = pytest.importorskip("convengine.dask")
 TIMEOUT = 60  # seconds for anything the cluster does; the tests take a few
 
 
+@contextlib.contextmanager
+def _environment_kept():
+    """Dask's nanny writes the workers' start-up variables into this process's environment: undo it."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     cache = tmp_path_factory.mktemp("worker-cache")
-    with cd.local_cluster(2, threads_per_worker=1, dashboard_address=":0",
-                          env={"CONVENGINE_CACHE_DIR": str(cache)}) as cluster, distributed.Client(cluster) as client:
+    with _environment_kept(), cd.local_cluster(2, threads_per_worker=1, dashboard_address=":0",
+                                               env={"CONVENGINE_CACHE_DIR": str(cache)}) as cluster, \
+            distributed.Client(cluster) as client:
         client.wait_for_workers(2, timeout=TIMEOUT)
         yield client
+
+
+@pytest.fixture(autouse=True)
+def _no_environment_left_behind():
+    with _environment_kept():
+        yield
 
 
 def _images(n: int, seed: int = 0) -> np.ndarray:
@@ -77,6 +96,16 @@ def test_predict_equals_graph_run_and_prepares_once_per_worker(client, tmp_path)
     assert [s["prepared"] for s in status.values()] == [1, 1]  # ...prepared once each, for 3 x 6 chunks
     assert sum(s["chunks"] for s in status.values()) == 18 and all(s["chunks"] > 0 for s in status.values())
     assert all(s["threads"] == 1 for s in status.values())  # a 1-thread worker runs convengine on 1 thread
+
+    def start_environment(names):  # nested: pickled by value, run on the workers
+        """The variables the process was started with (glibc and OpenBLAS read them then), not set since."""
+        with open("/proc/self/environ", "rb") as f:
+            pairs = dict(entry.split(b"=", 1) for entry in f.read().split(b"\0") if b"=" in entry)
+        return {name: pairs.get(name.encode(), b"").decode() for name in names}
+
+    if os.path.exists("/proc/self/environ"):
+        wanted = cd.worker_environment(1)
+        assert all(env == wanted for env in client.run(start_environment, sorted(wanted)).values())
     # the weights travel in the plugin, never in the tasks: the predict layer of the graph is tiny
     layer = dict(results[0].__dask_graph__().layers[results[0].name])
     weights = sum(p.nbytes for p in graph.params.values())
