@@ -34,7 +34,6 @@ from numba.extending import intrinsic
 from ._activations import finish
 from .direct._kernels import _compiled_width
 from .direct._simd import (
-    TILE_WIDTHS,
     Tile,
     _as_i64,
     _counted_loop,
@@ -44,25 +43,13 @@ from .direct._simd import (
     tile_store_nchw,
     tile_zero,
 )
+from .direct._tiles import LANES, TILE_WIDTHS
 from .direct._worksharing import job_claims, next_job
-
-LANES = 16
-#: Output channels per register tile, and the most pixel vectors each tile width holds:
-#: ``MB * nv`` accumulators plus ``nv`` input vectors and a weight fit 32 vector registers.
-CHANNEL_BLOCKS = (1, 2, 4, 8)
-MAX_VECTORS = {1: 8, 2: 6, 4: 4, 8: 3}
-#: Input channels of one reduction summed in registers before the running total (kept in the
-#: tile's buffer) is updated: float32 rounding of long reductions as in blocked products.
-MAX_CHUNK_PRODUCTS = 256
+from .grouped import CHANNEL_BLOCKS, MAX_VECTORS
 
 _FLOAT = ir.FloatType()
 _VEC = ir.VectorType(_FLOAT, LANES)
 _I64 = ir.IntType(64)
-
-
-def channel_block(per_group: int) -> int:
-    """Output channels per tile for ``per_group`` output channels per group (the last block may be partly padding)."""
-    return next((mb for mb in CHANNEL_BLOCKS if mb >= per_group), CHANNEL_BLOCKS[-1])
 
 
 def _is_i64_vector(t) -> bool:

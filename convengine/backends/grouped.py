@@ -28,12 +28,16 @@ from ..core.problem import ConvProblem
 from ..runtime.threads import get_num_threads, numba_threads
 from ..runtime.workspace import scratch
 from ._numba import NumbaBackend
+from .direct._tiles import LANES, MAX_WIDTH, compiled_width
 
-LANES = 16
-# Copies of the kernel module's constants (not imported, to keep numba out of startup);
-# tests check that they agree.
+#: Output channels per register tile of the grouped path, and the most pixel vectors each tile
+#: width holds: ``MB * nv`` accumulators plus ``nv`` input vectors and a weight fit 32 vector
+#: registers. (Here, not in ``_grouped_kernels``, which compiles with them: this module must
+#: not import Numba.)
 CHANNEL_BLOCKS = (1, 2, 4, 8)
 MAX_VECTORS = {1: 8, 2: 6, 4: 4, 8: 3}
+#: Input channels of one reduction summed in registers before the running total (kept in the
+#: tile's buffer) is updated: float32 rounding of long reductions as in blocked products.
 MAX_CHUNK_PRODUCTS = 256
 #: Floats of a job's input band that stay in the core's first-level cache with the tile's output.
 BAND_FLOATS = 6144
@@ -46,17 +50,20 @@ ALIGN_FLOATS = 16
 #: Vector-issue slots per 16 elements moved through a register transpose (into the blocked
 #: layout and, in the store, out of it): 64 shuffles per 16 x 16 block, and the stores.
 TRANSPOSE_SLOTS = 6
-# direct's register tile (copies, to keep numba out of startup; tests check they agree)
-MAX_TILE_WIDTH = 14
-TILE_WIDTHS = (4, 7, 13, 14)
+#: The grouped path's band copy and finishing pass, in vector-issue slots per element (fitted
+#: by least squares on the grouped layers of benchmarks/grouped_layers.py at batch 1: about 3.5
+#: and 0.2; their loops run a row of a plane at a time, a few dozen elements).
+FILL_SLOTS_PER_INPUT = 3.5
+FINISH_SLOTS_PER_OUTPUT = 0.2
 #: Outputs a job should have at least: below, groups are taken several per job.
 GROUP_JOB_OUTPUTS = 4096
 #: Vector-issue slots of one reduction step of a tile of ``mb`` channels x ``nv`` vectors:
 #: ``mb * nv`` FMAs (two per cycle) against ``nv`` unaligned input loads and ``mb`` weight
 #: broadcasts, which split cache lines and so go at about one per cycle: two slots each.
 LOAD_SLOTS = 2
-#: Share of the machine's GEMM rate (per issue slot) the tiles' steps reach (loop and
-#: address overhead); fitted on the depthwise and grouped layers of benchmarks/grouped_layers.py.
+#: Share of the machine's GEMM rate (per issue slot) the tiles' steps reach (loop and address
+#: overhead, two threads sharing a 2-vCPU machine); fitted on the grouped layers of
+#: benchmarks/grouped_layers.py at batch 1 (predictions within 0.6-1.7x of the best of 15 runs).
 TILE_EFFICIENCY = 0.6
 
 
@@ -146,7 +153,7 @@ class DepthwiseGeometry:
         self.band_rows = rows
         self.rows_in = (rows - 1) * sh + halo
         # a tile rounded up to a compiled width reads up to MAX_WIDTH pixels past its row's end
-        self.floats = self.rows_in * self.wp * LANES + MAX_TILE_WIDTH * sw * LANES  # a multiple of 16
+        self.floats = self.rows_in * self.wp * LANES + MAX_WIDTH * sw * LANES  # a multiple of 16
 
 
 class GroupedBackend(NumbaBackend):
@@ -184,7 +191,7 @@ class GroupedBackend(NumbaBackend):
             # register transposes into and out of the blocked layout cost per element
             tiles = -(-p.out_width // self.tile_width)
             width = -(-p.out_width // tiles)
-            computed = (tiles - 1) * _compiled_width(width) + _compiled_width(p.out_width - (tiles - 1) * width)
+            computed = (tiles - 1) * compiled_width(width) + compiled_width(p.out_width - (tiles - 1) * width)
             slots = (p.batch * -(-p.in_channels // LANES) * p.out_height * p.kernel_h * p.kernel_w * (computed + tiles)
                      + TRANSPOSE_SLOTS * (inputs + outputs) / LANES)
         else:
@@ -196,6 +203,8 @@ class GroupedBackend(NumbaBackend):
                 slots += (full * _step_slots(geo.mb, geo.vectors) + (_step_slots(geo.mb, tail) if tail else 0))
             m_blocks = -(-geo.out_per_group // geo.mb)
             slots *= p.batch * p.groups * m_blocks * geo.in_per_group * geo.taps
+            # the band copies' and the finishing pass's short loops, per element
+            slots += (FILL_SLOTS_PER_INPUT * inputs + FINISH_SLOTS_PER_OUTPUT * outputs) * TILE_EFFICIENCY
         # a slot is one 16-lane FMA issue: 32 float32 flops of the GEMM rate
         compute = slots * 2 * LANES / (machine.gemm_flops(p.dtype) * TILE_EFFICIENCY)
         # the input is read once (band halos aside) and the output written once; the band
@@ -288,11 +297,6 @@ def _aligned_rows(flat: np.ndarray, n: int) -> np.ndarray:
     (row lengths are multiples of 16 floats): the blocked pixels' vectors are then whole-line loads."""
     skip = (-flat.ctypes.data % 64) // 4
     return flat[skip:skip + flat.size - ALIGN_FLOATS].reshape(n, -1)
-
-
-def _compiled_width(width: int) -> int:
-    """Pixels a register tile of ``width`` computes (``direct``'s compiled widths)."""
-    return next(w for w in TILE_WIDTHS if w >= width)
 
 
 @hookimpl

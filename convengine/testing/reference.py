@@ -59,3 +59,28 @@ def relative_error(y: np.ndarray, reference: np.ndarray) -> float:
     scale = float(np.max(np.abs(reference))) if reference.size else 0.0
     diff = float(np.max(np.abs(np.asarray(y, dtype=np.float64) - reference))) if reference.size else 0.0
     return diff / scale if scale > 0 else diff
+
+
+def activation_reference(y: np.ndarray, activation: Optional[str], params: Sequence[float] = ()) -> np.ndarray:
+    """An epilogue activation in float64, written from ONNX's operator definitions (new array).
+
+    ``activation`` and ``params`` as :class:`convengine.Epilogue` holds them once normalised
+    (``"relu"``, ``"clip"`` with ``(min, max)``, ``"sigmoid"``, ``"silu"``, ``"hardsigmoid"`` with
+    ``(alpha, beta)``, ``"hardswish"``; ``None``: identity). Independent of the engine's own
+    (``Epilogue.apply``, the kernels), which tests compare with it.
+    """
+    x = np.asarray(y, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        sigmoid = 1.0 / (1.0 + np.exp(-x))
+        table = {
+            None: lambda: x.copy(),
+            "relu": lambda: np.maximum(x, 0.0),  # numpy's maximum keeps NaN, as ONNX's Relu
+            "clip": lambda: np.minimum(np.maximum(x, params[0]), params[1]),
+            "sigmoid": lambda: sigmoid,
+            "silu": lambda: x * sigmoid,
+            "hardsigmoid": lambda: np.maximum(0.0, np.minimum(1.0, params[0] * x + params[1])),
+            "hardswish": lambda: x * np.maximum(0.0, np.minimum(1.0, x / 6.0 + 0.5)),
+        }
+        if activation not in table:
+            raise ValueError(f"no reference for activation {activation!r}")
+        return table[activation]()

@@ -22,7 +22,7 @@ from convengine.core.costmodel import MachineProfile
 from convengine.core.epilogue import ACTIVATIONS, Epilogue
 from convengine.core.problem import ConvProblem
 from convengine.testing import BackendConformance
-from convengine.testing.reference import conv2d_reference, relative_error
+from convengine.testing.reference import activation_reference, conv2d_reference, relative_error
 
 EXACT_F32 = 1e-5  # the conformance kit's float32 tolerance for the exact class
 
@@ -97,7 +97,7 @@ def test_every_epilogue_matches_the_reference(case, activation, residual, in_pla
     assert backend.supports_epilogue(problem, epilogue) is None
     r = np.random.default_rng(seed + 1).standard_normal(problem.output_shape).astype(np.float32) if residual else None
     conv = _reference(problem, x, w, b) + (0 if r is None else r)
-    expected = Epilogue(activation=activation).apply(conv.copy(), None)
+    expected = activation_reference(conv, epilogue.activation, epilogue.params)
     execute = backend.prepare(problem, w, b, epilogue=epilogue)
     if residual:
         kept = r.copy()
@@ -182,15 +182,10 @@ def test_declines_what_it_does_not_run(kwargs, reason):
     assert reason in GroupedBackend().supports(problem)
 
 
-def test_the_backend_s_copies_of_the_kernel_constants_match_the_kernels():
-    from convengine.backends import _grouped_kernels as kernels
-    from convengine.backends.direct import _simd
-
-    assert (grouped.LANES, grouped.CHANNEL_BLOCKS, grouped.MAX_VECTORS, grouped.MAX_CHUNK_PRODUCTS) == (
-        kernels.LANES, kernels.CHANNEL_BLOCKS, kernels.MAX_VECTORS, kernels.MAX_CHUNK_PRODUCTS)
-    assert (grouped.MAX_TILE_WIDTH, grouped.TILE_WIDTHS) == (_simd.MAX_WIDTH, _simd.TILE_WIDTHS)
+def test_a_tile_s_registers_fit_and_channel_blocks_cover_every_multiplier():
     # a tile's accumulators, its input vectors and a weight fit the 32 vector registers
     assert all(mb * nv + nv + 1 <= 32 for mb, nv in grouped.MAX_VECTORS.items())
+    assert [grouped.channel_block(m) for m in (1, 2, 3, 4, 5, 8, 9, 32)] == [1, 2, 4, 4, 8, 8, 8, 8]
 
 
 def test_the_cost_model_prefers_it_on_depthwise_layers_and_explain_says_so():
@@ -211,7 +206,7 @@ def test_the_engine_runs_it_by_name_with_a_fused_activation():
     problem, x, w, b = _problem_and_data(3, (2, 6, 10, 10), (6, 1, 3, 3), groups=6, padding=1)
     y = ce.conv2d(x, w, b, groups=6, padding=1, backend="grouped", activation="hardswish")
     conv = _reference(problem, x, w, b)
-    expected = Epilogue(activation="hardswish").apply(conv.copy(), None)
+    expected = activation_reference(conv, "hardswish")
     assert _error_on_the_convolution_s_scale(y, expected, conv) < EXACT_F32
 
 
@@ -223,3 +218,32 @@ class TestGroupedConformance(BackendConformance):
         ConvProblem.from_shapes((1, 16, 14, 14), (16, 1, 5, 5), groups=16, stride=2, padding=2),  # EfficientNet 5x5/2
         ConvProblem.from_shapes((1, 32, 14, 14), (32, 4, 3, 3), groups=8, padding=1),  # ResNeXt-like
     )
+
+
+@pytest.mark.parametrize("in_per_group, out_per_group, groups, params", [
+    (16, 16, 4, dict(padding=1)),  # ResNeXt-50's third stage
+    (32, 32, 2, dict(stride=2, padding=1)),  # its fourth, strided
+    (16, 48, 3, dict(padding=(0, 2, 1, 0), dilation=(1, 2))),
+    (32, 16, 2, dict(padding=0)),  # 1x1 below: grouped 1x1 layers take the tiles, not the 1x1 kernels
+])
+def test_direct_runs_groups_of_whole_16_channel_blocks(in_per_group, out_per_group, groups, params):
+    from convengine.backends.direct import DirectBackend
+
+    k = 1 if params == dict(padding=0) else 3
+    problem, x, w, b = _problem_and_data(groups, (2, groups * in_per_group, 9, 11), (groups * out_per_group, in_per_group, k, k),
+                                         groups=groups, **params)
+    backend = DirectBackend()
+    assert backend.supports(problem) is None
+    execute = backend.prepare(problem, w, b, epilogue=Epilogue(activation="silu"))
+    conv = _reference(problem, x, w, b)
+    expected = activation_reference(conv, "silu")
+    assert _error_on_the_convolution_s_scale(execute(x), expected, conv) < EXACT_F32
+
+
+def test_direct_leaves_partial_channel_blocks_per_group_to_this_backend():
+    from convengine.backends.direct import DirectBackend
+
+    for in_per_group, out_per_group in [(8, 8), (16, 8), (24, 24), (1, 1)]:
+        problem = ConvProblem.from_shapes((1, 4 * in_per_group, 8, 8), (4 * out_per_group, in_per_group, 3, 3), groups=4)
+        assert "multiples of 16" in DirectBackend().supports(problem)
+        assert GroupedBackend().supports(problem) is None

@@ -12,8 +12,11 @@ in NCHW, with bias, residual and ReLU applied.
 in registers) that reads the NCHW planes directly (at stride > 1, a subsampled copy), with
 no transpose, the epilogue fused into its stores.
 
-float32, ``groups == 1`` only. It accumulates the products of the direct formula in float32,
-so it is exact in the engine's sense.
+float32. Grouped convolutions run on the same tiles when each group has whole 16-channel
+blocks of inputs and outputs (ResNeXt's later stages: 16 and 32 channels per group): an
+output block's reduction then covers its own group's input blocks only; other groupings are
+the ``grouped`` backend's. It accumulates the products of the direct formula in float32, so
+it is exact in the engine's sense.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ DIRECT_EFFICIENCY = 0.95
 #: Fixed cost of one kernel row's run (loop set-up, adding its sum to the tile's total), in
 #: reduction steps: a 1x1 layer's runs are 16 steps long, a 3x3 layer's 48.
 ROW_OVERHEAD_STEPS = 4
+#: Fixed cost of one register tile (zeroing, the transposing store), in kernel rows of its
+#: reduction: negligible for ResNet's 64+ channels x 3 rows, not for a 16-channel group's 3.
+TILE_OVERHEAD_ROWS = 1
 #: Independent accumulators needed to hide the FMA latency; narrower tiles run proportionally slower.
 LATENCY_CHAINS = 8
 #: Per output element: the transpose out of the tile, the masked store with bias, residual and
@@ -64,8 +70,8 @@ def channel_block(channels: int) -> int:
 
 
 def is_subsampled_pointwise(problem: ConvProblem) -> bool:
-    """1x1 and unpadded at any stride: a matrix product over every stride-th pixel (ResNet's downsamples)."""
-    return (problem.kernel_h, problem.kernel_w, problem.padding) == (1, 1, (0, 0, 0, 0))
+    """1x1, unpadded, one group, at any stride: a matrix product over every stride-th pixel (ResNet's downsamples)."""
+    return (problem.kernel_h, problem.kernel_w, problem.padding, problem.groups) == (1, 1, (0, 0, 0, 0), 1)
 
 
 def reduction_chunk(channels: int) -> int:
@@ -142,8 +148,9 @@ class DirectBackend(NumbaBackend):
     def supports(self, problem: ConvProblem):
         if problem.dtype != "float32":
             return "float32 only (its register tiles are 16 float32 lanes)"
-        if problem.groups != 1:
-            return "groups > 1 not supported (the grouped backend runs them)"
+        if problem.groups != 1 and (problem.in_channels // problem.groups % LANES
+                                     or problem.out_channels // problem.groups % LANES):
+            return "groups > 1 only with multiples of 16 input and output channels per group (the grouped backend runs the rest)"
         return None
 
     def estimate_seconds(self, problem: ConvProblem, machine) -> float:
@@ -154,11 +161,14 @@ class DirectBackend(NumbaBackend):
         padded_out = -(-problem.out_channels // LANES) * LANES
         work = problem.flops * (padded_in / problem.in_channels) * (padded_out / problem.out_channels)
         run = problem.kernel_w * block if problem.dilation[1] == 1 else block
+        # a group's reduction is shorter: each tile's fixed costs are spread over fewer rows of it
+        reduction_rows = padded_in // block // problem.groups * problem.kernel_h
         rate = (machine.gemm_flops(problem.dtype) * DIRECT_EFFICIENCY * tile_efficiency(problem.out_width, self.tile_width)
-                * run / (run + ROW_OVERHEAD_STEPS))
+                * run / (run + ROW_OVERHEAD_STEPS) * reduction_rows / (reduction_rows + TILE_OVERHEAD_ROWS))
         itemsize = np.dtype(problem.dtype).itemsize
         # the weights stream while the tiles compute: whichever is longer bounds the kernel
-        weights = padded_in * padded_out * problem.kernel_h * problem.kernel_w * itemsize / machine.bandwidth
+        weights = (padded_in * padded_out // problem.groups * problem.kernel_h * problem.kernel_w * itemsize
+                   / machine.bandwidth)
         epilogue = int(np.prod(problem.output_shape)) * EPILOGUE_FLOPS_PER_OUTPUT / machine.gemm_flops(problem.dtype)
         copies = (2 * problem.batch * padded_in * problem.padded_height * problem.padded_width  # blocked input
                   + int(np.prod(problem.output_shape))) * itemsize  # output, written once
@@ -228,11 +238,13 @@ class DirectBackend(NumbaBackend):
         block = channel_block(problem.in_channels)
         c_blocks = -(-problem.in_channels // block)
         o_blocks = -(-problem.out_channels // LANES)
+        group_blocks = c_blocks // problem.groups  # input blocks an output block's reduction covers
         kh, kw = problem.kernel_h, problem.kernel_w
-        packed = np.zeros((o_blocks * LANES, c_blocks * block, kh, kw), np.float32)
-        packed[:problem.out_channels, :problem.in_channels] = weight
+        packed = np.zeros((o_blocks * LANES, group_blocks * block, kh, kw), np.float32)
+        packed[:problem.out_channels, :problem.in_channels // problem.groups] = weight
         # (ob, o, cb, c, kh, kw) -> (ob, cb, kh, kw, c, o): one reduction step reads 16 output channels
-        packed = np.ascontiguousarray(packed.reshape(o_blocks, LANES, c_blocks, block, kh, kw).transpose(0, 2, 4, 5, 3, 1))
+        packed = np.ascontiguousarray(packed.reshape(o_blocks, LANES, group_blocks, block, kh, kw)
+                                      .transpose(0, 2, 4, 5, 3, 1))
         wb = packed.reshape(-1)
         b = np.zeros(problem.out_channels, np.float32) if bias is None else bias
         top, _, left, _ = problem.padding
@@ -249,7 +261,7 @@ class DirectBackend(NumbaBackend):
             out = residual if in_place else np.empty(problem.output_shape, np.float32)
             res = out if residual is None else residual
             tiled_conv(np.ascontiguousarray(x), flat[:flat.size - slack].reshape(shape), top, left, wb, kh, kw, sh, sw, dh, dw,
-                        b, res, residual is not None, *act, out, tile_width, workers)
+                       group_blocks, b, res, residual is not None, *act, out, tile_width, workers)
             return out
 
         return execute

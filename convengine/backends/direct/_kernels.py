@@ -42,7 +42,7 @@ def precompile_kernels(function: str) -> list:
     i64, flag, f64 = types.int64, types.boolean, types.float64
     epilogue = (flag, i64, f64, f64)  # has_residual, then the activation: Epilogue.kernel_activation()
     signatures = {
-        "tiled_conv": ((f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 6 + (f32(1), f32(4)) + epilogue + (f32(4), i64, i64), 4.5),
+        "tiled_conv": ((f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 7 + (f32(1), f32(4)) + epilogue + (f32(4), i64, i64), 4.5),
         "pointwise_conv": ((f32(4), f32(4), i64, i64, f32(1), f32(1), f32(4)) + epilogue + (f32(4), i64), 2.3),
         "pointwise_tiles": ((f32(4), f32(4), i64, i64, f32(1), i64, f32(1), f32(4)) + epilogue + (f32(4), i64, i64, i64), 2.3),
     }
@@ -97,8 +97,8 @@ def _pack_row(x, x_flat, xb, xb_flat, row_index, top, left):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw,
-                bias, residual, has_residual, act, act_a, act_b, y, tile_width, workers):
+def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, group_blocks,
+               bias, residual, has_residual, act, act_a, act_b, y, tile_width, workers):
     """``y = act(conv(x) + bias (+ residual))``, ``x`` copied into ``blocked`` on the way, weights packed in ``wb`` (flat).
 
     ``blocked`` is the (N, Cb, Hp, Wp, block) view of a flat buffer with slack past its end.
@@ -107,7 +107,9 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw,
     is one output row of one 16-channel block of one image; it sweeps the row in tiles of at
     most ``tile_width`` pixels, each accumulated in registers over the whole reduction
     (channel blocks x kernel rows x one contiguous (kw, channel) run) and written out once,
-    epilogue applied.
+    epilogue applied. Grouped (``group_blocks`` < all input blocks), an output block's
+    reduction covers the ``group_blocks`` input blocks of its group (whole blocks: 16 and more
+    channels per group, in and out).
     """
     _, c_blocks, hp, wp, block = blocked.shape
     xb = blocked.reshape(-1)  # (the flat buffer's start: the tiles read past the view's end, into the slack)
@@ -120,6 +122,7 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw,
     calls, tap_rows, count, row_step = (1, kh_size, run, dh * wp * block) if dw == 1 else (kh_size * kw_size, 1, block, 0)
     x_block = hp * wp * block  # one channel block of one image
     w_block = kh_size * run * LANES  # one channel block's weights for one output block
+    out_per_group = out_channels * group_blocks // c_blocks
     y_flat = y.reshape(-1)
     residual_flat = residual.reshape(-1)
     n_rows = n_images * c_blocks * hp
@@ -146,8 +149,9 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw,
             for ow0 in range(0, out_w, tile):
                 width = min(tile, out_w - ow0)  # pixels stored
                 computed = _compiled_width(width)  # pixels computed (the extra ones read the slack)
-                x_tile = ((n * c_blocks * hp + oh * sh) * wp + ow0 * sw) * block
-                w_tile = ob * c_blocks * w_block
+                cb0 = ob * LANES // out_per_group * group_blocks  # the group's first input block
+                x_tile = (((n * c_blocks + cb0) * hp + oh * sh) * wp + ow0 * sw) * block
+                w_tile = ob * group_blocks * w_block
                 # Undilated, a kernel row's (kw, channel) pairs are one contiguous run: one call
                 # does all kh rows. Dilated, each tap is a run of its own: kh*kw calls of one row.
                 # (One call site: each tile_conv site compiles every tile width, seconds each.)
@@ -155,7 +159,7 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw,
                 for tap in range(calls):
                     kh, kw = tap // kw_size, tap % kw_size
                     acc = tile_conv(acc, xb, x_tile + (kh * dh * wp + kw * dw) * block, x_block, row_step, 1, sw * block,
-                                    wb, w_tile + (kh * kw_size + kw) * block * LANES, w_block, c_blocks, tap_rows, count,
+                                    wb, w_tile + (kh * kw_size + kw) * block * LANES, w_block, group_blocks, tap_rows, count,
                                     computed)
                 tile_store_nchw(acc, y_flat, ((n * out_channels + ob * LANES) * out_h + oh) * out_w + ow0,
                                 out_h * out_w, min(LANES, out_channels - ob * LANES), 0, width,
