@@ -359,7 +359,11 @@ def _matmul_infer(node, shapes):
 
 @op("MatMul", _matmul_infer)
 def _matmul(node, arrays):
-    return [np.matmul(arrays[0], arrays[1])]
+    a, b = arrays[0], arrays[1]
+    if b.ndim == 2 and a.ndim > 2:  # (..., K) @ (K, N), ConvNeXt's channels-last Linear: one GEMM over every row
+        rows = np.ascontiguousarray(a).reshape(-1, a.shape[-1])  # (numpy would make a BLAS call per leading index)
+        return [np.matmul(rows, b).reshape(a.shape[:-1] + (b.shape[1],))]
+    return [np.matmul(a, b)]
 
 
 # -- elementwise and structure -------------------------------------------------------------------
