@@ -3,8 +3,9 @@
 Convolutions go through the engine (``Engine.prepare``), which picks a backend per layer
 under its policy; this module knows no backend. Batch normalisation that directly follows a
 convolution is folded into that convolution's weights and bias at compile time (unless
-``fold_batchnorm=False``), and a following residual ``Add`` and ``Relu`` become the
-convolution's epilogue (unless ``fuse_epilogues=False``; see :mod:`.folding` and :mod:`.fusion`). Each
+``fold_batchnorm=False``), a following residual ``Add`` and activation become the
+convolution's epilogue, and a squeeze-and-excitation block runs as one step (both unless
+``fuse_epilogues=False``; see :mod:`.folding` and :mod:`.fusion`). Each
 intermediate tensor is dropped as soon as its last consumer has run, so peak memory follows
 the widest point of the graph, not its length. Before the first run, the Numba kernels the
 layers will call are compiled in parallel processes where they are not cached yet
@@ -24,7 +25,7 @@ from ..core.engine import default_engine
 from ..runtime.precompile import precompile as precompile_kernels
 from ..runtime.threads import get_num_threads
 from .folding import fold_batchnorm, foldable_batchnorms
-from .fusion import EpilogueFusion, fusible_epilogues
+from .fusion import EpilogueFusion, SqueezeExcitation, fusible_epilogues, squeeze_excitations
 from .ir import GraphError, Node, consumers
 from .ops import INPLACE, KERNELS, OPS, conv_problem_args
 
@@ -39,7 +40,9 @@ VIEW_OPS = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout",
 class Step:
     node: Node
     conv: Any = None  # PreparedConv for Conv nodes
-    fusion: Optional[EpilogueFusion] = None  # the Add/Relu nodes a Conv step absorbed
+    fusion: Optional[EpilogueFusion] = None  # the Add and activation nodes a Conv step absorbed
+    squeeze: Optional[SqueezeExcitation] = None  # the squeeze-and-excitation block this step runs
+    block: Any = None  # its prepared run(x, in_place) -> y
     inputs: list[str] = field(default_factory=list)
     release: list[str] = field(default_factory=list)  # tensors whose last consumer is this step
     inplace: bool = False  # may overwrite its first input (an intermediate nothing reads later)
@@ -60,12 +63,15 @@ class CompiledGraph:
         readers = consumers(graph.nodes)  # one map, for folding and fusion alike
         folded = foldable_batchnorms(graph, readers) if fold_batchnorm else {}
         skipped = {bn.name for _, bn in folded.values()}
+        blocks = squeeze_excitations(graph, readers) if fuse_epilogues else {}
+        in_blocks = {n.name for b in blocks.values() for n in b.absorbed}
         conv_outputs = {n.name: (folded[n.name][1] if n.name in folded else n).outputs[0]
-                        for n in graph.nodes if n.op == "Conv"}
+                        for n in graph.nodes if n.op == "Conv" and n.name not in in_blocks}
         fusions = fusible_epilogues(graph, conv_outputs, readers) if fuse_epilogues else {}
-        # A fused convolution runs where its last absorbed node was (the residual exists by then).
+        # A fused convolution runs where its last absorbed node was (the residual exists by then),
+        # a squeeze-and-excitation block where its Mul was.
         runs_at = {f.absorbed[-1].name: conv for conv, f in fusions.items()}
-        skipped |= {n.name for f in fusions.values() for n in f.absorbed} | set(fusions)
+        skipped |= {n.name for f in fusions.values() for n in f.absorbed} | set(fusions) | (in_blocks - set(blocks))
         by_name = {n.name: n for n in graph.nodes}
         nodes = [by_name[runs_at[n.name]] if n.name in runs_at else n
                  for n in graph.nodes if n.name not in skipped or n.name in runs_at]
@@ -83,6 +89,11 @@ class CompiledGraph:
                 step.inputs = [node.inputs[0]] + ([fusion.residual] if fusion and fusion.residual else [])
                 outputs = [fusion.output] if fusion else [conv_outputs[node.name]]
                 step.node = Node(node.name, node.op, node.inputs, outputs, node.attrs)
+            elif node.name in blocks:
+                block = step.squeeze = blocks[node.name]
+                step.block = block.prepare(graph.params, graph.inputs[0].dtype if graph.inputs else "float32")
+                step.inputs = [block.x]
+                step.node = Node(node.name, "SqueezeExcitation", [block.x], [block.output])
             self.steps.append(step)
         self._plan_releases()
         #: what compiling the kernels ahead did (None when ``precompile=False``)
@@ -116,6 +127,9 @@ class CompiledGraph:
         for step in self.steps:
             if step.conv is not None:
                 kernels += step.conv.kernels()
+            elif step.squeeze is not None:  # its global pool's
+                pool = step.squeeze.absorbed[0]
+                kernels += KERNELS[pool.op](pool, [(self.batch,) + tuple(self.graph.shapes[step.squeeze.x][1:])], dtype, params)
             elif step.node.op in KERNELS:
                 shapes = [params[n].shape if n in params else (self.batch,) + tuple(self.graph.shapes[n][1:])
                           for n in step.node.inputs if n]
@@ -158,7 +172,7 @@ class CompiledGraph:
 
         for i, step in enumerate(self.steps):
             first = step.node.inputs[0] if step.node.inputs else ""
-            step.inplace = (step.node.op in INPLACE and expendable(first, i)
+            step.inplace = ((step.node.op in INPLACE or step.block is not None) and expendable(first, i)
                             and shapes.get(first) == shapes.get(step.node.outputs[0]))
             residual = step.fusion.residual if step.fusion is not None else None
             step.consume_residual = (bool(residual) and root.get(residual, residual) != root.get(first, first)
@@ -174,8 +188,10 @@ class CompiledGraph:
 
     @property
     def fused(self) -> dict[str, str]:
-        """``{conv node name: "Add+Relu"}``: the nodes each convolution absorbed as its epilogue."""
-        return {s.node.name: s.fusion.describe() for s in self.steps if s.fusion is not None}
+        """``{conv node name: "Add+Relu"}``: the nodes each convolution absorbed as its epilogue, and
+        ``{Mul node name: "GlobalAveragePool+Conv+Relu+Conv+Sigmoid+Mul"}`` for squeeze-and-excitation blocks."""
+        return {s.node.name: (s.fusion or s.squeeze).describe() for s in self.steps
+                if s.fusion is not None or s.squeeze is not None}
 
     # -- execution ---------------------------------------------------------------------------
     def run(self, inputs, *, timings: Optional[dict] = None):
@@ -190,6 +206,8 @@ class CompiledGraph:
             if step.conv is not None:
                 args = [env[n] if n in env else params[n] for n in step.inputs]
                 outputs = [step.conv(*args, consume_residual=step.consume_residual)]
+            elif step.block is not None:
+                outputs = [step.block(env[step.inputs[0]], step.inplace)]
             else:
                 node = step.node
                 args = [(env[n] if n in env else params[n]) if n else None for n in node.inputs]

@@ -124,3 +124,66 @@ def test_the_residual_is_absorbed_when_only_the_activation_is_not():
     x = np.random.default_rng(3).standard_normal((1, C, H, H)).astype(np.float32)
     got, want = compiled.run(x), _onnx_runtime(model, x)
     assert _rel_error(got["y"], want[0]) < 1e-5 and _rel_error(got["a"], want[1]) < 1e-5
+
+
+# -- squeeze-and-excitation ---------------------------------------------------------------------
+
+MID = 3  # the block's reduced channels
+
+
+def _se_model(activation="relu", gate="Sigmoid", swap=False, extra=(), outputs=("y",), seed=4):
+    """x -> Conv 3x3 -> Relu -> "t"; t -> GlobalAveragePool -> Conv 1x1 -> activation -> Conv 1x1 -> gate -> Mul(t, .)."""
+    rng = np.random.default_rng(seed)
+    inits = {"w0": rng.standard_normal((C, C, 3, 3)).astype(np.float32) * 0.3,
+             "w1": rng.standard_normal((MID, C, 1, 1)).astype(np.float32), "b1": rng.standard_normal(MID).astype(np.float32),
+             "w2": rng.standard_normal((C, MID, 1, 1)).astype(np.float32), "b2": rng.standard_normal(C).astype(np.float32)}
+    act = {"relu": [helper.make_node("Relu", ["r"], ["h"])],
+           "silu": [helper.make_node("Sigmoid", ["r"], ["rs"]), helper.make_node("Mul", ["r", "rs"], ["h"])]}[activation]
+    gate_node = (helper.make_node("HardSigmoid", ["e"], ["s"], alpha=1 / 6, beta=0.5) if gate == "HardSigmoid"
+                 else helper.make_node("Sigmoid", ["e"], ["s"]))
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("Relu", ["c"], ["t"]),
+             helper.make_node("GlobalAveragePool", ["t"], ["p"], name="pool"),
+             helper.make_node("Conv", ["p", "w1", "b1"], ["r"], name="fc1", kernel_shape=[1, 1]), *act,
+             helper.make_node("Conv", ["h", "w2", "b2"], ["e"], name="fc2", kernel_shape=[1, 1]), gate_node,
+             helper.make_node("Mul", ["s", "t"] if swap else ["t", "s"], ["y"], name="scale"), *extra]
+    graph = helper.make_graph(nodes, "se", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, H, H])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("activation, gate, swap", [("relu", "HardSigmoid", False), ("silu", "Sigmoid", True),
+                                                    ("relu", "Sigmoid", True)])
+def test_a_squeeze_and_excitation_block_is_one_step(activation, gate, swap):
+    model = _se_model(activation, gate, swap)
+    x = np.random.default_rng(5).standard_normal((1, C, H, H)).astype(np.float32)
+    want = _onnx_runtime(model, x)[0]
+    compiled = CompiledGraph(ce.load_onnx(model), EXACT_ENGINE)
+    act = "Relu" if activation == "relu" else "Sigmoid+Mul"
+    assert compiled.fused == {"conv": "Relu", "scale": f"GlobalAveragePool+Conv+{act}+Conv+{gate}+Mul"}
+    assert [s.node.op for s in compiled.steps] == ["Conv", "SqueezeExcitation"]
+    assert compiled.steps[1].inplace  # the convolution's output is read by nothing else: scaled where it is
+    assert _rel_error(compiled.run(x), want) < 1e-5
+    assert _rel_error(CompiledGraph(ce.load_onnx(model), EXACT_ENGINE, fuse_epilogues=False).run(x), want) < 1e-5
+
+
+@pytest.mark.parametrize("extra, outputs, absorbed", [
+    # the block's input is returned too: scaled into a new array, the input left as it was
+    ((), ("y", "t"), True),
+    # the pooled means are read elsewhere: no block
+    ((helper.make_node("Flatten", ["p"], ["f"]),), ("y", "f"), False),
+    # the gate is read elsewhere: no block
+    ((helper.make_node("Add", ["s", "s"], ["g"]),), ("y", "g"), False),
+])
+def test_a_squeeze_and_excitation_block_with_outside_readers(extra, outputs, absorbed):
+    model = _se_model(extra=extra, outputs=outputs)
+    x = np.random.default_rng(6).standard_normal((1, C, H, H)).astype(np.float32)
+    want = _onnx_runtime(model, x)
+    compiled = CompiledGraph(ce.load_onnx(model), EXACT_ENGINE)
+    assert ("scale" in compiled.fused) == absorbed
+    got = compiled.run(x)
+    for name, w in zip(outputs, want):
+        assert _rel_error(got[name], w) < 1e-5
