@@ -45,8 +45,6 @@ BAND_FLOATS = 6144
 JOBS_PER_THREAD = 4
 #: Bytes of a depthwise job's blocked input rows: with the tiles' output, within the first-level cache.
 BLOCKED_BAND_BYTES = 48 * 1024
-#: Floats of slack per scratch row, to start it on a 64-byte boundary.
-ALIGN_FLOATS = 16
 #: Vector-issue slots per 16 elements moved through a register transpose (into the blocked
 #: layout and, in the store, out of it): 64 shuffles per 16 x 16 block, and the stores.
 TRANSPOSE_SLOTS = 6
@@ -153,7 +151,8 @@ class DepthwiseGeometry:
         self.band_rows = rows
         self.rows_in = (rows - 1) * sh + halo
         # a tile rounded up to a compiled width reads up to MAX_WIDTH pixels past its row's end
-        self.floats = self.rows_in * self.wp * LANES + MAX_WIDTH * sw * LANES  # a multiple of 16
+        # a multiple of 16: each thread's row starts on a cache line, as the scratch array does
+        self.floats = self.rows_in * self.wp * LANES + MAX_WIDTH * sw * LANES
 
 
 class GroupedBackend(NumbaBackend):
@@ -283,20 +282,13 @@ class GroupedBackend(NumbaBackend):
                 geo = by_workers[n_workers] = DepthwiseGeometry(p, n_workers, tile_width)
             out = residual if in_place else np.empty(p.output_shape, np.float32)
             res = out if residual is None else residual
-            rows = _aligned_rows(scratch("grouped.blocked", (n_workers * geo.floats + ALIGN_FLOATS,), np.float32), n_workers)
+            rows = scratch("grouped.blocked", (n_workers, geo.floats), np.float32)  # rows start on cache lines
             depthwise_conv(np.ascontiguousarray(x), out, w_packed, b, res, residual is not None, act, p0, p1,
                            p.kernel_h, p.kernel_w, sh, sw, dh, dw, top, left, geo.wp, geo.band_rows, tile_width,
                            n_workers, rows)
             return out
 
         return execute
-
-
-def _aligned_rows(flat: np.ndarray, n: int) -> np.ndarray:
-    """``flat`` (ALIGN_FLOATS longer than needed) as ``n`` rows starting on 64-byte boundaries
-    (row lengths are multiples of 16 floats): the blocked pixels' vectors are then whole-line loads."""
-    skip = (-flat.ctypes.data % 64) // 4
-    return flat[skip:skip + flat.size - ALIGN_FLOATS].reshape(n, -1)
 
 
 @hookimpl

@@ -67,7 +67,7 @@ def all_finite(array: np.ndarray) -> bool:
 
 def output_violation(y, problem: ConvProblem) -> Optional[str]:
     """Why ``y`` is not a valid output for ``problem`` (``None`` when it is)."""
-    if isinstance(y, np.ndarray) and y.shape == problem.output_shape and y.dtype == np.dtype(problem.dtype):
+    if isinstance(y, np.ndarray) and y.shape == problem.output_shape and y.dtype == problem.numpy_dtype:
         return None
     got = f"{type(y).__name__} {getattr(y, 'shape', '')} {getattr(y, 'dtype', '')}".strip()
     return f"returned {got}, expected ndarray {problem.output_shape} {problem.dtype}"

@@ -94,7 +94,7 @@ class PreparedConv:
         expected = self.problem.input_shape[1:]
         if x.ndim != 4 or x.shape[1:] != expected:
             raise ValueError(f"input must have shape (N, {', '.join(map(str, expected))}), got {x.shape}")
-        if x.dtype != np.dtype(self.problem.dtype):  # not .name: numpy computes that in Python, per call
+        if x.dtype != self.problem.numpy_dtype:  # not .name: numpy computes that in Python, per call
             raise TypeError(f"input dtype {x.dtype} does not match the prepared dtype {self.problem.dtype}")
         batch = x.shape[0]
         residual = self._check_residual(residual, batch, x.dtype)

@@ -206,6 +206,10 @@ class ConvProblem:
         """``(batch, out_channels, out_height, out_width)``: the shape ``execute`` must return."""
         return (self.batch, self.out_channels, self.out_height, self.out_width)
 
+    @cached_property  # compared with every output's dtype (frozen: computed once)
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
     @property
     def is_pointwise(self) -> bool:
         """1x1, stride 1, no padding: a plain matrix product, no unfolding needed."""

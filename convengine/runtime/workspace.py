@@ -19,23 +19,33 @@ import numpy as np
 _local = threading.local()
 
 
+#: Scratch arrays start on a 64-byte boundary (a cache line, one AVX-512 vector): kernels that
+#: lay out whole vectors in them then load whole lines.
+ALIGNMENT = 64
+
+
 def scratch(purpose: str, shape, dtype) -> np.ndarray:
-    """An uninitialised C-contiguous array of ``shape`` and ``dtype``, reused across calls in this thread."""
+    """An uninitialised C-contiguous array of ``shape`` and ``dtype``, reused across calls in this thread.
+
+    It starts on an :data:`ALIGNMENT`-byte boundary.
+    """
     dtype = np.dtype(dtype)
     count = math.prod(shape)  # plain ints: a numpy reduction costs more than the rest of this call
     nbytes = count * dtype.itemsize
     buffers = getattr(_local, "buffers", None)
     if buffers is None:
         buffers = _local.buffers = {}
-    buffer = buffers.get(purpose)
-    if buffer is None or buffer.nbytes < nbytes:
-        buffer = buffers[purpose] = np.empty(max(nbytes, 1), np.uint8)
-    return buffer[:nbytes].view(dtype).reshape(shape)
+    held = buffers.get(purpose)
+    if held is None or held[0].nbytes - held[1] < nbytes:
+        buffer = np.empty(max(nbytes, 1) + ALIGNMENT, np.uint8)
+        held = buffers[purpose] = (buffer, -buffer.ctypes.data % ALIGNMENT)  # the offset, found once
+    buffer, offset = held
+    return buffer[offset:offset + nbytes].view(dtype).reshape(shape)
 
 
 def held_bytes() -> int:
     """Bytes of scratch this thread holds."""
-    return sum(b.nbytes for b in getattr(_local, "buffers", {}).values())
+    return sum(b.nbytes for b, _ in getattr(_local, "buffers", {}).values())
 
 
 def release() -> None:
