@@ -1,83 +1,64 @@
-"""One model, convengine vs ONNX Runtime, each alone in a fresh process: the controlled comparison.
+"""One zoo model, convengine vs ONNX Runtime, each alone in a fresh process: the controlled comparison.
 
 Timing two runtimes interleaved in one process lets one's leftovers (BLAS threads still
 spinning after a call, caches) land on the other; ``convengine bench --model`` pauses
 between samples for that, but a whole model is best compared with each runtime alone. This
 script runs ``--processes`` fresh processes per runtime, alternating, each timing
-``--runs`` calls after warm-up, and reports the median of the per-process medians:
+``--runs`` calls after two untimed ones, and reports the median of the per-process medians
+and each runtime's peak extra RSS (:func:`convengine.bench.alone.bench_alone`, the machinery
+of ``convengine bench --onnx FILE``; ONNX Runtime runs the zoo model exported with
+``to_onnx``):
 
     python benchmarks/model_vs_ort.py resnet50
-    python benchmarks/model_vs_ort.py resnet18 --import-torch   # torch loaded first, as some users do
     python benchmarks/model_vs_ort.py resnet50 --from-onnx      # convengine runs the model loaded from ONNX
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
+import os
 import sys
-import time
+import tempfile
 
-# isort: off
-import convengine  # noqa: F401  (before numpy: sets OPENBLAS_THREAD_TIMEOUT before BLAS loads, see docs/usage.md)
-# isort: on
-import numpy as np
+import convengine as ce
+from convengine.bench.alone import bench_alone
+from convengine.models import get_model
 
 
-def _time_alone(runtime: str, model: str, policy: str, runs: int, import_torch: bool, from_onnx: bool = False) -> float:
-    """Runs in the child process: median seconds per call of one runtime on ``model``."""
-    if import_torch:
-        import torch  # noqa: F401  (loaded before convengine, as in a user's process that imports torch first)
-    import convengine as ce
-    from convengine import bench
-    from convengine.models import get_model
-
-    graph = get_model(model)
-    x = bench.model_input(graph)
-    if runtime == "convengine" and from_onnx:  # the same architecture and weights, through the ONNX importer
-        graph = ce.load_onnx(ce.to_onnx(graph).SerializeToString())
-    if runtime == "convengine":
-        run, _ = bench.build_model_runner(policy, graph, 1)
-    else:
-        run, _ = bench.build_model_runner(bench.MODEL_PEER, graph, 1, onnx_model=ce.to_onnx(graph).SerializeToString())
-    for _ in range(3):
-        run(x)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run(x)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+def _say(text: str) -> None:
+    print(f"  ... {text}", file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a zoo model name, e.g. resnet50")
-    parser.add_argument("--policy", default="auto", help="engine policy (default auto)")
+    parser.add_argument("--policy", default="auto", help="engine policy or backend (default auto)")
+    parser.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
     parser.add_argument("--processes", type=int, default=3, help="fresh processes per runtime (default 3)")
     parser.add_argument("--runs", type=int, default=15, help="timed calls per process (default 15)")
-    parser.add_argument("--import-torch", action="store_true", help="import torch before convengine in each process")
     parser.add_argument("--from-onnx", action="store_true",
                         help="convengine runs the model exported to ONNX and loaded back (ORT always runs the ONNX)")
-    parser.add_argument("--child", choices=["convengine", "onnxruntime"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child:
-        print(json.dumps(_time_alone(args.child, args.model, args.policy, args.runs, args.import_torch, args.from_onnx)))
-        return 0
-    medians: dict[str, list[float]] = {"convengine": [], "onnxruntime": []}
-    for _ in range(args.processes):
-        for runtime in medians:
-            cmd = [sys.executable, __file__, args.model, "--policy", args.policy, "--runs", str(args.runs),
-                   "--child", runtime] + (["--import-torch"] if args.import_torch else []) + (
-                       ["--from-onnx"] if args.from_onnx else [])
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            medians[runtime].append(json.loads(out.strip().splitlines()[-1]))
-    ours, theirs = (float(np.median(medians[k])) for k in medians)
-    detail = ", ".join(f"{k}: " + " ".join(f"{v * 1e3:.1f}" for v in vals) for k, vals in medians.items())
+    graph = get_model(args.model)
+    with tempfile.TemporaryDirectory(prefix="model-vs-ort-") as workdir:
+        onnx_path = os.path.join(workdir, f"{args.model}.onnx")
+        with open(onnx_path, "wb") as f:
+            f.write(ce.to_onnx(graph).SerializeToString())
+        report = bench_alone(onnx_path if args.from_onnx else args.model, graph, onnx_path, contender=args.policy,
+                             batch=args.batch, rounds=args.processes, calls=args.runs, timed_s=0.0, workdir=workdir,
+                             say=_say)
+    ours, theirs = report.convengine, report.results[-1]
+    for row in (ours, theirs):
+        if row.error:
+            print(f"{args.model}: {row.runtime} failed: {row.error}", file=sys.stderr)
+            return 1
+    detail = ", ".join(f"{name}: " + " ".join(f"{v * 1e3:.3g}" for v in row.process_medians_s)
+                       for name, row in (("convengine", ours), ("onnxruntime", theirs)))
     print(f"{args.model}{' (from ONNX)' if args.from_onnx else ''} {args.policy}"
-          f"{' (torch imported first)' if args.import_torch else ''}: "
-          f"convengine {ours * 1e3:.2f} ms, ONNX Runtime {theirs * 1e3:.2f} ms, ratio {ours / theirs:.3f} "
+          f"{f' batch {args.batch}' if args.batch != 1 else ''}: "
+          f"convengine {ours.median_s * 1e3:.2f} ms, ONNX Runtime {theirs.median_s * 1e3:.2f} ms, "
+          f"ratio {ours.ratio_to_ort:.3f}; peak extra RSS {ours.peak_extra_bytes / 2**20:.0f} MiB vs "
+          f"{theirs.peak_extra_bytes / 2**20:.0f} MiB, ratio {ours.memory_ratio_to_ort:.2f} "
           f"(per-process medians, ms: {detail})")
     return 0
 

@@ -26,6 +26,9 @@ MEMORY_METHOD = (
     "and Numba allocate outside Python's tracked heap."
 )
 
+#: Calls a process times at most when asked to time (``calls``, ``timed_s``), however short they are.
+MAX_TIMED_CALLS = 200
+
 _CHILD = "import sys; from convengine.bench.memory import memory_child; sys.exit(memory_child(sys.argv[1]))"
 
 
@@ -46,18 +49,27 @@ class MemoryResult:
     retuned_layers: Optional[int] = None
     #: peak extra RSS over ONNX Runtime's, filled in by the benchmark when both were measured
     ratio_to_ort: Optional[float] = None
+    #: with ``calls``: seconds of each call timed after the two measured ones, the runtime alone
+    run_s: Optional[list[float]] = None
+    #: ``{backend: convolutions it runs}`` in that process (convengine contenders)
+    backends: Optional[dict[str, int]] = None
 
 
 def measure_model_memory(contender: str, model: str, batch: int, input_path: str, *, onnx_path=None,
-                         tuning_cache=None, threads: Optional[int] = None, timeout: float = 1800.0) -> MemoryResult:
+                         tuning_cache=None, threads: Optional[int] = None, timeout: float = 1800.0,
+                         calls: int = 0, timed_s: float = 0.0) -> MemoryResult:
     """Peak extra RSS and cold first call of ``contender`` on ``model``, in a fresh Python process.
 
     See :data:`MEMORY_METHOD`. For ``tune``, a first process makes sure ``tuning_cache`` has
     every layer under the keys a fresh process computes (measuring again what it lacks), so
     that the measured process only reads it; ``retuned_layers`` says how many it had to measure.
+    With ``calls``, that process then times further calls, the runtime alone in it (at least
+    ``calls``, more until ``timed_s`` seconds have passed, at most :data:`MAX_TIMED_CALLS`):
+    ``run_s``. ``model`` may be an ONNX file; ``onnx_path`` is the file ONNX Runtime runs.
     """
     spec = {"contender": contender, "model": model, "batch": batch, "input": input_path, "onnx": onnx_path,
-            "tuning_cache": tuning_cache, "threads": threads or get_num_threads()}
+            "tuning_cache": tuning_cache, "threads": threads or get_num_threads(), "calls": calls,
+            "timed_s": timed_s}
     retuned = None
     if contender == "tune":
         done = _child(dict(spec, mode="tune"), timeout)
@@ -175,13 +187,19 @@ def memory_child(spec_json: str) -> int:
         return 0
     baseline, method = _settle_and_reset()
     start = time.perf_counter()
-    run, _ = build_model_runner(contender, graph, spec["batch"], tuning_cache=spec["tuning_cache"],
-                                onnx_model=onnx_model, threads=spec["threads"])
+    run, backends = build_model_runner(contender, graph, spec["batch"], tuning_cache=spec["tuning_cache"],
+                                       onnx_model=onnx_model, threads=spec["threads"])
     run(x)
     cold = time.perf_counter() - start
     run(x)
     status = _proc_status()
     peak = status["VmHWM"] if method.startswith("VmHWM") else _maxrss_bytes()
+    times = []
+    calls, end = spec.get("calls", 0), time.perf_counter() + spec.get("timed_s", 0.0)
+    while len(times) < calls or (calls and len(times) < MAX_TIMED_CALLS and time.perf_counter() < end):
+        begin = time.perf_counter()
+        run(x)
+        times.append(time.perf_counter() - begin)
     print(json.dumps({"peak_extra_bytes": max(0, peak - baseline), "baseline_bytes": baseline, "peak_bytes": peak,
-                      "cold_first_call_s": cold, "method": method}))
+                      "cold_first_call_s": cold, "method": method, "run_s": times or None, "backends": backends}))
     return 0

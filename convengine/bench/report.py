@@ -12,6 +12,7 @@ from typing import Optional
 from ..core.problem import ConvProblem
 from ..models.loading import is_model_file
 from ..runtime.tables import format_table
+from .alone import AloneReport
 from .compare import Timing
 from .models import ModelReport
 
@@ -104,4 +105,37 @@ def format_model(report: ModelReport, memory: bool = False) -> str:
         row.append("; ".join([last] * bool(last) + [cut(t) for t in notes]))
         rows.append(row)
     lines.append(format_table(header, rows))
+    return "\n".join(lines)
+
+
+def format_alone(report: AloneReport) -> str:
+    """``--onnx``: convengine and ONNX Runtime, each alone in fresh processes; the per-layer steps when measured."""
+    size = f"{report.macs / 1e9:.2f} GMACs" if report.macs >= 1e8 else f"{report.macs / 1e6:.2f} MMACs"
+    source = report.source if report.source == report.onnx else f"{report.source}; ORT on {report.onnx}"
+    lines = [f"{report.model} ({source}): batch {report.batch}, input {tuple(report.input_shape)} {report.dtype}, "
+             f"{report.convolutions} convolutions, {size}; {report.threads} threads; each runtime alone in "
+             f"{report.rounds} fresh processes, alternating"]
+    header = ("runtime", "median", "fastest-slowest", "vs ORT", "peak RSS", "RSS vs ORT", "cold call", "layers")
+    rows = []
+    for r in report.results:
+        if r.median_s is None:
+            rows.append([r.runtime, "-", "", "", "", "", "", cut(r.error)])
+            continue
+        fastest, slowest = r.spread_s
+        notes = ", ".join(f"{name} x{n}" for name, n in (r.backends or {}).items())
+        if r.error:
+            notes = "; ".join(t for t in (notes, f"a later process failed: {cut(r.error)}") if t)
+        rows.append([r.runtime, _seconds(r.median_s), f"{_seconds(fastest)} - {_seconds(slowest)}",
+                     f"{r.ratio_to_ort:.2f}x" if r.ratio_to_ort else "-", _mib(r.peak_extra_bytes),
+                     f"{r.memory_ratio_to_ort:.2f}x" if r.memory_ratio_to_ort else "-", _seconds(r.cold_first_call_s),
+                     notes])
+    lines.append(format_table(header, rows))
+    if report.layers is not None:
+        added = sum(r.median_s for r in report.layers)
+        lines += ["", f"convengine ({report.convengine.runtime}) per step (executor timings, this process; whole run "
+                      f"{_seconds(report.per_layer_total_s)}, the steps' medians add to {_seconds(added)}):"]
+        rows = [(r.node, r.op, "x".join(map(str, r.output_shape)), r.backend or "-", f"{r.median_s * 1e3:.3f}",
+                 f"{r.share:.1%}", f"{r.macs / r.median_s / 1e9:.1f}" if r.macs and r.median_s > 0 else "")
+                for r in report.layers]
+        lines.append(format_table(("node", "op", "output shape", "backend", "median ms", "share", "GMAC/s"), rows))
     return "\n".join(lines)

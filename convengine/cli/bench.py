@@ -14,6 +14,11 @@ executor under ``auto``, ``tune`` and each single backend that runs every layer,
 ONNX Runtime on ``to_onnx(graph)`` (:func:`convengine.bench.models.bench_model`): median latency,
 ratio to ONNX Runtime, GMAC/s, the first call (preparation + one run) and, with
 ``--memory``, each contender's peak extra RSS and cold first call in a fresh process.
+
+With ``--onnx FILE``, convengine (``auto``) and ONNX Runtime run the file each alone in fresh
+processes, alternating (:func:`convengine.bench.alone.bench_alone`): median latency with the
+spread over the processes, the ratio to ONNX Runtime, each one's peak extra RSS, and with
+``--per-layer`` convengine's time per executor step and the backend of each convolution.
 """
 
 from __future__ import annotations
@@ -71,6 +76,11 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", default=[], metavar="NAME|FILE.onnx",
                         help="time a whole model through the executor (repeatable): a zoo name (lenet, alexnet, "
                              "resnet18, resnet50, densenet121, ...) or an .onnx file; against ONNX Runtime")
+    parser.add_argument("--onnx", action="append", default=[], metavar="FILE",
+                        help="an ONNX model file: convengine (auto) against ONNX Runtime, each alone in fresh "
+                             "processes, alternating; --rounds processes each (repeatable)")
+    parser.add_argument("--per-layer", action="store_true",
+                        help="with --onnx: also convengine's time per executor step and each convolution's backend")
     parser.add_argument("--memory", action="store_true",
                         help="with --model: also measure each contender's peak extra RSS and cold first call, "
                              "each in a fresh process (slower)")
@@ -83,7 +93,8 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=_positive_int, default=1, help="images per call (default 1)")
     parser.add_argument("--threads", type=_positive_int, default=None,
                         help="threads for every contender (default: convengine's setting, i.e. the usable cores)")
-    parser.add_argument("--rounds", type=_positive_int, default=7, help="interleaved timing rounds (default 7)")
+    parser.add_argument("--rounds", type=_positive_int, default=7,
+                        help="interleaved timing rounds; with --onnx, fresh processes per runtime (default 7)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                         help="layers' dtype (default float32); a --model runs in its own dtype")
     parser.add_argument("--backend", action="append", default=[], metavar="NAME",
@@ -160,12 +171,16 @@ def _bench(args: argparse.Namespace) -> int:
             print(f"--set {name}: {len(members)} layers")
         return 0
     try:
-        default_sets = [] if args.layer or args.shape or args.model else ["quick"]
+        default_sets = [] if args.layer or args.shape or args.model or args.onnx else ["quick"]
         specs = select(args.layer, args.sets or default_sets) + tuple(args.shape)
     except KeyError as exc:
         print(f"convengine bench: error: {exc.args[0]}", file=sys.stderr)
         return 2
     problem = _check_models(args.model)
+    if problem:
+        print(f"convengine bench: error: {problem}", file=sys.stderr)
+        return 2
+    onnx_graphs, problem = _load_onnx_files(args.onnx, args.batch)
     if problem:
         print(f"convengine bench: error: {problem}", file=sys.stderr)
         return 2
@@ -187,19 +202,29 @@ def _bench(args: argparse.Namespace) -> int:
     _refresh_profile()
     what = [f"{len(specs)} layer{'s' if len(specs) != 1 else ''}"] if specs else []
     what += [f"{len(args.model)} model{'s' if len(args.model) != 1 else ''}"] if args.model else []
+    what += [f"{len(args.onnx)} ONNX file{'s' if len(args.onnx) != 1 else ''}"] if args.onnx else []
     header = [f"convengine bench: {' and '.join(what)}, batch {args.batch}, "
               + (f"{args.dtype}, " if specs else "")
-              + f"{threads} thread{'s' if threads != 1 else ''}, median of {args.rounds} interleaved rounds",
+              + f"{threads} thread{'s' if threads != 1 else ''}"
+              + (f", median of {args.rounds} interleaved rounds" if specs or args.model else ""),
               f"practical limit: numpy GEMM {gemm / 1e9:.1f} GFLOP/s ({args.dtype}, measured now)"
-              + ("; 'vs peer' is the ratio to the fastest peer on the same layer in this run" if specs else ""),
-              f"each sample starts {SETTLE_S:g} s after the previous contender's, once BLAS threads that "
-              "spin after a call have gone to sleep"]
+              + ("; 'vs peer' is the ratio to the fastest peer on the same layer in this run" if specs else "")]
+    if specs or args.model:
+        header.append(f"each sample starts {SETTLE_S:g} s after the previous contender's, once BLAS threads that "
+                      "spin after a call have gone to sleep")
     header += [f"not run: {name} ({cut(reason, 70, clause=True)})" for name, reason in unavailable.items()]
     if specs and threads_module.WAIT_POLICY_SET_HERE and importlib.util.find_spec("torch") is not None:
         header.append("peer:torch runs with OMP_WAIT_POLICY=PASSIVE, set by convengine at import: alone, torch's "
                       "64->64 3x3 measured ~12% slower so (docs/performance.md); prefer the ORT ratios")
     if args.model:
         header += _model_notes(args)
+    if args.onnx:
+        header.append("ONNX files: convengine (auto) and ONNX Runtime on the file, each alone in --rounds fresh "
+                      "processes, alternating; ONNX Runtime runs the file itself (CPU provider, default ORT_ENABLE_ALL "
+                      "optimizations, sequential, no spinning); a process is timed after two calls (the first is its "
+                      "'cold call'); "
+                      "median of the processes' medians; peak RSS: extra resident memory of building + running "
+                      "the runtime in that process, after imports and loading the model")
 
     items, emit = _progress(specs, enabled=len(specs) > 1 and not args.no_progress)
     if not args.json:
@@ -233,11 +258,13 @@ def _bench(args: argparse.Namespace) -> int:
     whole = []
     if args.model:
         whole = _bench_models(args, backend_names, gemm, print if not args.json else None)
+    onnx_reports = _bench_onnx_files(args, onnx_graphs, print if not args.json else None)
     if args.json:
         print(json.dumps({
             "batch": args.batch, "dtype": args.dtype, "threads": threads, "rounds": args.rounds,
             "gemm_flops": gemm, "unavailable": unavailable, "layers": reports, "models": totals,
             "whole_models": [r.to_dict() for r in whole],
+            "onnx_files": [r.to_dict() for r in onnx_reports],
             "memory_method": MEMORY_METHOD if args.memory and args.model else None,
         }, indent=2))
     return 0
@@ -283,6 +310,13 @@ def _model_notes(args) -> list[str]:
     return notes
 
 
+def _say(args):
+    """Progress lines on stderr, or nothing with --no-progress."""
+    if args.no_progress:
+        return lambda text: None
+    return lambda text: print(f"  ... {text}", file=sys.stderr, flush=True)
+
+
 def _bench_models(args, backend_names, gemm, emit) -> list:
     """Run :func:`convengine.bench.models.bench_model` for every --model (its reports); print each table when ``emit``."""
     import tempfile
@@ -291,8 +325,7 @@ def _bench_models(args, backend_names, gemm, emit) -> list:
     from ..bench.report import format_model
     from ..models.loading import load_model
 
-    say = (lambda text: print(f"  ... {text}", file=sys.stderr, flush=True)) if not args.no_progress else (
-        lambda text: None)
+    say = _say(args)
     reports = []
     with tempfile.TemporaryDirectory(prefix="convengine-bench-") as workdir:
         for spec in args.model:
@@ -307,3 +340,41 @@ def _bench_models(args, backend_names, gemm, emit) -> list:
                 emit(format_model(report, memory=args.memory))
     return reports
 
+
+
+# -- ONNX files, each runtime alone ------------------------------------------------------------
+
+
+def _load_onnx_files(paths, batch: int) -> tuple[list, Optional[str]]:
+    """Every --onnx file loaded and checked before anything is timed: ``(graphs, None)`` or ``([], why not)``."""
+    from ..bench.alone import load_onnx_file
+    from ..bench.peers import PeerUnavailable
+    from ..graph.ir import GraphError
+
+    graphs = []
+    for path in paths:
+        try:
+            graphs.append(load_onnx_file(path, batch))
+        except (FileNotFoundError, GraphError, PeerUnavailable, ValueError, ImportError) as exc:
+            return [], str(exc)
+    return graphs, None
+
+
+def _bench_onnx_files(args, graphs, emit) -> list:
+    """:func:`convengine.bench.alone.bench_alone` on every --onnx file (its reports); print each table when ``emit``."""
+    import tempfile
+
+    from ..bench.alone import bench_alone
+    from ..bench.report import format_alone
+
+    say = _say(args)
+    reports = []
+    with tempfile.TemporaryDirectory(prefix="convengine-bench-") as workdir:
+        for path, graph in zip(args.onnx, graphs):
+            report = bench_alone(path, graph, path, batch=args.batch, rounds=args.rounds, per_layer=args.per_layer,
+                                 threads=args.threads, workdir=workdir, say=say)
+            reports.append(report)
+            if emit is not None:
+                emit("")
+                emit(format_alone(report))
+    return reports
