@@ -4,8 +4,8 @@ Timing two runtimes interleaved in one process lets one's leftovers (BLAS thread
 spinning after a call, caches) land on the other; ``convengine bench --model`` pauses
 between samples for that, but a whole model is best compared with each runtime alone. This
 script runs ``--processes`` fresh processes per runtime, alternating, each timing
-``--runs`` calls after two untimed ones, and reports the median of the per-process medians
-and each runtime's peak extra RSS (:func:`convengine.bench.alone.bench_alone`, the machinery
+``--runs`` calls after two untimed ones, and reports the median of the per-process medians,
+CPU time per call and each runtime's peak extra RSS (:func:`convengine.bench.alone.bench_alone`, the machinery
 of ``convengine bench --onnx FILE``; ONNX Runtime runs the zoo model exported with
 ``to_onnx``):
 
@@ -57,8 +57,10 @@ def main(argv=None) -> int:
     print(f"{args.model}{' (from ONNX)' if args.from_onnx else ''} {args.policy}"
           f"{f' batch {args.batch}' if args.batch != 1 else ''}: "
           f"convengine {ours.median_s * 1e3:.2f} ms, ONNX Runtime {theirs.median_s * 1e3:.2f} ms, "
-          f"ratio {ours.ratio_to_ort:.3f}; peak extra RSS {ours.peak_extra_bytes / 2**20:.0f} MiB vs "
-          f"{theirs.peak_extra_bytes / 2**20:.0f} MiB, ratio {ours.memory_ratio_to_ort:.2f} "
+          f"ratio {ours.ratio_to_ort:.3f}; CPU per call {ours.cpu_per_call_s * 1e3:.1f} ms vs "
+          f"{theirs.cpu_per_call_s * 1e3:.1f} ms, ratio {ours.cpu_ratio_to_ort:.2f}; "
+          f"peak extra RSS {ours.peak_extra_bytes / 2**20:.0f} MiB vs {theirs.peak_extra_bytes / 2**20:.0f} MiB, "
+          f"ratio {ours.memory_ratio_to_ort:.2f} "
           f"(per-process medians, ms: {detail})")
     return 0
 

@@ -58,6 +58,11 @@ class AloneResult:
     memory_ratio_to_ort: Optional[float] = None
     cold_first_call_s: Optional[float] = None  # median over the processes: preparation + one run
     process_cold_s: list[float] = field(default_factory=list)
+    #: CPU seconds per call (all threads), median over the processes: the work, less exposed to the
+    #: machine's load than the wall-clock time (see MemoryResult.cpu_per_call_s)
+    cpu_per_call_s: Optional[float] = None
+    process_cpu_s: list[float] = field(default_factory=list)
+    cpu_ratio_to_ort: Optional[float] = None
     backends: Optional[dict[str, int]] = None  # {backend: convolutions it runs}, convengine only
     error: Optional[str] = None
 
@@ -78,6 +83,8 @@ class AloneResult:
         self.peak_extra_bytes = int(np.median(self.process_peaks_bytes))
         self.process_cold_s.append(process.cold_first_call_s)
         self.cold_first_call_s = float(np.median(self.process_cold_s))
+        self.process_cpu_s.append(process.cpu_per_call_s)
+        self.cpu_per_call_s = float(np.median(self.process_cpu_s))
         self.backends = process.backends or self.backends
 
 
@@ -198,6 +205,8 @@ def bench_alone(model: str, graph, onnx_path: str, *, contender: str = "auto", b
             row.ratio_to_ort = row.median_s / ort.median_s
         if row.peak_extra_bytes is not None and ort.peak_extra_bytes:
             row.memory_ratio_to_ort = row.peak_extra_bytes / ort.peak_extra_bytes
+        if row.cpu_per_call_s and ort.cpu_per_call_s:
+            row.cpu_ratio_to_ort = row.cpu_per_call_s / ort.cpu_per_call_s
     report.results = list(results.values())
     if per_layer:
         say(f"{graph.name}: per-layer times of {_label(contender)}, in this process")

@@ -51,6 +51,9 @@ class MemoryResult:
     ratio_to_ort: Optional[float] = None
     #: with ``calls``: seconds of each call timed after the two measured ones, the runtime alone
     run_s: Optional[list[float]] = None
+    #: ... and the process's CPU seconds (all its threads) per timed call: the work, whatever the
+    #: machine's load made of the wall-clock time (a thread waiting for a core uses none)
+    cpu_per_call_s: Optional[float] = None
     #: ``{backend: convolutions it runs}`` in that process (convengine contenders)
     backends: Optional[dict[str, int]] = None
 
@@ -196,10 +199,13 @@ def memory_child(spec_json: str) -> int:
     peak = status["VmHWM"] if method.startswith("VmHWM") else _maxrss_bytes()
     times = []
     calls, end = spec.get("calls", 0), time.perf_counter() + spec.get("timed_s", 0.0)
+    cpu = time.process_time()
     while len(times) < calls or (calls and len(times) < MAX_TIMED_CALLS and time.perf_counter() < end):
         begin = time.perf_counter()
         run(x)
         times.append(time.perf_counter() - begin)
+    cpu = (time.process_time() - cpu) / len(times) if times else None
     print(json.dumps({"peak_extra_bytes": max(0, peak - baseline), "baseline_bytes": baseline, "peak_bytes": peak,
-                      "cold_first_call_s": cold, "method": method, "run_s": times or None, "backends": backends}))
+                      "cold_first_call_s": cold, "method": method, "run_s": times or None, "cpu_per_call_s": cpu,
+                      "backends": backends}))
     return 0

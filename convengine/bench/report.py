@@ -115,18 +115,20 @@ def format_alone(report: AloneReport) -> str:
     lines = [f"{report.model} ({source}): batch {report.batch}, input {tuple(report.input_shape)} {report.dtype}, "
              f"{report.convolutions} convolutions, {size}; {report.threads} threads; each runtime alone in "
              f"{report.rounds} fresh processes, alternating"]
-    header = ("runtime", "median", "fastest-slowest", "vs ORT", "peak RSS", "RSS vs ORT", "cold call", "layers")
+    header = ("runtime", "median", "fastest-slowest", "vs ORT", "CPU/call", "CPU vs ORT", "peak RSS", "RSS vs ORT",
+              "cold call", "layers")
     rows = []
     for r in report.results:
         if r.median_s is None:
-            rows.append([r.runtime, "-", "", "", "", "", "", cut(r.error)])
+            rows.append([r.runtime, "-"] + [""] * (len(header) - 3) + [cut(r.error)])
             continue
         fastest, slowest = r.spread_s
         notes = ", ".join(f"{name} x{n}" for name, n in (r.backends or {}).items())
         if r.error:
             notes = "; ".join(t for t in (notes, f"a later process failed: {cut(r.error)}") if t)
         rows.append([r.runtime, _seconds(r.median_s), f"{_seconds(fastest)} - {_seconds(slowest)}",
-                     f"{r.ratio_to_ort:.2f}x" if r.ratio_to_ort else "-", _mib(r.peak_extra_bytes),
+                     f"{r.ratio_to_ort:.2f}x" if r.ratio_to_ort else "-", _seconds(r.cpu_per_call_s),
+                     f"{r.cpu_ratio_to_ort:.2f}x" if r.cpu_ratio_to_ort else "-", _mib(r.peak_extra_bytes),
                      f"{r.memory_ratio_to_ort:.2f}x" if r.memory_ratio_to_ort else "-", _seconds(r.cold_first_call_s),
                      notes])
     lines.append(format_table(header, rows))
