@@ -105,11 +105,30 @@ def exp(builder, x):
     return builder.fmul(p, scale)
 
 
+def reciprocal(builder, d):
+    """``1 / d``. For 16 float32 lanes on AVX-512: the 14-bit estimate ``vrcp14ps`` and one Newton
+    step (within 1 ulp more than a division, here of ``1 + exp(-x)``, never 0 or negative), about
+    a fifth of ``vdivps``'s cost, which was most of a fused SiLU's; elsewhere a division."""
+    ty = d.type
+    if not (isinstance(ty, ir.VectorType) and ty.count == 16 and isinstance(ty.element, ir.FloatType) and _has_avx512()):
+        return builder.fdiv(_const(ty, 1.0), d)
+    estimate = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty, ty, ir.IntType(16)]),
+                                              "llvm.x86.avx512.rcp14.ps.512")
+    r = builder.call(estimate, [d, _const(ty, 0.0), ir.Constant(ir.IntType(16), -1)])
+    error = _fma(builder, builder.fneg(d), r, _const(ty, 1.0))  # 1 - d*r
+    return _fma(builder, r, error, r)
+
+
+def _has_avx512() -> bool:
+    from llvmlite import binding
+
+    return bool(binding.get_host_cpu_features().get("avx512f"))
+
+
 def sigmoid(builder, v):
     """``1 / (1 + exp(-v))``, exactly 0 below -88 (see :data:`_SIGMOID_FLOOR`)."""
     ty = v.type
-    one = _const(ty, 1.0)
-    s = builder.fdiv(one, builder.fadd(one, exp(builder, builder.fneg(v))))
+    s = reciprocal(builder, builder.fadd(_const(ty, 1.0), exp(builder, builder.fneg(v))))
     return builder.select(builder.fcmp_ordered("<", v, _const(ty, -_SIGMOID_FLOOR)), _const(ty, 0.0), s)
 
 

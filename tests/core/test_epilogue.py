@@ -383,3 +383,33 @@ def test_results_do_not_alias_scratch_across_calls():
         for x, y in ((x1, y1), (x2, y2)):
             ref = conv2d_reference(x.astype(np.float64), w.astype(np.float64), None, (1, 1), (1, 1, 1, 1), (1, 1), 1)
             assert relative_error(y, ref) < 1e-5, backend
+
+
+@pytest.mark.parametrize("backend, groups", [("direct", 1), ("grouped", 16), ("grouped", 8), ("im2col", 1)])
+@pytest.mark.parametrize("activation", ["sigmoid", "silu", "hardswish", ("hardsigmoid", 0.2, 0.5), "relu6"])
+def test_fused_activations_elementwise_over_their_whole_range(backend, groups, activation):
+    """Each output exactly one input times one: the fused activation itself, element by element, from
+    -120 to 120 (both saturations), zeros, NaN and infinities, against the float64 definition. Covers the
+    vector path (direct's stores, grouped's depthwise tiles: 16 lanes, the reciprocal estimate on AVX-512)
+    and the scalar one that LLVM vectorises (grouped's other tiles, im2col's finishing pass)."""
+    # NaN and Inf only where an output reads nothing else: elsewhere a zero weight times them is NaN
+    specials = [0.0, -0.0, np.nan, np.inf, -np.inf] if groups == 16 else [0.0, -0.0, 1e-30, -1e-30, 88.5]
+    values = np.concatenate([np.linspace(-120, 120, 16 * 14 * 14 - 5), specials])
+    x = values.astype(np.float32).reshape(1, 16, 14, 14)
+    w = np.zeros((16, 16 // groups, 1, 1), np.float32)
+    for o in range(16):
+        w[o, o % (16 // groups), 0, 0] = 1.0  # output o is input o (its group's matching channel)
+    y = ce.conv2d(x, w, groups=groups, backend=backend, activation=activation)
+    epilogue = Epilogue(activation=activation)
+    ref = activation_reference(x.astype(np.float64), epilogue.activation, epilogue.params)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+    finite = ~np.isnan(ref)
+    # relative to the output, and to the input where a hard activation's kink cancels digits
+    # (hardswish at -3: x * (x/6 + 0.5)); 1e-35 where 1 + exp(-x) nears float32's range (x < -87)
+    # and the reciprocal estimate (AVX-512) flushes sigmoid's subnormal 1e-39, and silu's -1e-37, to 0
+    got, want, inputs = y[finite].astype(np.float64), ref[finite], x.astype(np.float64)[finite]
+    infinite = np.isinf(want)
+    np.testing.assert_array_equal(got[infinite], want[infinite])
+    got, want, inputs = got[~infinite], want[~infinite], inputs[~infinite]
+    bound = 4e-7 * np.abs(want) + 1e-7 * np.abs(inputs) + 1e-35
+    assert np.all(np.abs(got - want) <= bound), np.max((np.abs(got - want) - bound))
