@@ -116,7 +116,8 @@ def main(argv=None) -> int:
             backends[backend] = backends.get(backend, 0) + 1
         print(f"backends at chunk {chunk}: {', '.join(f'{b} x{n}' for b, n in sorted(backends.items()))}")
     labels = list(clusters)
-    print("| chunk | one process, graph.run (img/s) | " + " | ".join(f"{label} (img/s, vs process)" for label in labels)
+    print("| chunk | one process, graph.run (img/s) | "
+          + " | ".join(f"{label} (img/s; vs process: median, range over rounds)" for label in labels)
           + " | " + " | ".join(f"overhead per chunk, {label} (ms, % of its compute)" for label in labels) + " |")
     print("|---" * (2 + 2 * len(labels)) + "|")
     for chunk in args.chunks:
@@ -125,8 +126,8 @@ def main(argv=None) -> int:
         rates, overheads = [], []
         for label in labels:
             seconds, overhead, inside = (float(np.median(column)) for column in zip(*samples[(label, chunk)]))
-            ratio = np.median([p / s[0] for p, s in zip(process_s, samples[(label, chunk)])])
-            rates.append(f"{args.images / seconds:.1f} ({ratio:.2f}x)")
+            ratios = [p / s[0] for p, s in zip(process_s, samples[(label, chunk)])]
+            rates.append(f"{args.images / seconds:.1f} ({np.median(ratios):.2f}x; {min(ratios):.2f}-{max(ratios):.2f})")
             overheads.append(f"{overhead * 1e3:.0f} ({overhead / inside * 100:.1f}%)")
         print(f"| {chunk} | {process:.1f} | " + " | ".join(rates) + " | " + " | ".join(overheads) + " |")
     return 0

@@ -186,5 +186,6 @@ def _tune_fleet(args, output: str) -> int:
     for plan in plans.plans.values():
         print(f"{plan.describe()}: {len(plan.layers)} convolutions of {graph.name} at batch {args.batch}: "
               f"{_backend_counts(plan)}")
-    print(f"plans for {len(plans.plans)} kinds of machine written to {output}")
+    kinds = len(plans.plans)
+    print(f"plans for {kinds} kind{'s' * (kinds != 1)} of machine written to {output}")
     return 0

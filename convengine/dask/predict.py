@@ -84,17 +84,13 @@ def as_images(images, graph: Graph, batch_size: Optional[int] = None) -> da.Arra
     return images.rechunk(chunks)
 
 
-def as_plans(plan, graph: Graph) -> Optional[dict]:
-    """The JSON of a plan or plans file (path, :class:`PlanSet` or ``None``), checked to fit ``graph``.
-
-    The JSON, not the path, goes to the workers: they need not see the client's files, and
-    each picks the plan for its own hardware from it.
-    """
+def as_plans(plan, graph: Graph) -> Optional[PlanSet]:
+    """A plan or plans file (path, its JSON, a :class:`PlanSet` or ``None``), checked to fit ``graph``."""
     if plan is None:
         return None
     plans = plan if isinstance(plan, PlanSet) else PlanSet.read(plan)
     plans.check(graph)
-    return plans.to_json()
+    return plans
 
 
 #: Plugin names each client has registered: the model is pickled and sent once per client, not per call.
@@ -146,8 +142,10 @@ def predict(model, images, *, client: Union[distributed.Client, str, None] = Non
     client = resolve_client(client)
     batch = max(images.chunks[0])
     structure = pickle.dumps((graph.name, graph.inputs, graph.outputs, graph.nodes))
-    name = f"convengine-{graph.name}-{tokenize(structure, graph.params, policy, plans, batch)}"
-    status = register(client, ModelPlugin(name, graph, policy=policy, plans=plans, batch=batch))
+    plans_json = plans.to_json() if plans is not None else None  # the JSON, not a path: workers need not see it
+    name = f"convengine-{graph.name}-{tokenize(structure, graph.params, policy, plans_json, batch)}"
+    status = register(client, ModelPlugin(name, graph, policy=policy, plans=plans_json, batch=batch,
+                                          plans_source=plans.source if plans is not None else ""))
     _report_plans(status, plans is not None)
     out_rest = tuple(graph.shapes[graph.outputs[0]][1:])
     dtype = graph.inputs[0].dtype

@@ -41,15 +41,18 @@ class ModelPlugin(WorkerPlugin):
     """A convengine model, prepared once on every worker of the cluster it is registered with.
 
     ``graph`` is a :class:`convengine.graph.Graph` (sent without any compiled state),
-    ``policy`` the engine's policy, ``plans`` the JSON of a plan or plans file (or ``None``),
-    ``batch`` the chunk size preparation targets. ``idempotent``: registering a plugin of the
+    ``policy`` the engine's policy, ``plans`` the JSON of a plan or plans file (or ``None``)
+    and ``plans_source`` where it came from (for messages), ``batch`` the chunk size
+    preparation targets. ``idempotent``: registering a plugin of the
     same name again (the same model, weights, policy and plan) leaves the prepared one in place.
     """
 
     idempotent = True
 
-    def __init__(self, name: str, graph, *, policy="auto", plans: Optional[dict] = None, batch: int = 1):
+    def __init__(self, name: str, graph, *, policy="auto", plans: Optional[dict] = None, batch: int = 1,
+                 plans_source: str = ""):
         self.name = name
+        self.plans_source = plans_source
         self.graph = copy.copy(graph)
         self.graph._compiled = None  # the caller's prepared state stays with the caller
         self.policy = policy
@@ -85,7 +88,9 @@ class ModelPlugin(WorkerPlugin):
         self.threads = get_num_threads()
         plan = None
         if self.plans is not None:
-            choice = PlanSet.read(self.plans).choose(self.graph, backends=Engine().registry.names())
+            plans = PlanSet.read(self.plans)
+            plans.source = self.plans_source or plans.source
+            choice = plans.choose(self.graph, backends=Engine().registry.names())
             plan, self.plan_message, self.planned = choice.plan, choice.message, choice.plan is not None
         self.compiled = CompiledGraph(self.graph, Engine(policy=self.policy), plan=plan, batch=self.batch)
         PREPARED[self.name] += 1

@@ -178,6 +178,7 @@ def test_fleet_tuning_gives_a_plan_per_fingerprint_and_each_machine_picks_its_ow
         np.testing.assert_allclose(result.compute(), graph.run(x), rtol=1e-6, atol=1e-6)
         status = _model_status(client, result)
         assert digests[a] in status[a]["plan"] and "simulated CPU B" in status[b]["plan"]
+        assert all(str(tmp_path / "plans.json") in s["plan"] for s in status.values())  # says which file
         assert status[a]["planned"] and status[b]["planned"]
 
         # a file without a plan for this hardware: auto, with a warning, here and on the workers
