@@ -3,8 +3,9 @@
 Two runtimes timed in one process disturb each other: one's BLAS threads still spin, or its
 caches and freed heap are still warm, when the other's call starts. Here every sample is a
 fresh Python process that runs one runtime only (:func:`.memory.measure_model_memory` with
-``calls``): it loads the model and the input, builds the runtime, runs it twice (its peak
-extra RSS and its cold first call, :data:`.memory.MEMORY_METHOD`), then times further calls.
+``calls``): it loads the input, the model, builds the runtime and runs it twice (its peak
+extra RSS from before the model was loaded, and its cold first call: build + one run,
+:data:`.memory.MEMORY_METHOD`), then times further calls.
 The two runtimes alternate over ``rounds`` rounds, the order swapped every round, so that a
 change in the machine's load falls on both alike. A runtime's time is the median of its
 processes' medians, reported with their spread (fastest and slowest process).
@@ -198,7 +199,7 @@ def bench_alone(model: str, graph, onnx_path: str, *, contender: str = "auto", b
             say(f"{graph.name}: round {i + 1}/{rounds}, {_label(runtime)} alone in a fresh process")
             row.add(measure_model_memory(runtime, model, batch, input_path, onnx_path=onnx_path, threads=threads,
                                          tuning_cache=os.path.join(workdir, "tuning.json"), calls=calls,
-                                         timed_s=timed_s))
+                                         timed_s=timed_s, count_loading=True))
     ort = results[MODEL_PEER]
     for row in results.values():
         if row.median_s and ort.median_s:

@@ -23,7 +23,8 @@ MEMORY_METHOD = (
     "ONNX Runtime) and the input are loaded and the runtime's libraries imported first; then "
     "the peak-RSS mark is reset (Linux /proc/self/clear_refs) and the contender is built and "
     "run twice; extra = VmHWM - VmRSS at the reset. RSS, not tracemalloc: ONNX Runtime, BLAS "
-    "and Numba allocate outside Python's tracked heap."
+    "and Numba allocate outside Python's tracked heap. Each runtime alone (bench --onnx, "
+    "benchmarks/model_vs_ort.py): the reset comes before the model is loaded, so loading it counts too."
 )
 
 #: Calls a process times at most when asked to time (``calls``, ``timed_s``), however short they are.
@@ -60,7 +61,7 @@ class MemoryResult:
 
 def measure_model_memory(contender: str, model: str, batch: int, input_path: str, *, onnx_path=None,
                          tuning_cache=None, threads: Optional[int] = None, timeout: float = 1800.0,
-                         calls: int = 0, timed_s: float = 0.0) -> MemoryResult:
+                         calls: int = 0, timed_s: float = 0.0, count_loading: bool = False) -> MemoryResult:
     """Peak extra RSS and cold first call of ``contender`` on ``model``, in a fresh Python process.
 
     See :data:`MEMORY_METHOD`. For ``tune``, a first process makes sure ``tuning_cache`` has
@@ -69,10 +70,13 @@ def measure_model_memory(contender: str, model: str, batch: int, input_path: str
     With ``calls``, that process then times further calls, the runtime alone in it (at least
     ``calls``, more until ``timed_s`` seconds have passed, at most :data:`MAX_TIMED_CALLS`):
     ``run_s``. ``model`` may be an ONNX file; ``onnx_path`` is the file ONNX Runtime runs.
+    With ``count_loading``, the peak counts loading the model too (the graph, or ONNX Runtime's
+    file bytes): otherwise convengine's graph is in the baseline while ONNX Runtime is charged
+    for the copy of the weights its session makes.
     """
     spec = {"contender": contender, "model": model, "batch": batch, "input": input_path, "onnx": onnx_path,
             "tuning_cache": tuning_cache, "threads": threads or get_num_threads(), "calls": calls,
-            "timed_s": timed_s}
+            "timed_s": timed_s, "count_loading": count_loading}
     retuned = None
     if contender == "tune":
         done = _child(dict(spec, mode="tune"), timeout)
@@ -173,22 +177,29 @@ def memory_child(spec_json: str) -> int:
     contender = spec["contender"]
     import_heavy_libraries()  # library imports are not the model's memory
     x = np.load(spec["input"])
+    if contender != MODEL_PEER:
+        from ..core.registry import list_backends
+
+        list_backends()  # imports every registered backend's libraries (Numba, torch...)
+    if spec.get("count_loading"):
+        baseline, method = _settle_and_reset()
     graph, onnx_model = None, None
-    if contender == MODEL_PEER:
+    if contender == MODEL_PEER and spec.get("count_loading"):
+        onnx_model = spec["onnx"]  # the path: ONNX Runtime reads the file itself, as a user's session would
+    elif contender == MODEL_PEER:
         with open(spec["onnx"], "rb") as f:
             onnx_model = f.read()
     else:
-        from ..core.registry import list_backends
         from ..models.loading import load_model
 
-        list_backends()  # imports every registered backend's libraries (Numba, torch...)
         graph = load_model(spec["model"])
     if spec.get("mode") == "tune":
         before = _tuning_entries(spec["tuning_cache"])
         tune_model(graph, spec["batch"], spec["tuning_cache"])
         print(json.dumps({"tuned_layers": _tuning_entries(spec["tuning_cache"]) - before}))
         return 0
-    baseline, method = _settle_and_reset()
+    if not spec.get("count_loading"):
+        baseline, method = _settle_and_reset()
     start = time.perf_counter()
     run, backends = build_model_runner(contender, graph, spec["batch"], tuning_cache=spec["tuning_cache"],
                                        onnx_model=onnx_model, threads=spec["threads"])

@@ -40,13 +40,13 @@ def import_heavy_libraries() -> None:
             pass
 
 
-def build_model_runner(contender: str, graph, batch: int, *, tuning_cache=None, onnx_model: Optional[bytes] = None,
+def build_model_runner(contender: str, graph, batch: int, *, tuning_cache=None, onnx_model=None,
                        threads: Optional[int] = None):
     """``(run(x), {backend: layer count} or None)``: ``contender`` prepared for ``graph`` at ``batch``.
 
     ``contender`` is ``auto``, ``tune`` (with ``tuning_cache``, a path), a backend name, or
     :data:`MODEL_PEER` (an ONNX Runtime session on ``onnx_model``, the serialized
-    ``to_onnx(graph)``, with :func:`onnxruntime_options`).
+    ``to_onnx(graph)`` or the path of an ONNX file, with :func:`onnxruntime_options`).
     """
     if contender == MODEL_PEER:
         import onnxruntime as ort
