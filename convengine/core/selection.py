@@ -18,7 +18,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
-from ..runtime.tables import format_table
 from .contract import LOSSY
 from .errors import BackendDeclinedError, BackendUnavailableError, warn
 from .problem import ConvProblem
@@ -60,6 +59,8 @@ class Decision:
         return [c.name for c in self.candidates if c.status != "excluded"]
 
     def __str__(self) -> str:
+        from ..runtime.tables import format_table  # here, not at the top: only a report needs it, not import convengine
+
         lines = [f"problem: {self.problem}", f"policy:  {self.policy}"]
         lines += [f"note:    {note}" for note in self.notes]
         lines.append(f"chosen:  {self.chosen or 'none'}")
