@@ -31,6 +31,7 @@ from convengine import bench
 from convengine.bench.catalogue import SETS, layer
 
 OURS = "grouped"
+AUTO = "auto"
 
 
 def _time_layer(spec, batch: int, rounds: int) -> dict:
@@ -43,10 +44,12 @@ def _time_layer(spec, batch: int, rounds: int) -> dict:
         contenders[f"auto ({auto.backend})"] = auto
     peers, missing = bench.available_peers(problem, x, w, b)
     timings = {t.name: t.median_s for t in bench.compare(problem, contenders, peers, x, rounds=rounds)}
+    timings[AUTO] = timings.pop(f"auto ({auto.backend})", timings[OURS])  # what a user gets: the engine's choice
     row = {"layer": spec.name, "model": spec.model, "count": spec.count, "batch": batch, "gflop": problem.flops / 1e9,
            "seconds": timings, "auto": auto.backend, "missing": missing}
     for peer, key in (("peer:onnxruntime", "vs_ort"), ("peer:torch", "vs_torch")):
         row[key] = timings[OURS] / timings[peer] if timings.get(peer) else None
+        row[f"auto_{key}"] = timings[AUTO] / timings[peer] if timings.get(peer) else None
     return row
 
 
@@ -60,31 +63,39 @@ def _ratio(value) -> str:
 
 
 def _print(rows: list[dict], threads: int) -> None:
-    print(f"convengine {ce.__version__}, {threads} threads; times are medians of alternating rounds, ms")
-    header = f"{'layer':52s} {'N':>3s} {'ours':>8s} {'ORT':>8s} {'torch':>8s} {'ours/ORT':>9s} {'ours/torch':>10s}  auto"
-    print(header)
+    print(f"convengine {ce.__version__}, {threads} threads; times are medians of alternating rounds, ms; "
+          f"'{OURS}' is the backend, 'auto' the engine's choice (named in the last column)")
+    names = (OURS, AUTO, "peer:onnxruntime", "peer:torch")
+    print(f"{'layer':52s} {'N':>3s} {OURS:>8s} {'auto':>8s} {'ORT':>8s} {'torch':>8s} {'/ORT':>6s} {'/torch':>6s} "
+          f"{'auto/ORT':>8s} {'auto/torch':>10s}  auto")
     for r in rows:
-        ms = {name: f"{r['seconds'][name] * 1e3:8.3f}" if r["seconds"].get(name) else f"{'-':>8s}"
-              for name in (OURS, "peer:onnxruntime", "peer:torch")}
-        print(f"{r['layer']:52s} {r['batch']:3d} {ms[OURS]} {ms['peer:onnxruntime']} {ms['peer:torch']} "
-              f"{_ratio(r['vs_ort']):>9s} {_ratio(r['vs_torch']):>10s}  {r['auto']}")
+        ms = {name: f"{r['seconds'][name] * 1e3:8.3f}" if r["seconds"].get(name) else f"{'-':>8s}" for name in names}
+        print(f"{r['layer']:52s} {r['batch']:3d} {ms[OURS]} {ms[AUTO]} {ms['peer:onnxruntime']} {ms['peer:torch']} "
+              f"{_ratio(r['vs_ort']):>6s} {_ratio(r['vs_torch']):>6s} {_ratio(r['auto_vs_ort']):>8s} "
+              f"{_ratio(r['auto_vs_torch']):>10s}  {r['auto']}")
     print("\nper network: layer times weighted by occurrence (ratios of the totals), and geometric means of the layer ratios")
     groups = defaultdict(list)
     for r in rows:
         groups[(r["model"], r["batch"])].append(r)
     for (model, batch), members in groups.items():
         totals = {name: sum(r["count"] * r["seconds"][name] for r in members) if all(r["seconds"].get(name) for r in members)
-                  else None for name in (OURS, "peer:onnxruntime", "peer:torch")}
-        ours = totals[OURS]
-        print(f"  {model:18s} N={batch:<3d} ours {ours * 1e3:8.2f} ms  ours/ORT "
-              f"{_ratio(ours / totals['peer:onnxruntime'] if totals['peer:onnxruntime'] else None)}  ours/torch "
-              f"{_ratio(ours / totals['peer:torch'] if totals['peer:torch'] else None)}  (geomean per layer: "
-              f"{_ratio(_geomean(r['vs_ort'] for r in members))}, {_ratio(_geomean(r['vs_torch'] for r in members))})")
+                  else None for name in names}
+        parts = []
+        for mine in (OURS, AUTO):
+            ort, torch = totals["peer:onnxruntime"], totals["peer:torch"]
+            prefix = "" if mine == OURS else "auto_"
+            parts.append(f"{mine} {totals[mine] * 1e3:8.2f} ms: /ORT {_ratio(totals[mine] / ort if ort else None)}, "
+                         f"/torch {_ratio(totals[mine] / torch if torch else None)} (geomean per layer "
+                         f"{_ratio(_geomean(r[prefix + 'vs_ort'] for r in members))}, "
+                         f"{_ratio(_geomean(r[prefix + 'vs_torch'] for r in members))})")
+        print(f"  {model:18s} N={batch:<3d} " + "; ".join(parts))
     for batch in sorted({r["batch"] for r in rows}):
         members = [r for r in rows if r["batch"] == batch]
-        print(f"  all layers N={batch}: geomean ours/ORT {_ratio(_geomean(r['vs_ort'] for r in members))}, "
-              f"ours/torch {_ratio(_geomean(r['vs_torch'] for r in members))}; "
-              f"worst ours/ORT {_ratio(max((r['vs_ort'] or 0) for r in members))}")
+        for mine in (OURS, AUTO):
+            prefix = "" if mine == OURS else "auto_"
+            print(f"  all layers N={batch}, {mine}: geomean /ORT {_ratio(_geomean(r[prefix + 'vs_ort'] for r in members))}, "
+                  f"/torch {_ratio(_geomean(r[prefix + 'vs_torch'] for r in members))}; "
+                  f"worst /ORT {_ratio(max((r[prefix + 'vs_ort'] or 0) for r in members))}")
 
 
 def main(argv=None) -> int:

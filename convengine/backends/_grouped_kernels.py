@@ -32,6 +32,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._activations import finish
+from ._grouped_tiles import CHANNEL_BLOCKS, MAX_VECTORS
 from .direct._kernels import _compiled_width
 from .direct._simd import (
     Tile,
@@ -45,7 +46,6 @@ from .direct._simd import (
 )
 from .direct._tiles import LANES, TILE_WIDTHS
 from .direct._worksharing import job_claims, next_job
-from .grouped import CHANNEL_BLOCKS, MAX_VECTORS
 
 _FLOAT = ir.FloatType()
 _VEC = ir.VectorType(_FLOAT, LANES)

@@ -27,18 +27,10 @@ from ..core.hookspecs import hookimpl
 from ..core.problem import ConvProblem
 from ..runtime.threads import get_num_threads, numba_threads
 from ..runtime.workspace import scratch
+from ._grouped_tiles import CHANNEL_BLOCKS, MAX_CHUNK_PRODUCTS, MAX_VECTORS
 from ._numba import NumbaBackend
 from .direct._tiles import LANES, MAX_WIDTH, compiled_width
 
-#: Output channels per register tile of the grouped path, and the most pixel vectors each tile
-#: width holds: ``MB * nv`` accumulators plus ``nv`` input vectors and a weight fit 32 vector
-#: registers. (Here, not in ``_grouped_kernels``, which compiles with them: this module must
-#: not import Numba.)
-CHANNEL_BLOCKS = (1, 2, 4, 8)
-MAX_VECTORS = {1: 8, 2: 6, 4: 4, 8: 3}
-#: Input channels of one reduction summed in registers before the running total (kept in the
-#: tile's buffer) is updated: float32 rounding of long reductions as in blocked products.
-MAX_CHUNK_PRODUCTS = 256
 #: Floats of a job's input band that stay in the core's first-level cache with the tile's output.
 BAND_FLOATS = 6144
 #: Jobs per thread wanted, so that threads that start late or run slow even out.
