@@ -206,8 +206,9 @@ class ConvProblem:
         """``(batch, out_channels, out_height, out_width)``: the shape ``execute`` must return."""
         return (self.batch, self.out_channels, self.out_height, self.out_width)
 
-    @cached_property  # compared with every output's dtype (frozen: computed once)
+    @cached_property
     def numpy_dtype(self) -> np.dtype:
+        """``dtype`` as a ``numpy.dtype``: compared with every output's dtype, so computed once (the problem is frozen)."""
         return np.dtype(self.dtype)
 
     @property
