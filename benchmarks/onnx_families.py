@@ -87,6 +87,8 @@ def summarise(runs: list[dict]) -> list[dict]:
             row[key] = {"median_s": float(np.median(medians)), "fastest_s": min(medians), "slowest_s": max(medians),
                         "processes": len(medians), "peak_bytes": int(np.median(peaks)),
                         "cpu_s": float(np.median([v for r in results for v in r.process_cpu_s]))}
+            loads = [v for r in results for v in r.process_load_peaks_bytes if v is not None]
+            row[key]["load_peak_bytes"] = int(np.median(loads)) if loads else None
         ratios = [r.ratio_to_ort for r in ours]
         row.update(ratio=float(np.median(ratios)), ratio_min=min(ratios), ratio_max=max(ratios),
                    cpu_ratio=float(np.median([r.cpu_ratio_to_ort for r in ours])),
@@ -106,17 +108,18 @@ def table(rows: list[dict], batch: int) -> str:
         return f"{value * 1e3:.1f}" if value < 10 else f"{value * 1e3:.0f}"
 
     lines = [f"| model (batch {batch}) | convengine ms (fastest-slowest) | ORT ms (fastest-slowest) | ratio (passes) "
-             "| CPU-time ratio | peak MiB convengine / ORT | memory ratio | load avg |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| CPU-time ratio | peak MiB convengine / ORT | memory ratio | convengine's loading peak MiB | load avg |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if r["error"]:
-            lines.append(f"| {r['name']} | failed: {r['error'][:100]} | | | | | | |")
+            lines.append(f"| {r['name']} | failed: {r['error'][:100]} | | | | | | | |")
             continue
         o, t = r["ours"], r["ort"]
         lines.append(f"| {r['name']} | {ms(o['median_s'])} ({ms(o['fastest_s'])}-{ms(o['slowest_s'])}) "
                      f"| {ms(t['median_s'])} ({ms(t['fastest_s'])}-{ms(t['slowest_s'])}) "
                      f"| **{r['ratio']:.2f}x** ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | {r['cpu_ratio']:.2f}x "
                      f"| {o['peak_bytes'] / 2**20:.0f} / {t['peak_bytes'] / 2**20:.0f} | {r['memory_ratio']:.2f}x "
+                     f"| {'-' if o['load_peak_bytes'] is None else round(o['load_peak_bytes'] / 2**20)} "
                      f"| {r['load_min']:.1f}-{r['load_max']:.1f} |")
     return "\n".join(lines)
 

@@ -57,6 +57,11 @@ class AloneResult:
     peak_extra_bytes: Optional[int] = None  # median over the processes
     process_peaks_bytes: list[int] = field(default_factory=list)
     memory_ratio_to_ort: Optional[float] = None
+    #: the peak while loading the model (part of the whole peak) and what the loaded model held, medians
+    load_peak_bytes: Optional[int] = None
+    loaded_bytes: Optional[int] = None
+    process_load_peaks_bytes: list[Optional[int]] = field(default_factory=list)
+    process_loaded_bytes: list[Optional[int]] = field(default_factory=list)
     cold_first_call_s: Optional[float] = None  # median over the processes: preparation + one run
     process_cold_s: list[float] = field(default_factory=list)
     #: CPU seconds per call (all threads), median over the processes: the work, less exposed to the
@@ -86,6 +91,11 @@ class AloneResult:
         self.cold_first_call_s = float(np.median(self.process_cold_s))
         self.process_cpu_s.append(process.cpu_per_call_s)
         self.cpu_per_call_s = float(np.median(self.process_cpu_s))
+        self.process_load_peaks_bytes.append(process.load_peak_bytes)
+        self.process_loaded_bytes.append(process.loaded_bytes)
+        if None not in self.process_load_peaks_bytes + self.process_loaded_bytes:
+            self.load_peak_bytes = int(np.median(self.process_load_peaks_bytes))
+            self.loaded_bytes = int(np.median(self.process_loaded_bytes))
         self.backends = process.backends or self.backends
 
 

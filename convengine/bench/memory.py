@@ -57,6 +57,10 @@ class MemoryResult:
     cpu_per_call_s: Optional[float] = None
     #: ``{backend: convolutions it runs}`` in that process (convengine contenders)
     backends: Optional[dict[str, int]] = None
+    #: with ``count_loading``: the peak extra RSS while the model was being loaded (a part of the
+    #: whole peak, ``peak_extra_bytes``), and what the loaded model then held
+    load_peak_bytes: Optional[int] = None
+    loaded_bytes: Optional[int] = None
 
 
 def measure_model_memory(contender: str, model: str, batch: int, input_path: str, *, onnx_path=None,
@@ -193,6 +197,12 @@ def memory_child(spec_json: str) -> int:
         from ..models.loading import load_model
 
         graph = load_model(spec["model"])
+    loading = {}
+    if spec.get("count_loading"):
+        status = _proc_status()
+        if method.startswith("VmHWM"):
+            loading = {"load_peak_bytes": max(0, status["VmHWM"] - baseline),
+                       "loaded_bytes": max(0, status["VmRSS"] - baseline)}
     if spec.get("mode") == "tune":
         before = _tuning_entries(spec["tuning_cache"])
         tune_model(graph, spec["batch"], spec["tuning_cache"])
@@ -218,5 +228,5 @@ def memory_child(spec_json: str) -> int:
     cpu = (time.process_time() - cpu) / len(times) if times else None
     print(json.dumps({"peak_extra_bytes": max(0, peak - baseline), "baseline_bytes": baseline, "peak_bytes": peak,
                       "cold_first_call_s": cold, "method": method, "run_s": times or None, "cpu_per_call_s": cpu,
-                      "backends": backends}))
+                      "backends": backends, **loading}))
     return 0

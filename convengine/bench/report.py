@@ -116,7 +116,7 @@ def format_alone(report: AloneReport) -> str:
              f"{report.convolutions} convolutions, {size}; {report.threads} threads; each runtime alone in "
              f"{report.rounds} fresh processes, alternating"]
     header = ("runtime", "median", "fastest-slowest", "vs ORT", "CPU/call", "CPU vs ORT", "peak RSS", "RSS vs ORT",
-              "cold call", "layers")
+              "loading peak", "cold call", "layers")
     rows = []
     for r in report.results:
         if r.median_s is None:
@@ -129,7 +129,8 @@ def format_alone(report: AloneReport) -> str:
         rows.append([r.runtime, _seconds(r.median_s), f"{_seconds(fastest)} - {_seconds(slowest)}",
                      f"{r.ratio_to_ort:.2f}x" if r.ratio_to_ort else "-", _seconds(r.cpu_per_call_s),
                      f"{r.cpu_ratio_to_ort:.2f}x" if r.cpu_ratio_to_ort else "-", _mib(r.peak_extra_bytes),
-                     f"{r.memory_ratio_to_ort:.2f}x" if r.memory_ratio_to_ort else "-", _seconds(r.cold_first_call_s),
+                     f"{r.memory_ratio_to_ort:.2f}x" if r.memory_ratio_to_ort else "-", _mib(r.load_peak_bytes),
+                     _seconds(r.cold_first_call_s),
                      notes])
     lines.append(format_table(header, rows))
     if report.layers is not None:
