@@ -159,7 +159,7 @@ def _bench(args: argparse.Namespace) -> int:
     from ..bench.catalogue import LAYERS, SETS, select
     from ..bench.report import cut, format_layer, format_totals
     from ..core.costmodel import measure_gemm_flops
-    from ..core.registry import list_backends
+    from ..core.registry import default_registry, list_backends
     from ..runtime.tables import format_table
     from ..runtime.threads import get_num_threads, set_num_threads
 
@@ -188,7 +188,9 @@ def _bench(args: argparse.Namespace) -> int:
     known = {i.name: i for i in infos}
     for name in args.backend:
         if name not in known:
-            print(f"convengine bench: error: unknown backend {name!r}; registered: {', '.join(known)}", file=sys.stderr)
+            why = default_registry().why_not_registered(name)  # e.g. its plugin failed to import, and why
+            print(f"convengine bench: error: backend {name!r} is not registered: {why}; registered: {', '.join(known)}",
+                  file=sys.stderr)
             return 2
     wanted = [i for i in infos if not args.backend or i.name in args.backend]
     unavailable = {i.name: i.reason if not i.available else simulated(i.device)

@@ -192,7 +192,18 @@ def test_bench_rejects_unknown_names(capsys):
     code, _, err = _bench(capsys, "--layer", "resnet50.layer9.conv1")
     assert code == 2 and "no layer named" in err
     code, _, err = _bench(capsys, "--layer", "course.example1", "--backend", "nope")
-    assert code == 2 and "unknown backend" in err
+    assert code == 2 and "backend 'nope' is not registered: no registered backend has this name" in err
+
+
+def test_bench_names_the_plugin_that_did_not_load(capsys, monkeypatch):
+    """Issue 16: a backend whose plugin was left out (or failed to import) is named with that reason."""
+    from convengine.core import registry
+
+    pytest.importorskip("convengine_winograd")  # the plugin left out below must be installed
+    monkeypatch.setenv("CONVENGINE_LOAD_PLUGINS", "convengine-torch")
+    monkeypatch.setattr(registry, "_default_registry", None)  # rebuilt under the variable, restored after
+    code, _, err = _bench(capsys, "--layer", "course.example1", "--backend", "winograd")
+    assert code == 2 and "its plugin 'winograd' was not loaded: CONVENGINE_LOAD_PLUGINS" in err
 
 
 def test_bench_lists_layers(capsys):
