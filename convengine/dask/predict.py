@@ -34,7 +34,7 @@ from .worker import ModelPlugin, run_chunk, worker_status
 log = logging.getLogger(__name__)
 
 #: Images per chunk when the images are not already a chunked dask array. ResNet-50 at 32
-#: images a chunk spends well under 1% of a chunk's time on scheduling (docs/scale-out.md).
+#: images a chunk spent under 1% of a chunk's time on anything but the model (docs/scale-out.md).
 DEFAULT_BATCH_SIZE = 32
 
 
