@@ -64,8 +64,8 @@ class AloneResult:
     process_loaded_bytes: list[Optional[int]] = field(default_factory=list)
     cold_first_call_s: Optional[float] = None  # median over the processes: preparation + one run
     process_cold_s: list[float] = field(default_factory=list)
-    #: CPU seconds per call (all threads), median over the processes: the work, less exposed to the
-    #: machine's load than the wall-clock time (see MemoryResult.cpu_per_call_s)
+    #: CPU seconds per call (all threads), median over the processes: the work, spin-waiting included
+    #: (see MemoryResult.cpu_per_call_s)
     cpu_per_call_s: Optional[float] = None
     process_cpu_s: list[float] = field(default_factory=list)
     cpu_ratio_to_ort: Optional[float] = None

@@ -52,8 +52,8 @@ class MemoryResult:
     ratio_to_ort: Optional[float] = None
     #: with ``calls``: seconds of each call timed after the two measured ones, the runtime alone
     run_s: Optional[list[float]] = None
-    #: ... and the process's CPU seconds (all its threads) per timed call: the work, whatever the
-    #: machine's load made of the wall-clock time (a thread waiting for a core uses none)
+    #: ... and the process's CPU seconds (all its threads) per timed call: the work, spin-waiting
+    #: included (a thread waiting for a core uses none; one spinning for a descheduled sibling does)
     cpu_per_call_s: Optional[float] = None
     #: ``{backend: convolutions it runs}`` in that process (convengine contenders)
     backends: Optional[dict[str, int]] = None

@@ -225,8 +225,9 @@ def _bench(args: argparse.Namespace) -> int:
                       "processes, alternating; ONNX Runtime runs the file itself (CPU provider, default ORT_ENABLE_ALL "
                       "optimizations, sequential, no spinning); a process is timed after two calls (the first is its "
                       "'cold call'); "
-                      "median of the processes' medians; peak RSS: extra resident memory of building + running "
-                      "the runtime in that process, after imports and loading the model")
+                      "median of the processes' medians; CPU/call: the process's CPU time per call, all threads; "
+                      "peak RSS: extra resident memory of loading the model, building the runtime and running it "
+                      "twice in that process, after imports ('loading peak': the part while loading)")
 
     items, emit = _progress(specs, enabled=len(specs) > 1 and not args.no_progress)
     if not args.json:
