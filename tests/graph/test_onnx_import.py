@@ -371,6 +371,67 @@ def test_sources_path_bytes_stream_and_modelproto(tmp_path):
         np.testing.assert_array_equal(graph.run(x), np.maximum(x, 0))
 
 
+def _weights_model():
+    """Conv + Reshape + Add, its weights stored every way a file holds them: raw float32, a float32
+    in ``float_data`` (not raw), an int64 shape and a float16 bias widened by a Cast."""
+    weight = numpy_helper.from_array(W44, "w")  # raw_data
+    bias = helper.make_tensor("b", TensorProto.FLOAT, [6], rand(6, seed=2).tolist())  # float_data
+    shape = numpy_helper.from_array(np.array([0, -1], np.int64), "shape")
+    half = numpy_helper.from_array(rand(6 * 7 * 7, seed=3).astype(np.float16), "half")
+    nodes = [node("Conv", ["x", "w", "b"], ["c"]), node("Reshape", ["c", "shape"], ["r"]),
+             node("Cast", ["half"], ["h32"], to=TensorProto.FLOAT), node("Add", ["r", "h32"], ["y"])]
+    model = make_model(nodes, X, ["y"])
+    model.graph.initializer.extend([weight, bias, shape, half])
+    return model
+
+
+def test_file_weights_read_one_at_a_time_equal_the_whole_parse(tmp_path):
+    # From a path the importer reads each initializer's bytes straight from the file; from bytes it
+    # parses the whole protobuf: the graphs must be the same, and match ONNX Runtime.
+    model = _weights_model()
+    path = tmp_path / "weights.onnx"
+    path.write_bytes(model.SerializeToString())
+    import onnx
+
+    from convengine.graph.onnx.reader import _stream_file
+
+    proto, tensors = _stream_file(onnx, path)  # the file was walked, not parsed whole (None)
+    assert len(tensors) == 4 and not proto.graph.initializer
+    from_file, from_bytes = load_onnx(path), load_onnx(path.read_bytes())
+    assert sorted(from_file.params) == sorted(from_bytes.params)
+    for name, value in from_bytes.params.items():
+        assert from_file.params[name].dtype == value.dtype
+        np.testing.assert_array_equal(from_file.params[name], value)
+    assert [(n.op, n.inputs, n.outputs) for n in from_file.nodes] == [(n.op, n.inputs, n.outputs) for n in from_bytes.nodes]
+    x = rand(2, 4, 9, 9, seed=5)
+    (expected,) = ort_session(model).run(None, {"x": x})
+    np.testing.assert_allclose(from_file.run(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_file_with_external_weights(tmp_path):
+    import onnx
+
+    model = _weights_model()
+    path = tmp_path / "external.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="external.bin", size_threshold=0)
+    assert (tmp_path / "external.bin").stat().st_size > W44.nbytes
+    graph = load_onnx(path)
+    np.testing.assert_array_equal(graph.params["w"], W44)
+    (tmp_path / "external.bin").write_bytes(b"")  # the weights gone: one clear error
+    with pytest.raises(GraphError, match="external.onnx"):
+        load_onnx(path)
+
+
+def test_file_truncated_inside_a_weight(tmp_path):
+    data = _weights_model().SerializeToString()
+    at = data.index(W44.tobytes()[:64])  # inside the raw float32 weight
+    path = tmp_path / "cut.onnx"
+    path.write_bytes(data[:at + 100])
+    with pytest.raises(GraphError, match="cut.onnx"):
+        load_onnx(path)
+
+
 def test_nodes_out_of_order_are_sorted():
     model = make_model([node("Relu", ["t"], ["y"]), node("Tanh", ["x"], ["t"])], X, ["y"])
     x = rand(2, 4, 9, 9)

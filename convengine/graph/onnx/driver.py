@@ -35,8 +35,8 @@ def load_onnx(model, *, name: Optional[str] = None) -> Graph:
     be imported (all of them listed in one error), before anything runs.
     """
     onnx = import_onnx()
-    proto, label = read_model(onnx, model)
-    return Importer(onnx, proto, label, name).run()
+    proto, label, initializers = read_model(onnx, model)
+    return Importer(onnx, proto, label, name).run(initializers)
 
 
 
@@ -61,10 +61,9 @@ class Importer:
         self.batch = (1, 7)
 
     # -- driver ----------------------------------------------------------------------------------
-    def run(self) -> Graph:
+    def run(self, initializers) -> Graph:
+        """The graph; ``initializers`` yields ``(name, array)``, one weight at a time (see :func:`.reader.read_model`)."""
         gp = self.gp
-        for t in gp.initializer:
-            self.tensor_names.add(t.name)
         for n in gp.node:
             self.tensor_names.update(n.input)
             self.tensor_names.update(n.output)
@@ -76,12 +75,9 @@ class Importer:
         if gp.sparse_initializer:
             raise GraphError(f"{self.label}: sparse initializers are not supported "
                              f"({[s.values.name for s in gp.sparse_initializer]})")
-        for t in gp.initializer:
-            try:
-                value = self.onnx.numpy_helper.to_array(t)
-            except Exception as exc:
-                raise GraphError(f"{self.label}: cannot read initializer {t.name!r}: {type(exc).__name__}: {exc}") from None
-            self.consts[t.name] = (value, value)
+        for name, value in initializers:
+            self.tensor_names.add(name)
+            self.consts[name] = (value, value)
         inputs = self._inputs()
         for index, node in self._sorted_nodes():
             self._convert(index, node)
@@ -247,7 +243,7 @@ class Importer:
         if a.dtype.kind not in "fc":
             raise Unsupported(f"{what} {name!r} is a {a.dtype} constant used as data; only floating-point "
                               f"tensors are supported")
-        self.params[name] = kernel_ready(a)  # (to_array gives read-only views of the file's bytes)
+        self.params[name] = kernel_ready(a)  # (a copy only of a read-only view of a parsed proto's bytes)
 
     def add_param(self, base: str, value: np.ndarray) -> str:
         name = self.fresh_tensor(base)
