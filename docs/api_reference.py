@@ -40,6 +40,7 @@ REFERENCE = [
         ("convengine.ConvProblem", None),
         ("convengine.core.costmodel.MachineProfile", None),
         ("convengine.Epilogue", []),
+        ("convengine.core.contract.OutputSlice", None),
         ("convengine.runtime.workspace.scratch", None),
         ("convengine.runtime.precompile.Kernel", []),
     ]),

@@ -6,7 +6,8 @@ padding on the fly (no padded copy of the input, no Python loop over pixels); ea
 then one GEMM through ``numpy.matmul``, written directly into the output. 1x1 stride-1
 unpadded convolutions are already a matrix product and skip the unfold. When one image's
 column matrix would exceed ``max_buffer_bytes`` it is built a band of output rows at a time,
-so memory stays bounded whatever the problem size.
+so memory stays bounded whatever the problem size. The products can land in a channel slice
+of a larger buffer (``out=``, a concatenation's place): BLAS writes strided rows as cheaply.
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ class Im2colBackend(NumbaBackend):
     def supports_epilogue(self, problem: ConvProblem, epilogue: Epilogue):
         return None  # bias, residual and activation share one pass after the GEMM
 
+    def supports_output_slice(self, problem: ConvProblem, epilogue: Epilogue, step: int):
+        # channels one plane apart: each image's slice is one contiguous run (a GEMM's rows)
+        return None if step == 1 else "only channel slices with step 1 (each image's slice one contiguous block)"
+
     def kernels(self, problem: ConvProblem, epilogue: Epilogue = NONE):
         from numba import types
 
@@ -91,11 +96,11 @@ class Im2colBackend(NumbaBackend):
         hw_out = problem.out_height * problem.out_width
         finish = _finisher(problem, bias, epilogue)
         if problem.is_pointwise:
-            def execute(x: np.ndarray, residual=None) -> np.ndarray:
+            def execute(x: np.ndarray, residual=None, out=None) -> np.ndarray:
                 apply_blas_threads()
-                out = np.empty(problem.output_shape, x.dtype)
-                np.matmul(w_mat, x.reshape(x.shape[0], g, -1, hw_out), out=out.reshape(x.shape[0], g, out_per_group, hw_out))
-                return finish(out, residual)
+                y = np.empty(problem.output_shape, x.dtype) if out is None else out.view
+                np.matmul(w_mat, x.reshape(x.shape[0], g, -1, hw_out), out=_viewed(y, (x.shape[0], g, out_per_group, hw_out)))
+                return finish(y, residual)
 
             return execute
 
@@ -107,10 +112,10 @@ class Im2colBackend(NumbaBackend):
         geometry = (problem.kernel_h, problem.kernel_w, *problem.stride, *problem.dilation,
                     problem.padding[0], problem.padding[2])
 
-        def execute(x: np.ndarray, residual=None) -> np.ndarray:
+        def execute(x: np.ndarray, residual=None, out=None) -> np.ndarray:
             apply_blas_threads()
             numba_threads()
-            out = np.empty(problem.output_shape, x.dtype)
+            y = np.empty(problem.output_shape, x.dtype) if out is None else out.view
             for n in range(x.shape[0]):
                 for r0 in range(0, problem.out_height, band):
                     r1 = min(r0 + band, problem.out_height)
@@ -118,16 +123,26 @@ class Im2colBackend(NumbaBackend):
                     unfold(x[n], cols, *geometry, r0, problem.out_width)
                     cols = cols.reshape(g, -1, cols.shape[1])
                     if band == problem.out_height:  # the whole image: multiply straight into the output
-                        np.matmul(w_mat, cols, out=out[n].reshape(g, out_per_group, hw_out))
+                        np.matmul(w_mat, cols, out=_viewed(y[n], (g, out_per_group, hw_out)))
                     else:
-                        out[n, :, r0:r1, :] = np.matmul(w_mat, cols).reshape(-1, r1 - r0, problem.out_width)
-            return finish(out, residual)
+                        y[n, :, r0:r1, :] = np.matmul(w_mat, cols).reshape(-1, r1 - r0, problem.out_width)
+            return finish(y, residual)
 
         return execute
 
 
+def _viewed(array: np.ndarray, shape: tuple) -> np.ndarray:
+    """``array`` reshaped to ``shape`` as a view: a product written into a reshaped copy would be lost."""
+    view = array.view()
+    view.shape = shape  # raises where only a copy could have that shape
+    return view
+
+
 def _finisher(problem: ConvProblem, bias, epilogue: Epilogue):
-    """``finish(out, residual) -> out``: bias and epilogue in one in-place pass (nothing when neither)."""
+    """``finish(out, residual) -> out``: bias and epilogue in one in-place pass (nothing when neither).
+
+    ``out`` may be a channel slice of a larger buffer (each image one contiguous block): then one pass per image.
+    """
     if bias is None and not epilogue:
         return lambda out, residual: out
     from ._epilogue_kernels import bias_residual_activation
@@ -136,10 +151,12 @@ def _finisher(problem: ConvProblem, bias, epilogue: Epilogue):
     act, p0, p1 = epilogue.kernel_activation()
 
     def finish(out: np.ndarray, residual) -> np.ndarray:
-        flat = out.reshape(out.shape[0], out.shape[1], -1)
-        res = flat if residual is None else residual.reshape(flat.shape)
         numba_threads()
-        bias_residual_activation(flat, b, res, residual is not None, act, p0, p1)
+        images = [out] if out.flags.c_contiguous else [out[n:n + 1] for n in range(out.shape[0])]
+        for n, y in enumerate(images):
+            flat = _viewed(y, (y.shape[0], y.shape[1], -1))
+            res = flat if residual is None else residual[n:n + len(y)].reshape(flat.shape)
+            bias_residual_activation(flat, b, res, residual is not None, act, p0, p1)
         return out
 
     return finish

@@ -19,6 +19,14 @@ the engine applies them on their output. A fusing backend that sets
 when the caller gave the residual up: it then writes the output over ``residual`` and
 returns it, saving a fresh output array (and, from memory, its cache misses).
 
+Writing into a larger buffer (optional): a backend whose :meth:`Backend.supports_output_slice`
+returns ``None`` for a problem, its epilogue and a channel step may be called
+``execute(x, [residual,] out=slice)`` with an :class:`OutputSlice`: it then writes the output
+into those channels of ``slice.buffer`` and returns ``slice.view``. The graph executor uses it
+to put a convolution's output straight into its place in a concatenation (Inception, DenseNet,
+SqueezeNet) or, with a step, a channel shuffle (ShuffleNet), instead of copying it there. Backends
+that do not override it are never given ``out``: the engine copies their output into the slice.
+
 NaN and Inf: an input or weight that is NaN or Inf must reach exactly the outputs a direct
 convolution (and torch) lets it reach, those whose window holds it. A transform (FFT,
 Winograd) spreads it further, so a lossy backend checks its inputs
@@ -28,6 +36,7 @@ The conformance kit checks this for every backend.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -49,6 +58,34 @@ ERROR_BOUNDS = {
     EXACT: {"float32": 1e-6, "float64": 1e-14},
     LOSSY: {"float32": 1e-4, "float64": 1e-11},
 }
+
+@dataclass(frozen=True)
+class OutputSlice:
+    """Where an executor writes its output instead of a new array: ``channels`` channels of ``buffer``,
+    from ``start``, ``step`` apart (channel ``j`` of the output is ``buffer[:, start + j * step]``).
+
+    ``buffer`` is a C-contiguous, writable ``(N, C_total, H_out, W_out)`` array of the problem's
+    dtype and batch; the engine checks that it fits the problem, and never passes one that
+    overlaps the input or the residual. In one image, output channel ``j`` starts ``(start + j * step) * H_out *
+    W_out`` elements in; images are ``C_total * H_out * W_out`` elements apart (so the slice is
+    one contiguous run only for one image and ``step == 1``). Everything outside the slice must be
+    left as it is.
+    """
+
+    #: The whole ``(N, C_total, H_out, W_out)`` buffer (C-contiguous, writable).
+    buffer: np.ndarray
+    #: The buffer channel that takes output channel 0.
+    start: int
+    #: The output's channel count (``problem.out_channels``).
+    channels: int
+    #: Buffer channels between consecutive output channels (2 for a two-group channel shuffle's place).
+    step: int = 1
+
+    @property
+    def view(self) -> np.ndarray:
+        """The slice as an ``(N, channels, H_out, W_out)`` view of ``buffer``: what the executor returns."""
+        return self.buffer[:, self.start:self.start + self.step * (self.channels - 1) + 1:self.step]
+
 
 #: What ``prepare`` returns: ``execute(x) -> y`` (``execute(x, residual)`` for a fused residual).
 Executor = Callable[[np.ndarray], np.ndarray]
@@ -121,6 +158,15 @@ class Backend:
         The default declines: the engine then applies the epilogue after ``execute``.
         """
         return "this backend does not fuse epilogues (the engine applies them after it)"
+
+    def supports_output_slice(self, problem: ConvProblem, epilogue: Epilogue, step: int) -> Optional[str]:
+        """``None`` if the executor prepared for ``problem`` and ``epilogue`` takes ``out=`` an :class:`OutputSlice`
+        whose channels are ``step`` apart, else why not.
+
+        ``epilogue`` is what ``prepare`` was given (:data:`~convengine.core.epilogue.NONE` when the
+        engine applies it). The default declines: the engine then copies the output into the slice.
+        """
+        return "this backend writes new arrays only (the engine copies its output into the slice)"
 
     def prepare(self, problem: ConvProblem, weight: np.ndarray, bias: Optional[np.ndarray]) -> Executor:
         """Build the input-independent state and return ``execute(x) -> y``.

@@ -8,16 +8,18 @@ unless the caller named it explicitly, the call is retried on the next choice.
 
 from __future__ import annotations
 
+import functools
 import numbers
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from . import selection
 from .arrays import as_float_array, conv_arrays, kernel_ready, output_violation
+from .contract import OutputSlice
 from .epilogue import NONE as NO_EPILOGUE
 from .epilogue import Epilogue
 from .errors import BackendError, BackendFailedError  # noqa: F401  (BackendError: its old home)
@@ -84,11 +86,17 @@ class PreparedConv:
                 prepared = self._by_batch[batch]
         return prepared
 
-    def __call__(self, x, residual=None, *, consume_residual: bool = False) -> np.ndarray:
+    def __call__(self, x, residual=None, *, consume_residual: bool = False,
+                 out: Optional[OutputSlice] = None) -> np.ndarray:
         """The convolution of ``x`` with the epilogue applied; ``x`` and ``residual`` are left untouched.
 
         ``consume_residual=True`` says the caller will not read ``residual`` again (the graph
         executor knows when): a backend that can then writes the output over it and returns it.
+        ``out``, an :class:`~convengine.core.contract.OutputSlice`, is where the output goes (then
+        ``out.view`` is returned): the backend writes it there if it can
+        (``Backend.supports_output_slice``), else the engine copies it there; the rest of
+        ``out.buffer`` is left as it is. A buffer that overlaps ``x`` or ``residual`` is written after
+        the whole output is computed.
         """
         x = as_float_array(x, "input")
         expected = self.problem.input_shape[1:]
@@ -98,12 +106,16 @@ class PreparedConv:
             raise TypeError(f"input dtype {x.dtype} does not match the prepared dtype {self.problem.dtype}")
         batch = x.shape[0]
         residual = self._check_residual(residual, batch, x.dtype)
+        if out is not None:
+            self._check_out(out, batch, x, residual)
         if batch == 0:  # nothing to compute, but the backend request must still be valid
             problem = self.problem.with_batch(0)
             self.engine.select(problem, self._backend)
-            return np.empty(problem.output_shape, problem.dtype)
+            return np.empty(problem.output_shape, problem.dtype) if out is None else out.view
         prepared = self._prepared(batch)
         x = kernel_ready(x)
+        if out is not None:
+            return self._into(prepared, out, x, residual, consume_residual)
         try:
             if prepared.fused:
                 if self.epilogue.residual:
@@ -124,6 +136,44 @@ class PreparedConv:
         if np.may_share_memory(y, x) or (residual is not None and np.may_share_memory(y, residual)):
             y = y.copy()  # the epilogue writes in place: never into the caller's arrays, whatever a backend returns
         return self.epilogue.apply(y, residual)
+
+    def _into(self, prepared: "_Prepared", out: OutputSlice, x, residual, consume_residual: bool) -> np.ndarray:
+        """The call with ``out``: the backend writes into the slice if it says it can, else its output is copied there."""
+        overlaps = np.may_share_memory(out.buffer, x) or (residual is not None and np.may_share_memory(out.buffer, residual))
+        if overlaps or not prepared.writes_into(out.step):  # (a backend is never given a buffer it reads)
+            view = out.view
+            view[...] = self(x, residual, consume_residual=consume_residual)
+            return view
+        try:
+            args = (x, residual) if self.epilogue.residual else (x,)
+            return self.engine._run_checked(prepared, args, out=out)
+        except _Retry:  # nothing of the caller's was overwritten but the slice, which the next try rewrites
+            with self._lock:
+                self._by_batch.pop(x.shape[0], None)
+            return self(x, residual, consume_residual=consume_residual, out=out)
+        except BackendFailedError:
+            with self._lock:
+                self._by_batch.pop(x.shape[0], None)
+            raise
+
+    def _check_out(self, out, batch: int, x, residual) -> None:
+        if not isinstance(out, OutputSlice):
+            raise TypeError(f"out must be an OutputSlice, got {type(out).__name__}")
+        buffer, (c_out, h_out, w_out) = out.buffer, self.problem.output_shape[1:]
+        if (not isinstance(buffer, np.ndarray) or buffer.ndim != 4 or buffer.shape[0] != batch
+                or buffer.shape[2:] != (h_out, w_out)):
+            raise ValueError(f"out.buffer must be an array of shape ({batch}, C_total, {h_out}, {w_out}), "
+                             f"got {getattr(buffer, 'shape', type(buffer).__name__)}")
+        if buffer.dtype != x.dtype or not buffer.flags.c_contiguous or not buffer.flags.writeable:
+            raise ValueError(f"out.buffer must be a writable C-contiguous {x.dtype} array, got "
+                             f"{buffer.dtype}{'' if buffer.flags.c_contiguous else ', not C-contiguous'}"
+                             f"{'' if buffer.flags.writeable else ', read-only'}")
+        start, channels, step = out.start, out.channels, out.step
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (start, channels, step)):
+            raise TypeError(f"out.start, out.channels and out.step must be ints, got {start!r}, {channels!r}, {step!r}")
+        if channels != c_out or step < 1 or start < 0 or start + step * (channels - 1) >= buffer.shape[1]:
+            raise ValueError(f"out must hold {c_out} channels inside the buffer's {buffer.shape[1]}: got start {start}, "
+                             f"{channels} channels, step {step}")
 
     def _check_residual(self, residual, batch: int, dtype) -> Optional[np.ndarray]:
         if not self.epilogue.residual:
@@ -150,6 +200,20 @@ class _Prepared:
     execute: Callable
     fused: bool
     residual_in_place: bool = False  # the fused executor may write its output over the residual
+    #: the backend's ``supports_output_slice`` for this problem and epilogue (``None``: it never writes into a slice)
+    slices: Optional[Callable] = None
+    _steps: dict = field(default_factory=dict, compare=False)  # {step: whether out= goes to the backend}
+
+    def writes_into(self, step: int) -> bool:
+        """Whether the executor takes ``out=`` slices ``step`` channels apart (asked once per step)."""
+        answer = self._steps.get(step)
+        if answer is None:
+            try:
+                answer = self.slices is not None and self.slices(step) is None
+            except Exception:  # a broken plugin answers "no": the engine copies instead
+                answer = False
+            self._steps[step] = answer
+        return answer
 
 
 class _Retry(Exception):
@@ -313,19 +377,27 @@ class Engine:
                 else:
                     execute = chosen.prepare(problem, weight, bias)
                 in_place = fused and epilogue.residual and getattr(chosen, "residual_in_place", False) is True
-                return _Prepared(problem, decision, execute, fused, in_place)
+                asks = getattr(chosen, "supports_output_slice", None)
+                # an epilogue the engine applies would run after the backend: only where it wrote nothing
+                slices = (None if asks is None or (epilogue and not fused)
+                          else functools.partial(asks, problem, epilogue if fused else NO_EPILOGUE))
+                return _Prepared(problem, decision, execute, fused, in_place, slices)
             except Exception as exc:
                 self._exclude(decision, f"prepare() raised {type(exc).__name__}: {exc}", exc)
 
-    def _run_checked(self, prepared: _Prepared, args: tuple, in_place: bool = False):
+    def _run_checked(self, prepared: _Prepared, args: tuple, in_place: bool = False, out: Optional[OutputSlice] = None):
         """Run the executor; a backend that raises or returns a wrong output is excluded and the call retried.
 
         Except after ``in_place``: the residual may be half overwritten, so no other backend can
         redo the call; it fails with a :class:`BackendFailedError` instead (the next call goes elsewhere).
+        With ``out``, the output must be ``out.view`` itself.
         """
         decision = prepared.decision
         try:
-            y = prepared.execute(*args, in_place=True) if in_place else prepared.execute(*args)
+            if out is not None:
+                y = prepared.execute(*args, out=out)
+            else:
+                y = prepared.execute(*args, in_place=True) if in_place else prepared.execute(*args)
         except Exception as exc:
             self._exclude(decision, f"execute() raised {type(exc).__name__}: {exc}", exc)
             if in_place:
@@ -334,6 +406,8 @@ class Engine:
                                          backend=decision.chosen, reason=reason) from exc
             raise _Retry from exc
         violation = output_violation(y, prepared.problem)
+        if out is not None and not violation and not _same_view(y, out.view):
+            violation = "was given out= but returned another array than out.view"
         if violation:
             self._exclude(decision, violation, None)
             if in_place:
@@ -349,6 +423,10 @@ class Engine:
         if decision.explicit:
             raise BackendFailedError(f"backend {decision.chosen!r} failed: {reason}", backend=decision.chosen,
                                      reason=reason) from exc
+
+
+def _same_view(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.strides == b.strides
 
 
 def _shape_and_dtype(value) -> tuple[tuple[int, ...], Optional[str]]:

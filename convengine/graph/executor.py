@@ -5,7 +5,9 @@ under its policy; this module knows no backend. Batch normalisation that directl
 convolution is folded into that convolution's weights and bias at compile time (unless
 ``fold_batchnorm=False``), a following residual ``Add`` and activation become the
 convolution's epilogue, and a squeeze-and-excitation block runs as one step (both unless
-``fuse_epilogues=False``; see :mod:`.folding` and :mod:`.fusion`). Each
+``fuse_epilogues=False``; see :mod:`.folding` and :mod:`.fusion`). A channel ``Concat``
+binds its output to a buffer its inputs were written into by their producers, and a channel
+shuffle after it costs nothing (unless ``concat_in_place=False``; see :mod:`.placement`). Each
 intermediate tensor is dropped as soon as its last consumer has run, so peak memory follows
 the widest point of the graph, not its length. Before the first run, the Numba kernels the
 layers will call are compiled in parallel processes where they are not cached yet
@@ -15,12 +17,14 @@ layers will call are compiled in parallel processes where they are not cached ye
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from ..core.arrays import kernel_ready
+from ..core.contract import OutputSlice
 from ..core.engine import default_engine
 from ..runtime.precompile import precompile as precompile_kernels
 from ..runtime.threads import get_num_threads
@@ -28,6 +32,7 @@ from .folding import fold_batchnorm, foldable_batchnorms
 from .fusion import EpilogueFusion, SqueezeExcitation, fusible_epilogues, squeeze_excitations
 from .ir import GraphError, Node, consumers
 from .ops import INPLACE, KERNELS, OPS, conv_problem_args
+from .placement import Gather, Placement, Slot, plan_placement
 
 if TYPE_CHECKING:  # annotations only: the Graph class sits above this module
     from .network import Graph
@@ -47,13 +52,16 @@ class Step:
     release: list[str] = field(default_factory=list)  # tensors whose last consumer is this step
     inplace: bool = False  # may overwrite its first input (an intermediate nothing reads later)
     consume_residual: bool = False  # a conv whose fused residual (an intermediate nothing reads later) may hold its output
+    gather: Optional[Gather] = None  # a Concat (and shuffle) whose output is a view of a buffer
+    copies: list[tuple[str, Slot]] = field(default_factory=list)  # the gather's inputs it copies into the buffer
+    homes: list[tuple[int, Slot]] = field(default_factory=list)  # outputs (by index) that live in a buffer slot
 
 
 class CompiledGraph:
     """A graph with every convolution prepared; ``run`` may be called many times."""
 
     def __init__(self, graph: Graph, engine=None, *, fold_batchnorm: bool = True, fuse_epilogues: bool = True,
-                 plan=None, progress: bool = False, batch: int = 1, precompile: bool = True):
+                 plan=None, progress: bool = False, batch: int = 1, precompile: bool = True, concat_in_place: bool = True):
         self.graph = graph
         self.batch = batch
         self.engine = engine or default_engine()
@@ -95,6 +103,9 @@ class CompiledGraph:
                 step.inputs = [block.x]
                 step.node = Node(node.name, "SqueezeExcitation", [block.x], [block.output])
             self.steps.append(step)
+        self.placement = (plan_placement(graph, {out for s in self.steps for out in s.node.outputs}, readers)
+                          if concat_in_place else Placement({}, {}, {}))
+        self._place()
         self._plan_releases()
         #: what compiling the kernels ahead did (None when ``precompile=False``)
         self.precompiled = (precompile_kernels(self.kernels(), processes=get_num_threads(), progress=progress)
@@ -114,6 +125,20 @@ class CompiledGraph:
                                        activation=fusion.activation if fusion else None, **conv_problem_args(node))
         except (ValueError, TypeError) as exc:
             raise GraphError(f"node {node.name!r} (Conv): {exc}") from exc
+
+    def _place(self) -> None:
+        """Turn the planned ``Concat`` nodes into gathers, drop the shuffles they absorbed, mark placed outputs."""
+        placement = self.placement
+        absorbed = {n.name for g in placement.gathers.values() for n in g.absorbed}
+        self.steps = [s for s in self.steps if s.node.name not in absorbed]
+        for step in self.steps:
+            gather = placement.gathers.get(step.node.name)
+            if gather is not None:
+                step.gather = gather
+                step.node = Node(gather.node.name, gather.node.op, gather.node.inputs, [gather.output], gather.node.attrs)
+                step.copies = [(t, slot) for t, slot in gather.inputs if placement.homes.get(t) != slot]
+            else:
+                step.homes = [(i, placement.homes[out]) for i, out in enumerate(step.node.outputs) if out in placement.homes]
 
     def kernels(self) -> list:
         """The compiled kernels the first run will call: each convolution's backend's and each operator's.
@@ -154,11 +179,14 @@ class CompiledGraph:
         parameter, and neither that tensor nor any view of the same memory (Flatten, Reshape,
         Identity... return views) is read after this step or returned.
         """
+        # tensors in one buffer (a gather's output, its inputs' homes) are one memory for this purpose
+        placed = {t: slot.buffer for t, slot in self.placement.homes.items()}
+        placed.update({s.gather.output: s.gather.slot.buffer for s in self.steps if s.gather is not None})
         root: dict[str, str] = {}
         for step in self.steps:
             node = step.node
             for out in node.outputs:
-                root[out] = root.get(node.inputs[0], node.inputs[0]) if node.op in VIEW_OPS else out
+                root[out] = placed.get(out) or (root.get(node.inputs[0], node.inputs[0]) if node.op in VIEW_OPS else out)
         protected = {spec.name for spec in self.graph.inputs} | set(self.graph.params)
         group_end: dict[str, float] = {}
         for name, r in root.items():
@@ -187,6 +215,12 @@ class CompiledGraph:
         return {s.node.name: s.conv.backend_for(batch) for s in self.steps if s.conv is not None}
 
     @property
+    def gathered(self) -> dict[str, str]:
+        """``{Concat node name: "Concat"}`` for every ``Concat`` whose output is a view of a buffer its inputs were
+        placed in (``"Concat+Reshape+Transpose+Reshape"`` with the channel shuffle it absorbed); see :mod:`.placement`."""
+        return {s.node.name: s.gather.describe() for s in self.steps if s.gather is not None}
+
+    @property
     def fused(self) -> dict[str, str]:
         """``{conv node name: "Add+Relu"}``: the nodes each convolution absorbed as its epilogue, and
         ``{Mul node name: "GlobalAveragePool+Conv+Relu+Conv+Sigmoid+Mul"}`` for squeeze-and-excitation blocks."""
@@ -201,17 +235,30 @@ class CompiledGraph:
         """
         env = self._bind_inputs(inputs)
         params = self.graph.params
+        # the placement's buffers, while a view of one lives (each tensor in one is alive until its gather has run)
+        buffers: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         for step in self.steps:
             start = time.perf_counter() if timings is not None else 0.0
             if step.conv is not None:
                 args = [env[n] if n in env else params[n] for n in step.inputs]
-                outputs = [step.conv(*args, consume_residual=step.consume_residual)]
+                out = None
+                if step.homes:
+                    slot = step.homes[0][1]
+                    out = OutputSlice(self._buffer(buffers, slot.buffer, args[0]), slot.start, slot.channels, slot.step)
+                outputs = [step.conv(*args, consume_residual=step.consume_residual, out=out)]
+            elif step.gather is not None:
+                outputs = [self._gather(step, env, params, buffers)]
             elif step.block is not None:
                 outputs = [step.block(env[step.inputs[0]], step.inplace)]
             else:
                 node = step.node
                 args = [(env[n] if n in env else params[n]) if n else None for n in node.inputs]
                 outputs = (INPLACE[node.op] if step.inplace else OPS[node.op].run)(node, args)
+            if step.homes and step.conv is None:  # another producer's result goes to its place now
+                for i, slot in step.homes:
+                    view = slot.of(self._buffer(buffers, slot.buffer, outputs[i]))
+                    view[...] = outputs[i]
+                    outputs[i] = view
             for name, value in zip(step.node.outputs, outputs):
                 env[name] = value
             for name in step.release:
@@ -220,6 +267,21 @@ class CompiledGraph:
                 timings[step.node.name] = time.perf_counter() - start
         results = {name: env[name] for name in self.graph.outputs}
         return results[self.graph.outputs[0]] if len(results) == 1 else results
+
+    def _buffer(self, buffers, name: str, like: np.ndarray) -> np.ndarray:
+        """The buffer ``name`` of this run, allocated for ``like``'s batch and dtype on first use."""
+        buffer = buffers.get(name)
+        if buffer is None:
+            buffer = buffers[name] = np.empty((like.shape[0],) + self.placement.buffers[name], like.dtype)
+        return buffer
+
+    def _gather(self, step: Step, env, params, buffers) -> np.ndarray:
+        """A gather step: copy the inputs that do not live in their slot there; the output is the buffer's view."""
+        first = step.gather.inputs[0][0]
+        buffer = self._buffer(buffers, step.gather.slot.buffer, env[first] if first in env else params[first])
+        for tensor, slot in step.copies:
+            slot.of(buffer)[...] = env[tensor] if tensor in env else params[tensor]
+        return step.gather.slot.of(buffer)
 
     def _bind_inputs(self, inputs) -> dict[str, np.ndarray]:
         specs = {s.name: s for s in self.graph.inputs}

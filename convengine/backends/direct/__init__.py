@@ -223,6 +223,12 @@ class DirectBackend(NumbaBackend):
     def supports_epilogue(self, problem: ConvProblem, epilogue: Epilogue):
         return None  # applied where the output tile leaves the registers
 
+    def supports_output_slice(self, problem: ConvProblem, epilogue: Epilogue, step: int):
+        # The kernels write a C-contiguous NCHW output: a slice is one for one image and step 1.
+        if problem.batch != 1 or step != 1:
+            return "only a slice that is one contiguous block (one image, step 1)"
+        return None
+
     def kernels(self, problem: ConvProblem, epilogue: Epilogue = NONE):
         from ._kernels import precompile_kernels
 
@@ -254,11 +260,11 @@ class DirectBackend(NumbaBackend):
         tile_width = self.tile_width
         slack = input_slack(sw, block)
 
-        def execute(x: np.ndarray, residual=None, in_place: bool = False) -> np.ndarray:
+        def execute(x: np.ndarray, residual=None, in_place: bool = False, out=None) -> np.ndarray:
             workers = numba_threads()
             shape = (x.shape[0], c_blocks, hp, wp, block)
             flat = scratch("direct.input", (math.prod(shape) + slack,), np.float32)
-            out = residual if in_place else np.empty(problem.output_shape, np.float32)
+            out = out.view if out is not None else residual if in_place else np.empty(problem.output_shape, np.float32)
             res = out if residual is None else residual
             tiled_conv(np.ascontiguousarray(x), flat[:flat.size - slack].reshape(shape), top, left, wb, kh, kw, sh, sw, dh, dw,
                        group_blocks, b, res, residual is not None, *act, out, tile_width, workers)
@@ -287,11 +293,11 @@ class DirectBackend(NumbaBackend):
         chunk, tile_width = reduction_chunk(problem.in_channels), self.tile_width
         group = pixel_group(problem, tile_width)
 
-        def execute(x: np.ndarray, residual=None, in_place: bool = False) -> np.ndarray:
+        def execute(x: np.ndarray, residual=None, in_place: bool = False, out=None) -> np.ndarray:
             workers = numba_threads()
             x = np.ascontiguousarray(x)
             products_read = x if (sh, sw) == (1, 1) else scratch("direct.subsampled", subsampled, np.float32)
-            out = residual if in_place else np.empty(problem.output_shape, np.float32)
+            out = out.view if out is not None else residual if in_place else np.empty(problem.output_shape, np.float32)
             res = out if residual is None else residual
             if tiles:
                 pointwise_tiles(x, products_read, sh, sw, w_packed, chunk, b, res, residual is not None, *act, out,
