@@ -29,7 +29,7 @@ from ..core.engine import default_engine
 from ..runtime.precompile import precompile as precompile_kernels
 from ..runtime.threads import get_num_threads
 from .folding import fold_batchnorm, foldable_batchnorms
-from .fusion import EpilogueFusion, SqueezeExcitation, fusible_epilogues, squeeze_excitations
+from .fusion import EpilogueFusion, SqueezeExcitation, fused_blocks, fusible_epilogues
 from .ir import GraphError, Node, consumers
 from .ops import INPLACE, KERNELS, OPS, conv_problem_args
 from .placement import Gather, Placement, Slot, plan_placement
@@ -46,7 +46,7 @@ class Step:
     node: Node
     conv: Any = None  # PreparedConv for Conv nodes
     fusion: Optional[EpilogueFusion] = None  # the Add and activation nodes a Conv step absorbed
-    squeeze: Optional[SqueezeExcitation] = None  # the squeeze-and-excitation block this step runs
+    squeeze: Optional[SqueezeExcitation] = None  # the block this step runs (squeeze-and-excitation, a pointwise chain)
     block: Any = None  # its prepared run(x, in_place) -> y
     inputs: list[str] = field(default_factory=list)
     release: list[str] = field(default_factory=list)  # tensors whose last consumer is this step
@@ -71,7 +71,7 @@ class CompiledGraph:
         readers = consumers(graph.nodes)  # one map, for folding and fusion alike
         folded = foldable_batchnorms(graph, readers) if fold_batchnorm else {}
         skipped = {bn.name for _, bn in folded.values()}
-        blocks = squeeze_excitations(graph, readers) if fuse_epilogues else {}
+        blocks = fused_blocks(graph, readers) if fuse_epilogues else {}  # squeeze-excitation, GELU, BN+ReLU
         in_blocks = {n.name for b in blocks.values() for n in b.absorbed}
         conv_outputs = {n.name: (folded[n.name][1] if n.name in folded else n).outputs[0]
                         for n in graph.nodes if n.op == "Conv" and n.name not in in_blocks}
@@ -101,7 +101,7 @@ class CompiledGraph:
                 block = step.squeeze = blocks[node.name]
                 step.block = block.prepare(graph.params, graph.inputs[0].dtype if graph.inputs else "float32")
                 step.inputs = [block.x]
-                step.node = Node(node.name, "SqueezeExcitation", [block.x], [block.output])
+                step.node = Node(node.name, block.op, [block.x], [block.output])
             self.steps.append(step)
         self.placement = (plan_placement(graph, {out for s in self.steps for out in s.node.outputs}, readers)
                           if concat_in_place else Placement({}, {}, {}))
@@ -152,9 +152,8 @@ class CompiledGraph:
         for step in self.steps:
             if step.conv is not None:
                 kernels += step.conv.kernels()
-            elif step.squeeze is not None:  # its global pool's
-                pool = step.squeeze.absorbed[0]
-                kernels += KERNELS[pool.op](pool, [(self.batch,) + tuple(self.graph.shapes[step.squeeze.x][1:])], dtype, params)
+            elif step.squeeze is not None:
+                kernels += step.squeeze.kernels((self.batch,) + tuple(self.graph.shapes[step.squeeze.x][1:]), dtype, params)
             elif step.node.op in KERNELS:
                 shapes = [params[n].shape if n in params else (self.batch,) + tuple(self.graph.shapes[n][1:])
                           for n in step.node.inputs if n]

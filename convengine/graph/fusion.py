@@ -20,6 +20,12 @@ Sigmoid or HardSigmoid -> Mul`` by the block's input. Its two convolutions act o
 per image: as convolutions they cost a backend call each (and a parallel kernel start) for a
 few hundred multiply-adds; here they are two small matrix products on the channel means, and
 the scaling multiplies the input in place when nothing reads it after.
+
+Two elementwise chains become one compiled pass each (:func:`pointwise_chains`), in place
+when nothing reads their input after: the exact GELU as PyTorch exports it (ConvNeXt's 18:
+five passes over memory, one of them ``erf``), and a batch norm that no convolution
+absorbs followed by ``Relu`` (DenseNet's pre-activation before each convolution: two passes).
+:func:`fused_blocks` gathers every such block for the executor.
 """
 
 from __future__ import annotations
@@ -31,8 +37,9 @@ from typing import TYPE_CHECKING, Callable, Optional, Union
 import numpy as np
 
 from ..core.epilogue import Epilogue, apply_activation
+from .folding import foldable_batchnorms
 from .ir import Node
-from .ops import OPS
+from .ops import GELU_SCALE, KERNELS, OPS, batchnorm_affine
 
 if TYPE_CHECKING:  # annotations only: the Graph class sits above this module
     from .network import Graph
@@ -141,12 +148,19 @@ class SqueezeExcitation:
     activation: Union[str, tuple]
     gate: Union[str, tuple]
 
+    op = "SqueezeExcitation"  # the executor's name for the step
+
     @property
     def output(self) -> str:
         return self.absorbed[-1].outputs[0]
 
     def describe(self) -> str:
         return "+".join(node.op for node in self.absorbed)
+
+    def kernels(self, x_shape, dtype: str, params) -> list:
+        """The compiled kernels ``run`` calls on an input of ``x_shape`` (its global pool's)."""
+        pool = self.absorbed[0]
+        return KERNELS[pool.op](pool, [x_shape], dtype, params)
 
     def prepare(self, params, dtype) -> Callable[[np.ndarray, bool], np.ndarray]:
         """``run(x, in_place) -> y``, the weights laid out once. ``in_place``: ``y`` may be written over ``x``."""
@@ -242,3 +256,131 @@ def _reduction_before(hidden: str, producer: dict[str, Node],
     if not nodes or nodes[-1] is not last:
         return None, [], None
     return producer.get(source), nodes, activation
+
+
+# -- elementwise chains ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PointwiseChain:
+    """Elementwise nodes run as one pass over the block's input ``x``, where the last of ``absorbed`` was.
+
+    ``kind`` is ``"gelu"`` (``Mul(x, c) -> Erf -> Add(1) -> Mul(x) -> Mul(0.5)``, ``c`` the
+    file's float32 ``1/sqrt(2)``, in ``constant``) or ``"batchnorm_relu"`` (``absorbed[0]`` the
+    ``BatchNormalization``, its statistics parameters).
+    """
+
+    x: str
+    absorbed: tuple[Node, ...]
+    kind: str
+    constant: Optional[float] = None
+
+    @property
+    def op(self) -> str:
+        return "Gelu" if self.kind == "gelu" else "BatchNormalization+Relu"
+
+    @property
+    def output(self) -> str:
+        return self.absorbed[-1].outputs[0]
+
+    def describe(self) -> str:
+        return "+".join(node.op for node in self.absorbed)
+
+    def kernels(self, x_shape, dtype: str, params) -> list:
+        """The compiled kernels ``run`` calls on an input of ``x_shape``."""
+        if self.kind == "gelu" and dtype != "float32":
+            return []
+        from ._pointwise_kernels import precompile_kernels
+
+        return precompile_kernels("gelu" if self.kind == "gelu" else "scale_shift", dtype)
+
+    def prepare(self, params, dtype) -> Callable[[np.ndarray, bool], np.ndarray]:
+        """``run(x, in_place) -> y``; ``in_place``: ``y`` may be written over ``x``."""
+        from ._pointwise_kernels import gelu, scale_shift
+
+        if self.kind == "gelu":
+            c = np.dtype(dtype).type(self.constant)
+            if np.dtype(dtype) == np.float32:
+                return lambda x, in_place: gelu(x, c, out=x if in_place else None)
+            erf = OPS["Erf"].run
+            erf_node = self.absorbed[1]
+
+            def run(x, in_place):  # other dtypes: the chain's operations with numpy (and scipy's erf)
+                y = erf(erf_node, [x * c])[0]
+                y += 1
+                y *= x
+                y *= 0.5
+                return y
+
+            return run
+        bn = self.absorbed[0]
+        factor, shift = batchnorm_affine(bn, [params[name] for name in bn.inputs[1:5]], dtype)
+        return lambda x, in_place: scale_shift(x, factor, shift, True, out=x if in_place else None)
+
+
+def _scalar(params, name: str, value) -> bool:
+    """Whether ``name`` is a one-element floating parameter equal to ``value`` (float32 ``value`` compared as float32)."""
+    p = params.get(name)
+    return p is not None and p.size == 1 and p.dtype.kind == "f" and p.reshape(-1)[0] == value
+
+
+def pointwise_chains(graph: Graph, consumers: dict[str, list[Node]]) -> dict[str, PointwiseChain]:
+    """``{last node name: chain}`` for every GELU and batch norm + ReLU chain whose intermediates nothing else reads.
+
+    GELU: the constants exactly ``1/sqrt(2)`` (as float32), ``1`` and ``0.5``, one element each,
+    either operand order; the output of ``x``'s shape. Batch norm + ReLU: a batch norm that
+    :func:`.folding.foldable_batchnorms` leaves (its input not a convolution's sole output),
+    statistics constant, read by a ``Relu`` alone.
+    """
+    params, shapes = graph.params, graph.shapes
+
+    def sole_reader(tensor: str, op: str) -> Optional[Node]:
+        users = [] if tensor in graph.outputs else consumers.get(tensor, [])
+        return users[0] if len(users) == 1 and users[0].op == op else None
+
+    def other(node: Node, tensor: str) -> Optional[str]:  # a binary node's operand that is not `tensor`
+        if len(node.inputs) != 2 or tensor not in node.inputs:
+            return None
+        return node.inputs[1] if node.inputs[0] == tensor else node.inputs[0]
+
+    chains: dict[str, PointwiseChain] = {}
+    for scale in graph.nodes:
+        if scale.op != "Mul" or len(scale.inputs) != 2:
+            continue
+        for x, c in (scale.inputs, scale.inputs[::-1]):
+            if x in params or not _scalar(params, c, GELU_SCALE):
+                continue
+            erf = sole_reader(scale.outputs[0], "Erf")
+            add = erf and sole_reader(erf.outputs[0], "Add")
+            mul = add and sole_reader(add.outputs[0], "Mul")
+            half = mul and sole_reader(mul.outputs[0], "Mul")
+            if (half is None or not _scalar(params, other(add, erf.outputs[0]), 1.0)
+                    or other(mul, add.outputs[0]) != x or not _scalar(params, other(half, mul.outputs[0]), 0.5)
+                    or shapes.get(half.outputs[0]) != shapes.get(x)):
+                continue
+            chains[half.name] = PointwiseChain(x, (scale, erf, add, mul, half), "gelu", float(params[c].reshape(-1)[0]))
+            break
+    folded = {bn.name for _, bn in foldable_batchnorms(graph, consumers).values()}
+    for bn in graph.nodes:
+        if (bn.op != "BatchNormalization" or bn.name in folded or len(bn.outputs) != 1 or len(bn.inputs) < 5
+                or not all(name in params for name in bn.inputs[1:5]) or len(shapes.get(bn.inputs[0], ())) < 2):
+            continue
+        relu = sole_reader(bn.outputs[0], "Relu")
+        if relu is not None and relu.name not in chains:
+            chains[relu.name] = PointwiseChain(bn.inputs[0], (bn, relu), "batchnorm_relu")
+    return chains
+
+
+def fused_blocks(graph: Graph, consumers: dict[str, list[Node]]) -> dict:
+    """Every multi-node block the executor runs as one step: ``{last node name: block}``, each with
+    ``x``, ``absorbed``, ``output``, ``op``, ``describe()``, ``kernels(x_shape, dtype, params)`` and
+    ``prepare(params, dtype) -> run(x, in_place)``. Squeeze-and-excitation first; a chain that
+    shares a node with an earlier block is left out."""
+    blocks: dict = dict(squeeze_excitations(graph, consumers))
+    claimed = {n.name for b in blocks.values() for n in b.absorbed}
+    for name, chain in pointwise_chains(graph, consumers).items():
+        names = {n.name for n in chain.absorbed}
+        if not names & claimed:
+            blocks[name] = chain
+            claimed |= names
+    return blocks

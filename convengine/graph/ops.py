@@ -73,13 +73,40 @@ OPS["Conv"] = Op(_conv_infer, None)
 # -- normalisation -------------------------------------------------------------------------------
 
 
-@op("BatchNormalization", _same)
-def _batchnorm(node, arrays):
-    x, scale, bias, mean, var = arrays[:5]
+def batchnorm_affine(node: Node, params: list[np.ndarray], dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Inference batch normalisation as ``x * factor + shift`` per channel: ``(factor, shift)`` in ``dtype``,
+    from the node's ``scale, bias, mean, var`` (computed in float64, rounded once)."""
+    scale, bias, mean, var = (np.asarray(p, np.float64) for p in params[:4])
     factor = scale / np.sqrt(var + node.attrs.get("epsilon", 1e-5))
     shift = bias - mean * factor
+    return np.ascontiguousarray(factor, dtype), np.ascontiguousarray(shift, dtype)
+
+
+def _batchnorm_fast(x) -> bool:  # the one-pass Numba kernel (else numpy): float (N, C, ...) arrays
+    return x.dtype in (np.float32, np.float64) and x.ndim >= 2
+
+
+@op("BatchNormalization", _same)
+def _batchnorm(node, arrays, out=None):
+    x = arrays[0]
+    factor, shift = batchnorm_affine(node, arrays[1:5], x.dtype)
+    if _batchnorm_fast(x):
+        from ._pointwise_kernels import scale_shift
+
+        return [scale_shift(x, factor, shift, relu=False, out=out)]
     view = (1, -1) + (1,) * (x.ndim - 2)
     return [(x * factor.reshape(view) + shift.reshape(view)).astype(x.dtype, copy=False)]
+
+
+def _batchnorm_kernels(node, shapes, dtype, params):
+    if len(shapes[0]) < 2 or dtype not in ("float32", "float64"):
+        return []
+    from ._pointwise_kernels import precompile_kernels
+
+    return precompile_kernels("scale_shift", dtype)
+
+
+KERNELS["BatchNormalization"] = _batchnorm_kernels
 
 
 @op("LRN", _same)
@@ -210,21 +237,29 @@ def _maxpool(node, arrays):
     if x.ndim != 4 or len(node.outputs) > 1:  # (the Indices output is not supported anyway)
         return [_pool_reduce(_pad_for_pool(x, geometry, -np.inf), geometry, np.maximum)]
     from ..runtime.threads import numba_threads
-    from ._pool_kernels import max_pool, max_pool_3x3_s2
+    from ._pool_kernels import max_pool, max_pool_3x3_s2, max_pool_s1
 
     (kh, sh, dh, top, _, _, out_h), (kw, sw, dw, left, _, _, out_w) = geometry
     y = np.empty(x.shape[:2] + (out_h, out_w), x.dtype)
     numba_threads()
-    if _maxpool_kernel(geometry) == "max_pool_3x3_s2":
+    kernel = _maxpool_kernel(geometry)
+    if kernel == "max_pool_3x3_s2":
         max_pool_3x3_s2(np.ascontiguousarray(x), y, top, left)
+    elif kernel == "max_pool_s1":
+        planes = x.shape[0] * x.shape[1]
+        max_pool_s1(np.ascontiguousarray(x).reshape(planes, -1), y.reshape(planes, -1), x.shape[3], out_w, kh, kw, top, left)
     else:
         max_pool(np.ascontiguousarray(x), y, kh, kw, sh, sw, dh, dw, top, left)
     return [y]
 
 
 def _maxpool_kernel(geometry) -> str:
+    """The :mod:`._pool_kernels` function for this window: ResNet's 3x3/2, any stride-1 one
+    (GoogLeNet's and Inception's branch pools), else the general kernel."""
     (kh, sh, dh, *_), (kw, sw, dw, *_) = geometry
-    return "max_pool_3x3_s2" if (kh, kw, sh, sw, dh, dw) == (3, 3, 2, 2, 1, 1) else "max_pool"
+    if (kh, kw, sh, sw, dh, dw) == (3, 3, 2, 2, 1, 1):
+        return "max_pool_3x3_s2"
+    return "max_pool_s1" if (sh, sw, dh, dw) == (1, 1, 1, 1) else "max_pool"
 
 
 def _maxpool_kernels(node, shapes, dtype, params):
@@ -498,10 +533,19 @@ def _pad(node, arrays):
 # ONNX's definitions, on float tensors; each returns an array of its input's dtype.
 
 
-def _erf(x):
+def _erf(x, out=None):
+    """float32: :func:`._pointwise_kernels.erf` (within 1.3e-7, vectorised, ~10x scipy's); others: scipy's."""
+    if x.dtype == np.float32:
+        from ._pointwise_kernels import erf
+
+        return erf(x, out=out)
     from scipy.special import erf
 
-    return erf(x)
+    return erf(x, out=out)
+
+
+#: GELU's ``1/sqrt(2)`` in float32: what exporters' ``Div(x, 1.4142135)`` becomes as a multiplication.
+GELU_SCALE = np.float32(1 / math.sqrt(2))
 
 
 def _hard_sigmoid_of(x, alpha, beta):
@@ -513,7 +557,11 @@ def _hard_sigmoid_of(x, alpha, beta):
 def _gelu(x, approximate: str):
     if approximate == "tanh":  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
         inner = np.tanh(x.dtype.type(math.sqrt(2 / math.pi)) * (x + x.dtype.type(0.044715) * x * x * x))
-    else:  # 0.5 x (1 + erf(x / sqrt(2)))
+    elif x.dtype == np.float32:  # 0.5 x (1 + erf(x / sqrt(2))) in one pass
+        from ._pointwise_kernels import gelu
+
+        return gelu(x, GELU_SCALE)
+    else:
         inner = _erf(x * x.dtype.type(1 / math.sqrt(2)))
     inner += 1
     inner *= x
@@ -558,6 +606,21 @@ def _unary_kernel(name):
 
 for _name in UNARY:
     OPS[_name] = Op(_same, _unary_kernel(_name))
+
+
+def _pointwise_kernels_of(function: str):
+    def kernels(node, shapes, dtype, params):
+        if dtype != "float32" or (function == "gelu" and node.attrs.get("approximate", "none") != "none"):
+            return []
+        from ._pointwise_kernels import precompile_kernels
+
+        return precompile_kernels(function, dtype)
+
+    return kernels
+
+
+KERNELS["Erf"] = _pointwise_kernels_of("erf")
+KERNELS["Gelu"] = _pointwise_kernels_of("gelu")
 
 
 def _power(x, exponent):
@@ -870,4 +933,6 @@ INPLACE = {
                                           arrays[0].dtype.type(node.attrs.get("max", np.inf)), out=arrays[0])],
     "Add": lambda node, arrays: [np.add(arrays[0], arrays[1], out=arrays[0])],
     "Mul": lambda node, arrays: [np.multiply(arrays[0], arrays[1], out=arrays[0])],
+    "Erf": lambda node, arrays: [_erf(arrays[0], out=arrays[0])],
+    "BatchNormalization": lambda node, arrays: _batchnorm(node, arrays, out=arrays[0]),
 }

@@ -1,0 +1,177 @@
+"""Elementwise chains run as one step: PyTorch's exported GELU, and batch norm + ReLU before a convolution.
+
+Tiny ONNX models built with ``onnx.helper`` as the exporters write the chains (GELU as
+``Div(x, 1.4142135) -> Erf -> Add(1) -> Mul(x) -> Mul(0.5)``, DenseNet's ``BatchNormalization
+-> Relu -> Conv``), loaded with ``convengine.load_onnx`` and checked against ONNX Runtime on
+the same file, fused and unfused. A chain with another constant, another operand, or an
+intermediate that something else reads (or that the graph returns) is left alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
+
+import convengine as ce  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
+from convengine.graph.executor import CompiledGraph  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
+
+pytestmark = pytest.mark.usefixtures("no_forced_backend")
+
+EXACT_ENGINE = ce.Engine(max_rel_error=1e-6)
+C, H, W = 6, 5, 7
+GELU = ["scale", "erf", "one", "times", "half"]
+
+
+def _model(nodes, inits, outputs=("y",)):
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", C, H, W])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+                              [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def _gelu_model(root2=1.4142135, one=1.0, half=0.5, swap=False, extra=(), outputs=("y",), times_input="t"):
+    """x -> Add(bias) -> "t" -> torch's exact GELU -> "y" (then ``extra`` nodes)."""
+    rng = np.random.default_rng(0)
+    inits = {"bias": rng.standard_normal((C, 1, 1)), "root2": np.array(root2), "one": np.array(one),
+             "half": np.array(half)}
+    nodes = [helper.make_node("Add", ["x", "bias"], ["t"], name="bias"),
+             helper.make_node("Div", ["t", "root2"], ["d"], name="scale"),
+             helper.make_node("Erf", ["d"], ["e"], name="erf"),
+             helper.make_node("Add", ["one", "e"] if swap else ["e", "one"], ["a"], name="one"),
+             helper.make_node("Mul", ["a", times_input] if swap else [times_input, "a"], ["m"], name="times"),
+             helper.make_node("Mul", ["half", "m"] if swap else ["m", "half"], ["y"], name="half"), *extra]
+    return _model(nodes, inits, outputs)
+
+
+def _onnx_runtime(model: bytes, x):
+    return ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+
+def _input(batch=2, seed=1):
+    x = (np.random.default_rng(seed).standard_normal((batch, C, H, W)) * 3).astype(np.float32)
+    x[0, 1, 2, 3] = np.nan
+    return x
+
+
+def _check(compiled, model, x, outputs=("y",)):
+    want = _onnx_runtime(model, x)
+    got = compiled.run(x)
+    got = got if isinstance(got, dict) else {outputs[0]: got}
+    for name, w in zip(outputs, want):
+        assert np.array_equal(np.isnan(got[name]), np.isnan(w))
+        np.testing.assert_allclose(got[name], w, rtol=2e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("swap", [False, True])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_torchs_gelu_is_one_step_in_place_and_matches_onnx_runtime(swap, batch):
+    model = _gelu_model(swap=swap)
+    x = _input(batch)
+    compiled = CompiledGraph(ce.load_onnx(model), EXACT_ENGINE, batch=batch)
+    assert compiled.fused == {"half": "Mul+Erf+Add+Mul+Mul"}
+    assert [s.node.op for s in compiled.steps] == ["Add", "Gelu"]
+    assert compiled.steps[1].inplace  # "t" is read by the chain alone
+    assert any(k.function == "gelu_parallel" for k in compiled.kernels())  # compiled ahead
+    _check(compiled, model, x)
+    unfused = CompiledGraph(ce.load_onnx(model), EXACT_ENGINE, fuse_epilogues=False, batch=batch)
+    assert "half" not in unfused.fused
+    np.testing.assert_array_equal(compiled.run(x), unfused.run(x))  # the same operations, in the same order
+
+
+@pytest.mark.parametrize("changes", [
+    dict(root2=1.5), dict(root2=1.4142137), dict(one=2.0), dict(half=0.25),  # another constant
+    dict(times_input="x"),  # Mul by another tensor than the one the chain started from
+])
+def test_gelu_with_another_constant_or_operand_is_not_fused(changes):
+    model = _gelu_model(**changes)
+    compiled = CompiledGraph(ce.load_onnx(model), EXACT_ENGINE)
+    assert "half" not in compiled.fused
+    assert "Gelu" not in [s.node.op for s in compiled.steps]
+    _check(compiled, model, _input())
+
+
+@pytest.mark.parametrize("extra, outputs", [
+    ((), ("y", "e")),  # the Erf's output is returned too
+    ((helper.make_node("Neg", ["a"], ["n"]),), ("y", "n")),  # the Add's output is read elsewhere
+    ((helper.make_node("Neg", ["m"], ["n"]),), ("y", "n")),  # the product's output is read elsewhere
+])
+def test_gelu_whose_intermediate_is_read_elsewhere_is_not_fused(extra, outputs):
+    model = _gelu_model(extra=extra, outputs=outputs)
+    compiled = CompiledGraph(ce.load_onnx(model), EXACT_ENGINE)
+    assert "half" not in compiled.fused
+    _check(compiled, model, _input(), outputs)
+
+
+def test_gelu_whose_input_is_read_later_is_fused_but_not_in_place():
+    model = _gelu_model(extra=(helper.make_node("Add", ["y", "t"], ["z"], name="residual"),), outputs=("z",))
+    compiled = CompiledGraph(ce.load_onnx(model), EXACT_ENGINE)
+    assert compiled.fused == {"half": "Mul+Erf+Add+Mul+Mul"}
+    assert not next(s for s in compiled.steps if s.node.op == "Gelu").inplace
+    _check(compiled, model, _input(), ("z",))
+
+
+def _bn_model(scale_first=True, extra=(), outputs=("y",), conv_before=False):
+    """[x -> Mul(s) | x -> Conv] -> "t" -> BatchNormalization -> Relu -> Conv 3x3 -> "y": DenseNet's pre-activation."""
+    rng = np.random.default_rng(2)
+    inits = {"s": np.array(1.5), "gamma": rng.uniform(0.5, 1.5, C), "beta": rng.standard_normal(C),
+             "mean": rng.standard_normal(C), "var": rng.uniform(0.5, 2, C),
+             "w0": rng.standard_normal((C, C, 1, 1)) * 0.5, "w": rng.standard_normal((4, C, 3, 3)) * 0.3}
+    first = (helper.make_node("Conv", ["x", "w0"], ["t"], name="conv0", kernel_shape=[1, 1]) if conv_before
+             else helper.make_node("Mul", ["x", "s"], ["t"], name="pre"))
+    nodes = [first,
+             helper.make_node("BatchNormalization", ["t", "gamma", "beta", "mean", "var"], ["b"], name="bn", epsilon=1e-5),
+             helper.make_node("Relu", ["b"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w"], ["y"], name="conv", kernel_shape=[3, 3], pads=[1] * 4), *extra]
+    return _model(nodes, inits, outputs)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_batchnorm_then_relu_is_one_step_in_place_and_matches_onnx_runtime(batch):
+    model = _bn_model()
+    x = _input(batch)
+    x[0, 1, 2, 3] = 0  # (a NaN would spread through the convolution)
+    compiled = CompiledGraph(ce.load_onnx(model), EXACT_ENGINE, batch=batch)
+    assert compiled.fused["relu"] == "BatchNormalization+Relu"
+    assert [s.node.op for s in compiled.steps] == ["Mul", "BatchNormalization+Relu", "Conv"]
+    assert compiled.steps[1].inplace
+    assert any(k.function == "scale_shift_parallel" for k in compiled.kernels())
+    _check(compiled, model, x)
+    _check(CompiledGraph(ce.load_onnx(model), EXACT_ENGINE, fuse_epilogues=False, batch=batch), model, x)
+
+
+def test_batchnorm_after_a_convolution_is_folded_not_chained():
+    model = _bn_model(conv_before=True)
+    compiled = CompiledGraph(ce.load_onnx(model), EXACT_ENGINE)
+    assert compiled.fused == {"conv0": "Relu"}  # folded into conv0, and the Relu its epilogue
+    x = _input()
+    x[0, 1, 2, 3] = 0
+    _check(compiled, model, x)
+
+
+@pytest.mark.parametrize("extra, outputs", [
+    ((), ("y", "b")),  # the batch norm's output is returned too
+    ((helper.make_node("Neg", ["b"], ["n"]),), ("y", "n")),  # ... or read by another node
+])
+def test_batchnorm_whose_output_is_read_elsewhere_is_not_chained(extra, outputs):
+    model = _bn_model(extra=extra, outputs=outputs)
+    compiled = CompiledGraph(ce.load_onnx(model), EXACT_ENGINE)
+    assert "relu" not in compiled.fused
+    x = _input()
+    x[0, 1, 2, 3] = 0
+    _check(compiled, model, x, outputs)
+
+
+def test_batchnorm_relu_chain_whose_input_is_returned_leaves_it_alone():
+    model = _bn_model(outputs=("y", "t"))
+    x = _input()
+    x[0, 1, 2, 3] = 0
+    compiled = CompiledGraph(ce.load_onnx(model), EXACT_ENGINE)
+    assert compiled.fused["relu"] == "BatchNormalization+Relu"
+    assert not compiled.steps[1].inplace
+    _check(compiled, model, x, ("y", "t"))
