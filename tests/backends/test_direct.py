@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 
 import convengine as ce
-from convengine.backends.direct import DirectBackend, channel_block, reduction_chunk, runs_pointwise_tiles, tile_efficiency
+from convengine.backends.direct import (
+    DirectBackend,
+    channel_block,
+    reduction_chunk,
+    runs_pointwise_tiles,
+    tile_efficiency,
+    tile_vectors,
+)
 from convengine.core.epilogue import Epilogue
 from convengine.core.problem import ConvProblem
 from convengine.testing import BackendConformance
@@ -41,7 +48,7 @@ def _run(backend, x, w, b=None, residual=None, activation=None, **params):
 def _reference(x, w, b=None, **params):
     """The float64 reference, with the parameters normalised as the engine does."""
     p = ConvProblem.from_shapes(x.shape, w.shape, **params)
-    return conv2d_reference(x, w, b, stride=p.stride, padding=p.padding, dilation=p.dilation)
+    return conv2d_reference(x, w, b, stride=p.stride, padding=p.padding, dilation=p.dilation, groups=p.groups)
 
 
 def _data(rng, x_shape, w_shape):
@@ -55,6 +62,21 @@ def test_every_tile_width_and_split(out_width):
     x, w, b = _data(rng, (1, 5, 3, out_width + 2), (7, 5, 3, 3))
     y = _run(DirectBackend(), x, w, b)
     assert relative_error(y, _reference(x, w, b)) < EXACT_F32
+
+
+@pytest.mark.parametrize("out_width", [1, 4, 6, 7, 8, 13, 14, 15, 29])
+@pytest.mark.parametrize("c_in,c_out,groups,vectors", [
+    (20, 32, 1, 2), (16, 96, 1, 2), (16, 48, 1, 1),  # 48: three single-vector blocks, no padding computed
+    (32, 64, 2, 2), (64, 64, 4, 1),  # 32 outputs per group: two vectors; 16: one, a tile never spans two groups
+])
+def test_two_vector_tiles_at_every_width_and_grouping(out_width, c_in, c_out, groups, vectors):
+    """Tiles of two 16-channel vectors (AVX-512) where each group's outputs are a multiple of 32, one vector elsewhere."""
+    rng = np.random.default_rng(out_width * 1000 + c_out + groups)
+    x, w, b = _data(rng, (2, c_in, 4, out_width + 2), (c_out, c_in // groups, 3, 3))
+    problem = ConvProblem.from_shapes(x.shape, w.shape, groups=groups)
+    assert tile_vectors(problem) == vectors and tile_vectors(problem, max_vectors=1) == 1
+    y = _run(DirectBackend(), x, w, b, groups=groups)
+    assert relative_error(y, _reference(x, w, b, groups=groups)) < EXACT_F32
 
 
 @pytest.mark.parametrize("tile_width", [1, 6, 14])
@@ -271,3 +293,4 @@ def test_estimate_counts_channel_padding_and_narrow_tiles():
     assert backend.estimate_seconds(padded, machine) > 1.15 * backend.estimate_seconds(full, machine)
     assert channel_block(3) == 3 and channel_block(64) == 16
     assert tile_efficiency(56, 14) == 1.0 and tile_efficiency(2, 14) == 0.25
+    assert tile_efficiency(7, 14) == 0.875 and tile_efficiency(7, 14, vectors=2) == 1.0

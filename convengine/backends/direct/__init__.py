@@ -2,9 +2,10 @@
 
 Why it exists: im2col writes and re-reads a column matrix kH*kW times the input's size, and
 Winograd pays for its transforms; at batch 1 on a 2-core machine those memory passes cost as
-much as the arithmetic. Here each output tile (up to 14 pixels x 16 channels) stays in vector
-registers while the reduction streams through it (see ``_simd``), the way oneDNN and ONNX
-Runtime's NCHWc kernels work. Per call it copies the input once into a padded,
+much as the arithmetic. Here each output tile (up to 14 pixels x 32 channels on AVX-512, where
+each broadcast input value feeds two FMAs; 16 channels where the layer's channels or the
+registers allow no more) stays in vector registers while the reduction streams through it
+(see ``_simd``), the way oneDNN and ONNX Runtime's NCHWc kernels work. Per call it copies the input once into a padded,
 channel-blocked buffer; weights are packed once in ``prepare``; the output is written once,
 in NCHW, with bias, residual and ReLU applied.
 
@@ -32,7 +33,7 @@ from ...core.problem import ConvProblem
 from ...runtime.threads import numba_threads
 from ...runtime.workspace import scratch
 from .._numba import NumbaBackend
-from ._tiles import LANES, compiled_width
+from ._tiles import LANES, MAX_VECTORS, compiled_width
 from ._tiles import MAX_WIDTH as MAX_TILE_WIDTH
 
 POINT_CHANNELS, POINT_PIXELS = 6, 64  # the 1x1 pixel-vector kernel's block (``_simd.POINT_*``; not imported: no numba at startup)
@@ -67,6 +68,14 @@ POINTWISE_EPILOGUE_FLOPS_PER_OUTPUT = 20
 def channel_block(channels: int) -> int:
     """Channels per input block: 16, or all of them when fewer (the RGB stem is not padded to 16)."""
     return min(channels, LANES)
+
+
+def tile_vectors(problem: ConvProblem, max_vectors: int = MAX_VECTORS) -> int:
+    """Vectors of 16 output channels per register tile: ``max_vectors`` where each group's
+    output channels are a multiple of that many vectors, else 1 (a tile neither straddles two
+    groups nor computes padding channels it would throw away)."""
+    per_group = problem.out_channels // problem.groups
+    return max_vectors if per_group % (max_vectors * LANES) == 0 else 1
 
 
 def is_subsampled_pointwise(problem: ConvProblem) -> bool:
@@ -117,17 +126,17 @@ def computed_pixels(pixels: int, tile_width: int) -> int:
     return full * compiled_width(tile_width) + (compiled_width(tail) if tail else 0)
 
 
-def tile_efficiency(out_width: int, max_width: int) -> float:
-    """Share of the FMA rate the balanced row tiles of ``out_width`` pixels keep busy."""
+def tile_efficiency(out_width: int, max_width: int, vectors: int = 1) -> float:
+    """Share of the FMA rate the balanced row tiles of ``out_width`` pixels x ``vectors`` keep busy."""
     tiles = -(-out_width // max_width)
     width = -(-out_width // tiles)
-    return min(1.0, width / LATENCY_CHAINS)
+    return min(1.0, width * vectors / LATENCY_CHAINS)
 
 
 class DirectBackend(NumbaBackend):
     name = "direct"
     numerical_class = EXACT
-    version = "2"  # 2: 1x1 layers on the register tiles (tuned choices made with 1 are measured again)
+    version = "3"  # 2: 1x1 layers on the register tiles; 3: two channel vectors per tile (tuned choices are measured again)
     residual_in_place = True  # each output element is written after its residual element was read
 
     def __init__(self, tile_width: int | None = None):
@@ -136,6 +145,7 @@ class DirectBackend(NumbaBackend):
                 raise ValueError(f"tile_width must be an int from 1 to {MAX_TILE_WIDTH} (pixels per register tile), "
                                  f"got {tile_width!r}")
         self._tile_width = tile_width
+        self._max_vectors = None
 
     @property
     def tile_width(self) -> int:
@@ -144,6 +154,15 @@ class DirectBackend(NumbaBackend):
 
             self._tile_width = preferred_width()
         return self._tile_width
+
+    @property
+    def max_vectors(self) -> int:
+        """Output-channel vectors a register tile may hold on this machine (see :func:`tile_vectors`)."""
+        if self._max_vectors is None:
+            from ._simd import preferred_vectors
+
+            self._max_vectors = preferred_vectors()
+        return self._max_vectors
 
     def supports(self, problem: ConvProblem):
         if problem.dtype != "float32":
@@ -163,7 +182,8 @@ class DirectBackend(NumbaBackend):
         run = problem.kernel_w * block if problem.dilation[1] == 1 else block
         # a group's reduction is shorter: each tile's fixed costs are spread over fewer rows of it
         reduction_rows = padded_in // block // problem.groups * problem.kernel_h
-        rate = (machine.gemm_flops(problem.dtype) * DIRECT_EFFICIENCY * tile_efficiency(problem.out_width, self.tile_width)
+        chains = tile_efficiency(problem.out_width, self.tile_width, tile_vectors(problem, self.max_vectors))
+        rate = (machine.gemm_flops(problem.dtype) * DIRECT_EFFICIENCY * chains
                 * run / (run + ROW_OVERHEAD_STEPS) * reduction_rows / (reduction_rows + TILE_OVERHEAD_ROWS))
         itemsize = np.dtype(problem.dtype).itemsize
         # the weights stream while the tiles compute: whichever is longer bounds the kernel
@@ -243,13 +263,15 @@ class DirectBackend(NumbaBackend):
 
         block = channel_block(problem.in_channels)
         c_blocks = -(-problem.in_channels // block)
-        o_blocks = -(-problem.out_channels // LANES)
+        vectors = tile_vectors(problem, self.max_vectors)
+        o_lanes = vectors * LANES  # output channels per block
+        o_blocks = -(-problem.out_channels // o_lanes)
         group_blocks = c_blocks // problem.groups  # input blocks an output block's reduction covers
         kh, kw = problem.kernel_h, problem.kernel_w
-        packed = np.zeros((o_blocks * LANES, group_blocks * block, kh, kw), np.float32)
+        packed = np.zeros((o_blocks * o_lanes, group_blocks * block, kh, kw), np.float32)
         packed[:problem.out_channels, :problem.in_channels // problem.groups] = weight
-        # (ob, o, cb, c, kh, kw) -> (ob, cb, kh, kw, c, o): one reduction step reads 16 output channels
-        packed = np.ascontiguousarray(packed.reshape(o_blocks, LANES, group_blocks, block, kh, kw)
+        # (ob, o, cb, c, kh, kw) -> (ob, cb, kh, kw, c, o): one reduction step reads a block's output channels
+        packed = np.ascontiguousarray(packed.reshape(o_blocks, o_lanes, group_blocks, block, kh, kw)
                                       .transpose(0, 2, 4, 5, 3, 1))
         wb = packed.reshape(-1)
         b = np.zeros(problem.out_channels, np.float32) if bias is None else bias
@@ -267,7 +289,7 @@ class DirectBackend(NumbaBackend):
             out = out.view if out is not None else residual if in_place else np.empty(problem.output_shape, np.float32)
             res = out if residual is None else residual
             tiled_conv(np.ascontiguousarray(x), flat[:flat.size - slack].reshape(shape), top, left, wb, kh, kw, sh, sw, dh, dw,
-                       group_blocks, b, res, residual is not None, *act, out, tile_width, workers)
+                       group_blocks, b, res, residual is not None, *act, out, tile_width, vectors, workers)
             return out
 
         return execute

@@ -5,8 +5,9 @@ Layouts (all float32, C-contiguous, flattened where the tile intrinsics read the
 - input, blocked and padded: ``(N, C_blocks, H + pads, W + pads, block)``; a block is 16
   channels (or all of them when there are fewer), so for a fixed input row the
   ``(kw, channel)`` pairs of one kernel row are one contiguous run;
-- weights: ``(O_blocks, C_blocks, KH, KW, block, 16)``, zero-padded, so one reduction step
-  reads one vector of 16 output channels;
+- weights: ``(O_blocks, C_blocks, KH, KW, block, 16 * vectors)``, zero-padded, so one
+  reduction step reads ``vectors`` adjacent vectors of 16 output channels (1 or 2: see
+  :func:`tile_vectors`);
 - output: plain NCHW, written once with bias, residual and ReLU applied.
 """
 
@@ -22,6 +23,7 @@ from ._simd import (
     tile_conv,
     tile_store_nchw,
     tile_zero,
+    wide_tile_zero,
 )
 from ._tiles import LANES, MAX_WIDTH, compiled_width
 from ._worksharing import job_claims, next_job, phase_counter, phase_done
@@ -42,7 +44,9 @@ def precompile_kernels(function: str) -> list:
     i64, flag, f64 = types.int64, types.boolean, types.float64
     epilogue = (flag, i64, f64, f64)  # has_residual, then the activation: Epilogue.kernel_activation()
     signatures = {
-        "tiled_conv": ((f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 7 + (f32(1), f32(4)) + epilogue + (f32(4), i64, i64), 4.5),
+        # (6.8: Zen 4's 4.5 s scaled by the cold compile's growth on Intel, 5.6 -> 8.4 s, with the two-vector tiles)
+        "tiled_conv": ((f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 7 + (f32(1), f32(4)) + epilogue + (f32(4), i64, i64, i64),
+                       6.8),
         "pointwise_conv": ((f32(4), f32(4), i64, i64, f32(1), f32(1), f32(4)) + epilogue + (f32(4), i64), 2.3),
         "pointwise_tiles": ((f32(4), f32(4), i64, i64, f32(1), i64, f32(1), f32(4)) + epilogue + (f32(4), i64, i64, i64), 2.3),
     }
@@ -98,14 +102,14 @@ def _pack_row(x, x_flat, xb, xb_flat, row_index, top, left):
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, group_blocks,
-               bias, residual, has_residual, act, act_a, act_b, y, tile_width, workers):
+               bias, residual, has_residual, act, act_a, act_b, y, tile_width, vectors, workers):
     """``y = act(conv(x) + bias (+ residual))``, ``x`` copied into ``blocked`` on the way, weights packed in ``wb`` (flat).
 
     ``blocked`` is the (N, Cb, Hp, Wp, block) view of a flat buffer with slack past its end.
     Two phases in one parallel region: the threads fill ``blocked`` row by row, wait for
     each other (one kernel start instead of two), then compute. One job of the second phase
-    is one output row of one 16-channel block of one image; it sweeps the row in tiles of at
-    most ``tile_width`` pixels, each accumulated in registers over the whole reduction
+    is one output row of one block of ``vectors`` x 16 output channels of one image; it sweeps
+    the row in tiles of at most ``tile_width`` pixels, each accumulated in registers over the whole reduction
     (channel blocks x kernel rows x one contiguous (kw, channel) run) and written out once,
     epilogue applied. Grouped (``group_blocks`` < all input blocks), an output block's
     reduction covers the ``group_blocks`` input blocks of its group (whole blocks: 16 and more
@@ -115,13 +119,14 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
     xb = blocked.reshape(-1)  # (the flat buffer's start: the tiles read past the view's end, into the slack)
     x_flat = x.reshape(-1)
     n_images, out_channels, out_h, out_w = y.shape
-    o_blocks = (out_channels + LANES - 1) // LANES
+    o_lanes = vectors * LANES  # output channels per block
+    o_blocks = (out_channels + o_lanes - 1) // o_lanes
     n_tiles = (out_w + tile_width - 1) // tile_width
     tile = (out_w + n_tiles - 1) // n_tiles  # balanced: no 1-pixel tail tile
     run = kw_size * block
     calls, tap_rows, count, row_step = (1, kh_size, run, dh * wp * block) if dw == 1 else (kh_size * kw_size, 1, block, 0)
     x_block = hp * wp * block  # one channel block of one image
-    w_block = kh_size * run * LANES  # one channel block's weights for one output block
+    w_block = kh_size * run * o_lanes  # one channel block's weights for one output block
     out_per_group = out_channels * group_blocks // c_blocks
     y_flat = y.reshape(-1)
     residual_flat = residual.reshape(-1)
@@ -149,21 +154,21 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
             for ow0 in range(0, out_w, tile):
                 width = min(tile, out_w - ow0)  # pixels stored
                 computed = _compiled_width(width)  # pixels computed (the extra ones read the slack)
-                cb0 = ob * LANES // out_per_group * group_blocks  # the group's first input block
+                cb0 = ob * o_lanes // out_per_group * group_blocks  # the group's first input block
                 x_tile = (((n * c_blocks + cb0) * hp + oh * sh) * wp + ow0 * sw) * block
                 w_tile = ob * group_blocks * w_block
                 # Undilated, a kernel row's (kw, channel) pairs are one contiguous run: one call
                 # does all kh rows. Dilated, each tap is a run of its own: kh*kw calls of one row.
                 # (One call site: each tile_conv site compiles every tile width, seconds each.)
-                acc = tile_zero()
+                acc = wide_tile_zero()
                 for tap in range(calls):
                     kh, kw = tap // kw_size, tap % kw_size
                     acc = tile_conv(acc, xb, x_tile + (kh * dh * wp + kw * dw) * block, x_block, row_step, 1, sw * block,
-                                    wb, w_tile + (kh * kw_size + kw) * block * LANES, w_block, group_blocks, tap_rows, count,
-                                    computed)
-                tile_store_nchw(acc, y_flat, ((n * out_channels + ob * LANES) * out_h + oh) * out_w + ow0,
-                                out_h * out_w, min(LANES, out_channels - ob * LANES), 0, width,
-                                bias, ob * LANES, residual_flat, has_residual, act, act_a, act_b)
+                                    wb, w_tile + (kh * kw_size + kw) * block * o_lanes, w_block, group_blocks, tap_rows, count,
+                                    computed, vectors)
+                tile_store_nchw(acc, y_flat, ((n * out_channels + ob * o_lanes) * out_h + oh) * out_w + ow0,
+                                out_h * out_w, min(o_lanes, out_channels - ob * o_lanes), 0, width,
+                                bias, ob * o_lanes, residual_flat, has_residual, act, act_a, act_b)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -278,7 +283,7 @@ def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, 
                 computed = _compiled_width(stored)
                 start = min(p0, plane - computed)
                 acc = tile_conv(tile_zero(), x_flat, n * channels * plane + start, chunk * plane, 0, plane, 1,
-                                wb, o0 * channels, chunk * LANES, channels // chunk, 1, chunk, computed)
+                                wb, o0 * channels, chunk * LANES, channels // chunk, 1, chunk, computed, 1)
                 tile_store_nchw(acc, y_flat, (n * out_channels + o0) * plane + start, plane,
                                 min(LANES, out_channels - o0), p0 - start, p0 - start + stored,
                                 bias, o0, residual_flat, has_residual, act, act_a, act_b)

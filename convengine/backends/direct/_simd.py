@@ -1,12 +1,13 @@
 """A register tile of float32 vectors for Numba kernels, written as LLVM IR intrinsics.
 
 Why: a direct convolution reaches the FMA units' rate only when a block of outputs (here
-up to :data:`MAX_WIDTH` pixels x :data:`LANES` output channels) stays in vector registers
-while the whole reduction streams past it, each weight vector reused for every pixel and
-each input value broadcast to every channel. Numba has no vector type and LLVM does not
-keep a heap array of accumulators in registers, so :class:`Tile` is an LLVM value
-``[MAX_WIDTH x <LANES x float>]`` and :func:`tile_conv` emits the reduction loops
-over it: the accumulators live in registers as loop phis.
+up to :data:`MAX_WIDTH` pixels x :data:`MAX_VECTORS` vectors of :data:`LANES` output
+channels) stays in vector registers while the whole reduction streams past it, each weight
+vector reused for every pixel and each input value broadcast to every vector of channels.
+Numba has no vector type and LLVM does not keep a heap array of accumulators in registers,
+so :class:`Tile` is an LLVM value ``[vectors * MAX_WIDTH x <LANES x float>]`` and
+:func:`tile_conv` emits the reduction loops over it: the accumulators live in registers as
+loop phis.
 
 ``LANES`` is 16 floats, one AVX-512 register. LLVM splits wider-than-native vectors, so the
 same code runs (more slowly, with spills) on AVX2 or NEON; callers choose a narrower width
@@ -21,7 +22,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 from .._activations import activate_any
-from ._tiles import LANES, MAX_WIDTH, TILE_WIDTHS  # the tile's shape (numbers shared with the cost model)
+from ._tiles import LANES, MAX_VECTORS, MAX_WIDTH, TILE_WIDTHS  # the tile's shape (shared with the cost model)
 
 #: Products one register sum takes before it is added to the tile's running total (whole kernel
 #: rows at a time, at least one row): float32 rounding of long reductions stays within the
@@ -30,24 +31,22 @@ SUM_STEPS = 256
 
 _FLOAT = ir.FloatType()
 _VEC = ir.VectorType(_FLOAT, LANES)
-_TILE = ir.ArrayType(_VEC, MAX_WIDTH)
 _I64 = ir.IntType(64)
 
 
 class Tile(types.Type):
-    """MAX_WIDTH pixels x LANES channels of float32 accumulators (an SSA value, not memory)."""
+    """``vectors`` x LANES channels x MAX_WIDTH pixels of float32 accumulators (an SSA value, not
+    memory); vector ``v``'s pixel ``p`` is element ``v * MAX_WIDTH + p``."""
 
-    def __init__(self):
-        super().__init__(name=f"Tile[{MAX_WIDTH}x{LANES}xf32]")
-
-
-tile_type = Tile()
+    def __init__(self, vectors: int = 1):
+        self.vectors = vectors
+        super().__init__(name=f"Tile[{vectors}x{LANES}x{MAX_WIDTH}xf32]")
 
 
 @register_model(Tile)
 class _TileModel(models.PrimitiveModel):
     def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, _TILE)
+        super().__init__(dmm, fe_type, ir.ArrayType(_VEC, fe_type.vectors * MAX_WIDTH))
 
 
 def preferred_width() -> int:
@@ -56,6 +55,15 @@ def preferred_width() -> int:
     from llvmlite import binding
 
     return MAX_WIDTH if binding.get_host_cpu_features().get("avx512f") else 7
+
+
+def preferred_vectors() -> int:
+    """Most output-channel vectors per tile for the vector registers Numba compiles for:
+    :data:`MAX_VECTORS` on AVX-512 (2 x 14 accumulators), 1 elsewhere (AVX2's 16 registers
+    hold one vector of 7 pixels)."""
+    from llvmlite import binding
+
+    return MAX_VECTORS if binding.get_host_cpu_features().get("avx512f") else 1
 
 
 def _is_f32_array(t) -> bool:
@@ -150,52 +158,65 @@ def _activation_args(context, builder, sig, args, at):
     return act, p0, p1
 
 
-@intrinsic
-def tile_zero(typingctx):
-    """A tile of zeros."""
+def _zero_tile(vectors: int):
+    tile = Tile(vectors)
 
     def codegen(context, builder, sig, args):
-        return ir.Constant(_TILE, [ir.Constant(_VEC, [0.0] * LANES)] * MAX_WIDTH)
+        return ir.Constant(ir.ArrayType(_VEC, vectors * MAX_WIDTH), [ir.Constant(_VEC, [0.0] * LANES)] * (vectors * MAX_WIDTH))
 
-    return tile_type(), codegen
+    return tile(), codegen
+
+
+@intrinsic
+def tile_zero(typingctx):
+    """A one-vector tile of zeros (16 channels)."""
+    return _zero_tile(1)
+
+
+@intrinsic
+def wide_tile_zero(typingctx):
+    """A tile of zeros of :data:`MAX_VECTORS` vectors (:func:`tile_conv` then computes 1 to MAX_VECTORS of them)."""
+    return _zero_tile(MAX_VECTORS)
 
 
 @intrinsic
 def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x_step, w, w_start, w_block_step,
-              blocks, rows, count, width):
-    """Return ``tile`` plus, for p < width, the sum over b < blocks, r < rows, k < count of
-    ``x[x_start + b*x_block_step + r*x_row_step + k*x_k_step + p*x_step] * w[w_start + b*w_block_step + 16*(r*count + k) : +16]``.
+              blocks, rows, count, width, vectors):
+    """Return ``tile`` plus, in its vector ``v`` < vectors at pixel ``p`` < width, the sum over
+    b < blocks, r < rows, k < count of ``x[x_start + b*x_block_step + r*x_row_step + k*x_k_step + p*x_step]
+    * w[w_start + b*w_block_step + 16*((r*count + k)*vectors + v) : +16]``.
 
     A convolution's whole reduction for one output tile: ``blocks`` channel blocks of
     ``rows`` kernel rows, each one contiguous run of ``count`` (kw, channel) steps; pixel
     ``p``'s inputs are ``x_step`` apart (the steps of a run ``x_k_step``: 1 in the blocked
-    layout, a plane in NCHW), and each step reads one vector of LANES output channels'
-    weights. Whole rows, up to :data:`SUM_STEPS` products (at least one row), are summed in
-    their own registers and then added to the running total (also in registers), which
-    keeps float32 rounding of long reductions (4608 products on ResNet's 512-channel
-    layers) within the exact class's bound, as blocked BLAS products do; a 3x3 layer's
-    16-channel block (3 rows of 48) is one such sum, the RGB stem's 7 rows of 21 another.
-    ``width`` must be one of :data:`TILE_WIDTHS` (any other leaves the tile untouched);
-    pixels at or beyond it are left untouched. No bounds checks: the
-    caller guarantees them. All loops are emitted here, in one call per tile,
-    because a call passes the tile through memory (about 150 cycles measured).
+    layout, a plane in NCHW), and each step reads ``vectors`` adjacent vectors of LANES
+    output channels' weights, so that each broadcast input value feeds ``vectors`` FMAs (one
+    load per FMA at one vector, ~0.6 at two). Whole rows, up to :data:`SUM_STEPS` products
+    (at least one row), are summed in their own registers and then added to the running
+    total, which keeps float32 rounding of long reductions (4608 products on ResNet's
+    512-channel layers) within the exact class's bound, as blocked BLAS products do; a 3x3
+    layer's 16-channel block (3 rows of 48) is one such sum, the RGB stem's 7 rows of 21
+    another. ``width`` must be one of :data:`TILE_WIDTHS` and ``vectors`` at most the
+    tile's (any other leaves the tile untouched); the other pixels and vectors are left
+    untouched. No bounds checks: the caller guarantees them. All loops are emitted here, in
+    one call per tile, because a call passes the tile through memory (about 150 cycles
+    measured).
     """
     if not (isinstance(tile, Tile) and _is_f32_array(x) and _is_f32_array(w)):
         return None
-    ints = (x_start, x_block_step, x_row_step, x_k_step, x_step, w_start, w_block_step, blocks, rows, count, width)
+    ints = (x_start, x_block_step, x_row_step, x_k_step, x_step, w_start, w_block_step, blocks, rows, count, width, vectors)
     if not all(isinstance(t, types.Integer) for t in ints):
         return None
-    sig = tile_type(tile, x, x_start, x_block_step, x_row_step, x_k_step, x_step, w, w_start, w_block_step, blocks, rows,
-                    count, width)
+    sig = tile(tile, x, x_start, x_block_step, x_row_step, x_k_step, x_step, w, w_start, w_block_step, blocks, rows,
+               count, width, vectors)
 
     def codegen(context, builder, sig, args):
         acc, xa, wa = args[0], args[1], args[7]
-        (x_start, x_block_step, x_row_step, x_k_step, x_step, w_start, w_block_step, blocks, rows, count, width) = (
-            _as_i64(context, builder, args[i], sig.args[i]) for i in (2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13))
+        (x_start, x_block_step, x_row_step, x_k_step, x_step, w_start, w_block_step, blocks, rows, count, width,
+         vectors) = (_as_i64(context, builder, args[i], sig.args[i]) for i in (2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14))
         xp = _data(context, builder, sig.args[1], xa)
         wp = _data(context, builder, sig.args[7], wa)
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3), f"llvm.fma.v{LANES}f32")
-        lanes = ir.Constant(_I64, LANES)
         zero = ir.Constant(_VEC, [0.0] * LANES)
 
         one = ir.Constant(_I64, 1)
@@ -204,7 +225,9 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
         per_sum = builder.select(builder.icmp_signed("<", per_sum, one), one, per_sum)
         groups = builder.sdiv(builder.sub(builder.add(rows, per_sum), one), per_sum)
 
-        def nest(n):
+        def nest(n, v):  # n pixels x v vectors; accumulators in vector-major order
+            w_step = ir.Constant(_I64, LANES * v)  # weights of one reduction step
+
             def block(b, totals):
                 x_block = builder.add(x_start, builder.mul(b, x_block_step))
                 w_block = builder.add(w_start, builder.mul(b, w_block_step))
@@ -218,38 +241,46 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
                 def row(r, sums):
                     r = builder.add(first, r)
                     x_row = builder.add(x_block, builder.mul(r, x_row_step))
-                    w_row = builder.add(w_block, builder.mul(builder.mul(r, count), lanes))
+                    w_row = builder.add(w_block, builder.mul(builder.mul(r, count), w_step))
 
                     def step(k, regs):
-                        wv = builder.load(builder.bitcast(builder.gep(wp, [builder.add(w_row, builder.mul(k, lanes))]),
-                                                          _VEC.as_pointer()), align=4)
+                        w_at = builder.add(w_row, builder.mul(k, w_step))
+                        wvs = [builder.load(builder.bitcast(builder.gep(wp, [builder.add(w_at, ir.Constant(_I64, LANES * j))]),
+                                                            _VEC.as_pointer()), align=4) for j in range(v)]
                         x_at = builder.add(x_row, builder.mul(k, x_k_step))
-                        return [builder.call(fma, [_splat(builder, builder.load(builder.gep(
-                                    xp, [builder.add(x_at, builder.mul(x_step, ir.Constant(_I64, p)))]))), wv, reg])
-                                for p, reg in enumerate(regs)]
+                        out = list(regs)
+                        for p in range(n):
+                            xv = _splat(builder, builder.load(builder.gep(
+                                xp, [builder.add(x_at, builder.mul(x_step, ir.Constant(_I64, p)))])))
+                            for j in range(v):
+                                out[j * n + p] = builder.call(fma, [xv, wvs[j], regs[j * n + p]])
+                        return out
 
                     return _counted_loop(builder, count, sums, step)
 
-                sums = _counted_loop(builder, n_rows, [zero] * n, row)
+                sums = _counted_loop(builder, n_rows, [zero] * (n * v), row)
                 return [builder.fadd(total, s) for total, s in zip(totals, sums)]
 
             return block
 
         done = builder.append_basic_block("tile.done")
-        switch = builder.switch(width, done)
+        shape = builder.add(builder.mul(vectors, ir.Constant(_I64, 256)), width)
+        switch = builder.switch(shape, done)
         results = [(acc, builder.block)]
-        for n in TILE_WIDTHS:  # one loop nest per compiled width, its accumulators in registers
-            case = builder.append_basic_block(f"tile.w{n}")
-            switch.add_case(ir.Constant(_I64, n), case)
-            builder.position_at_end(case)
-            totals = _counted_loop(builder, blocks, [builder.extract_value(acc, p) for p in range(n)], nest(n))
-            out = acc
-            for p, total in enumerate(totals):
-                out = builder.insert_value(out, total, p)
-            results.append((out, builder.block))
-            builder.branch(done)
+        for v in range(1, sig.args[0].vectors + 1):
+            for n in TILE_WIDTHS:  # one loop nest per compiled shape, its accumulators in registers
+                case = builder.append_basic_block(f"tile.v{v}w{n}")
+                switch.add_case(ir.Constant(_I64, 256 * v + n), case)
+                builder.position_at_end(case)
+                index = [j * MAX_WIDTH + p for j in range(v) for p in range(n)]
+                totals = _counted_loop(builder, blocks, [builder.extract_value(acc, i) for i in index], nest(n, v))
+                out = acc
+                for i, total in zip(index, totals):
+                    out = builder.insert_value(out, total, i)
+                results.append((out, builder.block))
+                builder.branch(done)
         builder.position_at_end(done)
-        merged = builder.phi(_TILE)
+        merged = builder.phi(acc.type)
         for value, block in results:
             merged.add_incoming(value, block)
         return merged
@@ -284,8 +315,9 @@ def tile_store_nchw(typingctx, tile, y, y_start, plane, channels, first, width, 
                     act, p0, p1):
     """Write the tile to NCHW: ``y[y_start + j*plane + p] = act(tile[p][j] + bias[b_start + j] (+ residual))``.
 
-    For j < channels, first <= p < width (a tile that starts early, so as not to read past
-    its input, leaves its first pixels to the tile before it); ``y`` and ``residual`` are flat NCHW arrays of one layout
+    For j < channels (channel ``j`` is lane ``j % 16`` of the tile's vector ``j // 16``), first
+    <= p < width (a tile that starts early, so as not to read past its input, leaves its first
+    pixels to the tile before it); ``y`` and ``residual`` are flat NCHW arrays of one layout
     (pass ``y`` as ``residual`` when there is none). The tile is transposed in registers so
     that each channel's pixels leave as one masked vector store (the scalar loop measured
     about 6 cycles per element: more than a 1x1 layer's arithmetic). ``act``, ``p0``, ``p1``: the
@@ -314,18 +346,25 @@ def tile_store_nchw(typingctx, tile, y, y_start, plane, channels, first, width, 
         store = _masked(builder, "store", ir.FunctionType(ir.VoidType(), [_VEC, _VEC.as_pointer(), i32, mask_ty]))
         zero = ir.Constant(_VEC, [0.0] * LANES)
         mask = builder.and_(_lanes_below(builder, width), builder.not_(_lanes_below(builder, first)))
-        columns = _transpose(builder, [builder.extract_value(acc, p) for p in range(MAX_WIDTH)]
-                             + [zero] * (LANES - MAX_WIDTH))
-        for j, column in enumerate(columns):
-            with builder.if_then(builder.icmp_signed("<", ir.Constant(_I64, j), channels)):
-                at = builder.add(y_start, builder.mul(plane, ir.Constant(_I64, j)))
-                bias_j = builder.load(builder.gep(bp, [builder.add(b_start, ir.Constant(_I64, j))]))
-                v = builder.fadd(column, _splat(builder, bias_j))
-                r_ptr = builder.bitcast(builder.gep(rp, [at]), _VEC.as_pointer())
-                r_mask = builder.and_(mask, _splat(builder, has_residual))
-                r = builder.call(load, [r_ptr, ir.Constant(i32, 4), r_mask, zero])
-                v = builder.select(has_residual, builder.fadd(v, r), v)
-                builder.call(store, [v, builder.bitcast(builder.gep(yp, [at]), _VEC.as_pointer()), ir.Constant(i32, 4), mask])
+        r_mask = builder.and_(mask, _splat(builder, has_residual))
+
+        def store_vector(vector):
+            columns = _transpose(builder, [builder.extract_value(acc, vector * MAX_WIDTH + p) for p in range(MAX_WIDTH)]
+                                 + [zero] * (LANES - MAX_WIDTH))
+            for j, column in enumerate(columns):
+                c = ir.Constant(_I64, vector * LANES + j)
+                with builder.if_then(builder.icmp_signed("<", c, channels)):
+                    at = builder.add(y_start, builder.mul(plane, c))
+                    v = builder.fadd(column, _splat(builder, builder.load(builder.gep(bp, [builder.add(b_start, c)]))))
+                    r = builder.call(load, [builder.bitcast(builder.gep(rp, [at]), _VEC.as_pointer()), ir.Constant(i32, 4),
+                                            r_mask, zero])
+                    v = builder.select(has_residual, builder.fadd(v, r), v)
+                    builder.call(store, [v, builder.bitcast(builder.gep(yp, [at]), _VEC.as_pointer()), ir.Constant(i32, 4),
+                                         mask])
+
+        for vector in range(sig.args[0].vectors):  # a vector past ``channels`` is not even transposed
+            with builder.if_then(builder.icmp_signed("<", ir.Constant(_I64, vector * LANES), channels)):
+                store_vector(vector)
         _activate_rows(builder, yp, y_start, plane, channels, first, width, act, p0, p1)
         return context.get_dummy_value()
 

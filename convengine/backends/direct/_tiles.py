@@ -10,6 +10,10 @@ Numba, the cost model calls it as it is.
 LANES = 16
 #: Pixels per tile: 14 accumulators + weights + broadcasts fit AVX-512's 32 registers.
 MAX_WIDTH = 14
+#: Vectors of output channels per tile (where the layer's channels allow): 2 x 14 = 28
+#: accumulators + 2 weight vectors + a broadcast fit AVX-512's 32 registers, and each
+#: broadcast input value feeds 2 FMAs instead of 1.
+MAX_VECTORS = 2
 #: The tile widths compiled (each is a loop nest of its own; all 14 took 9 s to compile). A
 #: narrower tile runs as the next compiled width, its extra pixels computed and not stored.
 #: 14 and 7 cover ResNet's 112/56/28/14/7-pixel rows exactly; 13, AlexNet's 13x13 layers
