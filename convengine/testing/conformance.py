@@ -15,9 +15,9 @@ results against an independent float64 reference on worked examples with hand-co
 answers and on the problems of :func:`problem_spread` (plain, strided, dilated, grouped,
 depthwise, 1x1 and large-kernel convolutions, plus seeded random ones, each in float32 and
 float64), against PyTorch's recorded outputs in ONNX's Conv2d conformance cases (when
-``onnx`` is installed), NaN and Inf propagating as in a direct convolution, epilogues,
-a run through the engine like any user call, and prints a short benchmark against the
-built-in backends.
+``onnx`` is installed), NaN and Inf propagating as in a direct convolution, epilogues, writing
+into a channel slice of a larger buffer where ``supports_output_slice`` says it can, a run
+through the engine like any user call, and prints a short benchmark against the built-in backends.
 
 Problems the backend declines (``supports`` returns a reason) are not run, but every test
 fails when it checked no case: a backend that declines everything the kit tries has not
@@ -41,7 +41,7 @@ import numpy as np
 import pytest
 
 from ..core.arrays import problem_data
-from ..core.contract import ERROR_BOUNDS, EXACT, LOSSY
+from ..core.contract import ERROR_BOUNDS, EXACT, LOSSY, OutputSlice
 from ..core.problem import ConvProblem
 from ..runtime.tables import format_table
 from ..runtime.timing import interleaved
@@ -487,6 +487,52 @@ class BackendConformance:
                 assert error <= tol, f"{where}, in place: error {error:.2e}"
         if not cases:
             self.checked_nothing("problem")
+
+    @pytest.mark.parametrize("step", [1, 2])
+    @pytest.mark.parametrize("residual, activation", [(False, None), (False, "relu"), (True, "relu")])
+    def test_output_slice_matches_reference(self, step, residual, activation):
+        """Where ``supports_output_slice`` accepts, ``execute(..., out=slice)`` writes the output into
+        those channels of the buffer, returns ``out.view`` and leaves every other element as it was
+        (a decline needs a reason; declining everything is allowed: the engine copies then)."""
+        from ..core.epilogue import NONE, Epilogue
+
+        asks = getattr(self.backend, "supports_output_slice", None)
+        fuses = getattr(self.backend, "supports_epilogue", None)
+        epilogue = Epilogue(residual=residual, activation=activation)
+        cases = self.supported_cases(one_per_kind=True)
+        if not cases:
+            self.checked_nothing("problem")
+        for i, (kind, problem) in enumerate(cases):
+            fused = bool(epilogue) and fuses is not None and fuses(problem, epilogue) is None
+            if epilogue and not fused:
+                continue  # the engine applies it, and never passes out= then
+            given = epilogue if fused else NONE
+            reason = asks(problem, given, step) if asks else "no supports_output_slice"
+            if reason is not None:
+                assert isinstance(reason, str) and reason.strip(), f"supports_output_slice() returned {reason!r}"
+                continue
+            x, w, b = problem_data(problem, 40 + i)
+            ref = _reference(x, w, b, problem)
+            r = np.random.default_rng(i).standard_normal(problem.output_shape).astype(problem.dtype) if residual else None
+            if residual:
+                ref = ref + r
+            if activation == "relu":
+                ref = np.maximum(ref, 0)
+            n, c, h, wd = problem.output_shape
+            start = 3
+            buffer = np.full((n, start + step * c + 2, h, wd), 7.0, problem.dtype)
+            out = OutputSlice(buffer, start, c, step)
+            execute = self.backend.prepare(problem, w, b, epilogue=given) if fused else self.backend.prepare(problem, w, b)
+            y = execute(x, r, out=out) if residual else execute(x, out=out)
+            where = f"{kind} {problem}, epilogue {epilogue}, step {step}"
+            view = out.view
+            assert (isinstance(y, np.ndarray) and y.shape == view.shape and y.strides == view.strides
+                    and y.__array_interface__["data"][0] == view.__array_interface__["data"][0]), f"{where}: must return out.view"
+            error = relative_error(view, ref)
+            assert error <= tolerance(self.backend, problem.dtype), f"{where}: error {error:.2e}"
+            outside = np.ones(buffer.shape[1], bool)
+            outside[start:start + step * (c - 1) + 1:step] = False
+            assert (buffer[:, outside] == 7.0).all(), f"{where}: wrote outside the slice"
 
     # -- speed (reported, never asserted) ---------------------------------------------------------
     def test_benchmark_against_builtins(self, capsys):

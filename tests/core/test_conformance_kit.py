@@ -54,6 +54,30 @@ class TestKitCatchesABrokenBackend:
         with pytest.raises(AssertionError, match="relative error"):
             Probe().test_matches_float64_reference()
 
+    def test_a_backend_writing_outside_its_slice_fails(self):
+        from convengine.backends.im2col import Im2colBackend
+
+        class Spills(Im2colBackend):
+            name = "spills"
+
+            def prepare(self, problem, weight, bias, epilogue=None):
+                execute = super().prepare(problem, weight, bias) if epilogue is None else super().prepare(
+                    problem, weight, bias, epilogue=epilogue)
+
+                def run(*args, out=None):
+                    y = execute(*args, out=out)
+                    if out is not None:
+                        out.buffer[:, 0] = 0  # the channel before the slice
+                    return y
+
+                return run
+
+        class Probe(BackendConformance):
+            backend = Spills()
+
+        with pytest.raises(AssertionError, match="outside the slice"):
+            Probe().test_output_slice_matches_reference(1, False, None)
+
     def test_mutating_backend_fails(self):
         class Probe(BackendConformance):
             backend = mutating(NaiveBackend)
