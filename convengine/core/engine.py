@@ -38,13 +38,13 @@ class PreparedConv:
     right after it otherwise.
     """
 
-    def __init__(self, engine: "Engine", weight: np.ndarray, bias: Optional[np.ndarray], problem: ConvProblem,
-                 backend: Optional[str], epilogue: Epilogue = NO_EPILOGUE):
+    def __init__(self, engine: "Engine", weights: Callable[[], tuple], problem: ConvProblem,
+                 backend: Optional[str], epilogue: Epilogue = NO_EPILOGUE, first: Optional[tuple] = None):
         self.engine = engine
         self.problem = problem
         self.epilogue = epilogue
-        self._weight = weight
-        self._bias = bias
+        self._weights = weights  # () -> (weight, bias), asked again for each batch size prepared
+        self._first = first  # what it gave for validation, handed to the first preparation
         self._backend = backend
         self._by_batch: dict[int, _Prepared] = {}
         self._lock = threading.Lock()
@@ -81,7 +81,9 @@ class PreparedConv:
             with self._lock:
                 if batch not in self._by_batch:
                     problem = self.problem.with_batch(batch)
-                    self._by_batch[batch] = self.engine._prepare(problem, self._weight, self._bias, self._backend,
+                    weight, bias = self._first or self._weights()
+                    self._first = None
+                    self._by_batch[batch] = self.engine._prepare(problem, weight, bias, self._backend,
                                                                  self.epilogue)
                 prepared = self._by_batch[batch]
         return prepared
@@ -283,7 +285,7 @@ class Engine:
                 raise ValueError(f"residual must be 3-D (C_out, H_out, W_out) like the unbatched output, "
                                  f"got shape {residual.shape}")
             residual = residual[None]
-        y = PreparedConv(self, weight, bias, problem, backend, epilogue)(x, residual)
+        y = PreparedConv(self, lambda: (weight, bias), problem, backend, epilogue, first=(weight, bias))(x, residual)
         return y[0] if unbatched else y
 
     def prepare(self, weight, bias=None, *, input_shape: Sequence[int], stride=1, padding=0, dilation=1, groups=1,
@@ -295,14 +297,35 @@ class Engine:
         ``activation`` (``"relu"``, ``"silu"``, ``("clip", 0, 6)``... as in :func:`convengine.conv2d`)
         is applied last. Backends that can fuse these do so.
         """
+        weight = as_float_array(weight, "weight")
+        if len(input_shape) != 4:
+            raise ValueError(f"input_shape must be (N, C_in, H, W), got {tuple(input_shape)}")
+        _, weight, bias, _ = conv_arrays(np.empty((0, *input_shape[1:]), weight.dtype), weight, bias)
+        held = (weight.copy(), None if bias is None else bias.copy())  # the caller's arrays may change later
+        return self.prepare_deferred(lambda: held, input_shape=input_shape, stride=stride, padding=padding,
+                                     dilation=dilation, groups=groups, backend=backend, residual=residual,
+                                     activation=activation)
+
+    def prepare_deferred(self, weights: Callable[[], tuple], *, input_shape: Sequence[int], stride=1, padding=0,
+                         dilation=1, groups=1, backend: Optional[str] = None, residual: bool = False,
+                         activation=None) -> PreparedConv:
+        """:meth:`prepare` with ``weights() -> (weight, bias)`` asked for the arrays whenever a batch
+        size is prepared, instead of the engine holding a copy of them.
+
+        Why: a model's weights are then held once, in the backends' own layouts (the graph executor
+        folds batch norm into each convolution's weights this way, from the graph's parameters,
+        so the folded copies do not outlive their preparation). ``weights`` must return arrays
+        nobody modifies afterwards (fresh ones, or copies), the same ones each time.
+        """
         epilogue = Epilogue(residual=residual, activation=activation)
+        weight, bias = weights()
         weight = as_float_array(weight, "weight")
         if len(input_shape) != 4:
             raise ValueError(f"input_shape must be (N, C_in, H, W), got {tuple(input_shape)}")
         _, weight, bias, _ = conv_arrays(np.empty((0, *input_shape[1:]), weight.dtype), weight, bias)
         problem = ConvProblem.from_shapes(input_shape, weight.shape, bias=bias is not None, stride=stride,
                                           padding=padding, dilation=dilation, groups=groups, dtype=weight.dtype)
-        prepared = PreparedConv(self, weight.copy(), None if bias is None else bias.copy(), problem, backend, epilogue)
+        prepared = PreparedConv(self, weights, problem, backend, epilogue, first=(weight, bias))
         if problem.batch:
             _ = prepared.backend  # choose and prepare now, so errors surface here
         return prepared

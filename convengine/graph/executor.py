@@ -28,7 +28,7 @@ from ..core.contract import OutputSlice
 from ..core.engine import default_engine
 from ..runtime.precompile import precompile as precompile_kernels
 from ..runtime.threads import get_num_threads
-from .folding import fold_batchnorm, foldable_batchnorms
+from .folding import ConvWeights, foldable_batchnorms
 from .fusion import EpilogueFusion, SqueezeExcitation, fused_blocks, fusible_epilogues
 from .ir import GraphError, Node, consumers
 from .ops import INPLACE, KERNELS, OPS, conv_problem_args
@@ -113,16 +113,13 @@ class CompiledGraph:
 
     # -- preparation -------------------------------------------------------------------------
     def _prepare_conv(self, node: Node, fold, backend: Optional[str], fusion: Optional[EpilogueFusion]):
-        params = self.graph.params
-        weight = params[node.inputs[1]]
-        bias = params[node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] else None
-        if fold is not None:
-            weight, bias = fold_batchnorm(weight, bias, fold[1], params)
         x_shape = self.graph.shapes[node.inputs[0]]
         try:
-            return self.engine.prepare(weight, bias, input_shape=(self.batch,) + tuple(x_shape[1:]), backend=backend,
-                                       residual=fusion is not None and fusion.residual is not None,
-                                       activation=fusion.activation if fusion else None, **conv_problem_args(node))
+            return self.engine.prepare_deferred(ConvWeights(self.graph.params, node, fold[1] if fold else None),
+                                                input_shape=(self.batch,) + tuple(x_shape[1:]), backend=backend,
+                                                residual=fusion is not None and fusion.residual is not None,
+                                                activation=fusion.activation if fusion else None,
+                                                **conv_problem_args(node))
         except (ValueError, TypeError) as exc:
             raise GraphError(f"node {node.name!r} (Conv): {exc}") from exc
 

@@ -47,3 +47,24 @@ def fold_batchnorm(weight: np.ndarray, bias: Optional[np.ndarray], bn: Node, par
     new_weight = (weight.astype(np.float64) * scale[:, None, None, None]).astype(weight.dtype)
     new_bias = ((b - mean) * scale + beta).astype(weight.dtype)
     return new_weight, new_bias
+
+
+class ConvWeights:
+    """A convolution node's ``(weight, bias)`` from the graph's parameters, batch norm folded in:
+    what :meth:`convengine.core.engine.Engine.prepare_deferred` asks for at each preparation.
+
+    Computed when asked, never kept: the graph holds its parameters once and each backend its
+    own layout of them, so a folded copy (ResNet-50: 98 MiB) lives only while a layer is being
+    prepared. Returns fresh arrays, so a backend may keep them.
+    """
+
+    def __init__(self, params, conv: Node, bn: Optional[Node] = None):
+        self.params, self.conv, self.bn = params, conv, bn
+
+    def __call__(self) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        inputs = self.conv.inputs
+        weight = self.params[inputs[1]]
+        bias = self.params[inputs[2]] if len(inputs) > 2 and inputs[2] else None
+        if self.bn is not None:
+            return fold_batchnorm(weight, bias, self.bn, self.params)
+        return weight.copy(), None if bias is None else bias.copy()
