@@ -110,63 +110,90 @@ def _pool_plane_3x3_s2(src, dst, top, left):
 def max_pool_s1(x, y, w, out_w, kh, kw, top, left):
     """Stride-1, undilated ``kh x kw`` max pooling (any padding), separably: exact, as max is.
 
-    GoogLeNet's and Inception's branch pools (3x3, stride 1, padding 1). ``x`` is
-    ``(planes, h * w)``, ``y`` ``(planes, out_h * out_w)``: each plane is walked flat, so the
-    rows' max and then the columns' are long vectorised loops even on 7x7 planes (a row at a
-    time, a 14-wide plane spent more on loop starts than on maxima). Taps outside the input
-    are skipped, as the padding is ``-inf``. The general :func:`max_pool` took 1.4-2.3 ms per
-    GoogLeNet branch pool here (runtime strides defeat vectorisation).
+    GoogLeNet's branch pools (3x3, stride 1, padding 1). ``x`` is ``(planes, h * w)``, ``y``
+    ``(planes, out_h * out_w)``: each plane is walked flat, so the rows' max and then the
+    columns' are long vectorised loops even on 7x7 planes (a row at a time, a 14-wide plane
+    spent more on loop starts than on maxima). Taps outside the input are skipped, as the
+    padding is ``-inf``. The general :func:`max_pool` took 1.4-2.3 ms per GoogLeNet branch
+    pool here (runtime strides defeat vectorisation).
     """
     for plane in prange(x.shape[0]):
-        _pool_plane_s1(x[plane], y[plane], w, out_w, kh, kw, top, left)
+        _pool_plane_s1(x[plane], y[plane], w, out_w, kh, kw, top, left, False)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def sum_pool_s1(x, y, w, out_w, kh, kw, top, left):
+    """The windows' sums, as :func:`max_pool_s1` walks them (the padding 0): average pooling's numerators.
+
+    Inception-v3's branch pools (3x3, stride 1, padding 1); the caller divides. A window's sum
+    is taken rows first, so it rounds differently from a tap-by-tap sum (float32: ~1e-7).
+    """
+    for plane in prange(x.shape[0]):
+        _pool_plane_s1(x[plane], y[plane], w, out_w, kh, kw, top, left, True)
 
 
 @numba.njit(cache=True, nogil=True)
-def _pool_plane_s1(src, dst, w, out_w, kh, kw, top, left):
+def _pool_plane_s1(src, dst, w, out_w, kh, kw, top, left, average):
     h, out_h = src.shape[0] // w, dst.shape[0] // out_w
-    vmax = np.empty(out_h * w, src.dtype)  # per output row, the window's input rows reduced
-    # output rows whose kh input rows all exist, [y_lo, y_hi): max of src shifted by whole rows
+    acc = np.empty(out_h * w, src.dtype)  # per output row, the window's input rows reduced
+    # output rows whose kh input rows all exist, [y_lo, y_hi): src shifted by whole rows, reduced
     y_lo = min(out_h, top)
     y_hi = max(y_lo, min(out_h, h - kh + top + 1))
     if y_hi > y_lo:  # (then y_lo == top: every index below is inside src)
         lo, hi = y_lo * w, y_hi * w
-        vmax[lo:hi] = src[lo - top * w:hi - top * w]
+        acc[lo:hi] = src[lo - top * w:hi - top * w]
         for p in range(1, kh):
-            _max_into(vmax[lo:hi], src[lo + (p - top) * w:hi + (p - top) * w])
+            _reduce_into(acc[lo:hi], src[lo + (p - top) * w:hi + (p - top) * w], average)
     for oy in range(out_h):
         if y_lo <= oy < y_hi:
             continue
-        row = vmax[oy * w:(oy + 1) * w]
-        row[:] = -np.inf
+        row = acc[oy * w:(oy + 1) * w]
+        row[:] = 0 if average else -np.inf  # the padding's value
         for r in range(max(0, oy - top), min(h, oy - top + kh)):
-            _max_into(row, src[r * w:(r + 1) * w])
+            _reduce_into(row, src[r * w:(r + 1) * w], average)
     # then the columns: outputs whose kw taps all lie in the row, [x_lo, x_hi)
     x_lo = min(out_w, left)
     x_hi = max(x_lo, min(out_w, w - kw + left + 1))
     if x_hi > x_lo and out_w == w:  # same-size padding: one flat pass, its wrapped-around edges redone below
         lo, hi = x_lo, out_h * w - (w - x_hi)
-        dst[lo:hi] = vmax[lo - left:hi - left]
+        dst[lo:hi] = acc[lo - left:hi - left]
         for q in range(1, kw):
-            _max_into(dst[lo:hi], vmax[lo - left + q:hi - left + q])
+            _reduce_into(dst[lo:hi], acc[lo - left + q:hi - left + q], average)
     elif x_hi > x_lo:
         for oy in range(out_h):
-            row, line = dst[oy * out_w:(oy + 1) * out_w], vmax[oy * w:(oy + 1) * w]
+            row, line = dst[oy * out_w:(oy + 1) * out_w], acc[oy * w:(oy + 1) * w]
             row[x_lo:x_hi] = line[x_lo - left:x_hi - left]
             for q in range(1, kw):
-                _max_into(row[x_lo:x_hi], line[x_lo - left + q:x_hi - left + q])
+                _reduce_into(row[x_lo:x_hi], line[x_lo - left + q:x_hi - left + q], average)
     for oy in range(out_h):
-        row, line = dst[oy * out_w:(oy + 1) * out_w], vmax[oy * w:(oy + 1) * w]
+        row, line = dst[oy * out_w:(oy + 1) * out_w], acc[oy * w:(oy + 1) * w]
         for ox in range(0, x_lo):
-            row[ox] = _edge_max(line, ox - left, kw)
+            row[ox] = _edge_reduce(line, ox - left, kw, average)
         for ox in range(x_hi, out_w):
-            row[ox] = _edge_max(line, ox - left, kw)
+            row[ox] = _edge_reduce(line, ox - left, kw, average)
 
 
 @numba.njit(inline="always")
-def _max_into(acc, taps):
-    """``acc = max(acc, taps)`` elementwise, NaN propagated (one vectorised loop)."""
-    for k in range(acc.shape[0]):
-        acc[k] = _max(acc[k], taps[k])
+def _reduce_into(acc, taps, average):
+    """``acc = acc + taps`` or ``max(acc, taps)`` (NaN propagated) elementwise: one vectorised loop."""
+    if average:
+        for k in range(acc.shape[0]):
+            acc[k] = acc[k] + taps[k]
+    else:
+        for k in range(acc.shape[0]):
+            acc[k] = _max(acc[k], taps[k])
+
+
+@numba.njit(inline="always")
+def _edge_reduce(line, j, k, average):
+    """The sum or max of ``line[j:j + k]`` over the indices inside ``line`` (the padding: 0 or -inf)."""
+    if average:
+        total = 0.0  # (float64: a few taps, summed exactly enough)
+        for q in range(k):
+            if 0 <= j + q < line.shape[0]:
+                total += line[j + q]
+        return total
+    return _edge_max(line, j, k)
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
@@ -200,7 +227,7 @@ def precompile_kernels(function: str, dtype: str) -> list:
                                             types.Array(getattr(types, dtype), 2, "C")), cost=0.3)]
     if function == "max_pool_3x3_s2":
         return [Kernel(__name__, function, (plane, plane, types.int64, types.int64), cost=2.2)]
-    if function == "max_pool_s1":
+    if function in ("max_pool_s1", "sum_pool_s1"):
         planes = types.Array(getattr(types, dtype), 2, "C")
-        return [Kernel(__name__, function, (planes, planes) + (types.int64,) * 6, cost=2.0)]
+        return [Kernel(__name__, function, (planes, planes) + (types.int64,) * 6, cost=2.5)]
     return [Kernel(__name__, function, (plane, plane) + (types.int64,) * 8, cost=1.5)]

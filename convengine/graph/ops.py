@@ -259,7 +259,7 @@ def _maxpool_kernel(geometry) -> str:
     (kh, sh, dh, *_), (kw, sw, dw, *_) = geometry
     if (kh, kw, sh, sw, dh, dw) == (3, 3, 2, 2, 1, 1):
         return "max_pool_3x3_s2"
-    return "max_pool_s1" if (sh, sw, dh, dw) == (1, 1, 1, 1) else "max_pool"
+    return "max_pool_s1" if _stride_1(geometry) else "max_pool"
 
 
 def _maxpool_kernels(node, shapes, dtype, params):
@@ -273,11 +273,33 @@ def _maxpool_kernels(node, shapes, dtype, params):
 KERNELS["MaxPool"] = _maxpool_kernels
 
 
+def _stride_1(geometry) -> bool:
+    """Whether a pooling window moves one element at a time, undilated: :mod:`._pool_kernels`' ``*_pool_s1``."""
+    (_, sh, dh, *_), (_, sw, dw, *_) = geometry
+    return (sh, sw, dh, dw) == (1, 1, 1, 1)
+
+
+def _stride_1_sums(x, geometry):
+    """Each window's sum (the padding 0) by :func:`._pool_kernels.sum_pool_s1`."""
+    from ..runtime.threads import numba_threads
+    from ._pool_kernels import sum_pool_s1
+
+    (kh, _, _, top, _, _, out_h), (kw, _, _, left, _, _, out_w) = geometry
+    planes = x.shape[0] * x.shape[1]
+    total = np.empty(x.shape[:2] + (out_h, out_w), x.dtype)
+    numba_threads()
+    sum_pool_s1(np.ascontiguousarray(x).reshape(planes, -1), total.reshape(planes, -1), x.shape[3], out_w, kh, kw, top, left)
+    return total
+
+
 @op("AveragePool", _pool_infer)
 def _avgpool(node, arrays):
     x = arrays[0]
     geometry = _pool_geometry(node, x.shape)
-    total = _pool_reduce(_pad_for_pool(x, geometry, 0), geometry, np.add)
+    if x.ndim == 4 and x.dtype in (np.float32, np.float64) and _stride_1(geometry):  # Inception's branch pools
+        total = _stride_1_sums(x, geometry)
+    else:
+        total = _pool_reduce(_pad_for_pool(x, geometry, 0), geometry, np.add)
     # Divisor: elements of each window inside the input, or inside input + explicit pads with
     # count_include_pad; never the ceil-mode extension (PyTorch and ONNX agree on this).
     (_, _, _, top, bottom, pad_bottom, _), (_, _, _, left, right, pad_right, _) = geometry
@@ -288,7 +310,18 @@ def _avgpool(node, arrays):
     else:
         ones = np.pad(ones, ((0, 0), (0, 0), (top, bottom), (left, right)))
     count = _pool_reduce(ones, geometry, np.add)
-    return [(total / count).astype(x.dtype, copy=False)]
+    return [np.divide(total, count, out=total)]  # (total: a new array of x's dtype, as is count)
+
+
+def _avgpool_kernels(node, shapes, dtype, params):
+    if len(shapes[0]) != 4 or dtype not in ("float32", "float64") or not _stride_1(_pool_geometry(node, shapes[0])):
+        return []
+    from ._pool_kernels import precompile_kernels
+
+    return precompile_kernels("sum_pool_s1", dtype)
+
+
+KERNELS["AveragePool"] = _avgpool_kernels
 
 
 @op("GlobalAveragePool", lambda node, shapes: [shapes[0][:2] + (1,) * (len(shapes[0]) - 2)])

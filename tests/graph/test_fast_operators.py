@@ -156,3 +156,32 @@ def test_the_stride_1_maxpool_kernel_matches_the_definition(shape, kernel, pads,
     assert _maxpool_kernel(geometry) == "max_pool_s1"
     want = _pool_reduce(_pad_for_pool(x, geometry, -np.inf), geometry, np.maximum)
     np.testing.assert_array_equal(OPS["MaxPool"].run(node, [x])[0], want)
+
+
+def _average_pool_definition(x, kernel, pads, include_pad):
+    """Stride-1 average pooling in float64, window by window (a stride-1 window never reaches past the padding)."""
+    (kh, kw), (top, left, bottom, right) = kernel, pads
+    n, c, h, w = x.shape
+    padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
+    inside = np.pad(np.ones((h, w)), ((top, bottom), (left, right)))
+    out = np.empty((n, c, h + top + bottom - kh + 1, w + left + right - kw + 1))
+    for i in range(out.shape[2]):
+        for j in range(out.shape[3]):
+            count = kh * kw if include_pad else inside[i:i + kh, j:j + kw].sum()
+            out[:, :, i, j] = padded[:, :, i:i + kh, j:j + kw].sum(axis=(2, 3)) / count
+    return out
+
+
+@pytest.mark.parametrize("shape, kernel, pads, ceil_mode", STRIDE_1_POOLS)
+@pytest.mark.parametrize("include_pad", [0, 1])
+def test_the_stride_1_average_pool_kernel_matches_the_definition(shape, kernel, pads, ceil_mode, include_pad):
+    """Inception-v3's pools (3x3/1, padding 1, count_include_pad) sum on the stride-1 kernel; NaN spreads to its windows."""
+    x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+    x.flat[x.size // 2] = np.nan
+    node = Node("pool", "AveragePool", ["x"], ["y"], dict(kernel_shape=list(kernel), strides=[1, 1], pads=list(pads),
+                                                          ceil_mode=ceil_mode, count_include_pad=include_pad))
+    got = OPS["AveragePool"].run(node, [x])[0]
+    want = _average_pool_definition(x, kernel, pads, include_pad)
+    assert got.dtype == np.float32
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
