@@ -159,6 +159,8 @@ def test_engine_dispatch_by_name():
     (1, 70, (9, 15), 12, True),  # 135 pixels; 70 channels in one chunk
     (1, 600, (7, 7), 7, True),  # 600 products: three chunks of 200
     (1, 600, (7, 7), 40, True),  # 16 + 16 + 8 output channels
+    (2, 48, (5, 9), 64, True),  # two-vector tiles (AVX-512): 2 blocks of 32 channels, 45 pixels
+    (1, 600, (7, 7), 96, True),  # three 32-channel blocks, three chunks of 200
 ])
 def test_pointwise_blocks_tails_and_chunks(n, c_in, plane, c_out, tiles):
     problem = ConvProblem.from_shapes((n, c_in, *plane), (c_out, c_in, 1, 1))
@@ -182,13 +184,14 @@ def test_strided_pointwise_reads_a_subsampled_copy(stride):
     assert np.array_equal(x, before)
 
 
+@pytest.mark.parametrize("c_out", [20, 32])  # one vector per tile; two (AVX-512)
 @pytest.mark.parametrize("plane", list(range(14, 61)))
-def test_pointwise_tiles_split_every_plane_and_write_over_a_consumed_residual(plane):
+def test_pointwise_tiles_split_every_plane_and_write_over_a_consumed_residual(plane, c_out):
     """The flattened plane's balanced tiles, the last one starting early when narrower than
     every compiled width, with the residual given up (the output written over it) and not."""
     rng = np.random.default_rng(plane)
-    x, w, b = _data(rng, (2, 32, 1, plane), (20, 32, 1, 1))
-    residual = rng.standard_normal((2, 20, 1, plane)).astype(np.float32)
+    x, w, b = _data(rng, (2, 32, 1, plane), (c_out, 32, 1, 1))
+    residual = rng.standard_normal((2, c_out, 1, plane)).astype(np.float32)
     problem = ConvProblem.from_shapes(x.shape, w.shape, bias=True)
     assert runs_pointwise_tiles(problem, 14)
     expected = np.maximum(_reference(x, w, b) + residual, 0)

@@ -229,7 +229,7 @@ class DirectBackend(NumbaBackend):
         chunk = reduction_chunk(problem.in_channels)
         work = problem.flops * (padded_out / problem.out_channels) * (computed / plane)
         rate = (machine.gemm_flops(problem.dtype) * DIRECT_EFFICIENCY * chunk / (chunk + ROW_OVERHEAD_STEPS)
-                * min(1.0, self.tile_width / LATENCY_CHAINS))  # narrow tiles (AVX2: 7) hide less FMA latency
+                * tile_efficiency(self.tile_width, self.tile_width, tile_vectors(problem, self.max_vectors)))
         itemsize = np.dtype(problem.dtype).itemsize
         weight_bytes = problem.in_channels * padded_out * itemsize
         # read from memory once, then again from the caches by every further group and image
@@ -302,7 +302,8 @@ class DirectBackend(NumbaBackend):
         from ._kernels import pointwise_conv, pointwise_tiles
 
         tiles = runs_pointwise_tiles(problem, self.tile_width)
-        rows = LANES if tiles else POINT_CHANNELS  # output channels per block
+        vectors = tile_vectors(problem, self.max_vectors)
+        rows = vectors * LANES if tiles else POINT_CHANNELS  # output channels per block
         o_blocks = -(-problem.out_channels // rows)
         packed = np.zeros((o_blocks * rows, problem.in_channels), np.float32)
         packed[:problem.out_channels] = weight.reshape(problem.out_channels, problem.in_channels)
@@ -323,7 +324,7 @@ class DirectBackend(NumbaBackend):
             res = out if residual is None else residual
             if tiles:
                 pointwise_tiles(x, products_read, sh, sw, w_packed, chunk, b, res, residual is not None, *act, out,
-                                tile_width, group, workers)
+                                tile_width, group, vectors, workers)
             else:
                 pointwise_conv(x, products_read, sh, sw, w_packed, b, res, residual is not None, *act, out, workers)
             return out

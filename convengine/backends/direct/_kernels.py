@@ -22,7 +22,6 @@ from ._simd import (
     pointwise_block,
     tile_conv,
     tile_store_nchw,
-    tile_zero,
     wide_tile_zero,
 )
 from ._tiles import LANES, MAX_WIDTH, compiled_width
@@ -48,7 +47,7 @@ def precompile_kernels(function: str) -> list:
         "tiled_conv": ((f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 7 + (f32(1), f32(4)) + epilogue + (f32(4), i64, i64, i64),
                        6.8),
         "pointwise_conv": ((f32(4), f32(4), i64, i64, f32(1), f32(1), f32(4)) + epilogue + (f32(4), i64), 2.3),
-        "pointwise_tiles": ((f32(4), f32(4), i64, i64, f32(1), i64, f32(1), f32(4)) + epilogue + (f32(4), i64, i64, i64), 2.3),
+        "pointwise_tiles": ((f32(4), f32(4), i64, i64, f32(1), i64, f32(1), f32(4)) + epilogue + (f32(4),) + (i64,) * 4, 2.8),
     }
     signature, cost = signatures[function]
     return [Kernel(__name__, function, signature, cost)]
@@ -238,27 +237,28 @@ def _subsample_plane(source, x, job, sh, sw):
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, act, act_a, act_b, y, tile_width, group,
-                    workers):
+                    vectors, workers):
     """``y = act(W @ x + bias (+ residual))`` for a 1x1 unpadded convolution, output channels in the vector lanes.
 
-    The register tiles of :func:`tiled_conv` (up to ``tile_width`` pixels x 16 output
-    channels) over NCHW planes read in place: one reduction step reads 16 output channels'
-    weights (``wb``: ``(ceil(O / 16), C, 16)`` flattened) and broadcasts one input channel's
-    value for each pixel of the tile, which is contiguous in NCHW. The plane is swept
+    The register tiles of :func:`tiled_conv` (up to ``tile_width`` pixels x ``vectors`` x 16
+    output channels) over NCHW planes read in place: one reduction step reads a block's output
+    channels' weights (``wb``: ``(ceil(O / (16 * vectors)), C, 16 * vectors)`` flattened) and
+    broadcasts one input channel's value for each pixel of the tile, which is contiguous in NCHW. The plane is swept
     flattened, so a 7x7 plane is tiles of 14, 14, 14 and 7 pixels, all lanes busy, where
     :func:`pointwise_conv`'s 16-pixel vectors leave 15 of 64 lanes idle. A tail tile that is
     not a compiled width is computed as the next one, starting early (it reads inside the
     plane, never past it), and stores only its own pixels. Products are summed ``chunk`` channels at a time in registers (a
     divisor of C, at most 256), as :data:`POINT_CHUNK` does. ``x`` is ``source`` at stride 1,
     else its subsampled copy, filled in a first phase as in :func:`pointwise_conv`. One job is
-    one 16-channel block of one image over one ``group`` of pixels (the whole plane unless
+    one output-channel block of one image over one ``group`` of pixels (the whole plane unless
     the input is too large to stay cached; the blocks of a group are adjacent jobs). Needs a
     plane of at least MAX_WIDTH pixels.
     """
     n_images, channels, height, width = x.shape
     out_channels = y.shape[1]
     plane = height * width
-    o_blocks = (out_channels + LANES - 1) // LANES
+    o_lanes = vectors * LANES
+    o_blocks = (out_channels + o_lanes - 1) // o_lanes
     n_groups = (plane + group - 1) // group
     x_flat = x.reshape(-1)
     y_flat = y.reshape(-1)
@@ -277,13 +277,13 @@ def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, 
             n = job // (n_groups * o_blocks)
             g0 = (job // o_blocks) % n_groups * group
             g1 = min(plane, g0 + group)
-            o0 = job % o_blocks * LANES
+            o0 = job % o_blocks * o_lanes
             for p0 in range(g0, g1, tile_width):  # full tiles, then a tail (49 pixels: 14, 14, 14, 7)
                 stored = min(tile_width, g1 - p0)
                 computed = _compiled_width(stored)
                 start = min(p0, plane - computed)
-                acc = tile_conv(tile_zero(), x_flat, n * channels * plane + start, chunk * plane, 0, plane, 1,
-                                wb, o0 * channels, chunk * LANES, channels // chunk, 1, chunk, computed, 1)
+                acc = tile_conv(wide_tile_zero(), x_flat, n * channels * plane + start, chunk * plane, 0, plane, 1,
+                                wb, o0 * channels, chunk * o_lanes, channels // chunk, 1, chunk, computed, vectors)
                 tile_store_nchw(acc, y_flat, (n * out_channels + o0) * plane + start, plane,
-                                min(LANES, out_channels - o0), p0 - start, p0 - start + stored,
+                                min(o_lanes, out_channels - o0), p0 - start, p0 - start + stored,
                                 bias, o0, residual_flat, has_residual, act, act_a, act_b)
