@@ -37,6 +37,7 @@ The conformance kit checks this for every backend.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -81,9 +82,9 @@ class OutputSlice:
     #: Buffer channels between consecutive output channels (2 for a two-group channel shuffle's place).
     step: int = 1
 
-    @property
+    @cached_property
     def view(self) -> np.ndarray:
-        """The slice as an ``(N, channels, H_out, W_out)`` view of ``buffer``: what the executor returns."""
+        """The slice as an ``(N, channels, H_out, W_out)`` view of ``buffer``: what the executor returns (this object)."""
         return self.buffer[:, self.start:self.start + self.step * (self.channels - 1) + 1:self.step]
 
 

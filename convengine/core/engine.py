@@ -141,7 +141,8 @@ class PreparedConv:
 
     def _into(self, prepared: "_Prepared", out: OutputSlice, x, residual, consume_residual: bool) -> np.ndarray:
         """The call with ``out``: the backend writes into the slice if it says it can, else its output is copied there."""
-        overlaps = np.may_share_memory(out.buffer, x) or (residual is not None and np.may_share_memory(out.buffer, residual))
+        buffer = out.buffer
+        overlaps = np.may_share_memory(buffer, x) or (residual is not None and np.may_share_memory(buffer, residual))
         if overlaps or not prepared.writes_into(out.step):  # (a backend is never given a buffer it reads)
             view = out.view
             view[...] = self(x, residual, consume_residual=consume_residual)
@@ -171,7 +172,8 @@ class PreparedConv:
                              f"{buffer.dtype}{'' if buffer.flags.c_contiguous else ', not C-contiguous'}"
                              f"{'' if buffer.flags.writeable else ', read-only'}")
         start, channels, step = out.start, out.channels, out.step
-        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (start, channels, step)):
+        if not (type(start) is type(channels) is type(step) is int) and not all(  # (the fast path: plain ints)
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (start, channels, step)):
             raise TypeError(f"out.start, out.channels and out.step must be ints, got {start!r}, {channels!r}, {step!r}")
         if channels != c_out or step < 1 or start < 0 or start + step * (channels - 1) >= buffer.shape[1]:
             raise ValueError(f"out must hold {c_out} channels inside the buffer's {buffer.shape[1]}: got start {start}, "
@@ -429,7 +431,7 @@ class Engine:
                                          backend=decision.chosen, reason=reason) from exc
             raise _Retry from exc
         violation = output_violation(y, prepared.problem)
-        if out is not None and not violation and not _same_view(y, out.view):
+        if out is not None and not violation and y is not out.view and not _same_view(y, out.view):
             violation = "was given out= but returned another array than out.view"
         if violation:
             self._exclude(decision, violation, None)
