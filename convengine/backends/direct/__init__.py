@@ -244,9 +244,12 @@ class DirectBackend(NumbaBackend):
         return None  # applied where the output tile leaves the registers
 
     def supports_output_slice(self, problem: ConvProblem, epilogue: Epilogue, step: int):
-        # The kernels write a C-contiguous NCHW output: a slice is one for one image and step 1.
-        if problem.batch != 1 or step != 1:
-            return "only a slice that is one contiguous block (one image, step 1)"
+        # The kernels index the output by image, first channel and channel step; a fused residual
+        # is read at the output's own indices, so it needs the slice to be one contiguous block.
+        if epilogue.residual and (problem.batch != 1 or step != 1):
+            return "a fused residual only with a slice that is one contiguous block (one image, step 1)"
+        if step != 1 and is_subsampled_pointwise(problem) and not runs_pointwise_tiles(problem, self.tile_width):
+            return "the pixel-vector 1x1 kernel writes output channels one plane apart only (step 1)"
         return None
 
     def kernels(self, problem: ConvProblem, epilogue: Epilogue = NONE):
@@ -286,11 +289,11 @@ class DirectBackend(NumbaBackend):
             workers = numba_threads()
             shape = (x.shape[0], c_blocks, hp, wp, block)
             flat = scratch("direct.input", (math.prod(shape) + slack,), np.float32)
-            out = out.view if out is not None else residual if in_place else np.empty(problem.output_shape, np.float32)
-            res = out if residual is None else residual
+            y, first, step = _destination(problem, out, residual if in_place else None)
+            res = y if residual is None else residual
             tiled_conv(np.ascontiguousarray(x), flat[:flat.size - slack].reshape(shape), top, left, wb, kh, kw, sh, sw, dh, dw,
-                       group_blocks, b, res, residual is not None, *act, out, tile_width, vectors, workers)
-            return out
+                       group_blocks, b, res, residual is not None, *act, y, first, step, tile_width, vectors, workers)
+            return y if out is None else out.view
 
         return execute
 
@@ -320,16 +323,26 @@ class DirectBackend(NumbaBackend):
             workers = numba_threads()
             x = np.ascontiguousarray(x)
             products_read = x if (sh, sw) == (1, 1) else scratch("direct.subsampled", subsampled, np.float32)
-            out = out.view if out is not None else residual if in_place else np.empty(problem.output_shape, np.float32)
-            res = out if residual is None else residual
+            y, first, step = _destination(problem, out, residual if in_place else None)
+            res = y if residual is None else residual
             if tiles:
-                pointwise_tiles(x, products_read, sh, sw, w_packed, chunk, b, res, residual is not None, *act, out,
+                pointwise_tiles(x, products_read, sh, sw, w_packed, chunk, b, res, residual is not None, *act, y, first, step,
                                 tile_width, group, vectors, workers)
             else:
-                pointwise_conv(x, products_read, sh, sw, w_packed, b, res, residual is not None, *act, out, workers)
-            return out
+                pointwise_conv(x, products_read, sh, sw, w_packed, b, res, residual is not None, *act, y, first, workers)
+            return y if out is None else out.view
 
         return execute
+
+
+def _destination(problem: ConvProblem, out, over):
+    """``(array, first channel, channel step)`` the kernels write to: a new array, the residual given up
+    (``over``), or ``out``'s buffer (a slice that is one contiguous block passes as itself: a residual
+    then shares its indices)."""
+    if out is None:
+        return (np.empty(problem.output_shape, np.float32) if over is None else over), 0, 1
+    view = out.view
+    return (view, 0, 1) if view.flags.c_contiguous else (out.buffer, out.start, out.step)
 
 
 @hookimpl

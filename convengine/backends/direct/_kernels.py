@@ -8,7 +8,11 @@ Layouts (all float32, C-contiguous, flattened where the tile intrinsics read the
 - weights: ``(O_blocks, C_blocks, KH, KW, block, 16 * vectors)``, zero-padded, so one
   reduction step reads ``vectors`` adjacent vectors of 16 output channels (1 or 2: see
   :func:`tile_vectors`);
-- output: plain NCHW, written once with bias, residual and ReLU applied.
+- output: plain NCHW, written once with bias, residual and ReLU applied; ``y`` may be a larger
+  buffer ``(N, C_total, H, W)`` whose channels ``y_first``, ``y_first + y_step``, ... take the
+  output (a concatenation's or a channel shuffle's place; the output's channel count is
+  ``bias``'s length). A residual is read at the output's own indices: it comes with
+  ``y_first == 0`` and ``y_step == 1`` only.
 """
 
 import numba
@@ -44,10 +48,10 @@ def precompile_kernels(function: str) -> list:
     epilogue = (flag, i64, f64, f64)  # has_residual, then the activation: Epilogue.kernel_activation()
     signatures = {
         # (6.8: Zen 4's 4.5 s scaled by the cold compile's growth on Intel, 5.6 -> 8.4 s, with the two-vector tiles)
-        "tiled_conv": ((f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 7 + (f32(1), f32(4)) + epilogue + (f32(4), i64, i64, i64),
+        "tiled_conv": ((f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 7 + (f32(1), f32(4)) + epilogue + (f32(4),) + (i64,) * 5,
                        6.8),
-        "pointwise_conv": ((f32(4), f32(4), i64, i64, f32(1), f32(1), f32(4)) + epilogue + (f32(4), i64), 2.3),
-        "pointwise_tiles": ((f32(4), f32(4), i64, i64, f32(1), i64, f32(1), f32(4)) + epilogue + (f32(4),) + (i64,) * 4, 2.8),
+        "pointwise_conv": ((f32(4), f32(4), i64, i64, f32(1), f32(1), f32(4)) + epilogue + (f32(4), i64, i64), 2.3),
+        "pointwise_tiles": ((f32(4), f32(4), i64, i64, f32(1), i64, f32(1), f32(4)) + epilogue + (f32(4),) + (i64,) * 6, 2.8),
     }
     signature, cost = signatures[function]
     return [Kernel(__name__, function, signature, cost)]
@@ -101,7 +105,7 @@ def _pack_row(x, x_flat, xb, xb_flat, row_index, top, left):
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, group_blocks,
-               bias, residual, has_residual, act, act_a, act_b, y, tile_width, vectors, workers):
+               bias, residual, has_residual, act, act_a, act_b, y, y_first, y_step, tile_width, vectors, workers):
     """``y = act(conv(x) + bias (+ residual))``, ``x`` copied into ``blocked`` on the way, weights packed in ``wb`` (flat).
 
     ``blocked`` is the (N, Cb, Hp, Wp, block) view of a flat buffer with slack past its end.
@@ -117,7 +121,8 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
     _, c_blocks, hp, wp, block = blocked.shape
     xb = blocked.reshape(-1)  # (the flat buffer's start: the tiles read past the view's end, into the slack)
     x_flat = x.reshape(-1)
-    n_images, out_channels, out_h, out_w = y.shape
+    n_images, y_channels, out_h, out_w = y.shape
+    out_channels = bias.shape[0]  # (y may be a larger buffer: see the module docstring)
     o_lanes = vectors * LANES  # output channels per block
     o_blocks = (out_channels + o_lanes - 1) // o_lanes
     n_tiles = (out_w + tile_width - 1) // tile_width
@@ -165,13 +170,13 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
                     acc = tile_conv(acc, xb, x_tile + (kh * dh * wp + kw * dw) * block, x_block, row_step, 1, sw * block,
                                     wb, w_tile + (kh * kw_size + kw) * block * o_lanes, w_block, group_blocks, tap_rows, count,
                                     computed, vectors)
-                tile_store_nchw(acc, y_flat, ((n * out_channels + ob * o_lanes) * out_h + oh) * out_w + ow0,
-                                out_h * out_w, min(o_lanes, out_channels - ob * o_lanes), 0, width,
+                tile_store_nchw(acc, y_flat, ((n * y_channels + y_first + ob * o_lanes * y_step) * out_h + oh) * out_w + ow0,
+                                y_step * out_h * out_w, min(o_lanes, out_channels - ob * o_lanes), 0, width,
                                 bias, ob * o_lanes, residual_flat, has_residual, act, act_a, act_b)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def pointwise_conv(source, x, sh, sw, w_packed, bias, residual, has_residual, act, act_a, act_b, y, workers):
+def pointwise_conv(source, x, sh, sw, w_packed, bias, residual, has_residual, act, act_a, act_b, y, y_first, workers):
     """``y = act(W @ x + bias (+ residual))`` for a 1x1 unpadded convolution, on NCHW directly.
 
     ``x`` (N, C, OH, OW) is what the products read: ``source`` itself at stride 1, else a
@@ -183,7 +188,7 @@ def pointwise_conv(source, x, sh, sw, w_packed, bias, residual, has_residual, ac
     jobs, so its inputs stay in cache.
     """
     n_images, channels, height, width = x.shape
-    out_channels = y.shape[1]
+    out_channels, y_channels = bias.shape[0], y.shape[1]
     plane = height * width
     o_blocks = (out_channels + POINT_CHANNELS - 1) // POINT_CHANNELS
     p_blocks = (plane + POINT_PIXELS - 1) // POINT_PIXELS
@@ -205,7 +210,7 @@ def pointwise_conv(source, x, sh, sw, w_packed, bias, residual, has_residual, ac
             p0 = (job // o_blocks) % p_blocks * POINT_PIXELS
             o0 = job % o_blocks * POINT_CHANNELS
             pointwise_block(x_flat, n * channels * plane + p0, plane, channels, w_packed, o0 * channels,
-                            y_flat, (n * out_channels + o0) * plane + p0, min(POINT_CHANNELS, out_channels - o0),
+                            y_flat, (n * y_channels + y_first + o0) * plane + p0, min(POINT_CHANNELS, out_channels - o0),
                             min(POINT_PIXELS, plane - p0), bias, o0, residual_flat, has_residual, act, act_a, act_b)
 
 
@@ -236,8 +241,8 @@ def _subsample_plane(source, x, job, sh, sw):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, act, act_a, act_b, y, tile_width, group,
-                    vectors, workers):
+def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, act, act_a, act_b, y, y_first, y_step,
+                    tile_width, group, vectors, workers):
     """``y = act(W @ x + bias (+ residual))`` for a 1x1 unpadded convolution, output channels in the vector lanes.
 
     The register tiles of :func:`tiled_conv` (up to ``tile_width`` pixels x ``vectors`` x 16
@@ -255,7 +260,7 @@ def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, 
     plane of at least MAX_WIDTH pixels.
     """
     n_images, channels, height, width = x.shape
-    out_channels = y.shape[1]
+    out_channels, y_channels = bias.shape[0], y.shape[1]
     plane = height * width
     o_lanes = vectors * LANES
     o_blocks = (out_channels + o_lanes - 1) // o_lanes
@@ -284,6 +289,6 @@ def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, 
                 start = min(p0, plane - computed)
                 acc = tile_conv(wide_tile_zero(), x_flat, n * channels * plane + start, chunk * plane, 0, plane, 1,
                                 wb, o0 * channels, chunk * o_lanes, channels // chunk, 1, chunk, computed, vectors)
-                tile_store_nchw(acc, y_flat, (n * out_channels + o0) * plane + start, plane,
+                tile_store_nchw(acc, y_flat, (n * y_channels + y_first + o0 * y_step) * plane + start, y_step * plane,
                                 min(o_lanes, out_channels - o0), p0 - start, p0 - start + stored,
                                 bias, o0, residual_flat, has_residual, act, act_a, act_b)
