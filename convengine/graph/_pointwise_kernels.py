@@ -115,6 +115,36 @@ def gelu_parallel(x, y, c):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def bias_gelu_serial(x, y, bias, c):
+    """GELU of ``x + bias`` (as :func:`gelu_serial`), ``(rows, C)`` float32 arrays, ``bias`` of length ``C``.
+
+    ConvNeXt's ``MatMul -> Add(bias) -> GELU``: the bias runs along the channels-last rows.
+    """
+    in_place = x.ctypes.data == y.ctypes.data
+    for r in range(x.shape[0]):
+        dst = y[r]
+        if in_place:
+            for k in range(dst.shape[0]):
+                v = dst[k] + bias[k]
+                dst[k] = ((erf32(v * c) + _ONE) * v) * _HALF
+        else:
+            src = x[r]
+            for k in range(src.shape[0]):
+                v = src[k] + bias[k]
+                dst[k] = ((erf32(v * c) + _ONE) * v) * _HALF
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def bias_gelu_parallel(x, y, bias, c):
+    """:func:`bias_gelu_serial` in parallel jobs of about :data:`BLOCK` elements (whole rows)."""
+    rows = x.shape[0]
+    step = max(1, BLOCK // max(1, x.shape[1]))
+    for job in prange((rows + step - 1) // step):
+        lo, hi = job * step, min(rows, (job + 1) * step)
+        bias_gelu_serial(x[lo:hi], y[lo:hi], bias, c)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
 def _scale_shift_plane(src, dst, factor, shift, relu):
     if src.ctypes.data == dst.ctypes.data:
         if relu:
@@ -156,19 +186,18 @@ def scale_shift_parallel(x, y, factor, shift, relu):
 # -- callers' side: layout, threads, and one thread for small arrays ------------------------------
 
 
-def _run(serial, parallel, x: np.ndarray, out, planes: bool, *args) -> np.ndarray:
-    """``serial`` or ``parallel`` (by size) on ``x`` flat, or as ``(N, C, rest)`` planes, into ``out``
+def _run(serial, parallel, x: np.ndarray, out, view: tuple, *args) -> np.ndarray:
+    """``serial`` or ``parallel`` (by size) on ``x`` reshaped to ``view`` (``(-1,)``: flat), into ``out``
     (any layout; may be ``x``) or a new array."""
     x = np.ascontiguousarray(x)
     y = out if out is not None and out.flags.c_contiguous else np.empty_like(x)
-    planes = (x.shape[0], x.shape[1], -1) if planes else (-1,)
     if x.size == 0:
         pass
     elif x.size >= PARALLEL_MIN:
         numba_threads()
-        parallel(x.reshape(planes), y.reshape(planes), *args)
+        parallel(x.reshape(view), y.reshape(view), *args)
     else:
-        serial(x.reshape(planes), y.reshape(planes), *args)
+        serial(x.reshape(view), y.reshape(view), *args)
     if out is not None and y is not out:
         out[...] = y
         return out
@@ -177,22 +206,26 @@ def _run(serial, parallel, x: np.ndarray, out, planes: bool, *args) -> np.ndarra
 
 def erf(x: np.ndarray, out=None) -> np.ndarray:
     """``erf(x)`` of a float32 array, into ``out`` (``x``'s shape; may be ``x``) or a new array."""
-    return _run(erf_serial, erf_parallel, x, out, False)
+    return _run(erf_serial, erf_parallel, x, out, (-1,))
 
 
-def gelu(x: np.ndarray, c: np.float32, out=None) -> np.ndarray:
-    """``((erf(x * c) + 1) * x) * 0.5`` of a float32 array, into ``out`` (may be ``x``) or a new array."""
-    return _run(gelu_serial, gelu_parallel, x, out, False, c)
+def gelu(x: np.ndarray, c: np.float32, out=None, bias=None) -> np.ndarray:
+    """``((erf(v * c) + 1) * v) * 0.5`` for ``v = x`` (+ ``bias`` along the last axis, float32, contiguous, if given)
+    of a float32 array, into ``out`` (may be ``x``) or a new array."""
+    if bias is None:
+        return _run(gelu_serial, gelu_parallel, x, out, (-1,), c)
+    return _run(bias_gelu_serial, bias_gelu_parallel, x, out, (-1, bias.shape[0]), bias, c)
 
 
 def scale_shift(x: np.ndarray, factor: np.ndarray, shift: np.ndarray, relu: bool, out=None) -> np.ndarray:
     """``x * factor + shift`` per channel (axis 1 of ``(N, C, ...)``; ``factor``, ``shift`` contiguous, of
     ``x``'s dtype), then ReLU if ``relu``; into ``out`` (may be ``x``) or a new array."""
-    return _run(scale_shift_serial, scale_shift_parallel, x, out, True, factor, shift, bool(relu))
+    view = (x.shape[0], x.shape[1], -1) if x.size else (-1,)
+    return _run(scale_shift_serial, scale_shift_parallel, x, out, view, factor, shift, bool(relu))
 
 
 def precompile_kernels(function: str, dtype: str) -> list:
-    """The kernels ``function`` (``erf``, ``gelu``, ``scale_shift``) calls on ``dtype`` activations
+    """The kernels ``function`` (``erf``, ``gelu``, ``bias_gelu``, ``scale_shift``) calls on ``dtype`` activations
     (see :mod:`convengine.runtime.precompile`): its serial and parallel forms."""
     from numba import types
 
@@ -203,6 +236,9 @@ def precompile_kernels(function: str, dtype: str) -> list:
     if function == "scale_shift":
         planes = types.Array(element, 3, "C")
         signature = (planes, planes, flat, flat, types.boolean)
+    elif function == "bias_gelu":
+        rows = types.Array(element, 2, "C")
+        signature = (rows, rows, flat, element)
     else:
         signature = (flat, flat) + ((element,) if function == "gelu" else ())
     return [Kernel(__name__, f"{function}_{form}", signature, cost=1.0 if form == "serial" else 1.5)

@@ -266,14 +266,16 @@ class PointwiseChain:
     """Elementwise nodes run as one pass over the block's input ``x``, where the last of ``absorbed`` was.
 
     ``kind`` is ``"gelu"`` (``Mul(x, c) -> Erf -> Add(1) -> Mul(x) -> Mul(0.5)``, ``c`` the
-    file's float32 ``1/sqrt(2)``, in ``constant``) or ``"batchnorm_relu"`` (``absorbed[0]`` the
-    ``BatchNormalization``, its statistics parameters).
+    file's float32 ``1/sqrt(2)``, in ``constant``; with ``bias``, the parameter an ``Add``
+    before them adds to ``x`` along its last axis) or ``"batchnorm_relu"`` (``absorbed[0]``
+    the ``BatchNormalization``, its statistics parameters).
     """
 
     x: str
     absorbed: tuple[Node, ...]
     kind: str
     constant: Optional[float] = None
+    bias: Optional[str] = None
 
     @property
     def op(self) -> str:
@@ -292,7 +294,9 @@ class PointwiseChain:
             return []
         from ._pointwise_kernels import precompile_kernels
 
-        return precompile_kernels("gelu" if self.kind == "gelu" else "scale_shift", dtype)
+        if self.kind == "gelu":
+            return precompile_kernels("bias_gelu" if self.bias else "gelu", dtype)
+        return precompile_kernels("scale_shift", dtype)
 
     def prepare(self, params, dtype) -> Callable[[np.ndarray, bool], np.ndarray]:
         """``run(x, in_place) -> y``; ``in_place``: ``y`` may be written over ``x``."""
@@ -300,12 +304,14 @@ class PointwiseChain:
 
         if self.kind == "gelu":
             c = np.dtype(dtype).type(self.constant)
+            bias = np.ascontiguousarray(params[self.bias].reshape(-1), dtype) if self.bias else None
             if np.dtype(dtype) == np.float32:
-                return lambda x, in_place: gelu(x, c, out=x if in_place else None)
+                return lambda x, in_place: gelu(x, c, out=x if in_place else None, bias=bias)
             erf = OPS["Erf"].run
-            erf_node = self.absorbed[1]
+            erf_node = self.absorbed[-4]
 
             def run(x, in_place):  # other dtypes: the chain's operations with numpy (and scipy's erf)
+                x = x if bias is None else x + bias
                 y = erf(erf_node, [x * c])[0]
                 y += 1
                 y *= x
@@ -324,15 +330,23 @@ def _scalar(params, name: str, value) -> bool:
     return p is not None and p.size == 1 and p.dtype.kind == "f" and p.reshape(-1)[0] == value
 
 
+def _last_axis_bias(p: Optional[np.ndarray], shape) -> bool:
+    """Whether parameter ``p`` (None: not a parameter) is a floating vector along the last axis of ``shape``."""
+    return (p is not None and p.dtype.kind == "f" and 1 <= p.ndim <= len(shape) and p.shape[-1] == shape[-1]
+            and p.size == shape[-1])
+
+
 def pointwise_chains(graph: Graph, consumers: dict[str, list[Node]]) -> dict[str, PointwiseChain]:
     """``{last node name: chain}`` for every GELU and batch norm + ReLU chain whose intermediates nothing else reads.
 
     GELU: the constants exactly ``1/sqrt(2)`` (as float32), ``1`` and ``0.5``, one element each,
-    either operand order; the output of ``x``'s shape. Batch norm + ReLU: a batch norm that
+    either operand order; the output of ``x``'s shape; an ``Add`` of a bias along the last axis
+    that produces ``x`` for these two nodes alone is absorbed too. Batch norm + ReLU: a batch norm that
     :func:`.folding.foldable_batchnorms` leaves (its input not a convolution's sole output),
     statistics constant, read by a ``Relu`` alone.
     """
     params, shapes = graph.params, graph.shapes
+    producer = {out: node for node in graph.nodes for out in node.outputs}
 
     def sole_reader(tensor: str, op: str) -> Optional[Node]:
         users = [] if tensor in graph.outputs else consumers.get(tensor, [])
@@ -358,7 +372,16 @@ def pointwise_chains(graph: Graph, consumers: dict[str, list[Node]]) -> dict[str
                     or other(mul, add.outputs[0]) != x or not _scalar(params, other(half, mul.outputs[0]), 0.5)
                     or shapes.get(half.outputs[0]) != shapes.get(x)):
                 continue
-            chains[half.name] = PointwiseChain(x, (scale, erf, add, mul, half), "gelu", float(params[c].reshape(-1)[0]))
+            absorbed, bias = (scale, erf, add, mul, half), None
+            source = producer.get(x)  # MatMul -> Add(bias) -> GELU (ConvNeXt): the bias too, if along the last axis
+            readers = consumers.get(x, [])
+            if (source is not None and source.op == "Add" and x not in graph.outputs and len(readers) == 2
+                    and {n.name for n in readers} == {scale.name, mul.name}):
+                for a, b in (source.inputs, source.inputs[::-1]):
+                    if a not in params and shapes.get(a) == shapes.get(x) and _last_axis_bias(params.get(b), shapes[x]):
+                        absorbed, bias, x = (source, *absorbed), b, a
+                        break
+            chains[half.name] = PointwiseChain(x, absorbed, "gelu", float(params[c].reshape(-1)[0]), bias)
             break
     folded = {bn.name for _, bn in foldable_batchnorms(graph, consumers).values()}
     for bn in graph.nodes:

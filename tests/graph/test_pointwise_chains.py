@@ -175,3 +175,47 @@ def test_batchnorm_relu_chain_whose_input_is_returned_leaves_it_alone():
     assert compiled.fused["relu"] == "BatchNormalization+Relu"
     assert not compiled.steps[1].inplace
     _check(compiled, model, x, ("y", "t"))
+
+
+def _bias_gelu_model(bias_shape, extra=(), outputs=("y",)):
+    """x -> Neg -> "u" -> Add(bias) -> "t" -> torch's exact GELU -> "y": ConvNeXt's MatMul -> Add(bias) -> GELU."""
+    rng = np.random.default_rng(3)
+    inits = {"bias": rng.standard_normal(bias_shape), "root2": np.array(1.4142135), "one": np.array(1.0),
+             "half": np.array(0.5)}
+    nodes = [helper.make_node("Neg", ["x"], ["u"], name="neg"),
+             helper.make_node("Add", ["bias", "u"], ["t"], name="bias"),
+             helper.make_node("Div", ["t", "root2"], ["d"], name="scale"),
+             helper.make_node("Erf", ["d"], ["e"], name="erf"),
+             helper.make_node("Add", ["e", "one"], ["a"], name="one"),
+             helper.make_node("Mul", ["t", "a"], ["m"], name="times"),
+             helper.make_node("Mul", ["m", "half"], ["y"], name="half"), *extra]
+    return _model(nodes, inits, outputs)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("bias_shape", [(W,), (1, 1, W), (1, 1, 1, W)])
+def test_a_bias_along_the_last_axis_before_gelu_is_absorbed_too(bias_shape, batch):
+    model = _bias_gelu_model(bias_shape)
+    x = _input(batch)
+    compiled = CompiledGraph(ce.load_onnx(model), EXACT_ENGINE, batch=batch)
+    assert compiled.fused == {"half": "Add+Mul+Erf+Add+Mul+Mul"}
+    assert [s.node.op for s in compiled.steps] == ["Neg", "Gelu"]
+    assert compiled.steps[1].inplace  # "u" is read by the chain alone
+    assert any(k.function == "bias_gelu_parallel" for k in compiled.kernels())
+    _check(compiled, model, x)
+    np.testing.assert_array_equal(compiled.run(x), CompiledGraph(ce.load_onnx(model), EXACT_ENGINE, fuse_epilogues=False,
+                                                                 batch=batch).run(x))
+
+
+@pytest.mark.parametrize("bias_shape, extra, outputs", [
+    ((C, 1, 1), (), ("y",)),  # a bias along the channels of NCHW: not the last axis
+    ((H, W), (), ("y",)),  # more than a vector
+    ((W,), (), ("y", "t")),  # the biased tensor is returned too
+    ((W,), (helper.make_node("Neg", ["t"], ["n"]),), ("y", "n")),  # ... or read by another node
+])
+def test_a_bias_that_is_not_a_last_axis_vector_read_by_the_chain_alone_stays_an_add(bias_shape, extra, outputs):
+    model = _bias_gelu_model(bias_shape, extra, outputs)
+    compiled = CompiledGraph(ce.load_onnx(model), EXACT_ENGINE)
+    assert compiled.fused == {"half": "Mul+Erf+Add+Mul+Mul"}  # the GELU itself still is one step
+    assert "Add" in [s.node.op for s in compiled.steps]
+    _check(compiled, model, _input(), outputs)
