@@ -763,11 +763,24 @@ def _layer_norm_infer(node, shapes):
     return [shape] + [reduced] * (len(node.outputs) - 1)  # Y, then the optional Mean and InvStdDev
 
 
+def _layer_norm_fast(node, x, scale, bias) -> bool:
+    """Whether :func:`._layer_norm_kernels.layer_norm` runs it: float, over the last axis only, Y alone wanted."""
+    return (len(node.outputs) == 1 and x.dtype in (np.float32, np.float64) and x.ndim >= 1
+            and node.attrs.get("axis", -1) % x.ndim == x.ndim - 1 and scale.size == x.shape[-1]
+            and (bias is None or bias.size == x.shape[-1]))
+
+
 @op("LayerNormalization", _layer_norm_infer)
 def _layer_norm(node, arrays):
     """Normalise over the axes from ``axis`` on (ConvNeXt: the channels, after a Transpose to NHWC), then scale and shift."""
     x, scale = arrays[0], arrays[1]
     bias = arrays[2] if len(arrays) > 2 else None
+    if _layer_norm_fast(node, x, scale, bias):
+        from ._layer_norm_kernels import layer_norm
+
+        shift = np.zeros(x.shape[-1], x.dtype) if bias is None else bias
+        scale, shift = (np.ascontiguousarray(p.reshape(-1), x.dtype) for p in (scale, shift))
+        return [layer_norm(x, scale, shift, node.attrs.get("epsilon", 1e-5))]
     axes = tuple(range(node.attrs.get("axis", -1) % x.ndim, x.ndim))
     mean = x.mean(axis=axes, keepdims=True)
     centred = x - mean
@@ -779,6 +792,19 @@ def _layer_norm(node, arrays):
     if bias is not None:
         centred += bias
     return [centred, mean, inv_std][:len(node.outputs)]
+
+
+def _layer_norm_kernels(node, shapes, dtype, params):
+    shape = shapes[0]
+    if (len(node.outputs) != 1 or dtype not in ("float32", "float64") or not shape
+            or node.attrs.get("axis", -1) % len(shape) != len(shape) - 1):
+        return []
+    from ._layer_norm_kernels import precompile_kernels
+
+    return precompile_kernels(dtype)
+
+
+KERNELS["LayerNormalization"] = _layer_norm_kernels
 
 
 # -- slicing: Split, Slice, Gather on data ---------------------------------------------------------

@@ -185,3 +185,24 @@ def test_the_stride_1_average_pool_kernel_matches_the_definition(shape, kernel, 
     assert got.dtype == np.float32
     assert np.array_equal(np.isnan(got), np.isnan(want))
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7, 96), (1, 56, 56, 96), (3, 11), (2, 7, 7, 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layer_normalisation_over_the_last_axis_matches_its_float64_formula(shape, dtype):
+    """ConvNeXt's LayerNormalization (axis -1, channels last) runs a compiled kernel; NaN spoils its own row only."""
+    rng = np.random.default_rng(shape[-1])
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    x.reshape(-1, shape[-1])[1, 0] = np.nan
+    scale, bias = rng.standard_normal(shape[-1]).astype(dtype), rng.standard_normal(shape[-1]).astype(dtype)
+    node = Node("ln", "LayerNormalization", ["x", "s", "b"], ["y"], dict(axis=-1, epsilon=1e-6))
+    got = OPS["LayerNormalization"].run(node, [x, scale, bias])[0]
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=-1, keepdims=True)
+    want = (x64 - mean) / np.sqrt(((x64 - mean) ** 2).mean(axis=-1, keepdims=True) + 1e-6) * scale + bias
+    assert got.dtype == dtype and got.shape == shape
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 if dtype == np.float32 else 1e-12)
+    no_bias = OPS["LayerNormalization"].run(Node("ln", "LayerNormalization", ["x", "s"], ["y"], dict(axis=-1, epsilon=1e-6)),
+                                            [x, scale])[0]
+    np.testing.assert_allclose(no_bias, want - bias, rtol=0, atol=2e-5 if dtype == np.float32 else 1e-12)
