@@ -188,7 +188,21 @@ def scale_shift_parallel(x, y, factor, shift, relu):
 
 def _run(serial, parallel, x: np.ndarray, out, view: tuple, *args) -> np.ndarray:
     """``serial`` or ``parallel`` (by size) on ``x`` reshaped to ``view`` (``(-1,)``: flat), into ``out``
-    (any layout; may be ``x``) or a new array."""
+    (any layout; may be ``x``) or a new array.
+
+    An ``x`` whose images are each contiguous but not adjacent (a channel slice of a larger buffer:
+    the executor's concatenations at batch > 1) runs image by image, where a copy of it would cost
+    what the concatenation saved."""
+    if x.size and not x.flags.c_contiguous and x.ndim > 1 and x.shape[0] > 1 and x[0].flags.c_contiguous:
+        y = out if out is not None else np.empty(x.shape, x.dtype)
+        if y[0].flags.c_contiguous:
+            image = (1,) + view[1:] if len(view) == 3 else view  # (N, C, -1) planes: one image's
+            kernel = parallel if x.size >= PARALLEL_MIN else serial  # (by the whole size: the images share the threads)
+            if kernel is parallel:
+                numba_threads()
+            for n in range(x.shape[0]):
+                kernel(x[n:n + 1].reshape(image), y[n:n + 1].reshape(image), *args)
+            return y
     x = np.ascontiguousarray(x)
     y = out if out is not None and out.flags.c_contiguous else np.empty_like(x)
     if x.size == 0:

@@ -219,3 +219,22 @@ def test_a_bias_that_is_not_a_last_axis_vector_read_by_the_chain_alone_stays_an_
     assert compiled.fused == {"half": "Mul+Erf+Add+Mul+Mul"}  # the GELU itself still is one step
     assert "Add" in [s.node.op for s in compiled.steps]
     _check(compiled, model, _input(), outputs)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_batchnorm_relu_on_a_channel_slice_of_a_larger_buffer(in_place):
+    """At batch > 1 a concatenation's prefix (DenseNet) is a view whose images are apart: run image by image."""
+    from convengine.graph._pointwise_kernels import scale_shift
+
+    rng = np.random.default_rng(5)
+    buffer = rng.standard_normal((3, 12, 5, 5)).astype(np.float32)
+    before = buffer.copy()
+    factor, shift = rng.standard_normal(8).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+    x = buffer[:, :8]
+    want = np.maximum(before[:, :8] * factor.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1), 0)
+    y = scale_shift(x, factor, shift, True, out=x if in_place else None)
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
+    assert np.shares_memory(y, buffer) == in_place
+    np.testing.assert_array_equal(buffer[:, 8:], before[:, 8:])
+    if not in_place:
+        np.testing.assert_array_equal(buffer, before)
