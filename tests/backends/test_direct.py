@@ -225,7 +225,10 @@ def test_large_pointwise_inputs_are_swept_in_pixel_groups():
 
     problem = ConvProblem.from_shapes((1, 1024, 56, 56), (64, 1024, 1, 1))
     assert direct.pixel_group(problem, 14) == 126  # 512 KiB of 1024-channel pixels, in whole tiles
-    assert direct.pixel_group(ConvProblem.from_shapes((1, 256, 56, 56), (64, 256, 1, 1)), 14) == 3136
+    cached = ConvProblem.from_shapes((1, 256, 56, 56), (64, 256, 1, 1))
+    assert direct.pixel_group(cached, 14) == 1568  # 4 blocks of 16 channels x 2 groups: 8 jobs
+    assert direct.pixel_group(cached, 14, vectors=2) == 784  # 2 blocks of 32 x 4 groups
+    assert direct.pixel_group(ConvProblem.from_shapes((8, 256, 56, 56), (64, 256, 1, 1)), 14, 2) == 3136
     assert direct.computed_pixels(49, 14) == 49 and direct.computed_pixels(25, 14) == 27 and direct.computed_pixels(62, 7) == 63
     rng = np.random.default_rng(9)
     x, w, b = _data(rng, (2, 40, 9, 23), (24, 40, 1, 1))

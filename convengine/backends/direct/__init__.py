@@ -110,13 +110,24 @@ WHOLE_PLANE_BYTES = 4 * 1024 * 1024
 GROUP_PANEL_BYTES = 512 * 1024
 
 
-def pixel_group(problem: ConvProblem, tile_width: int) -> int:
-    """Pixels per group of a 1x1 layer on the register tiles (see :data:`GROUP_PANEL_BYTES`)."""
+#: Jobs a 1x1 layer on the register tiles is split into at least (whole tiles of pixels
+#: permitting), so that the threads can balance: with 32-channel blocks, ResNet-50's 256 -> 64
+#: layer at 56x56 was 2 whole-plane jobs, and a thread slowed by another process held up the
+#: call (1.2-1.5x the time of its 4 jobs of 16 channels on the shared 2-vCPU machine).
+MIN_POINTWISE_JOBS = 8
+
+
+def pixel_group(problem: ConvProblem, tile_width: int, vectors: int = 1) -> int:
+    """Pixels per group of a 1x1 layer on the register tiles of ``vectors`` x 16 channels
+    (see :data:`GROUP_PANEL_BYTES` and :data:`MIN_POINTWISE_JOBS`)."""
     plane = problem.out_height * problem.out_width
     per_pixel = problem.in_channels * np.dtype(problem.dtype).itemsize
-    if plane * per_pixel <= WHOLE_PLANE_BYTES:
-        return plane
-    return min(plane, max(tile_width, GROUP_PANEL_BYTES // per_pixel // tile_width * tile_width))
+    group = plane
+    if plane * per_pixel > WHOLE_PLANE_BYTES:
+        group = min(plane, max(tile_width, GROUP_PANEL_BYTES // per_pixel // tile_width * tile_width))
+    blocks = problem.batch * -(-problem.out_channels // (vectors * LANES))
+    groups = -(-MIN_POINTWISE_JOBS // blocks)
+    return min(group, max(tile_width, -(-plane // groups // tile_width) * tile_width))
 
 
 def computed_pixels(pixels: int, tile_width: int) -> int:
@@ -221,7 +232,7 @@ class DirectBackend(NumbaBackend):
 
     def _estimate_pointwise_tiles(self, problem: ConvProblem, machine) -> float:
         plane = problem.out_height * problem.out_width
-        group = pixel_group(problem, self.tile_width)
+        group = pixel_group(problem, self.tile_width, tile_vectors(problem, self.max_vectors))
         n_groups = -(-plane // group)
         last = plane - (n_groups - 1) * group
         computed = (n_groups - 1) * computed_pixels(group, self.tile_width) + computed_pixels(last, self.tile_width)
@@ -317,7 +328,7 @@ class DirectBackend(NumbaBackend):
         sh, sw = problem.stride
         subsampled = (problem.batch, problem.in_channels, problem.out_height, problem.out_width)
         chunk, tile_width = reduction_chunk(problem.in_channels), self.tile_width
-        group = pixel_group(problem, tile_width)
+        group = pixel_group(problem, tile_width, vectors)
 
         def execute(x: np.ndarray, residual=None, in_place: bool = False, out=None) -> np.ndarray:
             workers = numba_threads()
