@@ -103,8 +103,8 @@ class CompiledGraph:
                 step.inputs = [block.x]
                 step.node = Node(node.name, block.op, [block.x], [block.output])
             self.steps.append(step)
-        self.placement = (plan_placement(graph, {out for s in self.steps for out in s.node.outputs}, readers)
-                          if concat_in_place else Placement({}, {}, {}))
+        self.placement = (plan_placement(graph, {out for s in self.steps for out in s.node.outputs}, readers,
+                                         self._overwritten_alone()) if concat_in_place else Placement({}, {}, {}))
         self._place()
         self._plan_releases()
         #: what compiling the kernels ahead did (None when ``precompile=False``)
@@ -122,6 +122,16 @@ class CompiledGraph:
                                                 **conv_problem_args(node))
         except (ValueError, TypeError) as exc:
             raise GraphError(f"node {node.name!r} (Conv): {exc}") from exc
+
+    def _overwritten_alone(self) -> set[str]:
+        """Tensors read by one step only, one that may run in place over its first input (an elementwise
+        operator, a fused block): DenseNet's batch norm + ReLU after each concatenation."""
+        reads: dict[str, int] = {}
+        for step in self.steps:
+            for name in step.inputs:
+                reads[name] = reads.get(name, 0) + 1
+        return {s.inputs[0] for s in self.steps
+                if s.inputs and (s.node.op in INPLACE or s.block is not None) and reads[s.inputs[0]] == 1}
 
     def _place(self) -> None:
         """Turn the planned ``Concat`` nodes into gathers, drop the shuffles they absorbed, mark placed outputs."""
