@@ -325,9 +325,13 @@ class PointwiseChain:
 
 
 def _scalar(params, name: str, value) -> bool:
-    """Whether ``name`` is a one-element floating parameter equal to ``value`` (float32 ``value`` compared as float32)."""
+    """Whether ``name`` is a one-element floating parameter equal to ``value``; a float32 ``value`` is compared in
+    float32 (a float64 model's ``1/sqrt(2)`` rounds to GELU's float32 one)."""
     p = params.get(name)
-    return p is not None and p.size == 1 and p.dtype.kind == "f" and p.reshape(-1)[0] == value
+    if p is None or p.size != 1 or p.dtype.kind != "f":
+        return False
+    v = p.reshape(-1)[0]
+    return bool(v == value or (isinstance(value, np.float32) and np.float32(v) == value))
 
 
 def _last_axis_bias(p: Optional[np.ndarray], shape) -> bool:

@@ -238,3 +238,36 @@ def test_batchnorm_relu_on_a_channel_slice_of_a_larger_buffer(in_place):
     np.testing.assert_array_equal(buffer[:, 8:], before[:, 8:])
     if not in_place:
         np.testing.assert_array_equal(buffer, before)
+
+
+def test_float64_chains_match_the_float64_definitions():
+    """A float64 graph's chains run numpy's float64 arithmetic (scipy's erf) and the float64 batch-norm kernel."""
+    from scipy.special import erf
+
+    def as_float64(model: bytes) -> bytes:
+        proto = onnx.load_from_string(model)
+        for value in list(proto.graph.input) + list(proto.graph.output):
+            value.type.tensor_type.elem_type = TensorProto.DOUBLE
+        for init in proto.graph.initializer:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float64), init.name))
+        return proto.SerializeToString()
+
+    x = _input().astype(np.float64)
+    x[0, 1, 2, 3] = 0
+    gelu = ce.load_onnx(as_float64(_bias_gelu_model((W,))))
+    compiled = CompiledGraph(gelu, EXACT_ENGINE)
+    assert compiled.fused == {"half": "Add+Mul+Erf+Add+Mul+Mul"}
+    t = -x + gelu.params["bias"].reshape(-1)
+    want = 0.5 * t * (1 + erf(t / np.float64(np.float32(1.4142135))))
+    got = compiled.run(x)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    bn = ce.load_onnx(as_float64(_bn_model(outputs=("r",))))
+    compiled = CompiledGraph(bn, EXACT_ENGINE)
+    assert compiled.fused == {"relu": "BatchNormalization+Relu"}
+    p = {k: bn.params[k] for k in ("gamma", "beta", "mean", "var")}
+    want = np.maximum((x * 1.5 - p["mean"].reshape(-1, 1, 1)) / np.sqrt(p["var"].reshape(-1, 1, 1) + 1e-5)
+                      * p["gamma"].reshape(-1, 1, 1) + p["beta"].reshape(-1, 1, 1), 0)
+    got = compiled.run(x)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
