@@ -196,6 +196,36 @@ def _edge_reduce(line, j, k, average):
     return _edge_max(line, j, k)
 
 
+@numba.njit(parallel=True, cache=True, nogil=True)
+def pool_2x2_s2(x, y, average):
+    """2x2 windows at stride 2 that lie inside the input (no padding), the max or the mean; ``(planes, h, w)``.
+
+    DenseNet's transition average pools and GoogLeNet's last max pool. Per output row the two
+    input rows are combined first (contiguous, vectorised), then neighbouring pairs; an odd
+    last row or column is left out, as the floor mode does. NaN propagates either way.
+    """
+    for plane in prange(x.shape[0]):
+        _pool_plane_2x2_s2(x[plane], y[plane], average)
+
+
+@numba.njit(cache=True, nogil=True)
+def _pool_plane_2x2_s2(src, dst, average):
+    out_h, out_w = dst.shape
+    pair = np.empty(2 * out_w, src.dtype)  # the two rows, combined
+    for oy in range(out_h):
+        a, b, row = src[2 * oy], src[2 * oy + 1], dst[oy]
+        if average:
+            for j in range(2 * out_w):
+                pair[j] = a[j] + b[j]
+            for ox in range(out_w):
+                row[ox] = (pair[2 * ox] + pair[2 * ox + 1]) * 0.25  # (exact: a power of two)
+        else:
+            for j in range(2 * out_w):
+                pair[j] = _max(a[j], b[j])
+            for ox in range(out_w):
+                row[ox] = _max(pair[2 * ox], pair[2 * ox + 1])
+
+
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def plane_means(rows, y):
     """``y[n, c] = mean(rows[n, c, :])``: global average pooling of ``(N, C, H*W)``.
@@ -227,6 +257,9 @@ def precompile_kernels(function: str, dtype: str) -> list:
                                             types.Array(getattr(types, dtype), 2, "C")), cost=0.3)]
     if function == "max_pool_3x3_s2":
         return [Kernel(__name__, function, (plane, plane, types.int64, types.int64), cost=2.2)]
+    if function == "pool_2x2_s2":
+        planes = types.Array(getattr(types, dtype), 3, "C")
+        return [Kernel(__name__, function, (planes, planes, types.boolean), cost=1.0)]
     if function in ("max_pool_s1", "sum_pool_s1"):
         planes = types.Array(getattr(types, dtype), 2, "C")
         return [Kernel(__name__, function, (planes, planes) + (types.int64,) * 6, cost=2.5)]

@@ -240,9 +240,11 @@ def _maxpool(node, arrays):
     from ._pool_kernels import max_pool, max_pool_3x3_s2, max_pool_s1
 
     (kh, sh, dh, top, _, _, out_h), (kw, sw, dw, left, _, _, out_w) = geometry
+    kernel = _maxpool_kernel(geometry)
+    if kernel == "pool_2x2_s2":
+        return [_pool_2x2_s2(x, geometry, average=False)]
     y = np.empty(x.shape[:2] + (out_h, out_w), x.dtype)
     numba_threads()
-    kernel = _maxpool_kernel(geometry)
     if kernel == "max_pool_3x3_s2":
         max_pool_3x3_s2(np.ascontiguousarray(x), y, top, left)
     elif kernel == "max_pool_s1":
@@ -259,6 +261,8 @@ def _maxpool_kernel(geometry) -> str:
     (kh, sh, dh, *_), (kw, sw, dw, *_) = geometry
     if (kh, kw, sh, sw, dh, dw) == (3, 3, 2, 2, 1, 1):
         return "max_pool_3x3_s2"
+    if _inside_2x2_s2(geometry):
+        return "pool_2x2_s2"
     return "max_pool_s1" if _stride_1(geometry) else "max_pool"
 
 
@@ -271,6 +275,23 @@ def _maxpool_kernels(node, shapes, dtype, params):
 
 
 KERNELS["MaxPool"] = _maxpool_kernels
+
+
+def _inside_2x2_s2(geometry) -> bool:
+    """Whether the windows are 2x2 at stride 2, undilated, none in padding or a ceil-mode extension."""
+    return all((k, s, d, begin, end) == (2, 2, 1, 0, 0) for k, s, d, begin, end, _, _ in geometry)
+
+
+def _pool_2x2_s2(x, geometry, average: bool):
+    """:func:`._pool_kernels.pool_2x2_s2` on ``x`` (4-D float): DenseNet's transitions, GoogLeNet's last max pool."""
+    from ..runtime.threads import numba_threads
+    from ._pool_kernels import pool_2x2_s2
+
+    planes = x.shape[0] * x.shape[1]
+    y = np.empty(x.shape[:2] + (geometry[0][-1], geometry[1][-1]), x.dtype)
+    numba_threads()
+    pool_2x2_s2(np.ascontiguousarray(x).reshape((planes,) + x.shape[2:]), y.reshape((planes,) + y.shape[2:]), average)
+    return y
 
 
 def _stride_1(geometry) -> bool:
@@ -296,6 +317,8 @@ def _stride_1_sums(x, geometry):
 def _avgpool(node, arrays):
     x = arrays[0]
     geometry = _pool_geometry(node, x.shape)
+    if x.ndim == 4 and x.dtype in (np.float32, np.float64) and _inside_2x2_s2(geometry):  # every divisor is 4
+        return [_pool_2x2_s2(x, geometry, average=True)]
     if x.ndim == 4 and x.dtype in (np.float32, np.float64) and _stride_1(geometry):  # Inception's branch pools
         total = _stride_1_sums(x, geometry)
     else:
@@ -314,11 +337,14 @@ def _avgpool(node, arrays):
 
 
 def _avgpool_kernels(node, shapes, dtype, params):
-    if len(shapes[0]) != 4 or dtype not in ("float32", "float64") or not _stride_1(_pool_geometry(node, shapes[0])):
+    if len(shapes[0]) != 4 or dtype not in ("float32", "float64"):
         return []
     from ._pool_kernels import precompile_kernels
 
-    return precompile_kernels("sum_pool_s1", dtype)
+    geometry = _pool_geometry(node, shapes[0])
+    if _inside_2x2_s2(geometry):
+        return precompile_kernels("pool_2x2_s2", dtype)
+    return precompile_kernels("sum_pool_s1", dtype) if _stride_1(geometry) else []
 
 
 KERNELS["AveragePool"] = _avgpool_kernels

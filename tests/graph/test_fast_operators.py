@@ -206,3 +206,29 @@ def test_layer_normalisation_over_the_last_axis_matches_its_float64_formula(shap
     no_bias = OPS["LayerNormalization"].run(Node("ln", "LayerNormalization", ["x", "s"], ["y"], dict(axis=-1, epsilon=1e-6)),
                                             [x, scale])[0]
     np.testing.assert_allclose(no_bias, want - bias, rtol=0, atol=2e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("shape, ceil_mode", [((1, 128, 56, 56), 0), ((2, 3, 7, 9), 0), ((1, 5, 14, 14), 1), ((2, 2, 2, 3), 0)])
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+def test_the_2x2_stride_2_pool_kernel_matches_the_definition(shape, ceil_mode, op):
+    """DenseNet's transition average pools and GoogLeNet's last max pool (windows inside the input), NaN included."""
+    x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+    x.flat[::37] = np.nan
+    node = Node("pool", op, ["x"], ["y"], dict(kernel_shape=[2, 2], strides=[2, 2], pads=[0, 0, 0, 0], ceil_mode=ceil_mode))
+    geometry = _pool_geometry(node, x.shape)
+    assert _maxpool_kernel(geometry) == "pool_2x2_s2"
+    n, c, h, w = shape
+    windows = x[:, :, :h // 2 * 2, :w // 2 * 2].astype(np.float64).reshape(n, c, h // 2, 2, w // 2, 2)
+    with np.errstate(invalid="ignore"):
+        want = windows.max(axis=(3, 5)) if op == "MaxPool" else windows.mean(axis=(3, 5))
+    got = OPS[op].run(node, [x])[0]
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_a_2x2_stride_2_pool_reaching_past_the_input_is_not_the_2x2_kernel():
+    node = Node("pool", "MaxPool", ["x"], ["y"], dict(kernel_shape=[2, 2], strides=[2, 2], pads=[0, 0, 0, 0], ceil_mode=1))
+    assert _maxpool_kernel(_pool_geometry(node, (1, 2, 7, 7))) != "pool_2x2_s2"  # ceil mode: a last window of one row
+    padded = Node("pool", "MaxPool", ["x"], ["y"], dict(kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 1, 1]))
+    assert _maxpool_kernel(_pool_geometry(padded, (1, 2, 6, 6))) != "pool_2x2_s2"
