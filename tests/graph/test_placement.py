@@ -13,10 +13,10 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402  (after importorskip: without onnx the module is skipped)
 
-import convengine as ce  # noqa: E402
-from convengine.graph import ops  # noqa: E402
-from convengine.graph.executor import CompiledGraph  # noqa: E402
-from convengine.models import shufflenet_v2_x1_0, squeezenet1_1  # noqa: E402
+import convengine as ce  # noqa: E402  (after importorskip: without onnx the module is skipped)
+from convengine.graph import ops  # noqa: E402  (after importorskip: without onnx the module is skipped)
+from convengine.graph.executor import CompiledGraph  # noqa: E402  (after importorskip: without onnx the module is skipped)
+from convengine.models import shufflenet_v2_x1_0, squeezenet1_1  # noqa: E402  (after importorskip: without onnx the module is skipped)
 
 pytestmark = pytest.mark.usefixtures("no_forced_backend")
 
