@@ -161,6 +161,9 @@ def test_engine_dispatch_by_name():
     (1, 600, (7, 7), 40, True),  # 16 + 16 + 8 output channels
     (2, 48, (5, 9), 64, True),  # two-vector tiles (AVX-512): 2 blocks of 32 channels, 45 pixels
     (1, 600, (7, 7), 96, True),  # three 32-channel blocks, three chunks of 200
+    (1, 96, (56, 56), 24, False),  # a large plane, a long reduction, output channels not a multiple of 16: pixels
+    (1, 96, (56, 56), 32, True),
+    (1, 48, (56, 56), 24, True),
 ])
 def test_pointwise_blocks_tails_and_chunks(n, c_in, plane, c_out, tiles):
     problem = ConvProblem.from_shapes((n, c_in, *plane), (c_out, c_in, 1, 1))

@@ -95,9 +95,24 @@ def runs_pointwise_tiles(problem: ConvProblem, tile_width: int) -> bool:
     The tiles measured 0.79-0.95x the pixel kernel's time on ResNet-50's 1x1 layers (2-vCPU
     Zen 4; 1.0x on 64->64 at 56x56); they need a plane no narrower than the widest tile (a
     tile starts early rather than read past its plane) and chunks of at least 8 channels.
+    On planes of :data:`PIXEL_KERNEL_PLANE` pixels and more, a long reduction into output
+    channels that are not a multiple of 16 goes to the pixel kernel (6-channel blocks, none
+    padded): MobileNetV2's and EfficientNet's 96/144 -> 24 projections at 56x56 ran there in
+    0.69-0.95x the tiles' time, alone and inside the models (2-vCPU Intel,
+    ``benchmarks/pointwise_kernels.py``); shorter reductions (24 -> 72, 48 -> 24) measured
+    either way inside the models, and at 14x14 and 7x7 the tiles stay ahead.
     """
     plane = problem.out_height * problem.out_width
+    if plane >= PIXEL_KERNEL_PLANE and problem.out_channels % LANES and problem.in_channels >= PIXEL_KERNEL_MIN_REDUCTION:
+        return False
     return plane >= MAX_TILE_WIDTH and reduction_chunk(problem.in_channels) >= 8
+
+
+#: Output pixels from which a 1x1 layer whose output channels are not a multiple of 16 may run on
+#: the pixel kernel (56x56; at 28x28 the two measured within noise of each other, 0.8-1.5x) ...
+PIXEL_KERNEL_PLANE = 56 * 56
+#: ... when it sums at least this many input channels (see :func:`runs_pointwise_tiles`).
+PIXEL_KERNEL_MIN_REDUCTION = 96
 
 
 #: Input bytes per image up to which a 1x1 job on the register tiles sweeps the whole plane:

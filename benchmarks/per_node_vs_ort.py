@@ -1,0 +1,159 @@
+"""Where a model's time goes, node by node: convengine's executor steps beside ONNX Runtime's own profile.
+
+For each ONNX file, ONNX Runtime runs it with its profiler on (``enable_profiling``, the
+same thread count) ``--runs`` times; each node's median ``kernel_time`` is its time. Then
+convengine's executor times every step of the same model (:func:`convengine.bench.alone.layer_times`,
+same input, same thread count, after ORT's session is gone so its threads cannot spin
+beside ours). The two sides fuse differently (ORT: Conv+Clip, NCHWc reorders;
+convengine: Conv+BatchNormalization+Relu, squeeze-excitation), so both are summed per
+*group*: a node convengine runs as a step of its own names its group; any other node (an
+absorbed activation, a Flatten) joins the group of the node that produced its first input.
+ORT names NCHWc nodes after their output tensor (``..._nchwc``); those map to the tensor's
+producer. What maps to no ONNX node (ORT's ``ReorderOutput``) is listed as ``(ORT only)``.
+
+Printed per model: both totals (whole run and the sum of the nodes: the difference is
+per-node overhead), then the ``--top`` groups with the largest gap in ms, with ratio,
+output shape and convengine's backend. Timings are medians of one process each; the machine's
+load average is printed with them.
+
+    python benchmarks/per_node_vs_ort.py /tmp/tv_onnx/mobilenet_v2.onnx
+    python benchmarks/per_node_vs_ort.py /tmp/tv_onnx/*.onnx --top 8 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import tempfile
+import time
+from collections import defaultdict
+
+# isort: off
+import convengine as ce  # before numpy: sets OPENBLAS_THREAD_TIMEOUT before BLAS loads (docs/usage.md)
+# isort: on
+import numpy as np
+
+from convengine.bench.alone import layer_times
+from convengine.graph.onnx import load_onnx
+from convengine.runtime.threads import set_num_threads
+
+ORT_ONLY = "(ORT only)"
+
+
+def ort_node_times(path: str, x: np.ndarray, threads: int, runs: int) -> tuple[dict[str, float], float]:
+    """ORT's median kernel time per profiled node name (suffixes stripped), and its median whole run."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="ort-profile-") as workdir:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(workdir, "profile")
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x}
+        for _ in range(3):
+            session.run(None, feed)
+        totals = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            session.run(None, feed)
+            totals.append(time.perf_counter() - start)
+        with open(session.end_profiling()) as f:
+            events = json.load(f)
+        del session
+    per_node: dict[str, list[float]] = defaultdict(list)
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            per_node[event["name"][:-len("_kernel_time")]].append(event["dur"] * 1e-6)
+    # the warm-up runs are profiled too: the last `runs` samples of each node
+    return {name: float(np.median(v[-runs:])) for name, v in per_node.items()}, float(np.median(totals))
+
+
+def onnx_groups(path: str, steps: set[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """``(group of each ONNX node name, producer node of each tensor)``: see the module docstring."""
+    import onnx
+
+    nodes = onnx.load(path, load_external_data=False).graph.node
+    producer = {out: (n.name or f"{n.op_type}_{i}") for i, n in enumerate(nodes) for out in n.output}
+    group: dict[str, str] = {}
+    for i, n in enumerate(nodes):
+        name = n.name or f"{n.op_type}_{i}"
+        if name in steps:
+            group[name] = name
+        else:
+            source = next((producer[t] for t in n.input if t in producer), None)
+            group[name] = group.get(source, name) if source else name
+    return group, producer
+
+
+def compare(path: str, threads: int, runs: int) -> list[dict]:
+    graph = load_onnx(path, name=os.path.splitext(os.path.basename(path))[0])
+    import onnx
+
+    model = onnx.load(path, load_external_data=False).graph
+    inits = {t.name for t in model.initializer}
+    dims = next(i for i in model.input if i.name not in inits).type.tensor_type.shape.dim
+    x = np.random.default_rng(0).random([d.dim_value or 1 for d in dims], dtype=np.float32)
+    ort_times, ort_total = ort_node_times(path, x, threads, runs)
+    set_num_threads(threads)
+    rows, ours_total = layer_times(graph, x, engine=ce.Engine(), runs=runs)
+    group, producer = onnx_groups(path, {r.node for r in rows})
+    ours: dict[str, float] = defaultdict(float)
+    info: dict[str, tuple] = {}
+    for r in rows:
+        key = group.get(r.node, r.node)
+        ours[key] += r.median_s
+        info.setdefault(key, (r.op, r.output_shape, r.backend))
+    theirs: dict[str, float] = defaultdict(float)
+    for name, seconds in ort_times.items():
+        base = name[:-len("_nchwc")] if name.endswith("_nchwc") else name
+        node = base if base in group else producer.get(base)
+        theirs[group.get(node, ORT_ONLY) if node else ORT_ONLY] += seconds
+    out = []
+    for key in sorted(set(ours) | set(theirs), key=lambda k: -(ours.get(k, 0) - theirs.get(k, 0))):
+        op, shape, backend = info.get(key, ("?", [], None))
+        out.append({"group": key, "op": op, "shape": shape, "backend": backend,
+                    "ours_s": ours.get(key, 0.0), "ort_s": theirs.get(key, 0.0)})
+    print(f"{graph.name}: whole run convengine {ours_total * 1e3:.2f} ms, ORT {ort_total * 1e3:.2f} ms "
+          f"(ratio {ours_total / ort_total:.2f}); nodes add to {sum(ours.values()) * 1e3:.2f} vs "
+          f"{sum(theirs.values()) * 1e3:.2f} ms; load {open('/proc/loadavg').read().split()[0]}")
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+", help="ONNX files (globs allowed)")
+    parser.add_argument("--threads", type=int, default=2, help="threads for both runtimes (default 2)")
+    parser.add_argument("--runs", type=int, default=50, help="profiled/timed runs per runtime (default 50)")
+    parser.add_argument("--top", type=int, default=10, help="groups with the largest gap to print (default 10)")
+    parser.add_argument("--json", action="store_true", help="every group as JSON lines instead")
+    args = parser.parse_args(argv)
+    paths = [p for pattern in args.files for p in (sorted(glob.glob(pattern)) or [pattern])]
+    for path in paths:
+        rows = compare(path, args.threads, args.runs)
+        if args.json:
+            for row in rows:
+                print(json.dumps(dict(row, model=path)))
+            continue
+        ours = sum(r["ours_s"] for r in rows)
+        theirs = sum(r["ort_s"] for r in rows)
+        print(f"  {'gap ms':>7} {'ratio':>6} {'ours ms':>8} {'ORT ms':>7}  group (op, output, backend)")
+        for r in rows[:args.top]:
+            ratio = r["ours_s"] / r["ort_s"] if r["ort_s"] else float("inf")
+            print(f"  {(r['ours_s'] - r['ort_s']) * 1e3:7.3f} {ratio:6.2f} {r['ours_s'] * 1e3:8.3f} "
+                  f"{r['ort_s'] * 1e3:7.3f}  {r['group']} ({r['op']}, {r['shape']}, {r['backend']})")
+        by_op: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        for r in rows:
+            kind = r["op"].split("+")[0] + (f"/{r['backend']}" if r["backend"] else "")
+            by_op[kind][0] += r["ours_s"]
+            by_op[kind][1] += r["ort_s"]
+        print("  by op (ours ms / ORT ms): " + ", ".join(
+            f"{k} {a * 1e3:.2f}/{b * 1e3:.2f}" for k, (a, b) in sorted(by_op.items(), key=lambda kv: -kv[1][0])))
+        print(f"  total of groups: {ours * 1e3:.2f} vs {theirs * 1e3:.2f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
