@@ -347,8 +347,15 @@ def tile_store_nchw(typingctx, tile, y, y_start, plane, channels, first, width, 
         zero = ir.Constant(_VEC, [0.0] * LANES)
         mask = builder.and_(_lanes_below(builder, width), builder.not_(_lanes_below(builder, first)))
         r_mask = builder.and_(mask, _splat(builder, has_residual))
+        n_vectors = sig.args[0].vectors
+        # The channels' rows, bias and residual added, wait in a stack buffer (whole aligned
+        # vectors: a load of one is forwarded from its store) for one loop that activates and
+        # stores them: one copy of the activation's code, and no re-read of the masked stores
+        # (a second pass over y, _activate_rows, made ReLU cost 0.43 ms on a 0.91 ms 16->96
+        # layer at 112x112, SiLU 1.0 ms: each masked load waited for the masked store before it).
+        rows = cgutils.alloca_once(builder, _VEC, size=ir.Constant(_I64, n_vectors * LANES), name="tile.rows")
 
-        def store_vector(vector):
+        def add_vector(vector):
             columns = _transpose(builder, [builder.extract_value(acc, vector * MAX_WIDTH + p) for p in range(MAX_WIDTH)]
                                  + [zero] * (LANES - MAX_WIDTH))
             for j, column in enumerate(columns):
@@ -358,14 +365,21 @@ def tile_store_nchw(typingctx, tile, y, y_start, plane, channels, first, width, 
                     v = builder.fadd(column, _splat(builder, builder.load(builder.gep(bp, [builder.add(b_start, c)]))))
                     r = builder.call(load, [builder.bitcast(builder.gep(rp, [at]), _VEC.as_pointer()), ir.Constant(i32, 4),
                                             r_mask, zero])
-                    v = builder.select(has_residual, builder.fadd(v, r), v)
-                    builder.call(store, [v, builder.bitcast(builder.gep(yp, [at]), _VEC.as_pointer()), ir.Constant(i32, 4),
-                                         mask])
+                    builder.store(builder.select(has_residual, builder.fadd(v, r), v), builder.gep(rows, [c]))
 
-        for vector in range(sig.args[0].vectors):  # a vector past ``channels`` is not even transposed
+        for vector in range(n_vectors):  # a vector past ``channels`` is not even transposed
             with builder.if_then(builder.icmp_signed("<", ir.Constant(_I64, vector * LANES), channels)):
-                store_vector(vector)
-        _activate_rows(builder, yp, y_start, plane, channels, first, width, act, p0, p1)
+                add_vector(vector)
+        limit = ir.Constant(_I64, n_vectors * LANES)
+        stored = builder.select(builder.icmp_signed("<", channels, limit), channels, limit)
+
+        def store_row(c, _):
+            v = activate_any(builder, builder.load(builder.gep(rows, [c])), act, p0, p1)
+            at = builder.add(y_start, builder.mul(plane, c))
+            builder.call(store, [v, builder.bitcast(builder.gep(yp, [at]), _VEC.as_pointer()), ir.Constant(i32, 4), mask])
+            return []
+
+        _counted_loop(builder, stored, [], store_row)
         return context.get_dummy_value()
 
     return sig, codegen
