@@ -133,22 +133,11 @@ GATES = ("Sigmoid", "HardSigmoid")
 
 
 @dataclass(frozen=True)
-class SqueezeExcitation:
-    """``y = x * gate(W2 @ act(W1 @ mean(x) + b1) + b2)``, per image and channel; the nodes it replaces.
-
-    ``x`` is the block's input; ``absorbed`` its nodes, the ``Mul`` last (the block runs there).
-    ``reduce``/``expand`` are the two 1x1 ``Conv`` nodes, ``activation`` and ``gate`` the
-    epilogue activations after them (as :class:`~convengine.core.epilogue.Epilogue` takes them).
-    """
+class FusedBlock:
+    """Nodes that run as one executor step over the block's input ``x``, where the last of ``absorbed`` was."""
 
     x: str
     absorbed: tuple[Node, ...]
-    reduce: Node
-    expand: Node
-    activation: Union[str, tuple]
-    gate: Union[str, tuple]
-
-    op = "SqueezeExcitation"  # the executor's name for the step
 
     @property
     def output(self) -> str:
@@ -156,6 +145,23 @@ class SqueezeExcitation:
 
     def describe(self) -> str:
         return "+".join(node.op for node in self.absorbed)
+
+
+@dataclass(frozen=True)
+class SqueezeExcitation(FusedBlock):
+    """``y = x * gate(W2 @ act(W1 @ mean(x) + b1) + b2)``, per image and channel; the nodes it replaces.
+
+    ``x`` is the block's input; ``absorbed`` its nodes, the ``Mul`` last (the block runs there).
+    ``reduce``/``expand`` are the two 1x1 ``Conv`` nodes, ``activation`` and ``gate`` the
+    epilogue activations after them (as :class:`~convengine.core.epilogue.Epilogue` takes them).
+    """
+
+    reduce: Node
+    expand: Node
+    activation: Union[str, tuple]
+    gate: Union[str, tuple]
+
+    op = "SqueezeExcitation"  # the executor's name for the step
 
     def kernels(self, x_shape, dtype: str, params) -> list:
         """The compiled kernels ``run`` calls on an input of ``x_shape`` (its global pool's)."""
@@ -262,7 +268,7 @@ def _reduction_before(hidden: str, producer: dict[str, Node],
 
 
 @dataclass(frozen=True)
-class PointwiseChain:
+class PointwiseChain(FusedBlock):
     """Elementwise nodes run as one pass over the block's input ``x``, where the last of ``absorbed`` was.
 
     ``kind`` is ``"gelu"`` (``Mul(x, c) -> Erf -> Add(1) -> Mul(x) -> Mul(0.5)``, ``c`` the
@@ -271,8 +277,6 @@ class PointwiseChain:
     the ``BatchNormalization``, its statistics parameters).
     """
 
-    x: str
-    absorbed: tuple[Node, ...]
     kind: str
     constant: Optional[float] = None
     bias: Optional[str] = None
@@ -280,13 +284,6 @@ class PointwiseChain:
     @property
     def op(self) -> str:
         return "Gelu" if self.kind == "gelu" else "BatchNormalization+Relu"
-
-    @property
-    def output(self) -> str:
-        return self.absorbed[-1].outputs[0]
-
-    def describe(self) -> str:
-        return "+".join(node.op for node in self.absorbed)
 
     def kernels(self, x_shape, dtype: str, params) -> list:
         """The compiled kernels ``run`` calls on an input of ``x_shape``."""
