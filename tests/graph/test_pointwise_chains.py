@@ -65,7 +65,10 @@ def _check(compiled, model, x, outputs=("y",)):
     got = got if isinstance(got, dict) else {outputs[0]: got}
     for name, w in zip(outputs, want):
         assert np.array_equal(np.isnan(got[name]), np.isnan(w))
-        np.testing.assert_allclose(got[name], w, rtol=2e-6, atol=1e-6)
+        # atol scaled to the output's size: where a convolution follows, a sum of float32 products
+        # that cancels near zero differs with the summation order (the backend chosen), by ~1e-7 of the largest value
+        scale = float(np.nanmax(np.abs(w))) if np.isfinite(w).any() else 1.0
+        np.testing.assert_allclose(got[name], w, rtol=2e-6, atol=1e-6 * max(1.0, scale))
 
 
 @pytest.mark.parametrize("swap", [False, True])
