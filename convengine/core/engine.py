@@ -299,14 +299,10 @@ class Engine:
         ``activation`` (``"relu"``, ``"silu"``, ``("clip", 0, 6)``... as in :func:`convengine.conv2d`)
         is applied last. Backends that can fuse these do so.
         """
-        weight = as_float_array(weight, "weight")
-        if len(input_shape) != 4:
-            raise ValueError(f"input_shape must be (N, C_in, H, W), got {tuple(input_shape)}")
-        _, weight, bias, _ = conv_arrays(np.empty((0, *input_shape[1:]), weight.dtype), weight, bias)
+        epilogue = Epilogue(residual=residual, activation=activation)
+        weight, bias = _checked_weights(weight, bias, input_shape)
         held = (weight.copy(), None if bias is None else bias.copy())  # the caller's arrays may change later
-        return self.prepare_deferred(lambda: held, input_shape=input_shape, stride=stride, padding=padding,
-                                     dilation=dilation, groups=groups, backend=backend, residual=residual,
-                                     activation=activation)
+        return self._prepare_conv(lambda: held, held, input_shape, stride, padding, dilation, groups, backend, epilogue)
 
     def prepare_deferred(self, weights: Callable[[], tuple], *, input_shape: Sequence[int], stride=1, padding=0,
                          dilation=1, groups=1, backend: Optional[str] = None, residual: bool = False,
@@ -320,14 +316,15 @@ class Engine:
         nobody modifies afterwards (fresh ones, or copies), the same ones each time.
         """
         epilogue = Epilogue(residual=residual, activation=activation)
-        weight, bias = weights()
-        weight = as_float_array(weight, "weight")
-        if len(input_shape) != 4:
-            raise ValueError(f"input_shape must be (N, C_in, H, W), got {tuple(input_shape)}")
-        _, weight, bias, _ = conv_arrays(np.empty((0, *input_shape[1:]), weight.dtype), weight, bias)
+        first = _checked_weights(*weights(), input_shape)
+        return self._prepare_conv(weights, first, input_shape, stride, padding, dilation, groups, backend, epilogue)
+
+    def _prepare_conv(self, weights, first: tuple, input_shape, stride, padding, dilation, groups,
+                      backend: Optional[str], epilogue: Epilogue) -> PreparedConv:
+        weight, bias = first
         problem = ConvProblem.from_shapes(input_shape, weight.shape, bias=bias is not None, stride=stride,
                                           padding=padding, dilation=dilation, groups=groups, dtype=weight.dtype)
-        prepared = PreparedConv(self, weights, problem, backend, epilogue, first=(weight, bias))
+        prepared = PreparedConv(self, weights, problem, backend, epilogue, first=first)
         if problem.batch:
             _ = prepared.backend  # choose and prepare now, so errors surface here
         return prepared
@@ -448,6 +445,15 @@ class Engine:
         if decision.explicit:
             raise BackendFailedError(f"backend {decision.chosen!r} failed: {reason}", backend=decision.chosen,
                                      reason=reason) from exc
+
+
+def _checked_weights(weight, bias, input_shape) -> tuple:
+    """``(weight, bias)`` as C-contiguous arrays of one float dtype, checked against ``input_shape``."""
+    weight = as_float_array(weight, "weight")
+    if len(input_shape) != 4:
+        raise ValueError(f"input_shape must be (N, C_in, H, W), got {tuple(input_shape)}")
+    _, weight, bias, _ = conv_arrays(np.empty((0, *input_shape[1:]), weight.dtype), weight, bias)
+    return weight, bias
 
 
 def _same_view(a: np.ndarray, b: np.ndarray) -> bool:
