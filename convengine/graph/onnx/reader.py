@@ -108,6 +108,8 @@ def _stream_file(onnx, path):
     """``(ModelProto without initializers, [(offset, size) of each initializer])``, reading the
     file's fields in order; ``None`` when it is not walkable that way (the caller then parses it
     whole and reports what is wrong with it)."""
+    from google.protobuf.message import DecodeError  # (protobuf comes with onnx, imported by now)
+
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -129,12 +131,8 @@ def _stream_file(onnx, path):
         proto = onnx.ModelProto()
         proto.ParseFromString(bytes(model_rest))
         return proto, tensors
-    except (ValueError, EOFError):
+    except (ValueError, EOFError, DecodeError):  # not walkable: the whole-file parse reports what is wrong
         return None
-    except Exception as exc:  # a protobuf DecodeError: let the whole-file parse report it
-        if type(exc).__name__ == "DecodeError":
-            return None
-        raise
 
 
 def _initializers_from_file(onnx, path, tensors, base_dir, label):
