@@ -132,6 +132,14 @@ GROUP_PANEL_BYTES = 512 * 1024
 MIN_POINTWISE_JOBS = 8
 
 
+#: Floats ahead of each reduction step's input that a 1x1 tile prefetches: the same input
+#: channel, about three 14-pixel tiles on. The tile reads one short run of each of C planes
+#: (C streams, more than the hardware prefetcher follows), so inside a model, where the
+#: input comes from the cache levels below, each run was waited for. Inside ResNet-50 the
+#: 1x1 steps ran ~7-10% faster with it (24, 48 and 96 floats measured alike).
+POINTWISE_PREFETCH = 48
+
+
 def pixel_group(problem: ConvProblem, tile_width: int, vectors: int = 1) -> int:
     """Pixels per group of a 1x1 layer on the register tiles of ``vectors`` x 16 channels
     (see :data:`GROUP_PANEL_BYTES` and :data:`MIN_POINTWISE_JOBS`)."""
@@ -353,7 +361,7 @@ class DirectBackend(NumbaBackend):
             res = y if residual is None else residual
             if tiles:
                 pointwise_tiles(x, products_read, sh, sw, w_packed, chunk, b, res, residual is not None, *act, y, first, step,
-                                tile_width, group, vectors, workers)
+                                tile_width, group, vectors, workers, POINTWISE_PREFETCH)
             else:
                 pointwise_conv(x, products_read, sh, sw, w_packed, b, res, residual is not None, *act, y, first, workers)
             return y if out is None else out.view

@@ -32,7 +32,7 @@ from ._tiles import LANES, MAX_WIDTH, compiled_width
 from ._worksharing import job_claims, next_job, phase_counter, phase_done
 
 # Numba's cache is keyed on this file's text, not on _simd's: after an edit to the intrinsics
-# there, change this line so that cached kernels are compiled again (8765c23: tile_store_nchw).
+# there, change this line so that cached kernels are compiled again (tile_conv's prefetch).
 
 #: :func:`._tiles.compiled_width`, the cost model's own function, compiled into the kernels.
 _compiled_width = numba.njit(inline="always")(compiled_width)
@@ -54,7 +54,7 @@ def precompile_kernels(function: str) -> list:
         "tiled_conv": ((f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 7 + (f32(1), f32(4)) + epilogue + (f32(4),) + (i64,) * 5,
                        6.8),
         "pointwise_conv": ((f32(4), f32(4), i64, i64, f32(1), f32(1), f32(4)) + epilogue + (f32(4), i64, i64), 2.3),
-        "pointwise_tiles": ((f32(4), f32(4), i64, i64, f32(1), i64, f32(1), f32(4)) + epilogue + (f32(4),) + (i64,) * 6, 2.8),
+        "pointwise_tiles": ((f32(4), f32(4), i64, i64, f32(1), i64, f32(1), f32(4)) + epilogue + (f32(4),) + (i64,) * 7, 2.8),
     }
     signature, cost = signatures[function]
     return [Kernel(__name__, function, signature, cost)]
@@ -172,7 +172,7 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
                     kh, kw = tap // kw_size, tap % kw_size
                     acc = tile_conv(acc, xb, x_tile + (kh * dh * wp + kw * dw) * block, x_block, row_step, 1, sw * block,
                                     wb, w_tile + (kh * kw_size + kw) * block * o_lanes, w_block, group_blocks, tap_rows, count,
-                                    computed, vectors)
+                                    computed, vectors, None)
                 tile_store_nchw(acc, y_flat, ((n * y_channels + y_first + ob * o_lanes * y_step) * out_h + oh) * out_w + ow0,
                                 y_step * out_h * out_w, min(o_lanes, out_channels - ob * o_lanes), 0, width,
                                 bias, ob * o_lanes, residual_flat, has_residual, act, act_a, act_b)
@@ -245,7 +245,7 @@ def _subsample_plane(source, x, job, sh, sw):
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, act, act_a, act_b, y, y_first, y_step,
-                    tile_width, group, vectors, workers):
+                    tile_width, group, vectors, workers, prefetch):
     """``y = act(W @ x + bias (+ residual))`` for a 1x1 unpadded convolution, output channels in the vector lanes.
 
     The register tiles of :func:`tiled_conv` (up to ``tile_width`` pixels x ``vectors`` x 16
@@ -291,7 +291,8 @@ def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, 
                 computed = _compiled_width(stored)
                 start = min(p0, plane - computed)
                 acc = tile_conv(wide_tile_zero(), x_flat, n * channels * plane + start, chunk * plane, 0, plane, 1,
-                                wb, o0 * channels, chunk * o_lanes, channels // chunk, 1, chunk, computed, vectors)
+                                wb, o0 * channels, chunk * o_lanes, channels // chunk, 1, chunk, computed, vectors,
+                                prefetch)
                 tile_store_nchw(acc, y_flat, (n * y_channels + y_first + o0 * y_step) * plane + start, y_step * plane,
                                 min(o_lanes, out_channels - o0), p0 - start, p0 - start + stored,
                                 bias, o0, residual_flat, has_residual, act, act_a, act_b)

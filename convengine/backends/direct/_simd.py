@@ -181,7 +181,7 @@ def wide_tile_zero(typingctx):
 
 @intrinsic
 def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x_step, w, w_start, w_block_step,
-              blocks, rows, count, width, vectors):
+              blocks, rows, count, width, vectors, prefetch):
     """Return ``tile`` plus, in its vector ``v`` < vectors at pixel ``p`` < width, the sum over
     b < blocks, r < rows, k < count of ``x[x_start + b*x_block_step + r*x_row_step + k*x_k_step + p*x_step]
     * w[w_start + b*w_block_step + 16*((r*count + k)*vectors + v) : +16]``.
@@ -198,26 +198,33 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
     layer's 16-channel block (3 rows of 48) is one such sum, the RGB stem's 7 rows of 21
     another. ``width`` must be one of :data:`TILE_WIDTHS` and ``vectors`` at most the
     tile's (any other leaves the tile untouched); the other pixels and vectors are left
-    untouched. No bounds checks: the caller guarantees them. All loops are emitted here, in
+    untouched. ``prefetch``: ``None``, or a distance in floats: each step then also prefetches
+    the input that far past its own (a later tile's, where many planes are read at once and
+    the hardware prefetcher does not follow them all). No bounds checks: the caller guarantees
+    them (a prefetch does not fault). All loops are emitted here, in
     one call per tile, because a call passes the tile through memory (about 150 cycles
     measured).
     """
     if not (isinstance(tile, Tile) and _is_f32_array(x) and _is_f32_array(w)):
         return None
     ints = (x_start, x_block_step, x_row_step, x_k_step, x_step, w_start, w_block_step, blocks, rows, count, width, vectors)
-    if not all(isinstance(t, types.Integer) for t in ints):
+    if not (all(isinstance(t, types.Integer) for t in ints) and isinstance(prefetch, (types.Integer, types.NoneType))):
         return None
+    prefetching = isinstance(prefetch, types.Integer)
     sig = tile(tile, x, x_start, x_block_step, x_row_step, x_k_step, x_step, w, w_start, w_block_step, blocks, rows,
-               count, width, vectors)
+               count, width, vectors, prefetch)
 
     def codegen(context, builder, sig, args):
         acc, xa, wa = args[0], args[1], args[7]
         (x_start, x_block_step, x_row_step, x_k_step, x_step, w_start, w_block_step, blocks, rows, count, width,
          vectors) = (_as_i64(context, builder, args[i], sig.args[i]) for i in (2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14))
+        prefetch = _as_i64(context, builder, args[15], sig.args[15]) if prefetching else None
         xp = _data(context, builder, sig.args[1], xa)
         wp = _data(context, builder, sig.args[7], wa)
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3), f"llvm.fma.v{LANES}f32")
         zero = ir.Constant(_VEC, [0.0] * LANES)
+        i32 = ir.IntType(32)
+        fetch = _prefetch_function(builder)
 
         one = ir.Constant(_I64, 1)
         # rows summed in the same registers: as many as keep a sum within SUM_STEPS products (at least one)
@@ -248,6 +255,9 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
                         wvs = [builder.load(builder.bitcast(builder.gep(wp, [builder.add(w_at, ir.Constant(_I64, LANES * j))]),
                                                             _VEC.as_pointer()), align=4) for j in range(v)]
                         x_at = builder.add(x_row, builder.mul(k, x_k_step))
+                        if prefetching:  # this step's input, ``prefetch`` floats on: a later tile's
+                            ahead = builder.bitcast(builder.gep(xp, [builder.add(x_at, prefetch)]), ir.IntType(8).as_pointer())
+                            builder.call(fetch, [ahead, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
                         out = list(regs)
                         for p in range(n):
                             xv = _splat(builder, builder.load(builder.gep(
@@ -286,6 +296,17 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
         return merged
 
     return sig, codegen
+
+
+def _prefetch_function(builder):
+    """``llvm.prefetch`` (address, write?, locality: 3 = into the first-level cache, data?); its
+    pointer type is mangled like the masked operations'."""
+    from llvmlite import binding
+
+    pointer = "p0" if binding.llvm_version_info >= (15,) else "p0i8"
+    i32 = ir.IntType(32)
+    signature = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), i32, i32, i32])
+    return cgutils.get_or_insert_function(builder.module, signature, f"llvm.prefetch.{pointer}")
 
 
 def _transpose(builder, rows):
