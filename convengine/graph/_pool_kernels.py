@@ -1,9 +1,17 @@
-"""Numba kernels for max pooling and global average pooling; imported when such a node first runs.
+"""Numba kernels for max and average pooling and global average pooling; imported when such a node first runs.
 
-One pass over the input with the window's bounds checked per tap: no padded copy (numpy
-needs one, and it cost more than the pooling itself on ResNet's stem), NaN propagated as
+One pass over the input with out-of-range taps skipped: no padded copy (numpy needs one,
+and it cost more than the pooling itself on ResNet's stem), NaN propagated as
 ``np.maximum`` does, and windows that lie entirely in the padding give ``-inf`` as ONNX's
 reference implementation does.
+
+Two habits keep the inner loops vectorised (measured 3x on one 352k-element pass):
+index with the bare loop variable, never ``a[i - w]`` or ``a[i + offset]`` (Numba then
+checks each index for wrap-around, and LLVM gives up on the loop), so the shifted operands
+are slices taken once outside the loop; and take no slice per row inside a plane loop (each
+costs a reference count update). The planes are split into ``chunks`` contiguous runs, one
+per thread, each with its scratch allocated once; ``chunks == 1`` starts no parallel region
+at all (waking the other thread costs more than a small pool).
 """
 
 import numba
@@ -17,12 +25,29 @@ def _max(a, v):
     return a if (a >= v or a != a) else v
 
 
+@numba.njit(inline="always")
+def _combine(a, v, average):
+    """``a + v`` (a sum of window taps) or ``max(a, v)`` (NaN propagated)."""
+    return a + v if average else _max(a, v)
+
+
+@numba.njit(inline="always")
+def _combine3(out, a, b, c, average):
+    """``out[k] = a[k] (+|max) b[k] (+|max) c[k]``: one vectorised loop over equal-length slices."""
+    if average:
+        for k in range(out.shape[0]):
+            out[k] = a[k] + b[k] + c[k]
+    else:
+        for k in range(out.shape[0]):
+            out[k] = _max(_max(a[k], b[k]), c[k])
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def max_pool(x, y, kh, kw, sh, sw, dh, dw, top, left):
     """``y[n, c, i, j]`` = max over the window's taps inside ``x``, a row of outputs per tap at a time.
 
-    The update is a branch-free select (vectorisable), and sticky for NaN: a NaN already in
-    ``row`` stays (``a != a``), a NaN tap replaces it (``a >= NaN`` is false).
+    The general case (any stride and dilation); the update is a branch-free select, sticky
+    for NaN: a NaN already in ``row`` stays (``a != a``), a NaN tap replaces it.
     """
     n_images, channels, h, w = x.shape
     out_h, out_w = y.shape[2], y.shape[3]
@@ -57,131 +82,181 @@ def _edge_max(line, j, k):
     return m
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def max_pool_3x3_s2(x, y, top, left):
-    """The 3x3 stride-2 max-pool of ResNet and AlexNet (any padding), separably.
-
-    Per output row, the three input rows are reduced first (contiguous, so it vectorises,
-    and only the rows an output needs), then the pairs of neighbouring columns (contiguous
-    again), leaving one strided max per output. Taps outside ``x`` are skipped, as the
-    padding is ``-inf``. ResNet-50's stem pool: 0.22-0.25 ms against 0.40-0.66 ms for the
-    columns-first order this replaced (2 threads, 2-vCPU Zen 4).
-    """
-    n_images, channels = x.shape[0], x.shape[1]
-    for job in prange(n_images * channels):
-        _pool_plane_3x3_s2(x[job // channels, job % channels], y[job // channels, job % channels], top, left)
-
-
-@numba.njit(cache=True, nogil=True)  # a call per plane, not the prange body: it compiled in 3 s inline
-def _pool_plane_3x3_s2(src, dst, top, left):
-    h, w = src.shape
-    out_h, out_w = dst.shape
-    # outputs whose three taps are all inside the plane: ox in [x_lo, x_hi)
-    x_lo = min(out_w, (left + 1) // 2)
-    x_hi = max(x_lo, min(out_w, (w - 3 + left) // 2 + 1))
-    vmax = np.empty(w, src.dtype)  # the window's rows, reduced
-    pair = np.empty(w, src.dtype)  # max of vmax[j], vmax[j + 1]
-    for oy in range(out_h):
-        i = 2 * oy - top
-        if i >= 0 and i + 2 < h:
-            a, b, c = src[i], src[i + 1], src[i + 2]
-            for j in range(w):
-                vmax[j] = _max(_max(a[j], b[j]), c[j])
-        else:
-            vmax[:] = -np.inf
-            for p in range(3):
-                if 0 <= i + p < h:
-                    r = src[i + p]
-                    for j in range(w):
-                        vmax[j] = _max(vmax[j], r[j])
-        for j in range(w - 1):
-            pair[j] = _max(vmax[j], vmax[j + 1])
-        row = dst[oy]
-        for ox in range(x_lo, x_hi):
-            j = 2 * ox - left
-            row[ox] = _max(pair[j], vmax[j + 2])
-        for ox in range(0, x_lo):
-            row[ox] = _edge_max(vmax, 2 * ox - left, 3)
-        for ox in range(x_hi, out_w):
-            row[ox] = _edge_max(vmax, 2 * ox - left, 3)
+# -- 3x3 windows at stride 2 (max) ---------------------------------------------------------------
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def max_pool_s1(x, y, w, out_w, kh, kw, top, left):
-    """Stride-1, undilated ``kh x kw`` max pooling (any padding), separably: exact, as max is.
+def max_pool_3x3_s2(x, y, top, left, chunks):
+    """The 3x3 stride-2 max pool of ResNet, GoogLeNet, Inception, SqueezeNet, AlexNet (any padding, ceil mode).
 
-    GoogLeNet's branch pools (3x3, stride 1, padding 1). ``x`` is ``(planes, h * w)``, ``y``
-    ``(planes, out_h * out_w)``: each plane is walked flat, so the rows' max and then the
-    columns' are long vectorised loops even on 7x7 planes (a row at a time, a 14-wide plane
-    spent more on loop starts than on maxima). Taps outside the input are skipped, as the
-    padding is ``-inf``. The general :func:`max_pool` took 1.4-2.3 ms per GoogLeNet branch
-    pool here (runtime strides defeat vectorisation).
+    ``x`` is ``(planes, h, w)``, ``y`` ``(planes, out_h, out_w)``. Per output row the three
+    input rows are reduced first (contiguous), written ``left`` places in (the padding
+    ``-inf`` on both sides); that row is split into its even and odd columns, and each
+    output is then ``max(even[ox], odd[ox], even[ox + 1])``, three contiguous operands: no
+    strided gather. ResNet-50's stem pool, one thread: 0.38 -> 0.2 ms (see docs/performance.md).
     """
-    for plane in prange(x.shape[0]):
-        _pool_plane_s1(x[plane], y[plane], w, out_w, kh, kw, top, left, False)
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def sum_pool_s1(x, y, w, out_w, kh, kw, top, left):
-    """The windows' sums, as :func:`max_pool_s1` walks them (the padding 0): average pooling's numerators.
-
-    Inception-v3's branch pools (3x3, stride 1, padding 1); the caller divides. A window's sum
-    is taken rows first, so it rounds differently from a tap-by-tap sum (float32: ~1e-7).
-    """
-    for plane in prange(x.shape[0]):
-        _pool_plane_s1(x[plane], y[plane], w, out_w, kh, kw, top, left, True)
+    planes = x.shape[0]
+    if chunks == 1:
+        _planes_3x3_s2(x, y, top, left, 0, planes)
+    else:
+        for t in prange(chunks):
+            _planes_3x3_s2(x, y, top, left, planes * t // chunks, planes * (t + 1) // chunks)
 
 
 @numba.njit(cache=True, nogil=True)
-def _pool_plane_s1(src, dst, w, out_w, kh, kw, top, left, average):
-    h, out_h = src.shape[0] // w, dst.shape[0] // out_w
-    acc = np.empty(out_h * w, src.dtype)  # per output row, the window's input rows reduced
-    # output rows whose kh input rows all exist, [y_lo, y_hi): src shifted by whole rows, reduced
-    y_lo = min(out_h, top)
-    y_hi = max(y_lo, min(out_h, h - kh + top + 1))
-    if y_hi > y_lo:  # (then y_lo == top: every index below is inside src)
-        lo, hi = y_lo * w, y_hi * w
-        acc[lo:hi] = src[lo - top * w:hi - top * w]
-        for p in range(1, kh):
-            _reduce_into(acc[lo:hi], src[lo + (p - top) * w:hi + (p - top) * w], average)
+def _planes_3x3_s2(x, y, top, left, p0, p1):
+    h, w = x.shape[1], x.shape[2]
+    out_h, out_w = y.shape[1], y.shape[2]
+    half = (max(w + left, 2 * out_w + 1) + 1) // 2  # even/odd columns the outputs read
+    rows = np.full(2 * half, -np.inf, x.dtype)  # the window's rows reduced, shifted right by `left`
+    inside = rows[left:left + w]
+    even = np.empty(half, x.dtype)
+    odd = np.empty(half, x.dtype)
+    e0, o0, e1 = even[:out_w], odd[:out_w], even[1:out_w + 1]
+    for p in range(p0, p1):
+        for oy in range(out_h):
+            i = 2 * oy - top
+            if i >= 0 and i + 2 < h:
+                for j in range(w):
+                    inside[j] = _max(_max(x[p, i, j], x[p, i + 1, j]), x[p, i + 2, j])
+            else:
+                for j in range(w):
+                    inside[j] = -np.inf
+                for r in range(max(i, 0), min(i + 3, h)):
+                    for j in range(w):
+                        inside[j] = _max(inside[j], x[p, r, j])
+            for k in range(half):
+                even[k] = rows[2 * k]
+                odd[k] = rows[2 * k + 1]
+            for ox in range(out_w):
+                y[p, oy, ox] = _max(_max(e0[ox], o0[ox]), e1[ox])
+
+
+# -- stride 1 (max, and the sums of average pooling) -----------------------------------------------
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def pool_s1(x, y, kh, kw, top, left, average, scale, chunks):
+    """Stride-1, undilated ``kh x kw`` pooling (any padding): the max, or the sum times ``scale``.
+
+    ``x`` is ``(planes, h, w)``, ``y`` ``(planes, out_h, out_w)``; ``scale`` (average only) is
+    the reciprocal of each window's divisor, ``(1,)`` when all windows share one, else
+    ``(out_h * out_w,)``. GoogLeNet's branch max pools and Inception-v3's average pools
+    (3x3, padding 1, same size) walk blocks of whole planes as one flat vector, rows first
+    then columns, and redo the first and last row and column of each plane, which the flat
+    walk took from the neighbouring plane or row; other windows go plane by plane.
+    Taps outside the input are skipped (the padding is ``-inf``, or 0 for a sum).
+    A window's sum is taken rows first, so it rounds differently from a tap-by-tap sum
+    (float32: ~1e-7), and ``sum * (1 / count)`` differs from ``sum / count`` by an ulp.
+    """
+    planes = x.shape[0]
+    if chunks == 1:
+        _planes_s1(x, y, kh, kw, top, left, average, scale, 0, planes)
+    else:
+        for t in prange(chunks):
+            _planes_s1(x, y, kh, kw, top, left, average, scale, planes * t // chunks, planes * (t + 1) // chunks)
+
+
+#: Elements per block of planes walked flat: the block and its row sums stay in L2.
+BLOCK_ELEMENTS = 16384
+
+
+@numba.njit(cache=True, nogil=True)
+def _planes_s1(x, y, kh, kw, top, left, average, scale, p0, p1):
+    h, w = x.shape[1], x.shape[2]
+    out_h, out_w = y.shape[1], y.shape[2]
+    same_3x3 = kh == 3 and kw == 3 and top == 1 and left == 1 and out_h == h and out_w == w
+    if same_3x3 and h >= 2 and w >= 2:
+        block = max(1, BLOCK_ELEMENTS // (h * w))
+        acc = np.empty(block * h * w, x.dtype)
+        for b in range(p0, p1, block):
+            n = min(block, p1 - b)
+            _same_3x3_block(x[b:b + n], y[b:b + n], acc[:n * h * w], average, scale)
+        return
+    acc = np.empty((out_h, w), x.dtype)
+    for p in range(p0, p1):
+        _plane_s1(x[p], y[p], acc, kh, kw, top, left, average)
+        if average:
+            _apply_scale(y[p].reshape(-1), scale)
+
+
+@numba.njit(cache=True, nogil=True)
+def _same_3x3_block(x, y, acc, average, scale):
+    """3x3, padding 1, stride 1 on ``n`` whole planes (``h, w >= 2``), flat: rows, then columns."""
+    n, h, w = x.shape
+    size = n * h * w
+    xf, yf = x.reshape(-1), y.reshape(-1)
+    # rows: acc[i] = x[i - w] (.) x[i] (.) x[i + w], right for all but each plane's first and last row
+    _combine3(acc[w:size - w], xf[:size - 2 * w], xf[w:size - w], xf[2 * w:], average)
+    a3 = acc.reshape(n, h, w)
+    for p in range(n):
+        for j in range(w):
+            a3[p, 0, j] = _combine(x[p, 0, j], x[p, 1, j], average)
+            a3[p, h - 1, j] = _combine(x[p, h - 2, j], x[p, h - 1, j], average)
+    # columns, the same way: right for all but each row's first and last column
+    uniform = average and scale.shape[0] == 1
+    if uniform:
+        s = scale[0]
+        a, b, c, out = acc[:size - 2], acc[1:size - 1], acc[2:], yf[1:size - 1]
+        for k in range(size - 2):
+            out[k] = (a[k] + b[k] + c[k]) * s
+    else:
+        _combine3(yf[1:size - 1], acc[:size - 2], acc[1:size - 1], acc[2:], average)
+    for p in range(n):
+        for r in range(h):
+            first = _combine(a3[p, r, 0], a3[p, r, 1], average)
+            last = _combine(a3[p, r, w - 2], a3[p, r, w - 1], average)
+            if uniform:
+                first, last = first * s, last * s
+            y[p, r, 0] = first
+            y[p, r, w - 1] = last
+    if average and not uniform:
+        for p in range(n):
+            _apply_scale(y[p].reshape(-1), scale)
+
+
+@numba.njit(inline="always")
+def _apply_scale(values, scale):
+    """``values *= scale`` elementwise (``scale`` as long as ``values``), or by ``scale[0]`` when it is one value."""
+    if scale.shape[0] == 1:
+        s = scale[0]
+        for k in range(values.shape[0]):
+            values[k] = values[k] * s
+    else:
+        for k in range(values.shape[0]):
+            values[k] = values[k] * scale[k]
+
+
+@numba.njit(cache=True, nogil=True)
+def _plane_s1(src, dst, acc, kh, kw, top, left, average):
+    """Any stride-1 window on one plane: ``acc`` (out_h, w) holds the rows reduced, then the columns."""
+    h, w = src.shape
+    out_h, out_w = dst.shape
+    pad = 0.0 if average else -np.inf
     for oy in range(out_h):
-        if y_lo <= oy < y_hi:
-            continue
-        row = acc[oy * w:(oy + 1) * w]
-        row[:] = 0 if average else -np.inf  # the padding's value
-        for r in range(max(0, oy - top), min(h, oy - top + kh)):
-            _reduce_into(row, src[r * w:(r + 1) * w], average)
-    # then the columns: outputs whose kw taps all lie in the row, [x_lo, x_hi)
+        r0 = oy - top
+        for j in range(w):
+            acc[oy, j] = pad
+        for r in range(max(0, r0), min(h, r0 + kh)):
+            for j in range(w):
+                acc[oy, j] = _combine(acc[oy, j], src[r, j], average)
+    # the outputs whose kw taps all lie in the row: ox in [x_lo, x_hi), tap column ox - left + q
     x_lo = min(out_w, left)
     x_hi = max(x_lo, min(out_w, w - kw + left + 1))
-    if x_hi > x_lo and out_w == w:  # same-size padding: one flat pass, its wrapped-around edges redone below
-        lo, hi = x_lo, out_h * w - (w - x_hi)
-        dst[lo:hi] = acc[lo - left:hi - left]
-        for q in range(1, kw):
-            _reduce_into(dst[lo:hi], acc[lo - left + q:hi - left + q], average)
-    elif x_hi > x_lo:
-        for oy in range(out_h):
-            row, line = dst[oy * out_w:(oy + 1) * out_w], acc[oy * w:(oy + 1) * w]
-            row[x_lo:x_hi] = line[x_lo - left:x_hi - left]
-            for q in range(1, kw):
-                _reduce_into(row[x_lo:x_hi], line[x_lo - left + q:x_hi - left + q], average)
     for oy in range(out_h):
-        row, line = dst[oy * out_w:(oy + 1) * out_w], acc[oy * w:(oy + 1) * w]
+        line, row = acc[oy], dst[oy]
+        inner = row[x_lo:x_hi]
+        taps = line[x_lo - left:x_hi - left]
+        for k in range(inner.shape[0]):
+            inner[k] = taps[k]
+        for q in range(1, kw):
+            taps = line[x_lo - left + q:x_hi - left + q]
+            for k in range(inner.shape[0]):
+                inner[k] = _combine(inner[k], taps[k], average)
         for ox in range(0, x_lo):
             row[ox] = _edge_reduce(line, ox - left, kw, average)
         for ox in range(x_hi, out_w):
             row[ox] = _edge_reduce(line, ox - left, kw, average)
-
-
-@numba.njit(inline="always")
-def _reduce_into(acc, taps, average):
-    """``acc = acc + taps`` or ``max(acc, taps)`` (NaN propagated) elementwise: one vectorised loop."""
-    if average:
-        for k in range(acc.shape[0]):
-            acc[k] = acc[k] + taps[k]
-    else:
-        for k in range(acc.shape[0]):
-            acc[k] = _max(acc[k], taps[k])
 
 
 @numba.njit(inline="always")
@@ -196,34 +271,49 @@ def _edge_reduce(line, j, k, average):
     return _edge_max(line, j, k)
 
 
+# -- 2x2 windows at stride 2, inside the input ------------------------------------------------------
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
-def pool_2x2_s2(x, y, average):
+def pool_2x2_s2(x, y, average, chunks):
     """2x2 windows at stride 2 that lie inside the input (no padding), the max or the mean; ``(planes, h, w)``.
 
-    DenseNet's transition average pools and GoogLeNet's last max pool. Per output row the two
-    input rows are combined first (contiguous, vectorised), then neighbouring pairs; an odd
-    last row or column is left out, as the floor mode does. NaN propagates either way.
+    DenseNet's transition average pools, VGG's and GoogLeNet's last max pools. Per output
+    row the two input rows are combined first (contiguous), split into even and odd columns,
+    then those are combined (contiguous again); an odd last row or column is left out, as
+    the floor mode does. NaN propagates either way.
     """
-    for plane in prange(x.shape[0]):
-        _pool_plane_2x2_s2(x[plane], y[plane], average)
+    planes = x.shape[0]
+    if chunks == 1:
+        _planes_2x2_s2(x, y, average, 0, planes)
+    else:
+        for t in prange(chunks):
+            _planes_2x2_s2(x, y, average, planes * t // chunks, planes * (t + 1) // chunks)
 
 
 @numba.njit(cache=True, nogil=True)
-def _pool_plane_2x2_s2(src, dst, average):
-    out_h, out_w = dst.shape
-    pair = np.empty(2 * out_w, src.dtype)  # the two rows, combined
-    for oy in range(out_h):
-        a, b, row = src[2 * oy], src[2 * oy + 1], dst[oy]
-        if average:
+def _planes_2x2_s2(x, y, average, p0, p1):
+    out_h, out_w = y.shape[1], y.shape[2]
+    pair = np.empty(2 * out_w, x.dtype)  # the two rows, combined
+    even = np.empty(out_w, x.dtype)
+    odd = np.empty(out_w, x.dtype)
+    for p in range(p0, p1):
+        for oy in range(out_h):
+            i = 2 * oy
             for j in range(2 * out_w):
-                pair[j] = a[j] + b[j]
-            for ox in range(out_w):
-                row[ox] = (pair[2 * ox] + pair[2 * ox + 1]) * 0.25  # (exact: a power of two)
-        else:
-            for j in range(2 * out_w):
-                pair[j] = _max(a[j], b[j])
-            for ox in range(out_w):
-                row[ox] = _max(pair[2 * ox], pair[2 * ox + 1])
+                pair[j] = _combine(x[p, i, j], x[p, i + 1, j], average)
+            for k in range(out_w):
+                even[k] = pair[2 * k]
+                odd[k] = pair[2 * k + 1]
+            if average:
+                for ox in range(out_w):
+                    y[p, oy, ox] = (even[ox] + odd[ox]) * 0.25  # (exact: a power of two)
+            else:
+                for ox in range(out_w):
+                    y[p, oy, ox] = _max(even[ox], odd[ox])
+
+
+# -- global average ----------------------------------------------------------------------------------
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
@@ -251,16 +341,16 @@ def precompile_kernels(function: str, dtype: str) -> list:
 
     from ..runtime.precompile import Kernel
 
-    plane = types.Array(getattr(types, dtype), 4, "C")
+    element = getattr(types, dtype)
+    planes = types.Array(element, 3, "C")
     if function == "plane_means":
-        return [Kernel(__name__, function, (types.Array(getattr(types, dtype), 3, "C"),
-                                            types.Array(getattr(types, dtype), 2, "C")), cost=0.3)]
+        return [Kernel(__name__, function, (planes, types.Array(element, 2, "C")), cost=0.3)]
     if function == "max_pool_3x3_s2":
-        return [Kernel(__name__, function, (plane, plane, types.int64, types.int64), cost=2.2)]
+        return [Kernel(__name__, function, (planes, planes) + (types.int64,) * 3, cost=2.2)]
     if function == "pool_2x2_s2":
-        planes = types.Array(getattr(types, dtype), 3, "C")
-        return [Kernel(__name__, function, (planes, planes, types.boolean), cost=1.0)]
-    if function in ("max_pool_s1", "sum_pool_s1"):
-        planes = types.Array(getattr(types, dtype), 2, "C")
-        return [Kernel(__name__, function, (planes, planes) + (types.int64,) * 6, cost=2.5)]
+        return [Kernel(__name__, function, (planes, planes, types.boolean, types.int64), cost=1.0)]
+    if function == "pool_s1":
+        return [Kernel(__name__, function, (planes, planes) + (types.int64,) * 4
+                       + (types.boolean, types.Array(element, 1, "C"), types.int64), cost=2.5)]
+    plane = types.Array(element, 4, "C")
     return [Kernel(__name__, function, (plane, plane) + (types.int64,) * 8, cost=1.5)]

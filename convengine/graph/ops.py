@@ -8,6 +8,7 @@ Spatial attributes use ONNX's conventions: ``pads = [top, left, bottom, right]``
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -234,47 +235,73 @@ def _pad_for_pool(x, geometry, value):
 def _maxpool(node, arrays):
     x = arrays[0]
     geometry = _pool_geometry(node, x.shape)
-    if x.ndim != 4 or len(node.outputs) > 1:  # (the Indices output is not supported anyway)
+    if _is_identity(geometry):
+        return [x.copy()]
+    if x.ndim != 4 or len(node.outputs) > 1 or x.dtype not in (np.float32, np.float64):
+        # (the Indices output is not supported anyway)
         return [_pool_reduce(_pad_for_pool(x, geometry, -np.inf), geometry, np.maximum)]
-    from ..runtime.threads import numba_threads
-    from ._pool_kernels import max_pool, max_pool_3x3_s2, max_pool_s1
+    from ._pool_kernels import max_pool, max_pool_3x3_s2
 
-    (kh, sh, dh, top, _, _, out_h), (kw, sw, dw, left, _, _, out_w) = geometry
     kernel = _maxpool_kernel(geometry)
     if kernel == "pool_2x2_s2":
         return [_pool_2x2_s2(x, geometry, average=False)]
+    if kernel == "pool_s1":
+        return [_pool_s1(x, geometry, None)]
+    (kh, sh, dh, top, _, _, out_h), (kw, sw, dw, left, _, _, out_w) = geometry
     y = np.empty(x.shape[:2] + (out_h, out_w), x.dtype)
-    numba_threads()
+    chunks = _chunks(x)
     if kernel == "max_pool_3x3_s2":
-        max_pool_3x3_s2(np.ascontiguousarray(x), y, top, left)
-    elif kernel == "max_pool_s1":
-        planes = x.shape[0] * x.shape[1]
-        max_pool_s1(np.ascontiguousarray(x).reshape(planes, -1), y.reshape(planes, -1), x.shape[3], out_w, kh, kw, top, left)
+        max_pool_3x3_s2(_planes(x), _planes(y), top, left, chunks)
     else:
         max_pool(np.ascontiguousarray(x), y, kh, kw, sh, sw, dh, dw, top, left)
     return [y]
 
 
 def _maxpool_kernel(geometry) -> str:
-    """The :mod:`._pool_kernels` function for this window: ResNet's 3x3/2, any stride-1 one
-    (GoogLeNet's and Inception's branch pools), else the general kernel."""
+    """The :mod:`._pool_kernels` function for this window: the 3x3/2 of most stems, 2x2/2 inside
+    the input, any stride-1 one (GoogLeNet's and Inception's branch pools), else the general kernel."""
     (kh, sh, dh, *_), (kw, sw, dw, *_) = geometry
     if (kh, kw, sh, sw, dh, dw) == (3, 3, 2, 2, 1, 1):
         return "max_pool_3x3_s2"
     if _inside_2x2_s2(geometry):
         return "pool_2x2_s2"
-    return "max_pool_s1" if _stride_1(geometry) else "max_pool"
+    return "pool_s1" if _stride_1(geometry) else "max_pool"
 
 
 def _maxpool_kernels(node, shapes, dtype, params):
-    if len(shapes[0]) != 4 or len(node.outputs) > 1:
+    if len(shapes[0]) != 4 or len(node.outputs) > 1 or dtype not in ("float32", "float64"):
+        return []
+    geometry = _pool_geometry(node, shapes[0])
+    if _is_identity(geometry):
         return []
     from ._pool_kernels import precompile_kernels
 
-    return precompile_kernels(_maxpool_kernel(_pool_geometry(node, shapes[0])), dtype)
+    return precompile_kernels(_maxpool_kernel(geometry), dtype)
 
 
 KERNELS["MaxPool"] = _maxpool_kernels
+
+#: Below this many input elements a pool runs on one thread: waking the other costs more
+#: (2-45 us, whether it still spins or sleeps) than it would save.
+MIN_PARALLEL_POOL = 65536
+
+
+def _chunks(x) -> int:
+    """Runs of planes for a pooling kernel: one per thread, or one when ``x`` is small."""
+    from ..runtime.threads import numba_threads
+
+    threads = numba_threads()
+    return 1 if x.size < MIN_PARALLEL_POOL else max(1, min(threads, x.shape[0] * x.shape[1]))
+
+
+def _planes(x):
+    """``x`` (N, C, H, W) as C-contiguous ``(N * C, H, W)`` planes (a view when it already is contiguous)."""
+    return np.ascontiguousarray(x).reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+
+
+def _is_identity(geometry) -> bool:
+    """Whether each window is the one element under it (1x1, stride 1, no padding): the output is the input."""
+    return all((k, s, begin, end) == (1, 1, 0, 0) for k, s, _, begin, end, _, _ in geometry)
 
 
 def _inside_2x2_s2(geometry) -> bool:
@@ -283,57 +310,68 @@ def _inside_2x2_s2(geometry) -> bool:
 
 
 def _pool_2x2_s2(x, geometry, average: bool):
-    """:func:`._pool_kernels.pool_2x2_s2` on ``x`` (4-D float): DenseNet's transitions, GoogLeNet's last max pool."""
-    from ..runtime.threads import numba_threads
+    """:func:`._pool_kernels.pool_2x2_s2` on ``x`` (4-D float): DenseNet's transitions, VGG's and GoogLeNet's max pools."""
     from ._pool_kernels import pool_2x2_s2
 
-    planes = x.shape[0] * x.shape[1]
     y = np.empty(x.shape[:2] + (geometry[0][-1], geometry[1][-1]), x.dtype)
-    numba_threads()
-    pool_2x2_s2(np.ascontiguousarray(x).reshape((planes,) + x.shape[2:]), y.reshape((planes,) + y.shape[2:]), average)
+    pool_2x2_s2(_planes(x), _planes(y), average, _chunks(x))
     return y
 
 
 def _stride_1(geometry) -> bool:
-    """Whether a pooling window moves one element at a time, undilated: :mod:`._pool_kernels`' ``*_pool_s1``."""
+    """Whether a pooling window moves one element at a time, undilated: :func:`._pool_kernels.pool_s1`."""
     (_, sh, dh, *_), (_, sw, dw, *_) = geometry
     return (sh, sw, dh, dw) == (1, 1, 1, 1)
 
 
-def _stride_1_sums(x, geometry):
-    """Each window's sum (the padding 0) by :func:`._pool_kernels.sum_pool_s1`."""
-    from ..runtime.threads import numba_threads
-    from ._pool_kernels import sum_pool_s1
+def _pool_s1(x, geometry, scale):
+    """:func:`._pool_kernels.pool_s1` on ``x`` (4-D float): the windows' max (``scale`` None), or sums times ``scale``."""
+    from ._pool_kernels import pool_s1
 
     (kh, _, _, top, _, _, out_h), (kw, _, _, left, _, _, out_w) = geometry
-    planes = x.shape[0] * x.shape[1]
-    total = np.empty(x.shape[:2] + (out_h, out_w), x.dtype)
-    numba_threads()
-    sum_pool_s1(np.ascontiguousarray(x).reshape(planes, -1), total.reshape(planes, -1), x.shape[3], out_w, kh, kw, top, left)
-    return total
+    y = np.empty(x.shape[:2] + (out_h, out_w), x.dtype)
+    average = scale is not None
+    pool_s1(_planes(x), _planes(y), kh, kw, top, left, average,
+            scale if average else np.ones(1, x.dtype), _chunks(x))
+    return y
+
+
+def _window_counts(geometry, shape: Shape, include_pad: bool) -> np.ndarray:
+    """Each output's divisor (out_h, out_w): its window's taps inside the input, or inside input +
+    explicit pads with ``count_include_pad``; never the ceil-mode extension (PyTorch and ONNX agree)."""
+    counts = []
+    for (k, s, d, begin, _, end, out), size in zip(geometry, shape[2:]):
+        lo, hi = (-begin, size + end) if include_pad else (0, size)
+        taps = (np.arange(out) * s - begin)[:, None] + np.arange(k) * d
+        counts.append(((taps >= lo) & (taps < hi)).sum(axis=1))
+    return np.multiply.outer(*counts).astype(np.float64)
+
+
+@functools.lru_cache(maxsize=256)
+def _average_scale(geometry, shape: Shape, include_pad: bool, dtype: str) -> np.ndarray:
+    """``1 / count`` per output, flat in ``dtype``; one value when every window has the same count."""
+    with np.errstate(divide="ignore"):
+        scale = (1.0 / _window_counts(geometry, shape, include_pad)).astype(dtype).reshape(-1)
+    scale = scale[:1] if (scale == scale[0]).all() else scale
+    scale.flags.writeable = False
+    return scale
 
 
 @op("AveragePool", _pool_infer)
 def _avgpool(node, arrays):
     x = arrays[0]
     geometry = _pool_geometry(node, x.shape)
-    if x.ndim == 4 and x.dtype in (np.float32, np.float64) and _inside_2x2_s2(geometry):  # every divisor is 4
-        return [_pool_2x2_s2(x, geometry, average=True)]
-    if x.ndim == 4 and x.dtype in (np.float32, np.float64) and _stride_1(geometry):  # Inception's branch pools
-        total = _stride_1_sums(x, geometry)
-    else:
-        total = _pool_reduce(_pad_for_pool(x, geometry, 0), geometry, np.add)
-    # Divisor: elements of each window inside the input, or inside input + explicit pads with
-    # count_include_pad; never the ceil-mode extension (PyTorch and ONNX agree on this).
-    (_, _, _, top, bottom, pad_bottom, _), (_, _, _, left, right, pad_right, _) = geometry
-    ones = np.ones((1, 1) + x.shape[2:], x.dtype)
-    if node.attrs.get("count_include_pad", 0):
-        ones = np.pad(ones, ((0, 0), (0, 0), (top, pad_bottom), (left, pad_right)), constant_values=1)
-        ones = np.pad(ones, ((0, 0), (0, 0), (0, bottom - pad_bottom), (0, right - pad_right)))
-    else:
-        ones = np.pad(ones, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    count = _pool_reduce(ones, geometry, np.add)
-    return [np.divide(total, count, out=total)]  # (total: a new array of x's dtype, as is count)
+    if _is_identity(geometry):
+        return [x.copy()]
+    include_pad = bool(node.attrs.get("count_include_pad", 0))
+    if x.ndim == 4 and x.dtype in (np.float32, np.float64):
+        if _inside_2x2_s2(geometry):  # every divisor is 4
+            return [_pool_2x2_s2(x, geometry, average=True)]
+        if _stride_1(geometry):  # Inception's branch pools
+            return [_pool_s1(x, tuple(geometry), _average_scale(tuple(geometry), x.shape, include_pad, x.dtype.name))]
+    total = _pool_reduce(_pad_for_pool(x, geometry, 0), geometry, np.add)
+    count = _window_counts(geometry, x.shape, include_pad).astype(x.dtype)
+    return [np.divide(total, count, out=total)]  # (total: a new array of x's dtype)
 
 
 def _avgpool_kernels(node, shapes, dtype, params):
@@ -342,9 +380,11 @@ def _avgpool_kernels(node, shapes, dtype, params):
     from ._pool_kernels import precompile_kernels
 
     geometry = _pool_geometry(node, shapes[0])
+    if _is_identity(geometry):
+        return []
     if _inside_2x2_s2(geometry):
         return precompile_kernels("pool_2x2_s2", dtype)
-    return precompile_kernels("sum_pool_s1", dtype) if _stride_1(geometry) else []
+    return precompile_kernels("pool_s1", dtype) if _stride_1(geometry) else []
 
 
 KERNELS["AveragePool"] = _avgpool_kernels
