@@ -183,6 +183,41 @@ def scale_shift_parallel(x, y, factor, shift, relu):
         _scale_shift_plane(x[job // channels, c], y[job // channels, c], factor[c], shift[c], relu)
 
 
+#: Tile side for :func:`layer_scale_residual`: a 32 x 32 tile of each array is 4 KiB in float32.
+TILE = 32
+
+
+@numba.njit(cache=True, nogil=True)
+def _layer_scale_tile(x, residual, y, bias, gamma, n, p0, c0):
+    # No fastmath: ONNX's three roundings, (x + bias), (* gamma), (+ residual), exactly as numpy makes them.
+    p1, c1 = min(x.shape[1], p0 + TILE), min(x.shape[2], c0 + TILE)
+    for c in range(c0, c1):
+        b, g = bias[c], gamma[c]
+        src, dst = residual[n, c], y[n, c]
+        for p in range(p0, p1):
+            dst[p] = (x[n, p, c] + b) * g + src[p]
+
+
+@numba.njit(cache=True, nogil=True)
+def layer_scale_residual_serial(x, residual, y, bias, gamma):
+    """``y[n, c, p] = (x[n, p, c] + bias[c]) * gamma[c] + residual[n, c, p]``: ``x`` ``(N, P, C)`` channels-last,
+    ``residual`` and ``y`` ``(N, C, P)``; ``y`` may be ``residual``. In tiles, so that ``x``'s columns are read from L1."""
+    for n in range(x.shape[0]):
+        for p0 in range(0, x.shape[1], TILE):
+            for c0 in range(0, x.shape[2], TILE):
+                _layer_scale_tile(x, residual, y, bias, gamma, n, p0, c0)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def layer_scale_residual_parallel(x, residual, y, bias, gamma):
+    """:func:`layer_scale_residual_serial`, a row of pixel tiles per parallel job."""
+    tiles = (x.shape[1] + TILE - 1) // TILE
+    for job in prange(x.shape[0] * tiles):
+        n, p0 = job // tiles, (job % tiles) * TILE
+        for c0 in range(0, x.shape[2], TILE):
+            _layer_scale_tile(x, residual, y, bias, gamma, n, p0, c0)
+
+
 # -- callers' side: layout, threads, and one thread for small arrays ------------------------------
 
 
@@ -238,16 +273,37 @@ def scale_shift(x: np.ndarray, factor: np.ndarray, shift: np.ndarray, relu: bool
     return _run(scale_shift_serial, scale_shift_parallel, x, out, view, factor, shift, bool(relu))
 
 
+def layer_scale_residual(x: np.ndarray, residual: np.ndarray, bias: np.ndarray, gamma: np.ndarray,
+                         out=None) -> np.ndarray:
+    """``transpose(x + bias, (0, 3, 1, 2)) * gamma + residual`` for channels-last ``x`` ``(N, H, W, C)`` and
+    ``residual`` ``(N, C, H, W)`` of one float dtype, ``bias`` and ``gamma`` contiguous of length ``C``:
+    ConvNeXt's block output, ``Linear -> permute -> layer scale -> + shortcut``, in one pass instead of four.
+    Into ``out`` (``residual``'s shape, C-contiguous; may be ``residual``) or a new array."""
+    n, h, w, c = x.shape
+    rows = np.ascontiguousarray(x).reshape(n, h * w, c)
+    shortcut = np.ascontiguousarray(residual).reshape(n, c, h * w)
+    y = out if out is not None else np.empty(residual.shape, residual.dtype)
+    if x.size >= PARALLEL_MIN:
+        numba_threads()
+        layer_scale_residual_parallel(rows, shortcut, y.reshape(n, c, h * w), bias, gamma)
+    elif x.size:
+        layer_scale_residual_serial(rows, shortcut, y.reshape(n, c, h * w), bias, gamma)
+    return y
+
+
 def precompile_kernels(function: str, dtype: str) -> list:
-    """The kernels ``function`` (``erf``, ``gelu``, ``bias_gelu``, ``scale_shift``) calls on ``dtype`` activations
-    (see :mod:`convengine.runtime.precompile`): its serial and parallel forms."""
+    """The kernels ``function`` (``erf``, ``gelu``, ``bias_gelu``, ``scale_shift``, ``layer_scale_residual``) calls
+    on ``dtype`` activations (see :mod:`convengine.runtime.precompile`): its serial and parallel forms."""
     from numba import types
 
     from ..runtime.precompile import Kernel
 
     element = getattr(types, dtype)
     flat = types.Array(element, 1, "C")
-    if function == "scale_shift":
+    if function == "layer_scale_residual":
+        planes = types.Array(element, 3, "C")
+        signature = (planes, planes, planes, flat, flat)
+    elif function == "scale_shift":
         planes = types.Array(element, 3, "C")
         signature = (planes, planes, flat, flat, types.boolean)
     elif function == "bias_gelu":

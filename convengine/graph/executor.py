@@ -100,8 +100,8 @@ class CompiledGraph:
             elif node.name in blocks:
                 block = step.squeeze = blocks[node.name]
                 step.block = block.prepare(graph.params, graph.inputs[0].dtype if graph.inputs else "float32")
-                step.inputs = [block.x]
-                step.node = Node(node.name, block.op, [block.x], [block.output])
+                step.inputs = list(block.inputs)
+                step.node = Node(node.name, block.op, list(block.inputs), [block.output])
             self.steps.append(step)
         self.placement = (plan_placement(graph, {out for s in self.steps for out in s.node.outputs}, readers,
                                          self._overwritten_alone()) if concat_in_place else Placement({}, {}, {}))
@@ -255,7 +255,7 @@ class CompiledGraph:
             elif step.gather is not None:
                 outputs = [self._gather(step, env, params, buffers)]
             elif step.block is not None:
-                outputs = [step.block(env[step.inputs[0]], step.inplace)]
+                outputs = [step.block(env[step.inputs[0]], step.inplace, *(env[n] for n in step.inputs[1:]))]
             else:
                 node = step.node
                 args = [(env[n] if n in env else params[n]) if n else None for n in node.inputs]

@@ -25,7 +25,9 @@ Two elementwise chains become one compiled pass each (:func:`pointwise_chains`),
 when nothing reads their input after: the exact GELU as PyTorch exports it (ConvNeXt's 18:
 five passes over memory, one of them ``erf``), and a batch norm that no convolution
 absorbs followed by ``Relu`` (DenseNet's pre-activation before each convolution: two passes).
-:func:`fused_blocks` gathers every such block for the executor.
+ConvNeXt's block end, ``Add(bias) -> Transpose(0, 3, 1, 2) -> Mul(layer scale) -> Add(shortcut)``,
+becomes one tiled pass too (:func:`layer_scale_residuals`): four passes, one of them a strided
+copy, three of them allocating. :func:`fused_blocks` gathers every such block for the executor.
 """
 
 from __future__ import annotations
@@ -142,6 +144,11 @@ class FusedBlock:
     @property
     def output(self) -> str:
         return self.absorbed[-1].outputs[0]
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The tensors ``run`` reads: ``x``, then any others it takes after ``in_place``."""
+        return (self.x,)
 
     def describe(self) -> str:
         return "+".join(node.op for node in self.absorbed)
@@ -395,14 +402,102 @@ def pointwise_chains(graph: Graph, consumers: dict[str, list[Node]]) -> dict[str
     return chains
 
 
+@dataclass(frozen=True)
+class LayerScaleResidual(FusedBlock):
+    """``y = transpose(x + bias, (0, 3, 1, 2)) * gamma + residual``: ConvNeXt's block end (its second
+    ``Linear``'s bias, the permute back to NCHW, the layer scale, the shortcut) as one pass.
+
+    ``x`` is the ``(N, C, H, W)`` shortcut (first: the executor lets a block overwrite its first
+    input when nothing reads it after), ``product`` the channels-last ``(N, H, W, C)`` tensor,
+    ``bias`` and ``gamma`` parameters of ``C`` elements; ``absorbed`` the ``Add``, ``Transpose``,
+    ``Mul`` and ``Add``. Four passes (three of them allocating, one a strided copy) become one.
+    """
+
+    product: str
+    bias: str
+    gamma: str
+
+    op = "LayerScaleResidual"
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (self.x, self.product)
+
+    def kernels(self, x_shape, dtype: str, params) -> list:
+        if dtype not in ("float32", "float64"):
+            return []
+        from ._pointwise_kernels import precompile_kernels
+
+        return precompile_kernels("layer_scale_residual", dtype)
+
+    def prepare(self, params, dtype) -> Callable[..., np.ndarray]:
+        """``run(x, in_place, product) -> y``; ``in_place``: ``y`` may be written over the shortcut ``x``."""
+        bias, gamma = (np.ascontiguousarray(params[name].reshape(-1), dtype) for name in (self.bias, self.gamma))
+        if np.dtype(dtype) not in (np.float32, np.float64):
+            return lambda x, in_place, product: (np.ascontiguousarray((product + bias).transpose(0, 3, 1, 2))
+                                                 * gamma.reshape(-1, 1, 1) + x)
+        from ._pointwise_kernels import layer_scale_residual
+
+        def run(x, in_place, product):
+            out = x if in_place and x.flags.c_contiguous else None
+            return layer_scale_residual(product, x, bias, gamma, out=out)
+
+        return run
+
+
+def layer_scale_residuals(graph: Graph, consumers: dict[str, list[Node]]) -> dict[str, LayerScaleResidual]:
+    """``{last Add's name: block}`` for every ``Add(bias) -> Transpose(0, 3, 1, 2) -> Mul(gamma) -> Add(shortcut)``
+    whose intermediates nothing else reads; ``bias`` a parameter along ``x``'s last axis, ``gamma`` one of one
+    value per channel (``(C, 1, 1)``, ``(1, C, 1, 1)`` or ``(C,)`` broadcasting that way), the shortcut a tensor
+    of the output's shape; either operand order everywhere."""
+    params, shapes = graph.params, graph.shapes
+
+    def sole_reader(tensor: str, op: str) -> Optional[Node]:
+        users = [] if tensor in graph.outputs else consumers.get(tensor, [])
+        return users[0] if len(users) == 1 and users[0].op == op else None
+
+    def operands(node: Node, tensor: str) -> Optional[str]:  # the other operand of a binary node reading tensor
+        if len(node.inputs) != 2 or node.inputs.count(tensor) != 1:
+            return None
+        return node.inputs[1] if node.inputs[0] == tensor else node.inputs[0]
+
+    blocks = {}
+    for add in graph.nodes:
+        if add.op != "Add" or len(add.inputs) != 2:
+            continue
+        for x, bias in (add.inputs, add.inputs[::-1]):
+            shape = shapes.get(x)
+            if x in params or shape is None or len(shape) != 4 or not _last_axis_bias(params.get(bias), shape):
+                continue
+            transpose = sole_reader(add.outputs[0], "Transpose")
+            if transpose is None or tuple(transpose.attrs.get("perm", ())) != (0, 3, 1, 2):
+                continue
+            mul = sole_reader(transpose.outputs[0], "Mul")
+            gamma = mul and operands(mul, transpose.outputs[0])
+            p = params.get(gamma) if gamma else None
+            channels_first = (shape[0], shape[3], shape[1], shape[2])
+            if (p is None or p.dtype.kind != "f" or p.ndim > 4 or (1,) * (4 - p.ndim) + p.shape != (1, shape[3], 1, 1)
+                    or shapes.get(mul.outputs[0]) != channels_first):
+                continue
+            last = sole_reader(mul.outputs[0], "Add")
+            residual = last and operands(last, mul.outputs[0])
+            if (not residual or residual in params or shapes.get(residual) != channels_first
+                    or shapes.get(last.outputs[0]) != channels_first):
+                continue
+            blocks[last.name] = LayerScaleResidual(residual, (add, transpose, mul, last), x, bias, gamma)
+            break
+    return blocks
+
+
 def fused_blocks(graph: Graph, consumers: dict[str, list[Node]]) -> dict:
     """Every multi-node block the executor runs as one step: ``{last node name: block}``, each with
     ``x``, ``absorbed``, ``output``, ``op``, ``describe()``, ``kernels(x_shape, dtype, params)`` and
-    ``prepare(params, dtype) -> run(x, in_place)``. Squeeze-and-excitation first; a chain that
-    shares a node with an earlier block is left out."""
+    ``prepare(params, dtype) -> run(x, in_place, *other inputs)``. Squeeze-and-excitation first; a chain
+    or layer-scale block that shares a node with an earlier block is left out."""
     blocks: dict = dict(squeeze_excitations(graph, consumers))
     claimed = {n.name for b in blocks.values() for n in b.absorbed}
-    for name, chain in pointwise_chains(graph, consumers).items():
+    chains = {**pointwise_chains(graph, consumers), **layer_scale_residuals(graph, consumers)}
+    for name, chain in chains.items():
         names = {n.name for n in chain.absorbed}
         if not names & claimed:
             blocks[name] = chain
