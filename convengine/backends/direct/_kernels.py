@@ -32,7 +32,7 @@ from ._tiles import LANES, MAX_WIDTH, compiled_width
 from ._worksharing import job_claims, next_job, phase_counter, phase_done
 
 # Numba's cache is keyed on this file's text, not on _simd's: after an edit to the intrinsics
-# there, change this line so that cached kernels are compiled again (tile_conv's prefetch).
+# there, change this line so that cached kernels are compiled again (tile_store_nchw's write prefetch).
 
 #: :func:`._tiles.compiled_width`, the cost model's own function, compiled into the kernels.
 _compiled_width = numba.njit(inline="always")(compiled_width)

@@ -298,6 +298,15 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
     return sig, codegen
 
 
+#: Floats past each channel row it stores that :func:`tile_store_nchw` prefetches for writing:
+#: the next tile's part of the row (14 pixels on). A tile writes one short run into each of
+#: 16-32 planes, more streams than the hardware follows, and each store that misses holds up
+#: the ones after it. Hot loop, one thread, CPU time, three alternating runs: 16 -> 96 1x1 at
+#: 112x112 0.638 -> 0.600 ms, 64 -> 256 1x1 at 56x56 0.925 -> 0.892, 256 -> 64 0.918 -> 0.887,
+#: 3x3 layers unchanged.
+STORE_PREFETCH = 32
+
+
 def _prefetch_function(builder):
     """``llvm.prefetch`` (address, write?, locality: 3 = into the first-level cache, data?); its
     pointer type is mangled like the masked operations'."""
@@ -394,9 +403,15 @@ def tile_store_nchw(typingctx, tile, y, y_start, plane, channels, first, width, 
         limit = ir.Constant(_I64, n_vectors * LANES)
         stored = builder.select(builder.icmp_signed("<", channels, limit), channels, limit)
 
+        fetch = _prefetch_function(builder)
+
         def store_row(c, _):
             v = activate_any(builder, builder.load(builder.gep(rows, [c])), act, p0, p1)
             at = builder.add(y_start, builder.mul(plane, c))
+            if STORE_PREFETCH:  # (rw = 1: for writing)
+                ahead = builder.gep(yp, [builder.add(at, ir.Constant(_I64, STORE_PREFETCH))])
+                builder.call(fetch, [builder.bitcast(ahead, ir.IntType(8).as_pointer()), ir.Constant(i32, 1),
+                                     ir.Constant(i32, 3), ir.Constant(i32, 1)])
             builder.call(store, [v, builder.bitcast(builder.gep(yp, [at]), _VEC.as_pointer()), ir.Constant(i32, 4), mask])
             return []
 
