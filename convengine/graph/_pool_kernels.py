@@ -351,6 +351,6 @@ def precompile_kernels(function: str, dtype: str) -> list:
         return [Kernel(__name__, function, (planes, planes, types.boolean, types.int64), cost=1.0)]
     if function == "pool_s1":
         return [Kernel(__name__, function, (planes, planes) + (types.int64,) * 4
-                       + (types.boolean, types.Array(element, 1, "C"), types.int64), cost=2.5)]
+                       + (types.boolean, types.Array(element, 1, "C", readonly=True), types.int64), cost=2.5)]
     plane = types.Array(element, 4, "C")
     return [Kernel(__name__, function, (plane, plane) + (types.int64,) * 8, cost=1.5)]

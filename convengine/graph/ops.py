@@ -281,9 +281,12 @@ def _maxpool_kernels(node, shapes, dtype, params):
 
 KERNELS["MaxPool"] = _maxpool_kernels
 
-#: Below this many input elements a pool runs on one thread: waking the other costs more
-#: (2-45 us, whether it still spins or sleeps) than it would save.
-MIN_PARALLEL_POOL = 65536
+#: Below this many input elements (1 MiB of float32) a pool runs on one thread. Inside a
+#: model the input was just written by a convolution's threads, and a second pool thread
+#: mostly waits for the other core's cache lines and for its own wake-up (2-45 us): on the
+#: 2-vCPU VM DenseNet's transition pools (0.1-0.4M elements) took 0.57 ms on one thread
+#: against 0.65-0.73 ms on two; the stems (0.8-1.4M) gain from two (docs/performance.md).
+MIN_PARALLEL_POOL = 262144
 
 
 def _chunks(x) -> int:
@@ -331,9 +334,19 @@ def _pool_s1(x, geometry, scale):
     (kh, _, _, top, _, _, out_h), (kw, _, _, left, _, _, out_w) = geometry
     y = np.empty(x.shape[:2] + (out_h, out_w), x.dtype)
     average = scale is not None
-    pool_s1(_planes(x), _planes(y), kh, kw, top, left, average,
-            scale if average else np.ones(1, x.dtype), _chunks(x))
+    pool_s1(_planes(x), _planes(y), kh, kw, top, left, average, scale if average else _no_scale(x.dtype.name), _chunks(x))
     return y
+
+
+@functools.lru_cache(maxsize=None)
+def _no_scale(dtype: str) -> np.ndarray:
+    """The ``scale`` a max pool passes (unused), read-only as :func:`_average_scale`'s: one compiled signature for both."""
+    return _read_only(np.ones(1, dtype))
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
 
 
 def _window_counts(geometry, shape: Shape, include_pad: bool) -> np.ndarray:
@@ -352,9 +365,7 @@ def _average_scale(geometry, shape: Shape, include_pad: bool, dtype: str) -> np.
     """``1 / count`` per output, flat in ``dtype``; one value when every window has the same count."""
     with np.errstate(divide="ignore"):
         scale = (1.0 / _window_counts(geometry, shape, include_pad)).astype(dtype).reshape(-1)
-    scale = scale[:1] if (scale == scale[0]).all() else scale
-    scale.flags.writeable = False
-    return scale
+    return _read_only(scale[:1] if (scale == scale[0]).all() else scale)
 
 
 @op("AveragePool", _pool_infer)
