@@ -3,8 +3,8 @@
 The paths (:func:`convengine.graph.ops._maxpool_kernel`): 3x3 stride 2 (the stems of ResNet,
 GoogLeNet, Inception, SqueezeNet, AlexNet), stride 1 (same-size 3x3 windows walked flat in
 blocks of planes, other windows plane by plane), 2x2 stride 2 inside the input, a 1x1
-identity, and the general kernel; each on one thread and split over threads (inputs on both
-sides of ``MIN_PARALLEL_POOL``), with batch > 1, odd sizes, ceil mode, asymmetric pads, NaN.
+identity, and the general kernel; each on one thread and split over threads (the ``split``
+fixture moves ``MIN_PARALLEL_POOL``), with batch > 1, odd sizes, ceil mode, asymmetric pads, NaN.
 PyTorch covers the symmetric pads it accepts; the float64 definition, the rest.
 """
 
@@ -82,8 +82,14 @@ def _input(shape, seed, dtype=np.float32):
     return x
 
 
-BIG = (2, 40, 36, 37)  # above MIN_PARALLEL_POOL: split over threads
-assert math.prod(BIG) >= ops.MIN_PARALLEL_POOL
+BIG = (2, 40, 36, 37)  # more planes than threads, more than one flat block of planes
+
+
+@pytest.fixture(params=["one run", "a run per thread"])
+def split(request, monkeypatch):
+    """Each kernel test twice: every input on one thread, and every input split over the threads."""
+    monkeypatch.setattr(ops, "MIN_PARALLEL_POOL", 0 if request.param == "a run per thread" else 2**62)
+    return request.param
 
 THREE_BY_TWO = [  # (shape, pads [top, left, bottom, right], ceil_mode): the 3x3 stride-2 kernel
     ((1, 64, 112, 112), (1, 1, 1, 1), 0),  # ResNet's stem
@@ -98,7 +104,7 @@ THREE_BY_TWO = [  # (shape, pads [top, left, bottom, right], ceil_mode): the 3x3
 
 
 @pytest.mark.parametrize("shape, pads, ceil_mode", THREE_BY_TWO)
-def test_the_3x3_stride_2_max_pool_matches_torch(shape, pads, ceil_mode):
+def test_the_3x3_stride_2_max_pool_matches_torch(shape, pads, ceil_mode, split):
     t = _torch()
     x = _input(shape, sum(shape))
     node = _node("MaxPool", (3, 3), (2, 2), pads, ceil_mode)
@@ -109,7 +115,7 @@ def test_the_3x3_stride_2_max_pool_matches_torch(shape, pads, ceil_mode):
 
 @pytest.mark.parametrize("shape, pads, ceil_mode", [((1, 3, 9, 10), (0, 1, 1, 0), 0), ((2, 2, 7, 6), (1, 0, 0, 2), 1),
                                                     ((1, 2, 5, 5), (2, 2, 0, 0), 0), (BIG, (0, 1, 1, 2), 1)])
-def test_the_3x3_stride_2_max_pool_with_asymmetric_pads_matches_the_definition(shape, pads, ceil_mode):
+def test_the_3x3_stride_2_max_pool_with_asymmetric_pads_matches_the_definition(shape, pads, ceil_mode, split):
     x = _input(shape, sum(shape) + 1, np.float64)
     node = _node("MaxPool", (3, 3), (2, 2), pads, ceil_mode)
     want = _definition(x, "MaxPool", (3, 3), (2, 2), pads, ceil_mode, 0)
@@ -130,7 +136,7 @@ STRIDE_1 = [  # (shape, kernel, pads): same-size 3x3 windows walk blocks of plan
 
 @pytest.mark.parametrize("shape, kernel, pads", STRIDE_1)
 @pytest.mark.parametrize("op, include_pad", [("MaxPool", 0), ("AveragePool", 0), ("AveragePool", 1)])
-def test_stride_1_pools_match_the_definition(shape, kernel, pads, op, include_pad):
+def test_stride_1_pools_match_the_definition(shape, kernel, pads, op, include_pad, split):
     """NaN spreads to every window that holds it; the divisor counts padding only with count_include_pad."""
     x = _input(shape, sum(shape) + len(kernel))
     node = _node(op, kernel, (1, 1), pads, 0, include_pad)
@@ -144,7 +150,7 @@ def test_stride_1_pools_match_the_definition(shape, kernel, pads, op, include_pa
 @pytest.mark.parametrize("shape", [(1, 288, 35, 35), (2, 13, 8, 8)])
 @pytest.mark.parametrize("include_pad", [0, 1])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_inceptions_average_pool_matches_torch(shape, include_pad, dtype):
+def test_inceptions_average_pool_matches_torch(shape, include_pad, dtype, split):
     """3x3, stride 1, padding 1: one divisor for all windows with count_include_pad, a border of smaller ones without."""
     t = _torch()
     x = _input(shape, 7, dtype)
@@ -158,7 +164,7 @@ def test_inceptions_average_pool_matches_torch(shape, include_pad, dtype):
 
 @pytest.mark.parametrize("shape", [(1, 64, 224, 224), (2, 5, 7, 9), (1, 3, 14, 14), BIG])
 @pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
-def test_the_2x2_stride_2_pool_matches_torch(shape, op):
+def test_the_2x2_stride_2_pool_matches_torch(shape, op, split):
     t = _torch()
     x = _input(shape, 3)
     node = _node(op, (2, 2), (2, 2), (0, 0, 0, 0))
@@ -202,7 +208,7 @@ def test_the_general_max_pool_matches_the_definition(kernel, stride, pads, ceil_
     _check(OPS["MaxPool"].run(node, [x])[0], _definition(x, "MaxPool", kernel, stride, pads, ceil_mode, 0), "MaxPool")
 
 
-def test_pools_do_not_change_their_input():
+def test_pools_do_not_change_their_input(split):
     x = _input(BIG, 2)
     before = x.copy()
     for node in (_node("MaxPool", (3, 3), (2, 2), (1, 1, 1, 1)), _node("AveragePool", (3, 3), (1, 1), (1, 1, 1, 1), 0, 1),
