@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from ..core.arrays import kernel_ready
+from ..runtime.threads import numba_threads
 from .ir import GraphError, Node
 
 Shape = tuple[int, ...]
@@ -231,30 +232,84 @@ def _pad_for_pool(x, geometry, value):
     return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
 
 
+@dataclass(frozen=True)
+class _PoolPlan:
+    """How a pool node runs on one input shape and dtype, worked out once (:func:`_pool_plan`)."""
+
+    path: str  # a :mod:`._pool_kernels` function, or "copy" (a 1x1 identity window) or "numpy"
+    geometry: tuple
+    out_shape: Shape
+    args: tuple = ()  # the kernel's arguments after (x, y), before the thread split
+
+
+#: Plans by (op, attributes, input shape, dtype, outputs): a pool step at batch 1 costs a few
+#: tens of microseconds, and working out its geometry in Python was a measurable share of that.
+_PLANS: dict[tuple, _PoolPlan] = {}
+_POOL_ATTRS = ("kernel_shape", "strides", "dilations", "pads", "ceil_mode", "count_include_pad")
+
+
+def _pool_plan(node: Node, shape: Shape, dtype: np.dtype) -> _PoolPlan:
+    attrs = node.attrs
+    key = (node.op, shape, dtype, len(node.outputs),
+           *(tuple(v) if isinstance(v := attrs.get(name), list) else v for name in _POOL_ATTRS))
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= 4096:  # (a bound, not a policy: plans are cheap to redo)
+            _PLANS.clear()
+        plan = _PLANS[key] = _make_pool_plan(node, shape, dtype)
+    return plan
+
+
+def _make_pool_plan(node: Node, shape: Shape, dtype: np.dtype) -> _PoolPlan:
+    geometry = tuple(_pool_geometry(node, shape))
+    out_shape = shape[:2] + tuple(g[-1] for g in geometry)
+    if _is_identity(geometry):
+        return _PoolPlan("copy", geometry, out_shape)
+    if len(shape) != 4 or dtype not in (np.float32, np.float64) or len(node.outputs) > 1:
+        return _PoolPlan("numpy", geometry, out_shape)  # (MaxPool's Indices output is not supported anyway)
+    (kh, sh, dh, top, _, _, _), (kw, sw, dw, left, _, _, _) = geometry
+    if node.op == "MaxPool":
+        path = _maxpool_kernel(geometry)
+        args = {"max_pool_3x3_s2": (top, left), "pool_2x2_s2": (False,),
+                "pool_s1": (kh, kw, top, left, False, _no_scale(dtype.name)),
+                "max_pool": (kh, kw, sh, sw, dh, dw, top, left)}[path]
+        return _PoolPlan(path, geometry, out_shape, args)
+    if _inside_2x2_s2(geometry):  # every divisor is 4
+        return _PoolPlan("pool_2x2_s2", geometry, out_shape, (True,))
+    if _stride_1(geometry):  # Inception's branch pools
+        scale = _average_scale(geometry, shape, bool(node.attrs.get("count_include_pad", 0)), dtype.name)
+        return _PoolPlan("pool_s1", geometry, out_shape, (kh, kw, top, left, True, scale))
+    return _PoolPlan("numpy", geometry, out_shape)
+
+
+_pool_kernels = None  # the module, imported when a pool first runs a kernel (Numba loads then)
+
+
+def _run_pool(plan: _PoolPlan, x: np.ndarray) -> np.ndarray:
+    """``x`` pooled by ``plan``'s kernel: planes split into one contiguous run per thread, or one run when small."""
+    global _pool_kernels
+    if _pool_kernels is None:
+        from . import _pool_kernels
+    y = np.empty(plan.out_shape, x.dtype)
+    if plan.path == "max_pool":  # (the general kernel: parallel over planes, 4-D)
+        _pool_kernels.max_pool(np.ascontiguousarray(x), y, *plan.args)
+        return y
+    planes = x.shape[0] * x.shape[1]
+    chunks = 1 if x.size < MIN_PARALLEL_POOL else max(1, min(numba_threads(), planes))
+    getattr(_pool_kernels, plan.path)(np.ascontiguousarray(x).reshape((planes,) + x.shape[2:]),
+                                      y.reshape((planes,) + plan.out_shape[2:]), *plan.args, chunks)
+    return y
+
+
 @op("MaxPool", _pool_infer)
 def _maxpool(node, arrays):
     x = arrays[0]
-    geometry = _pool_geometry(node, x.shape)
-    if _is_identity(geometry):
+    plan = _pool_plan(node, x.shape, x.dtype)
+    if plan.path == "copy":
         return [x.copy()]
-    if x.ndim != 4 or len(node.outputs) > 1 or x.dtype not in (np.float32, np.float64):
-        # (the Indices output is not supported anyway)
-        return [_pool_reduce(_pad_for_pool(x, geometry, -np.inf), geometry, np.maximum)]
-    from ._pool_kernels import max_pool, max_pool_3x3_s2
-
-    kernel = _maxpool_kernel(geometry)
-    if kernel == "pool_2x2_s2":
-        return [_pool_2x2_s2(x, geometry, average=False)]
-    if kernel == "pool_s1":
-        return [_pool_s1(x, geometry, None)]
-    (kh, sh, dh, top, _, _, out_h), (kw, sw, dw, left, _, _, out_w) = geometry
-    y = np.empty(x.shape[:2] + (out_h, out_w), x.dtype)
-    chunks = _chunks(x)
-    if kernel == "max_pool_3x3_s2":
-        max_pool_3x3_s2(_planes(x), _planes(y), top, left, chunks)
-    else:
-        max_pool(np.ascontiguousarray(x), y, kh, kw, sh, sw, dh, dw, top, left)
-    return [y]
+    if plan.path == "numpy":
+        return [_pool_reduce(_pad_for_pool(x, plan.geometry, -np.inf), plan.geometry, np.maximum)]
+    return [_run_pool(plan, x)]
 
 
 def _maxpool_kernel(geometry) -> str:
@@ -268,18 +323,17 @@ def _maxpool_kernel(geometry) -> str:
     return "pool_s1" if _stride_1(geometry) else "max_pool"
 
 
-def _maxpool_kernels(node, shapes, dtype, params):
-    if len(shapes[0]) != 4 or len(node.outputs) > 1 or dtype not in ("float32", "float64"):
-        return []
-    geometry = _pool_geometry(node, shapes[0])
-    if _is_identity(geometry):
+def _pool_kernels_for(node, shapes, dtype, params):
+    """MaxPool's and AveragePool's entry in :data:`KERNELS`: the kernel its plan calls, if any."""
+    plan = _pool_plan(node, tuple(shapes[0]), np.dtype(dtype))
+    if plan.path in ("copy", "numpy"):
         return []
     from ._pool_kernels import precompile_kernels
 
-    return precompile_kernels(_maxpool_kernel(geometry), dtype)
+    return precompile_kernels(plan.path, dtype)
 
 
-KERNELS["MaxPool"] = _maxpool_kernels
+KERNELS["MaxPool"] = _pool_kernels_for
 
 #: Below this many input elements (1 MiB of float32) a pool runs on one thread. Inside a
 #: model the input was just written by a convolution's threads, and a second pool thread
@@ -287,19 +341,6 @@ KERNELS["MaxPool"] = _maxpool_kernels
 #: 2-vCPU VM DenseNet's transition pools (0.1-0.4M elements) took 0.57 ms on one thread
 #: against 0.65-0.73 ms on two; the stems (0.8-1.4M) gain from two (docs/performance.md).
 MIN_PARALLEL_POOL = 262144
-
-
-def _chunks(x) -> int:
-    """Runs of planes for a pooling kernel: one per thread, or one when ``x`` is small."""
-    from ..runtime.threads import numba_threads
-
-    threads = numba_threads()
-    return 1 if x.size < MIN_PARALLEL_POOL else max(1, min(threads, x.shape[0] * x.shape[1]))
-
-
-def _planes(x):
-    """``x`` (N, C, H, W) as C-contiguous ``(N * C, H, W)`` planes (a view when it already is contiguous)."""
-    return np.ascontiguousarray(x).reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
 
 
 def _is_identity(geometry) -> bool:
@@ -312,30 +353,10 @@ def _inside_2x2_s2(geometry) -> bool:
     return all((k, s, d, begin, end) == (2, 2, 1, 0, 0) for k, s, d, begin, end, _, _ in geometry)
 
 
-def _pool_2x2_s2(x, geometry, average: bool):
-    """:func:`._pool_kernels.pool_2x2_s2` on ``x`` (4-D float): DenseNet's transitions, VGG's and GoogLeNet's max pools."""
-    from ._pool_kernels import pool_2x2_s2
-
-    y = np.empty(x.shape[:2] + (geometry[0][-1], geometry[1][-1]), x.dtype)
-    pool_2x2_s2(_planes(x), _planes(y), average, _chunks(x))
-    return y
-
-
 def _stride_1(geometry) -> bool:
     """Whether a pooling window moves one element at a time, undilated: :func:`._pool_kernels.pool_s1`."""
     (_, sh, dh, *_), (_, sw, dw, *_) = geometry
     return (sh, sw, dh, dw) == (1, 1, 1, 1)
-
-
-def _pool_s1(x, geometry, scale):
-    """:func:`._pool_kernels.pool_s1` on ``x`` (4-D float): the windows' max (``scale`` None), or sums times ``scale``."""
-    from ._pool_kernels import pool_s1
-
-    (kh, _, _, top, _, _, out_h), (kw, _, _, left, _, _, out_w) = geometry
-    y = np.empty(x.shape[:2] + (out_h, out_w), x.dtype)
-    average = scale is not None
-    pool_s1(_planes(x), _planes(y), kh, kw, top, left, average, scale if average else _no_scale(x.dtype.name), _chunks(x))
-    return y
 
 
 @functools.lru_cache(maxsize=None)
@@ -360,7 +381,6 @@ def _window_counts(geometry, shape: Shape, include_pad: bool) -> np.ndarray:
     return np.multiply.outer(*counts).astype(np.float64)
 
 
-@functools.lru_cache(maxsize=256)
 def _average_scale(geometry, shape: Shape, include_pad: bool, dtype: str) -> np.ndarray:
     """``1 / count`` per output, flat in ``dtype``; one value when every window has the same count."""
     with np.errstate(divide="ignore"):
@@ -371,34 +391,17 @@ def _average_scale(geometry, shape: Shape, include_pad: bool, dtype: str) -> np.
 @op("AveragePool", _pool_infer)
 def _avgpool(node, arrays):
     x = arrays[0]
-    geometry = _pool_geometry(node, x.shape)
-    if _is_identity(geometry):
+    plan = _pool_plan(node, x.shape, x.dtype)
+    if plan.path == "copy":
         return [x.copy()]
-    include_pad = bool(node.attrs.get("count_include_pad", 0))
-    if x.ndim == 4 and x.dtype in (np.float32, np.float64):
-        if _inside_2x2_s2(geometry):  # every divisor is 4
-            return [_pool_2x2_s2(x, geometry, average=True)]
-        if _stride_1(geometry):  # Inception's branch pools
-            return [_pool_s1(x, tuple(geometry), _average_scale(tuple(geometry), x.shape, include_pad, x.dtype.name))]
-    total = _pool_reduce(_pad_for_pool(x, geometry, 0), geometry, np.add)
-    count = _window_counts(geometry, x.shape, include_pad).astype(x.dtype)
+    if plan.path != "numpy":
+        return [_run_pool(plan, x)]
+    total = _pool_reduce(_pad_for_pool(x, plan.geometry, 0), plan.geometry, np.add)
+    count = _window_counts(plan.geometry, x.shape, bool(node.attrs.get("count_include_pad", 0))).astype(x.dtype)
     return [np.divide(total, count, out=total)]  # (total: a new array of x's dtype)
 
 
-def _avgpool_kernels(node, shapes, dtype, params):
-    if len(shapes[0]) != 4 or dtype not in ("float32", "float64"):
-        return []
-    from ._pool_kernels import precompile_kernels
-
-    geometry = _pool_geometry(node, shapes[0])
-    if _is_identity(geometry):
-        return []
-    if _inside_2x2_s2(geometry):
-        return precompile_kernels("pool_2x2_s2", dtype)
-    return precompile_kernels("pool_s1", dtype) if _stride_1(geometry) else []
-
-
-KERNELS["AveragePool"] = _avgpool_kernels
+KERNELS["AveragePool"] = _pool_kernels_for
 
 
 @op("GlobalAveragePool", lambda node, shapes: [shapes[0][:2] + (1,) * (len(shapes[0]) - 2)])
