@@ -278,10 +278,11 @@ def _edge_reduce(line, j, k, average):
 def pool_2x2_s2(x, y, average, chunks):
     """2x2 windows at stride 2 that lie inside the input (no padding), the max or the mean; ``(planes, h, w)``.
 
-    DenseNet's transition average pools, VGG's and GoogLeNet's last max pools. Per output
-    row the two input rows are combined first (contiguous), split into even and odd columns,
-    then those are combined (contiguous again); an odd last row or column is left out, as
-    the floor mode does. NaN propagates either way.
+    DenseNet's transition average pools, VGG's and GoogLeNet's last max pools. The max: per
+    output row the two input rows are combined first (contiguous), split into even and odd
+    columns, then those are combined (contiguous again); the mean sums each window's four
+    taps in one loop. An odd last row or column is left out, as the floor mode does. NaN
+    propagates either way.
     """
     planes = x.shape[0]
     if chunks == 1:
@@ -300,17 +301,19 @@ def _planes_2x2_s2(x, y, average, p0, p1):
     for p in range(p0, p1):
         for oy in range(out_h):
             i = 2 * oy
+            if average:  # one loop over the four taps: DenseNet's 128x56x56 0.064 -> 0.037 ms (in cache)
+                for ox in range(out_w):
+                    y[p, oy, ox] = ((x[p, i, 2 * ox] + x[p, i + 1, 2 * ox])
+                                    + (x[p, i, 2 * ox + 1] + x[p, i + 1, 2 * ox + 1])) * 0.25  # (exact: a power of two)
+                continue
+            # (the max that way was slower: 512x28x28 0.17 against 0.10 ms)
             for j in range(2 * out_w):
-                pair[j] = _combine(x[p, i, j], x[p, i + 1, j], average)
+                pair[j] = _max(x[p, i, j], x[p, i + 1, j])
             for k in range(out_w):
                 even[k] = pair[2 * k]
                 odd[k] = pair[2 * k + 1]
-            if average:
-                for ox in range(out_w):
-                    y[p, oy, ox] = (even[ox] + odd[ox]) * 0.25  # (exact: a power of two)
-            else:
-                for ox in range(out_w):
-                    y[p, oy, ox] = _max(even[ox], odd[ox])
+            for ox in range(out_w):
+                y[p, oy, ox] = _max(even[ox], odd[ox])
 
 
 # -- global average ----------------------------------------------------------------------------------
