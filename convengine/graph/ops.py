@@ -335,12 +335,14 @@ def _pool_kernels_for(node, shapes, dtype, params):
 
 KERNELS["MaxPool"] = _pool_kernels_for
 
-#: Below this many input elements (1 MiB of float32) a pool runs on one thread. Inside a
-#: model the input was just written by a convolution's threads, and a second pool thread
-#: mostly waits for the other core's cache lines and for its own wake-up (2-45 us): on the
-#: 2-vCPU VM DenseNet's transition pools (0.1-0.4M elements) took 0.57 ms on one thread
-#: against 0.65-0.73 ms on two; the stems (0.8-1.4M) gain from two (docs/performance.md).
-MIN_PARALLEL_POOL = 262144
+#: Below this many input elements (16 MiB of float32: every pool of the torchvision zoo at
+#: batch 1) a pool runs on one thread. Inside a model its input was just written by the
+#: previous step's two threads, and a second pool thread mostly waits: for its wake-up, for
+#: cache lines in the other core, and, on a shared VM, for its vCPU. Measured in whole
+#: models on the 2-vCPU VM (load 2-2.8, docs/performance.md "Session 8: pools"), one thread
+#: beat two for every pool, VGG-11's 3.2M-element first pool included (1.21-1.27 against
+#: 1.31-1.33 ms); the even split over threads pays only with more work than that per thread.
+MIN_PARALLEL_POOL = 1 << 22
 
 
 def _is_identity(geometry) -> bool:
