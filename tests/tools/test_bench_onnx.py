@@ -38,7 +38,26 @@ def lenet_file(tmp_path):
     return str(path)
 
 
-def test_onnx_file_each_runtime_alone_with_per_layer_times(capsys, isolated_env, lenet_file):
+@pytest.fixture
+def pinned_machine_profile(isolated_env, monkeypatch):
+    """One machine profile for this process and the fresh ones: ``auto``'s choices then agree.
+
+    Each process would otherwise use what it measured (``bench`` refreshes the stored profile
+    first): on a loaded machine two LeNet layers went to ``torch`` in the fresh processes and
+    to ``direct`` here. The rates are above anything measured, so a refresh keeps them.
+    """
+    from dataclasses import asdict
+
+    from convengine.core import costmodel
+    from convengine.core.tuning_cache import TuningCache
+
+    profile = costmodel.MachineProfile(gemm_flops_float32=1e15, gemm_flops_float64=1e15, bandwidth=1e15,
+                                       parallel_launches=1e9)
+    TuningCache().put(costmodel._cache_key(), asdict(profile))
+    monkeypatch.setattr(costmodel, "_profile", None)
+
+
+def test_onnx_file_each_runtime_alone_with_per_layer_times(capsys, pinned_machine_profile, lenet_file):
     """LeNet at batch 2, two rounds: two fresh processes per runtime, ratios, peak memory, the per-layer steps."""
     code, out, err = _bench(capsys, "--onnx", lenet_file, "--batch", "2", "--rounds", "2", "--per-layer", "--json")
     assert code == 0, err
