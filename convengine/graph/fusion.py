@@ -171,32 +171,59 @@ class SqueezeExcitation(FusedBlock):
     op = "SqueezeExcitation"  # the executor's name for the step
 
     def kernels(self, x_shape, dtype: str, params) -> list:
-        """The compiled kernels ``run`` calls on an input of ``x_shape`` (its global pool's)."""
+        """The compiled kernels ``run`` calls on an input of ``x_shape`` (its global pool's, then its own)."""
         pool = self.absorbed[0]
-        return KERNELS[pool.op](pool, [x_shape], dtype, params)
+        own = []
+        if dtype in ("float32", "float64"):
+            from ._squeeze_kernels import precompile_kernels
+
+            own = precompile_kernels(dtype)
+        return KERNELS[pool.op](pool, [x_shape], dtype, params) + own
 
     def prepare(self, params, dtype) -> Callable[[np.ndarray, bool], np.ndarray]:
-        """``run(x, in_place) -> y``, the weights laid out once. ``in_place``: ``y`` may be written over ``x``."""
+        """``run(x, in_place) -> y``, the weights laid out once. ``in_place``: ``y`` may be written over ``x``.
+
+        float32 and float64: the dense part in one compiled call and the scaling in parallel
+        (:mod:`._squeeze_kernels`); other types: numpy."""
         stages = []
         for conv, spec in ((self.reduce, self.activation), (self.expand, self.gate)):
             weight = params[conv.inputs[1]]
             matrix = np.ascontiguousarray(weight.reshape(weight.shape[0], -1).T, dtype=dtype)  # (in, out)
             bias = params[conv.inputs[2]].astype(dtype) if len(conv.inputs) > 2 and conv.inputs[2] else None
-            epilogue = Epilogue(activation=spec)
-            stages.append((matrix, bias, epilogue.activation, epilogue.params))
+            stages.append((matrix, bias, Epilogue(activation=spec)))
 
         pool = OPS["GlobalAveragePool"].run
         pool_node = self.absorbed[0]
+        if np.dtype(dtype) in (np.float32, np.float64):
+            return self._compiled(stages, pool, pool_node, np.dtype(dtype))
 
         def run(x: np.ndarray, in_place: bool) -> np.ndarray:
             n, c = x.shape[:2]
             scale = pool(pool_node, [x])[0].reshape(n, c)
-            for matrix, bias, activation, act_params in stages:
+            for matrix, bias, epilogue in stages:
                 scale = scale @ matrix
                 if bias is not None:
                     scale += bias
-                apply_activation(scale, activation, act_params)
+                apply_activation(scale, epilogue.activation, epilogue.params)
             return np.multiply(x, scale.reshape(n, c, *(1,) * (x.ndim - 2)), out=x if in_place else None)
+
+        return run
+
+    @staticmethod
+    def _compiled(stages, pool, pool_node, dtype: np.dtype) -> Callable[[np.ndarray, bool], np.ndarray]:
+        from ._squeeze_kernels import channel_scale, excite
+
+        (w1, b1, first), (w2, b2, second) = stages
+        b1 = np.zeros(w1.shape[1], dtype) if b1 is None else np.ascontiguousarray(b1.reshape(-1))
+        b2 = np.zeros(w2.shape[1], dtype) if b2 is None else np.ascontiguousarray(b2.reshape(-1))
+        act, gate = first.kernel_activation(), second.kernel_activation()
+
+        def run(x: np.ndarray, in_place: bool) -> np.ndarray:
+            n, c = x.shape[:2]
+            means = np.ascontiguousarray(pool(pool_node, [x])[0].reshape(n, c))
+            scale = np.empty((n, c), dtype)
+            excite(means, w1, b1, *act, w2, b2, *gate, np.empty(w1.shape[1], dtype), scale)  # (scratch per call)
+            return channel_scale(x, scale, in_place)
 
         return run
 
