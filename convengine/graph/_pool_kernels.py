@@ -93,7 +93,7 @@ def max_pool_3x3_s2(x, y, top, left, chunks):
     input rows are reduced first (contiguous), written ``left`` places in (the padding
     ``-inf`` on both sides); that row is split into its even and odd columns, and each
     output is then ``max(even[ox], odd[ox], even[ox + 1])``, three contiguous operands: no
-    strided gather. ResNet-50's stem pool, one thread: 0.38 -> 0.2 ms (see docs/performance.md).
+    strided gather. ResNet-50's stem pool, one thread: 0.38 -> 0.16 ms (docs/performance.md, Session 8).
     """
     planes = x.shape[0]
     if chunks == 1:
