@@ -51,6 +51,77 @@ def layer_norm_parallel(x, y, scale, bias, epsilon):
         layer_norm_serial(x[lo:hi], y[lo:hi], scale, bias, epsilon)
 
 
+#: Pixels per tile of :func:`channels_first_layer_norm`: a cache line of each channel's row.
+PIXELS = 16
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _pixels_layer_norm(x, y, scale, bias, epsilon, n, p0):
+    """Pixels ``p0 .. p0 + PIXELS`` of image ``n``: ``x`` ``(N, C, P)`` in, ``y`` ``(N, P, C)`` out."""
+    channels, p1 = x.shape[1], min(x.shape[2], p0 + PIXELS)
+    width = p1 - p0
+    consts = np.empty(2, x.dtype)  # 1 and C in the element type: the arithmetic stays in it
+    consts[0], consts[1] = 1, channels
+    one, size = consts[0], consts[1]
+    mean = np.zeros(PIXELS, x.dtype)
+    squares = np.zeros(PIXELS, x.dtype)
+    for c in range(channels):  # sums along the channels, PIXELS lanes at a time
+        row = x[n, c, p0:p1]
+        for j in range(width):
+            mean[j] += row[j]
+    for j in range(width):
+        mean[j] /= size
+    for c in range(channels):
+        row = x[n, c, p0:p1]
+        for j in range(width):
+            d = row[j] - mean[j]
+            squares[j] += d * d
+    for j in range(width):
+        squares[j] = one / np.sqrt(squares[j] / size + epsilon)  # (now the inverse deviation)
+    tile = np.empty((channels, PIXELS), x.dtype)  # normalised along the rows (vectorised), then written across
+    for c in range(channels):
+        row, out = x[n, c, p0:p1], tile[c]
+        s, b = scale[c], bias[c]
+        for j in range(width):
+            out[j] = (row[j] - mean[j]) * squares[j] * s + b
+    for j in range(width):
+        dst = y[n, p0 + j]
+        for c in range(channels):
+            dst[c] = tile[c, j]
+
+
+@numba.njit(cache=True, nogil=True)
+def channels_first_serial(x, y, scale, bias, epsilon):
+    """Layer normalisation over the channels of ``x`` ``(N, C, P)`` into channels-last ``y`` ``(N, P, C)``."""
+    for n in range(x.shape[0]):
+        for p0 in range(0, x.shape[2], PIXELS):
+            _pixels_layer_norm(x, y, scale, bias, epsilon, n, p0)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def channels_first_parallel(x, y, scale, bias, epsilon):
+    """:func:`channels_first_serial`, a tile of :data:`PIXELS` pixels per parallel job."""
+    tiles = (x.shape[2] + PIXELS - 1) // PIXELS
+    for job in prange(x.shape[0] * tiles):
+        _pixels_layer_norm(x, y, scale, bias, epsilon, job // tiles, (job % tiles) * PIXELS)
+
+
+def channels_first_layer_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, epsilon: float) -> np.ndarray:
+    """``layer_norm(x.transpose(0, 2, 3, 1), ...)`` for ``x`` ``(N, C, H, W)`` (float32 or float64), into a new
+    ``(N, H, W, C)`` array: ConvNeXt's ``permute -> LayerNorm`` without the permuted copy. The tensor is read
+    in tiles of :data:`PIXELS` pixels by all channels, which stay in cache for the three passes."""
+    n, c, h, w = x.shape
+    source = np.ascontiguousarray(x).reshape(n, c, h * w)
+    y = np.empty((n, h, w, c), x.dtype)
+    if x.size:
+        eps = x.dtype.type(epsilon)
+        kernel = channels_first_parallel if x.size >= PARALLEL_MIN else channels_first_serial
+        if kernel is channels_first_parallel:
+            numba_threads()
+        kernel(source, y.reshape(n, h * w, c), scale, bias, eps)
+    return y
+
+
 def layer_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, epsilon: float) -> np.ndarray:
     """Layer normalisation of ``x`` (float32 or float64) over its last axis, into a new array;
     ``scale`` and ``bias`` of the last axis' length and ``x``'s dtype."""
@@ -67,13 +138,19 @@ def layer_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, epsilon: floa
     return y
 
 
-def precompile_kernels(dtype: str) -> list:
-    """The kernels :func:`layer_norm` calls on ``dtype`` activations (see :mod:`convengine.runtime.precompile`)."""
+def precompile_kernels(dtype: str, channels_first: bool = False) -> list:
+    """The kernels :func:`layer_norm` (:func:`channels_first_layer_norm` if ``channels_first``) calls on ``dtype``
+    activations (see :mod:`convengine.runtime.precompile`)."""
     from numba import types
 
     from ..runtime.precompile import Kernel
 
     element = getattr(types, dtype)
-    rows, vector = types.Array(element, 2, "C"), types.Array(element, 1, "C")
+    vector = types.Array(element, 1, "C")
+    if channels_first:
+        planes = types.Array(element, 3, "C")
+        return [Kernel(__name__, f"channels_first_{form}", (planes, planes, vector, vector, element), cost=1.2)
+                for form in ("serial", "parallel")]
+    rows = types.Array(element, 2, "C")
     return [Kernel(__name__, f"layer_norm_{form}", (rows, rows, vector, vector, element), cost=1.2)
             for form in ("serial", "parallel")]

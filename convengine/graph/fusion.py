@@ -516,6 +516,60 @@ def layer_scale_residuals(graph: Graph, consumers: dict[str, list[Node]]) -> dic
     return blocks
 
 
+@dataclass(frozen=True)
+class TransposedLayerNorm(FusedBlock):
+    """``LayerNormalization(Transpose(x, (0, 2, 3, 1)))`` over the channels: ConvNeXt's ``permute -> LayerNorm``
+    read straight from the ``(N, C, H, W)`` tensor ``x`` (:func:`._layer_norm_kernels.channels_first_layer_norm`)
+    instead of through a permuted copy. ``absorbed``: the ``Transpose`` and the ``LayerNormalization``."""
+
+    op = "TransposedLayerNorm"
+
+    def kernels(self, x_shape, dtype: str, params) -> list:
+        if dtype not in ("float32", "float64"):
+            return []
+        from ._layer_norm_kernels import precompile_kernels
+
+        return precompile_kernels(dtype, channels_first=True)
+
+    def prepare(self, params, dtype) -> Callable[[np.ndarray, bool], np.ndarray]:
+        """``run(x, in_place) -> y``, a new array (``y`` is channels-last: never written over ``x``)."""
+        ln = self.absorbed[1]
+        channels = params[ln.inputs[1]].size
+        scale = np.ascontiguousarray(params[ln.inputs[1]].reshape(-1), dtype)
+        has_bias = len(ln.inputs) > 2 and ln.inputs[2]
+        bias = np.ascontiguousarray(params[ln.inputs[2]].reshape(-1), dtype) if has_bias else np.zeros(channels, dtype)
+        epsilon = float(ln.attrs.get("epsilon", 1e-5))
+        if np.dtype(dtype) not in (np.float32, np.float64):
+            transpose, norm = OPS["Transpose"].run, OPS["LayerNormalization"].run
+            return lambda x, in_place: norm(ln, [transpose(self.absorbed[0], [x])[0], scale, bias])[0]
+        from ._layer_norm_kernels import channels_first_layer_norm
+
+        return lambda x, in_place: channels_first_layer_norm(x, scale, bias, epsilon)
+
+
+def transposed_layer_norms(graph: Graph, consumers: dict[str, list[Node]]) -> dict[str, TransposedLayerNorm]:
+    """``{LayerNormalization name: block}`` for every ``Transpose(0, 2, 3, 1)`` of a 4-D tensor read by a
+    ``LayerNormalization`` alone, over the last axis, its scale (and bias) constant vectors of the channels,
+    ``Y`` its one output."""
+    params, shapes = graph.params, graph.shapes
+    blocks = {}
+    for transpose in graph.nodes:
+        x = transpose.inputs[0] if transpose.op == "Transpose" and transpose.inputs else None
+        shape = shapes.get(x) if x else None
+        if shape is None or len(shape) != 4 or tuple(transpose.attrs.get("perm", ())) != (0, 2, 3, 1):
+            continue
+        users = [] if transpose.outputs[0] in graph.outputs else consumers.get(transpose.outputs[0], [])
+        ln = users[0] if len(users) == 1 and users[0].op == "LayerNormalization" else None
+        if (ln is None or ln.inputs[0] != transpose.outputs[0] or len(ln.outputs) != 1
+                or int(ln.attrs.get("axis", -1)) % 4 != 3):
+            continue
+        constants = [name for name in ln.inputs[1:] if name]
+        if all(name in params and params[name].size == shape[1] and params[name].dtype.kind == "f"
+               for name in constants) and constants[:1] == ln.inputs[1:2]:
+            blocks[ln.name] = TransposedLayerNorm(x, (transpose, ln))
+    return blocks
+
+
 def fused_blocks(graph: Graph, consumers: dict[str, list[Node]]) -> dict:
     """Every multi-node block the executor runs as one step: ``{last node name: block}``, each with
     ``x``, ``absorbed``, ``output``, ``op``, ``describe()``, ``kernels(x_shape, dtype, params)`` and
@@ -523,7 +577,8 @@ def fused_blocks(graph: Graph, consumers: dict[str, list[Node]]) -> dict:
     or layer-scale block that shares a node with an earlier block is left out."""
     blocks: dict = dict(squeeze_excitations(graph, consumers))
     claimed = {n.name for b in blocks.values() for n in b.absorbed}
-    chains = {**pointwise_chains(graph, consumers), **layer_scale_residuals(graph, consumers)}
+    chains = {**pointwise_chains(graph, consumers), **layer_scale_residuals(graph, consumers),
+              **transposed_layer_norms(graph, consumers)}
     for name, chain in chains.items():
         names = {n.name for n in chain.absorbed}
         if not names & claimed:
