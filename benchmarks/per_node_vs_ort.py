@@ -6,10 +6,14 @@ convengine's executor times every step of the same model (:func:`convengine.benc
 same input, same thread count, after ORT's session is gone so its threads cannot spin
 beside ours). The two sides fuse differently (ORT: Conv+Clip, NCHWc reorders;
 convengine: Conv+BatchNormalization+Relu, squeeze-excitation), so both are summed per
-*group*: a node convengine runs as a step of its own names its group; any other node (an
-absorbed activation, a Flatten) joins the group of the node that produced its first input.
-ORT names NCHWc nodes after their output tensor (``..._nchwc``); those map to the tensor's
-producer. What maps to no ONNX node (ORT's ``ReorderOutput``) is listed as ``(ORT only)``.
+*group*: a node convengine runs as a step of its own names its group, a node of one of its
+fused blocks (:func:`convengine.graph.fusion.fused_blocks`) joins its block's; any other node
+(an absorbed activation, a Flatten) joins the group of the node that produced its first input.
+ORT names NCHWc nodes after their output tensor (``..._nchwc``, a batch norm it turned into
+a scaling ``..._bn_nchwc``); those map to the tensor's producer. A node ORT fused from several
+(``BiasGelu``, ``QuickGelu``) maps through its output, which is the last replaced node's output
+(read from ORT's optimised graph). What maps to no ONNX node (ORT's ``ReorderOutput``) is
+listed as ``(ORT only)``.
 
 Printed per model: both totals (whole run and the sum of the nodes: the difference is
 per-node overhead), then the ``--top`` groups with the largest gap in ms, with ratio,
@@ -36,14 +40,19 @@ import convengine as ce  # before numpy: sets OPENBLAS_THREAD_TIMEOUT before BLA
 import numpy as np
 
 from convengine.bench.alone import layer_times
+from convengine.graph.fusion import fused_blocks
+from convengine.graph.ir import consumers
 from convengine.graph.onnx import load_onnx
 from convengine.runtime.threads import set_num_threads
 
 ORT_ONLY = "(ORT only)"
 
 
-def ort_node_times(path: str, x: np.ndarray, threads: int, runs: int) -> tuple[dict[str, float], float]:
-    """ORT's median kernel time per profiled node name (suffixes stripped), and its median whole run."""
+def ort_node_times(path: str, x: np.ndarray, threads: int,
+                   runs: int) -> tuple[dict[str, float], float, dict[str, list[str]]]:
+    """ORT's median kernel time per profiled node name (suffixes stripped), its median whole run, and
+    the output tensors of each node of its optimised graph."""
+    import onnx
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory(prefix="ort-profile-") as workdir:
@@ -51,7 +60,11 @@ def ort_node_times(path: str, x: np.ndarray, threads: int, runs: int) -> tuple[d
         options.intra_op_num_threads = threads
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(workdir, "profile")
+        options.optimized_model_filepath = os.path.join(workdir, "optimized.onnx")
+        options.log_severity_level = 3  # (saving a graph with NCHWc nodes warns that it is machine-specific)
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath, load_external_data=False).graph.node
+        outputs = {n.name: list(n.output) for n in optimized}
         feed = {session.get_inputs()[0].name: x}
         for _ in range(3):
             session.run(None, feed)
@@ -68,11 +81,26 @@ def ort_node_times(path: str, x: np.ndarray, threads: int, runs: int) -> tuple[d
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             per_node[event["name"][:-len("_kernel_time")]].append(event["dur"] * 1e-6)
     # the warm-up runs are profiled too: the last `runs` samples of each node
-    return {name: float(np.median(v[-runs:])) for name, v in per_node.items()}, float(np.median(totals))
+    return {name: float(np.median(v[-runs:])) for name, v in per_node.items()}, float(np.median(totals)), outputs
 
 
-def onnx_groups(path: str, steps: set[str]) -> tuple[dict[str, str], dict[str, str]]:
-    """``(group of each ONNX node name, producer node of each tensor)``: see the module docstring."""
+def onnx_node_of(name: str, group: dict[str, str], producer: dict[str, str],
+                 outputs: dict[str, list[str]]) -> str | None:
+    """The ONNX node an ORT profile's node name stands for (see the module docstring), or None."""
+    base = name
+    for suffix in ("_nchwc", "_bn"):
+        base = base[:-len(suffix)] if base.endswith(suffix) else base
+    if base in group:
+        return base
+    if base in producer:
+        return producer[base]
+    return next((producer[t] for t in outputs.get(name, ()) if t in producer), None)
+
+
+def onnx_groups(path: str, steps: set[str], absorbed_by: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """``(group of each ONNX node name, producer node of each tensor)``: see the module docstring.
+    ``absorbed_by``: ``{node: step}`` for the nodes of convengine's fused blocks (a batch norm before
+    the ``Relu`` step that absorbed it belongs to that step, not to its input's producer)."""
     import onnx
 
     nodes = onnx.load(path, load_external_data=False).graph.node
@@ -82,6 +110,8 @@ def onnx_groups(path: str, steps: set[str]) -> tuple[dict[str, str], dict[str, s
         name = n.name or f"{n.op_type}_{i}"
         if name in steps:
             group[name] = name
+        elif absorbed_by.get(name) in steps:
+            group[name] = absorbed_by[name]
         else:
             source = next((producer[t] for t in n.input if t in producer), None)
             group[name] = group.get(source, name) if source else name
@@ -96,10 +126,12 @@ def compare(path: str, threads: int, runs: int) -> list[dict]:
     inits = {t.name for t in model.initializer}
     dims = next(i for i in model.input if i.name not in inits).type.tensor_type.shape.dim
     x = np.random.default_rng(0).random([d.dim_value or 1 for d in dims], dtype=np.float32)
-    ort_times, ort_total = ort_node_times(path, x, threads, runs)
+    ort_times, ort_total, ort_outputs = ort_node_times(path, x, threads, runs)
     set_num_threads(threads)
     rows, ours_total = layer_times(graph, x, engine=ce.Engine(), runs=runs)
-    group, producer = onnx_groups(path, {r.node for r in rows})
+    blocks = fused_blocks(graph, consumers(graph.nodes))
+    absorbed_by = {node.name: step for step, block in blocks.items() for node in block.absorbed}
+    group, producer = onnx_groups(path, {r.node for r in rows}, absorbed_by)
     ours: dict[str, float] = defaultdict(float)
     info: dict[str, tuple] = {}
     for r in rows:
@@ -108,8 +140,7 @@ def compare(path: str, threads: int, runs: int) -> list[dict]:
         info.setdefault(key, (r.op, r.output_shape, r.backend))
     theirs: dict[str, float] = defaultdict(float)
     for name, seconds in ort_times.items():
-        base = name[:-len("_nchwc")] if name.endswith("_nchwc") else name
-        node = base if base in group else producer.get(base)
+        node = onnx_node_of(name, group, producer, ort_outputs)
         theirs[group.get(node, ORT_ONLY) if node else ORT_ONLY] += seconds
     out = []
     for key in sorted(set(ours) | set(theirs), key=lambda k: -(ours.get(k, 0) - theirs.get(k, 0))):
