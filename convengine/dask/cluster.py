@@ -17,22 +17,13 @@ import distributed
 from dask.system import CPU_COUNT
 from distributed.deploy.utils import nprocesses_nthreads
 
+from ..runtime.allocator import MALLOC_ENVIRONMENT
 from ..runtime.threads import BLAS_THREAD_TIMEOUT, WORKER_SPIN_COUNT
 
 log = logging.getLogger(__name__)
 
 #: The LocalCluster this module started for a caller who gave no client (closed at exit).
 _embedded: Optional[distributed.Client] = None
-
-
-#: glibc malloc settings for convengine's workers, against Dask's ``MALLOC_TRIM_THRESHOLD_=65536``.
-#: Setting any malloc variable turns off glibc's adaptive thresholds, and Dask's setting then
-#: hands every freed activation back to the system, to be mapped and zero-filled again on the
-#: next layer: ResNet-50 at batch 16 took 19,041 page faults a run in a Dask worker (562 in a
-#: plain process). These two restore what the adaptive default settles at (blocks up to 32 MiB
-#: reused from the heap; 579 to 2,893 faults a run in a worker), keeping up to 256 MiB of freed
-#: memory for the next chunk.
-MALLOC_ENVIRONMENT = {"MALLOC_TRIM_THRESHOLD_": str(256 << 20), "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
 
 
 def worker_environment(threads: int) -> dict[str, str]:
@@ -43,7 +34,10 @@ def worker_environment(threads: int) -> dict[str, str]:
     when a model is prepared there, :class:`.worker.ModelPlugin`). A worker imports numpy before
     convengine, so the thread-pool settings convengine makes at import
     (:mod:`convengine.runtime.threads`) come too late there: they are set here instead, with
-    :data:`MALLOC_ENVIRONMENT`. All must be in the environment the worker process *starts*
+    :data:`~convengine.runtime.allocator.MALLOC_ENVIRONMENT` (against Dask's own
+    ``MALLOC_TRIM_THRESHOLD_=65536``, which handed every freed activation back to the system:
+    ResNet-50 at batch 16 took 19,041 page faults a run in a worker, 579-2,893 with these).
+    All must be in the environment the worker process *starts*
     with (glibc and OpenBLAS read theirs when they load): Dask's
     ``distributed.nanny.pre-spawn-environ`` setting, which :func:`local_cluster` uses and
     docs/scale-out.md shows for ``dask worker``.

@@ -26,6 +26,7 @@ import numpy as np
 from ..core.arrays import kernel_ready
 from ..core.contract import OutputSlice
 from ..core.engine import default_engine
+from ..runtime.allocator import keep_large_buffers
 from ..runtime.precompile import precompile as precompile_kernels
 from ..runtime.threads import get_num_threads
 from .folding import ConvWeights, foldable_batchnorms
@@ -62,6 +63,7 @@ class CompiledGraph:
 
     def __init__(self, graph: Graph, engine=None, *, fold_batchnorm: bool = True, fuse_epilogues: bool = True,
                  plan=None, progress: bool = False, batch: int = 1, precompile: bool = True, concat_in_place: bool = True):
+        keep_large_buffers()  # each run frees and allocates the same activations: reuse, do not map afresh
         self.graph = graph
         self.batch = batch
         self.engine = engine or default_engine()
