@@ -56,8 +56,9 @@ PIXELS = 16
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _pixels_layer_norm(x, y, scale, bias, epsilon, n, p0):
-    """Pixels ``p0 .. p0 + PIXELS`` of image ``n``: ``x`` ``(N, C, P)`` in, ``y`` ``(N, P, C)`` out."""
+def _pixels_layer_norm(x, y, scale, bias, epsilon, n, p0, channels_last):
+    """Pixels ``p0 .. p0 + PIXELS`` of image ``n``: ``x`` ``(N, C, P)`` in, ``y`` ``(N, P, C)`` out if
+    ``channels_last``, else ``(N, C, P)`` like ``x`` (it may be ``x``: a tile is read whole before it is written)."""
     channels, p1 = x.shape[1], min(x.shape[2], p0 + PIXELS)
     width = p1 - p0
     consts = np.empty(2, x.dtype)  # 1 and C in the element type: the arithmetic stays in it
@@ -84,41 +85,50 @@ def _pixels_layer_norm(x, y, scale, bias, epsilon, n, p0):
         s, b = scale[c], bias[c]
         for j in range(width):
             out[j] = (row[j] - mean[j]) * squares[j] * s + b
-    for j in range(width):
-        dst = y[n, p0 + j]
+    if channels_last:
+        for j in range(width):
+            dst = y[n, p0 + j]
+            for c in range(channels):
+                dst[c] = tile[c, j]
+    else:
         for c in range(channels):
-            dst[c] = tile[c, j]
+            dst, row = y[n, c, p0:p1], tile[c]
+            for j in range(width):
+                dst[j] = row[j]
 
 
 @numba.njit(cache=True, nogil=True)
-def channels_first_serial(x, y, scale, bias, epsilon):
-    """Layer normalisation over the channels of ``x`` ``(N, C, P)`` into channels-last ``y`` ``(N, P, C)``."""
+def channels_first_serial(x, y, scale, bias, epsilon, channels_last):
+    """Layer normalisation over the channels of ``x`` ``(N, C, P)`` into channels-last ``y`` ``(N, P, C)``
+    (``channels_last``) or ``y`` ``(N, C, P)``."""
     for n in range(x.shape[0]):
         for p0 in range(0, x.shape[2], PIXELS):
-            _pixels_layer_norm(x, y, scale, bias, epsilon, n, p0)
+            _pixels_layer_norm(x, y, scale, bias, epsilon, n, p0, channels_last)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def channels_first_parallel(x, y, scale, bias, epsilon):
+def channels_first_parallel(x, y, scale, bias, epsilon, channels_last):
     """:func:`channels_first_serial`, a tile of :data:`PIXELS` pixels per parallel job."""
     tiles = (x.shape[2] + PIXELS - 1) // PIXELS
     for job in prange(x.shape[0] * tiles):
-        _pixels_layer_norm(x, y, scale, bias, epsilon, job // tiles, (job % tiles) * PIXELS)
+        _pixels_layer_norm(x, y, scale, bias, epsilon, job // tiles, (job % tiles) * PIXELS, channels_last)
 
 
-def channels_first_layer_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, epsilon: float) -> np.ndarray:
+def channels_first_layer_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, epsilon: float,
+                              channels_last: bool = True) -> np.ndarray:
     """``layer_norm(x.transpose(0, 2, 3, 1), ...)`` for ``x`` ``(N, C, H, W)`` (float32 or float64), into a new
-    ``(N, H, W, C)`` array: ConvNeXt's ``permute -> LayerNorm`` without the permuted copy. The tensor is read
-    in tiles of :data:`PIXELS` pixels by all channels, which stay in cache for the three passes."""
+    ``(N, H, W, C)`` array: ConvNeXt's ``permute -> LayerNorm`` without the permuted copy; with
+    ``channels_last=False``, permuted back to ``(N, C, H, W)`` (its ``LayerNorm2d``, permutes on both sides).
+    The tensor is read in tiles of :data:`PIXELS` pixels by all channels, which stay in cache for the three passes."""
     n, c, h, w = x.shape
     source = np.ascontiguousarray(x).reshape(n, c, h * w)
-    y = np.empty((n, h, w, c), x.dtype)
+    y = np.empty((n, h, w, c) if channels_last else (n, c, h, w), x.dtype)
     if x.size:
         eps = x.dtype.type(epsilon)
         kernel = channels_first_parallel if x.size >= PARALLEL_MIN else channels_first_serial
         if kernel is channels_first_parallel:
             numba_threads()
-        kernel(source, y.reshape(n, h * w, c), scale, bias, eps)
+        kernel(source, y.reshape((n, h * w, c) if channels_last else (n, c, h * w)), scale, bias, eps, channels_last)
     return y
 
 
@@ -149,7 +159,8 @@ def precompile_kernels(dtype: str, channels_first: bool = False) -> list:
     vector = types.Array(element, 1, "C")
     if channels_first:
         planes = types.Array(element, 3, "C")
-        return [Kernel(__name__, f"channels_first_{form}", (planes, planes, vector, vector, element), cost=1.2)
+        return [Kernel(__name__, f"channels_first_{form}", (planes, planes, vector, vector, element, types.boolean),
+                       cost=1.2)
                 for form in ("serial", "parallel")]
     rows = types.Array(element, 2, "C")
     return [Kernel(__name__, f"layer_norm_{form}", (rows, rows, vector, vector, element), cost=1.2)

@@ -520,7 +520,8 @@ def layer_scale_residuals(graph: Graph, consumers: dict[str, list[Node]]) -> dic
 class TransposedLayerNorm(FusedBlock):
     """``LayerNormalization(Transpose(x, (0, 2, 3, 1)))`` over the channels: ConvNeXt's ``permute -> LayerNorm``
     read straight from the ``(N, C, H, W)`` tensor ``x`` (:func:`._layer_norm_kernels.channels_first_layer_norm`)
-    instead of through a permuted copy. ``absorbed``: the ``Transpose`` and the ``LayerNormalization``."""
+    instead of through a permuted copy. ``absorbed``: the ``Transpose`` and the ``LayerNormalization``, and a
+    ``Transpose(0, 3, 1, 2)`` back when one alone reads the result (``LayerNorm2d``: the output is then NCHW)."""
 
     op = "TransposedLayerNorm"
 
@@ -532,7 +533,7 @@ class TransposedLayerNorm(FusedBlock):
         return precompile_kernels(dtype, channels_first=True)
 
     def prepare(self, params, dtype) -> Callable[[np.ndarray, bool], np.ndarray]:
-        """``run(x, in_place) -> y``, a new array (``y`` is channels-last: never written over ``x``)."""
+        """``run(x, in_place) -> y``, a new array."""
         ln = self.absorbed[1]
         channels = params[ln.inputs[1]].size
         scale = np.ascontiguousarray(params[ln.inputs[1]].reshape(-1), dtype)
@@ -541,16 +542,22 @@ class TransposedLayerNorm(FusedBlock):
         epsilon = float(ln.attrs.get("epsilon", 1e-5))
         if np.dtype(dtype) not in (np.float32, np.float64):
             transpose, norm = OPS["Transpose"].run, OPS["LayerNormalization"].run
-            return lambda x, in_place: norm(ln, [transpose(self.absorbed[0], [x])[0], scale, bias])[0]
+
+            def run(x, in_place):
+                y = norm(ln, [transpose(self.absorbed[0], [x])[0], scale, bias])[0]
+                return transpose(self.absorbed[2], [y])[0] if len(self.absorbed) > 2 else y
+
+            return run
         from ._layer_norm_kernels import channels_first_layer_norm
 
-        return lambda x, in_place: channels_first_layer_norm(x, scale, bias, epsilon)
+        channels_last = len(self.absorbed) == 2
+        return lambda x, in_place: channels_first_layer_norm(x, scale, bias, epsilon, channels_last)
 
 
 def transposed_layer_norms(graph: Graph, consumers: dict[str, list[Node]]) -> dict[str, TransposedLayerNorm]:
-    """``{LayerNormalization name: block}`` for every ``Transpose(0, 2, 3, 1)`` of a 4-D tensor read by a
+    """``{last node's name: block}`` for every ``Transpose(0, 2, 3, 1)`` of a 4-D tensor read by a
     ``LayerNormalization`` alone, over the last axis, its scale (and bias) constant vectors of the channels,
-    ``Y`` its one output."""
+    ``Y`` its one output; with the ``Transpose(0, 3, 1, 2)`` that alone reads ``Y``, if one does."""
     params, shapes = graph.params, graph.shapes
     blocks = {}
     for transpose in graph.nodes:
@@ -564,8 +571,14 @@ def transposed_layer_norms(graph: Graph, consumers: dict[str, list[Node]]) -> di
                 or int(ln.attrs.get("axis", -1)) % 4 != 3):
             continue
         constants = [name for name in ln.inputs[1:] if name]
-        if all(name in params and params[name].size == shape[1] and params[name].dtype.kind == "f"
-               for name in constants) and constants[:1] == ln.inputs[1:2]:
+        if not (all(name in params and params[name].size == shape[1] and params[name].dtype.kind == "f"
+                    for name in constants) and constants[:1] == ln.inputs[1:2]):
+            continue
+        users = [] if ln.outputs[0] in graph.outputs else consumers.get(ln.outputs[0], [])
+        back = users[0] if len(users) == 1 and users[0].op == "Transpose" else None
+        if back is not None and tuple(back.attrs.get("perm", ())) == (0, 3, 1, 2):
+            blocks[back.name] = TransposedLayerNorm(x, (transpose, ln, back))
+        else:
             blocks[ln.name] = TransposedLayerNorm(x, (transpose, ln))
     return blocks
 

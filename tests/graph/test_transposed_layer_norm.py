@@ -25,8 +25,8 @@ C, H, W = 6, 5, 7
 ENGINE = ce.Engine(max_rel_error=1e-6)
 
 
-def _model(axis=-1, bias=True, outputs=("y",)):
-    """x -> Neg -> Transpose(0, 2, 3, 1) -> "t" -> LayerNormalization(axis) -> "y"."""
+def _model(axis=-1, bias=True, outputs=("y",), back=False):
+    """x -> Neg -> Transpose(0, 2, 3, 1) -> "t" -> LayerNormalization(axis) -> "y" (-> Transpose(0, 3, 1, 2) -> "z")."""
     rng = np.random.default_rng(0)
     norm_shape = (C,) if axis in (-1, 3) else (W, C)
     inits = {"scale": rng.standard_normal(norm_shape), **({"bias": rng.standard_normal(norm_shape)} if bias else {})}
@@ -34,6 +34,8 @@ def _model(axis=-1, bias=True, outputs=("y",)):
              helper.make_node("Transpose", ["s"], ["t"], name="to_nhwc", perm=[0, 2, 3, 1]),
              helper.make_node("LayerNormalization", ["t", "scale"] + (["bias"] if bias else []), ["y"], name="norm",
                               axis=axis, epsilon=1e-6)]
+    if back:
+        nodes.append(helper.make_node("Transpose", ["y"], ["z"], name="to_nchw", perm=[0, 3, 1, 2]))
     graph = helper.make_graph(nodes, "norm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", C, H, W])],
                               [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
                               [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
@@ -63,6 +65,18 @@ def test_a_layer_norm_of_the_permuted_channels_is_one_step(batch, bias):
     _check(CompiledGraph(ce.load_onnx(model), ENGINE, fuse_epilogues=False, batch=batch), model, x)
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_with_the_transpose_back_the_step_writes_nchw(batch):
+    """ConvNeXt's LayerNorm2d: permute, normalise, permute back; the output keeps the input's layout."""
+    model = _model(outputs=("z",), back=True)
+    x = np.random.default_rng(4).standard_normal((batch, C, H, W)).astype(np.float32)
+    compiled = CompiledGraph(ce.load_onnx(model), ENGINE, batch=batch)
+    assert compiled.fused == {"to_nchw": "Transpose+LayerNormalization+Transpose"}
+    assert [s.node.op for s in compiled.steps] == ["Neg", "TransposedLayerNorm"]
+    _check(compiled, model, x, ("z",))
+    _check(CompiledGraph(ce.load_onnx(model), ENGINE, fuse_epilogues=False, batch=batch), model, x, ("z",))
+
+
 @pytest.mark.parametrize("changes", [dict(axis=2), dict(outputs=("y", "t"))])
 def test_other_patterns_keep_their_two_nodes(changes):
     model = _model(**changes)
@@ -74,7 +88,8 @@ def test_other_patterns_keep_their_two_nodes(changes):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(1, 3, 1, 1), (2, 24, 5, 7), (1, 40, 60, 30)])  # a partial pixel tile; serial, parallel
-def test_the_kernel_matches_a_float64_reference(shape, dtype):
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_the_kernel_matches_a_float64_reference(shape, dtype, channels_last):
     rng = np.random.default_rng(3)
     x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
     scale, bias = rng.standard_normal(shape[1]).astype(dtype), rng.standard_normal(shape[1]).astype(dtype)
@@ -82,7 +97,8 @@ def test_the_kernel_matches_a_float64_reference(shape, dtype):
     t = x.astype(np.float64).transpose(0, 2, 3, 1)
     mean = t.mean(-1, keepdims=True)
     want = (t - mean) / np.sqrt(((t - mean) ** 2).mean(-1, keepdims=True) + 1e-6) * scale + bias
-    got = channels_first_layer_norm(x, scale, bias, 1e-6)
+    got = channels_first_layer_norm(x, scale, bias, 1e-6, channels_last)
+    want = want if channels_last else want.transpose(0, 3, 1, 2)
     assert got.shape == want.shape and got.flags.c_contiguous and got.dtype == dtype
     tol = 2e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
