@@ -1,13 +1,14 @@
 """glibc malloc settings for a process that runs models: freed activations reused, not mapped afresh.
 
 Why: a model run allocates and frees the same large activation buffers every time. glibc
-serves blocks above its mmap threshold with fresh mappings and trims freed memory at the
-top of the heap back to the system; both adapt to a program's frees, but not always to a
-model's mix of sizes (and torch's allocator, when the torch plugin runs a layer, mixes in
-its own). Then every run page-faults its buffers in again: RegNetY-400MF at batch 1 took
-~1,150 page faults a run, 9% of its time on this project's 2-vCPU VM. Fixed thresholds
-(blocks up to 32 MiB from the heap, up to 256 MiB of freed memory kept) stop that: 4 faults
-a run, for 1-6 MiB more peak RSS on the zoo's models.
+serves blocks above its mmap threshold (adaptive, at most 32 MiB) with fresh mappings, and
+trims freed memory at the top of the heap back to the system; each run then page-faults
+(and zero-fills) its buffers in again, as ONNX Runtime's arena never does. At batch 1,
+RegNetY-400MF took ~1,150 page faults a run (its torch-plugin layer's allocations mixed
+in), 9% of its time on this project's 2-vCPU VM; at batch 32 every activation is above
+32 MiB: MobileNetV2 ran 218 -> 154 ms, EfficientNet-B0 337 -> 251, DenseNet-121
+1246 -> 1152, ResNet-50 1238 -> 1160 with the thresholds here, for 0-5% more peak RSS
+(batch 1: within 3 MiB on the zoo's models).
 
 The same numbers go into the environment of Dask workers (:mod:`convengine.dask.cluster`),
 where Dask's own ``MALLOC_TRIM_THRESHOLD_=65536`` would otherwise hand every freed
@@ -20,10 +21,10 @@ import ctypes
 import os
 import threading
 
-#: Blocks up to this size come from the heap (glibc's adaptive ceiling: 32 MiB on 64-bit).
-MMAP_THRESHOLD = 32 << 20
-#: Freed memory kept at the top of the heap before it is handed back.
-TRIM_THRESHOLD = 256 << 20
+#: Blocks up to this size come from the heap: a batch-32 activation of ResNet-50 is 100 MiB.
+MMAP_THRESHOLD = 1 << 30
+#: Freed memory kept at the top of the heap before it is handed back (what a run freed, it reuses).
+TRIM_THRESHOLD = 1 << 30
 #: The same settings as environment variables, for processes convengine starts (read at start-up).
 MALLOC_ENVIRONMENT = {"MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD), "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
 
