@@ -1,4 +1,4 @@
-"""Numba kernels for layer normalisation over the last axis: ConvNeXt's 23, on channels-last rows.
+"""Numba kernels for layer normalisation over the channels: ConvNeXt's 23, on channels-last rows or NCHW tiles.
 
 numpy spends about ten passes over the tensor on it (mean, centring, squares, their mean,
 the reciprocal square root, two scalings, the shift, and temporaries for each); here each
