@@ -63,7 +63,6 @@ class CompiledGraph:
 
     def __init__(self, graph: Graph, engine=None, *, fold_batchnorm: bool = True, fuse_epilogues: bool = True,
                  plan=None, progress: bool = False, batch: int = 1, precompile: bool = True, concat_in_place: bool = True):
-        keep_large_buffers()  # each run frees and allocates the same activations: reuse, do not map afresh
         self.graph = graph
         self.batch = batch
         self.engine = engine or default_engine()
@@ -273,6 +272,10 @@ class CompiledGraph:
                 env.pop(name, None)
             if timings is not None:
                 timings[step.node.name] = time.perf_counter() - start
+        # Later runs free and allocate the same activations: from now on reuse them, do not map them
+        # afresh. Not before the first run ends: the weights it prepared (batch norm folded, packed
+        # layouts) leave temporaries that freed mappings hand back, a kept heap would not.
+        keep_large_buffers()
         results = {name: env[name] for name in self.graph.outputs}
         return results[self.graph.outputs[0]] if len(results) == 1 else results
 

@@ -8,7 +8,8 @@ RegNetY-400MF took ~1,150 page faults a run (its torch-plugin layer's allocation
 in), 9% of its time on this project's 2-vCPU VM; at batch 32 every activation is above
 32 MiB: MobileNetV2 ran 218 -> 154 ms, EfficientNet-B0 337 -> 251, DenseNet-121
 1246 -> 1152, ResNet-50 1238 -> 1160 with the thresholds here, for 0-5% more peak RSS
-(batch 1: within 3 MiB on the zoo's models).
+(batch 1: within 3 MiB on the zoo's models). The executor applies them when a compiled
+model's first run ends, after the weights' temporaries are freed.
 
 The same numbers go into the environment of Dask workers (:mod:`convengine.dask.cluster`),
 where Dask's own ``MALLOC_TRIM_THRESHOLD_=65536`` would otherwise hand every freed
