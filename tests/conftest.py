@@ -131,3 +131,34 @@ def make_plugin(plugin_name: str, *backends):
     plugin = types.ModuleType(plugin_name)
     plugin.convengine_register_backends = convengine_register_backends
     return plugin
+
+
+# -- small ONNX models ------------------------------------------------------------------------
+
+def onnx_model_bytes(nodes, inits: dict, input_chw: tuple, outputs=("y",), name: str = "model") -> bytes:
+    """A serialised opset-17 model: input ``x`` of shape ``(N, *input_chw)``, float32 initialisers
+    ``inits`` (name -> array), ``nodes`` built with ``onnx.helper``, the named ``outputs``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *input_chw])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+                              [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def onnx_runtime_outputs(model: bytes, x) -> list:
+    """ONNX Runtime's outputs for input ``x`` (the independent reference of the fused steps' tests)."""
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+
+def assert_matches_onnx_runtime(compiled, model: bytes, x, outputs=("y",), tol: float = 1e-6) -> None:
+    """``compiled.run(x)`` equals ONNX Runtime's outputs on ``model`` (named ``outputs``), within ``tol``."""
+    want = onnx_runtime_outputs(model, x)
+    got = compiled.run(x)
+    got = got if isinstance(got, dict) else {outputs[0]: got}
+    for name, w in zip(outputs, want):
+        np.testing.assert_allclose(got[name], w, rtol=tol, atol=tol)

@@ -13,7 +13,8 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
+from conftest import assert_matches_onnx_runtime, onnx_model_bytes  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
+from onnx import helper  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
 
 import convengine as ce  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
 from convengine.graph._pointwise_kernels import layer_scale_residual  # noqa: E402  (after importorskip)
@@ -36,20 +37,11 @@ def _model(gamma_shape=(C, 1, 1), extra=(), outputs=("y",), swap=False):
              helper.make_node("Transpose", ["b"], ["t"], name="to_nchw", perm=[0, 3, 1, 2]),
              helper.make_node("Mul", ["gamma", "t"] if swap else ["t", "gamma"], ["m"], name="scale"),
              helper.make_node("Add", ["s", "m"] if swap else ["m", "s"], ["y"], name="residual"), *extra]
-    graph = helper.make_graph(nodes, "layer_scale", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", C, H, W])],
-                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
-                              [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
+    return onnx_model_bytes(nodes, inits, (C, H, W), outputs, "layer_scale")
 
 
 def _check(compiled, model: bytes, x, outputs=("y",)):
-    want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x})
-    got = compiled.run(x)
-    got = got if isinstance(got, dict) else {outputs[0]: got}
-    for name, w in zip(outputs, want):
-        np.testing.assert_allclose(got[name], w, rtol=1e-6, atol=1e-6)
+    assert_matches_onnx_runtime(compiled, model, x, outputs)
 
 
 def _input(batch, seed=1):

@@ -14,6 +14,7 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
+from conftest import onnx_model_bytes, onnx_runtime_outputs  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
 
 import convengine as ce  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
@@ -27,12 +28,7 @@ GELU = ["scale", "erf", "one", "times", "half"]
 
 
 def _model(nodes, inits, outputs=("y",)):
-    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", C, H, W])],
-                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
-                              [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
+    return onnx_model_bytes(nodes, inits, (C, H, W), outputs, "chain")
 
 
 def _gelu_model(root2=1.4142135, one=1.0, half=0.5, swap=False, extra=(), outputs=("y",), times_input="t"):
@@ -49,10 +45,6 @@ def _gelu_model(root2=1.4142135, one=1.0, half=0.5, swap=False, extra=(), output
     return _model(nodes, inits, outputs)
 
 
-def _onnx_runtime(model: bytes, x):
-    return ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x})
-
-
 def _input(batch=2, seed=1):
     x = (np.random.default_rng(seed).standard_normal((batch, C, H, W)) * 3).astype(np.float32)
     x[0, 1, 2, 3] = np.nan
@@ -60,7 +52,7 @@ def _input(batch=2, seed=1):
 
 
 def _check(compiled, model, x, outputs=("y",)):
-    want = _onnx_runtime(model, x)
+    want = onnx_runtime_outputs(model, x)
     got = compiled.run(x)
     got = got if isinstance(got, dict) else {outputs[0]: got}
     for name, w in zip(outputs, want):

@@ -13,7 +13,8 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
+from conftest import assert_matches_onnx_runtime, onnx_model_bytes  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
+from onnx import helper  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
 
 import convengine as ce  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
 from convengine.graph._layer_norm_kernels import channels_first_layer_norm  # noqa: E402  (after importorskip)
@@ -36,20 +37,11 @@ def _model(axis=-1, bias=True, outputs=("y",), back=False):
                               axis=axis, epsilon=1e-6)]
     if back:
         nodes.append(helper.make_node("Transpose", ["y"], ["z"], name="to_nchw", perm=[0, 3, 1, 2]))
-    graph = helper.make_graph(nodes, "norm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", C, H, W])],
-                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
-                              [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
+    return onnx_model_bytes(nodes, inits, (C, H, W), outputs, "norm")
 
 
 def _check(compiled, model: bytes, x, outputs=("y",)):
-    want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x})
-    got = compiled.run(x)
-    got = got if isinstance(got, dict) else {outputs[0]: got}
-    for name, w in zip(outputs, want):
-        np.testing.assert_allclose(got[name], w, rtol=1e-5, atol=1e-5)
+    assert_matches_onnx_runtime(compiled, model, x, outputs, tol=1e-5)
 
 
 @pytest.mark.parametrize("bias", [True, False])
