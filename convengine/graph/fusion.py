@@ -75,6 +75,16 @@ class EpilogueFusion:
         return "+".join(node.op for node in self.absorbed)
 
 
+def _reading(graph: Graph, consumers: dict[str, list[Node]]) -> Callable[[str], list[Node]]:
+    """``readers(tensor)``: the nodes that read ``tensor``, none for a graph output (which must stay as it is)."""
+    return lambda tensor: [] if tensor in graph.outputs else consumers.get(tensor, [])
+
+
+def _sole(users: list[Node], *ops: str) -> Optional[Node]:
+    """The one node of ``users``, when there is just one and it is one of ``ops`` (any op when none is named)."""
+    return users[0] if len(users) == 1 and (not ops or users[0].op in ops) else None
+
+
 def fusible_epilogues(graph: Graph, conv_outputs: dict[str, str],
                       consumers: dict[str, list[Node]]) -> dict[str, EpilogueFusion]:
     """``{conv name: fusion}`` for convolutions (``{name: output tensor}``) whose epilogue can be absorbed.
@@ -83,19 +93,13 @@ def fusible_epilogues(graph: Graph, conv_outputs: dict[str, str],
     (:mod:`.folding`) reads too; a folded batch norm's output is its convolution's output here.
     """
 
-    def readers(tensor: str) -> list[Node]:
-        return [] if tensor in graph.outputs else consumers.get(tensor, [])
-
-    def sole_consumer(tensor: str) -> Optional[Node]:
-        users = readers(tensor)
-        return users[0] if len(users) == 1 else None
-
+    readers = _reading(graph, consumers)
     fusions = {}
     claimed: set[str] = set()  # an Add of two convolutions' outputs is absorbed by one of them only
     for conv, tensor in conv_outputs.items():
         absorbed: list[Node] = []
         residual = None
-        node = sole_consumer(tensor)
+        node = _sole(readers(tensor))
         if node is not None and node.op == "Add" and len(node.inputs) == 2 and all(node.inputs) and node.name not in claimed:
             other = node.inputs[1] if node.inputs[0] == tensor else node.inputs[0]
             if other != tensor and graph.shapes.get(other) == graph.shapes.get(tensor) == graph.shapes.get(node.outputs[0]):
@@ -237,12 +241,7 @@ def squeeze_excitations(graph: Graph, consumers: dict[str, list[Node]]) -> dict[
     """
     producer = {out: node for node in graph.nodes for out in node.outputs}
 
-    def readers(tensor: str) -> list[Node]:
-        return [] if tensor in graph.outputs else consumers.get(tensor, [])
-
-    def sole_reader(tensor: str, op) -> Optional[Node]:
-        users = readers(tensor)
-        return users[0] if len(users) == 1 and users[0].op in op else None
+    readers = _reading(graph, consumers)
 
     def pointwise(conv: Optional[Node]) -> bool:
         if conv is None or conv.op != "Conv" or conv.inputs[1] not in graph.params:
@@ -260,17 +259,17 @@ def squeeze_excitations(graph: Graph, consumers: dict[str, list[Node]]) -> dict[
             continue
         for gate_out, x in (mul.inputs, mul.inputs[::-1]):
             gate = producer.get(gate_out)
-            if gate is None or gate.op not in GATES or sole_reader(gate_out, ("Mul",)) is not mul:
+            if gate is None or gate.op not in GATES or _sole(readers(gate_out), "Mul") is not mul:
                 continue
             expand = producer.get(gate.inputs[0])
-            if not pointwise(expand) or sole_reader(expand.outputs[0], GATES) is not gate:
+            if not pointwise(expand) or _sole(readers(expand.outputs[0]), *GATES) is not gate:
                 continue
             reduce, act_nodes, activation = _reduction_before(expand.inputs[0], producer, readers)
-            if not pointwise(reduce) or sole_reader(expand.inputs[0], ("Conv",)) is not expand:
+            if not pointwise(reduce) or _sole(readers(expand.inputs[0]), "Conv") is not expand:
                 continue
             pool = producer.get(reduce.inputs[0])
             if (pool is None or pool.op != "GlobalAveragePool" or pool.inputs[0] != x
-                    or sole_reader(pool.outputs[0], ("Conv",)) is not reduce
+                    or _sole(readers(pool.outputs[0]), "Conv") is not reduce
                     or graph.shapes.get(x) != graph.shapes.get(mul.outputs[0])):
                 continue
             gate_spec = ACTIVATION_NODES[gate.op](gate)
@@ -383,9 +382,7 @@ def pointwise_chains(graph: Graph, consumers: dict[str, list[Node]]) -> dict[str
     params, shapes = graph.params, graph.shapes
     producer = {out: node for node in graph.nodes for out in node.outputs}
 
-    def sole_reader(tensor: str, op: str) -> Optional[Node]:
-        users = [] if tensor in graph.outputs else consumers.get(tensor, [])
-        return users[0] if len(users) == 1 and users[0].op == op else None
+    readers = _reading(graph, consumers)
 
     def other(node: Node, tensor: str) -> Optional[str]:  # a binary node's operand that is not `tensor`
         if len(node.inputs) != 2 or tensor not in node.inputs:
@@ -399,19 +396,19 @@ def pointwise_chains(graph: Graph, consumers: dict[str, list[Node]]) -> dict[str
         for x, c in (scale.inputs, scale.inputs[::-1]):
             if x in params or not _scalar(params, c, GELU_SCALE):
                 continue
-            erf = sole_reader(scale.outputs[0], "Erf")
-            add = erf and sole_reader(erf.outputs[0], "Add")
-            mul = add and sole_reader(add.outputs[0], "Mul")
-            half = mul and sole_reader(mul.outputs[0], "Mul")
+            erf = _sole(readers(scale.outputs[0]), "Erf")
+            add = erf and _sole(readers(erf.outputs[0]), "Add")
+            mul = add and _sole(readers(add.outputs[0]), "Mul")
+            half = mul and _sole(readers(mul.outputs[0]), "Mul")
             if (half is None or not _scalar(params, other(add, erf.outputs[0]), 1.0)
                     or other(mul, add.outputs[0]) != x or not _scalar(params, other(half, mul.outputs[0]), 0.5)
                     or shapes.get(half.outputs[0]) != shapes.get(x)):
                 continue
             absorbed, bias = (scale, erf, add, mul, half), None
             source = producer.get(x)  # MatMul -> Add(bias) -> GELU (ConvNeXt): the bias too, if along the last axis
-            readers = consumers.get(x, [])
-            if (source is not None and source.op == "Add" and x not in graph.outputs and len(readers) == 2
-                    and {n.name for n in readers} == {scale.name, mul.name}):
+            x_readers = consumers.get(x, [])
+            if (source is not None and source.op == "Add" and x not in graph.outputs and len(x_readers) == 2
+                    and {n.name for n in x_readers} == {scale.name, mul.name}):
                 for a, b in (source.inputs, source.inputs[::-1]):
                     if a not in params and shapes.get(a) == shapes.get(x) and _last_axis_bias(params.get(b), shapes[x]):
                         absorbed, bias, x = (source, *absorbed), b, a
@@ -423,7 +420,7 @@ def pointwise_chains(graph: Graph, consumers: dict[str, list[Node]]) -> dict[str
         if (bn.op != "BatchNormalization" or bn.name in folded or len(bn.outputs) != 1 or len(bn.inputs) < 5
                 or not all(name in params for name in bn.inputs[1:5]) or len(shapes.get(bn.inputs[0], ())) < 2):
             continue
-        relu = sole_reader(bn.outputs[0], "Relu")
+        relu = _sole(readers(bn.outputs[0]), "Relu")
         if relu is not None and relu.name not in chains:
             chains[relu.name] = PointwiseChain(bn.inputs[0], (bn, relu), "batchnorm_relu")
     return chains
@@ -479,9 +476,7 @@ def layer_scale_residuals(graph: Graph, consumers: dict[str, list[Node]]) -> dic
     of the output's shape; either operand order everywhere."""
     params, shapes = graph.params, graph.shapes
 
-    def sole_reader(tensor: str, op: str) -> Optional[Node]:
-        users = [] if tensor in graph.outputs else consumers.get(tensor, [])
-        return users[0] if len(users) == 1 and users[0].op == op else None
+    readers = _reading(graph, consumers)
 
     def operands(node: Node, tensor: str) -> Optional[str]:  # the other operand of a binary node reading tensor
         if len(node.inputs) != 2 or node.inputs.count(tensor) != 1:
@@ -496,17 +491,17 @@ def layer_scale_residuals(graph: Graph, consumers: dict[str, list[Node]]) -> dic
             shape = shapes.get(x)
             if x in params or shape is None or len(shape) != 4 or not _last_axis_bias(params.get(bias), shape):
                 continue
-            transpose = sole_reader(add.outputs[0], "Transpose")
+            transpose = _sole(readers(add.outputs[0]), "Transpose")
             if transpose is None or tuple(transpose.attrs.get("perm", ())) != (0, 3, 1, 2):
                 continue
-            mul = sole_reader(transpose.outputs[0], "Mul")
+            mul = _sole(readers(transpose.outputs[0]), "Mul")
             gamma = mul and operands(mul, transpose.outputs[0])
             p = params.get(gamma) if gamma else None
             channels_first = (shape[0], shape[3], shape[1], shape[2])
             if (p is None or p.dtype.kind != "f" or p.ndim > 4 or (1,) * (4 - p.ndim) + p.shape != (1, shape[3], 1, 1)
                     or shapes.get(mul.outputs[0]) != channels_first):
                 continue
-            last = sole_reader(mul.outputs[0], "Add")
+            last = _sole(readers(mul.outputs[0]), "Add")
             residual = last and operands(last, mul.outputs[0])
             if (not residual or residual in params or shapes.get(residual) != channels_first
                     or shapes.get(last.outputs[0]) != channels_first):
@@ -559,14 +554,14 @@ def transposed_layer_norms(graph: Graph, consumers: dict[str, list[Node]]) -> di
     ``LayerNormalization`` alone, over the last axis, its scale (and bias) constant vectors of the channels,
     ``Y`` its one output; with the ``Transpose(0, 3, 1, 2)`` that alone reads ``Y``, if one does."""
     params, shapes = graph.params, graph.shapes
+    readers = _reading(graph, consumers)
     blocks = {}
     for transpose in graph.nodes:
         x = transpose.inputs[0] if transpose.op == "Transpose" and transpose.inputs else None
         shape = shapes.get(x) if x else None
         if shape is None or len(shape) != 4 or tuple(transpose.attrs.get("perm", ())) != (0, 2, 3, 1):
             continue
-        users = [] if transpose.outputs[0] in graph.outputs else consumers.get(transpose.outputs[0], [])
-        ln = users[0] if len(users) == 1 and users[0].op == "LayerNormalization" else None
+        ln = _sole(readers(transpose.outputs[0]), "LayerNormalization")
         if (ln is None or ln.inputs[0] != transpose.outputs[0] or len(ln.outputs) != 1
                 or int(ln.attrs.get("axis", -1)) % 4 != 3):
             continue
@@ -574,8 +569,7 @@ def transposed_layer_norms(graph: Graph, consumers: dict[str, list[Node]]) -> di
         if not (all(name in params and params[name].size == shape[1] and params[name].dtype.kind == "f"
                     for name in constants) and constants[:1] == ln.inputs[1:2]):
             continue
-        users = [] if ln.outputs[0] in graph.outputs else consumers.get(ln.outputs[0], [])
-        back = users[0] if len(users) == 1 and users[0].op == "Transpose" else None
+        back = _sole(readers(ln.outputs[0]), "Transpose")
         if back is not None and tuple(back.attrs.get("perm", ())) == (0, 3, 1, 2):
             blocks[back.name] = TransposedLayerNorm(x, (transpose, ln, back))
         else:
