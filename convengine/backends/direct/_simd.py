@@ -223,8 +223,6 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
         wp = _data(context, builder, sig.args[7], wa)
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3), f"llvm.fma.v{LANES}f32")
         zero = ir.Constant(_VEC, [0.0] * LANES)
-        i32 = ir.IntType(32)
-        fetch = _prefetch_function(builder)
 
         one = ir.Constant(_I64, 1)
         # rows summed in the same registers: as many as keep a sum within SUM_STEPS products (at least one)
@@ -256,8 +254,7 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
                                                             _VEC.as_pointer()), align=4) for j in range(v)]
                         x_at = builder.add(x_row, builder.mul(k, x_k_step))
                         if prefetching:  # this step's input, ``prefetch`` floats on: a later tile's
-                            ahead = builder.bitcast(builder.gep(xp, [builder.add(x_at, prefetch)]), ir.IntType(8).as_pointer())
-                            builder.call(fetch, [ahead, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+                            _prefetch(builder, xp, builder.add(x_at, prefetch), write=False)
                         out = list(regs)
                         for p in range(n):
                             xv = _splat(builder, builder.load(builder.gep(
@@ -307,15 +304,17 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
 STORE_PREFETCH = 32
 
 
-def _prefetch_function(builder):
-    """``llvm.prefetch`` (address, write?, locality: 3 = into the first-level cache, data?); its
-    pointer type is mangled like the masked operations'."""
+def _prefetch(builder, base, index, write: bool) -> None:
+    """Prefetch the float ``base[index]`` into the first-level cache, for reading or writing
+    (``llvm.prefetch``; its pointer type is mangled like the masked operations')."""
     from llvmlite import binding
 
     pointer = "p0" if binding.llvm_version_info >= (15,) else "p0i8"
-    i32 = ir.IntType(32)
-    signature = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), i32, i32, i32])
-    return cgutils.get_or_insert_function(builder.module, signature, f"llvm.prefetch.{pointer}")
+    i32, byte_pointer = ir.IntType(32), ir.IntType(8).as_pointer()
+    fetch = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]),
+                                           f"llvm.prefetch.{pointer}")
+    address = builder.bitcast(builder.gep(base, [index]), byte_pointer)
+    builder.call(fetch, [address, ir.Constant(i32, int(write)), ir.Constant(i32, 3), ir.Constant(i32, 1)])
 
 
 def _transpose(builder, rows):
@@ -403,15 +402,11 @@ def tile_store_nchw(typingctx, tile, y, y_start, plane, channels, first, width, 
         limit = ir.Constant(_I64, n_vectors * LANES)
         stored = builder.select(builder.icmp_signed("<", channels, limit), channels, limit)
 
-        fetch = _prefetch_function(builder)
-
         def store_row(c, _):
             v = activate_any(builder, builder.load(builder.gep(rows, [c])), act, p0, p1)
             at = builder.add(y_start, builder.mul(plane, c))
-            if STORE_PREFETCH:  # (rw = 1: for writing)
-                ahead = builder.gep(yp, [builder.add(at, ir.Constant(_I64, STORE_PREFETCH))])
-                builder.call(fetch, [builder.bitcast(ahead, ir.IntType(8).as_pointer()), ir.Constant(i32, 1),
-                                     ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            if STORE_PREFETCH:
+                _prefetch(builder, yp, builder.add(at, ir.Constant(_I64, STORE_PREFETCH)), write=True)
             builder.call(store, [v, builder.bitcast(builder.gep(yp, [at]), _VEC.as_pointer()), ir.Constant(i32, 4), mask])
             return []
 
