@@ -44,6 +44,8 @@ def keep_large_buffers() -> bool:
     where the C library is not glibc (no ``mallopt``).
     """
     global _applied
+    if _applied is not None:  # (every model run asks: no lock once settled)
+        return _applied
     with _lock:
         if _applied is None:
             _applied = _apply()
