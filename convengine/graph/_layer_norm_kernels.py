@@ -11,7 +11,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ..runtime.threads import numba_threads
+from ..runtime.threads import serial_or_parallel
 
 #: Elements per parallel job (whole rows), and fewer in all run on the calling thread.
 BLOCK = 16384
@@ -125,9 +125,7 @@ def channels_first_layer_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray
     y = np.empty((n, h, w, c) if channels_last else (n, c, h, w), x.dtype)
     if x.size:
         eps = x.dtype.type(epsilon)
-        kernel = channels_first_parallel if x.size >= PARALLEL_MIN else channels_first_serial
-        if kernel is channels_first_parallel:
-            numba_threads()
+        kernel = serial_or_parallel(x.size, PARALLEL_MIN, channels_first_serial, channels_first_parallel)
         kernel(source, y.reshape((n, h * w, c) if channels_last else (n, c, h * w)), scale, bias, eps, channels_last)
     return y
 
@@ -140,11 +138,8 @@ def layer_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, epsilon: floa
     if x.size:
         rows = x.reshape(-1, x.shape[-1])
         eps = x.dtype.type(epsilon)
-        if x.size >= PARALLEL_MIN:
-            numba_threads()
-            layer_norm_parallel(rows, y.reshape(rows.shape), scale, bias, eps)
-        else:
-            layer_norm_serial(rows, y.reshape(rows.shape), scale, bias, eps)
+        kernel = serial_or_parallel(x.size, PARALLEL_MIN, layer_norm_serial, layer_norm_parallel)
+        kernel(rows, y.reshape(rows.shape), scale, bias, eps)
     return y
 
 

@@ -20,7 +20,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ..runtime.threads import numba_threads
+from ..runtime.threads import serial_or_parallel
 
 f32 = np.float32
 _SMALL = f32(0.921875)  # below: the odd polynomial; above: 1 - exp(...)
@@ -240,21 +240,15 @@ def _run(serial, parallel, x: np.ndarray, out, view: tuple, *args, parallel_min:
         y = out if out is not None else np.empty(x.shape, x.dtype)
         if y[0].flags.c_contiguous:
             image = (1,) + view[1:] if len(view) == 3 else view  # (N, C, -1) planes: one image's
-            kernel = parallel if x.size >= parallel_min else serial  # (by the whole size: the images share the threads)
-            if kernel is parallel:
-                numba_threads()
+            # (by the whole size: the images share the threads)
+            kernel = serial_or_parallel(x.size, parallel_min, serial, parallel)
             for n in range(x.shape[0]):
                 kernel(x[n:n + 1].reshape(image), y[n:n + 1].reshape(image), *args)
             return y
     x = np.ascontiguousarray(x)
     y = out if out is not None and out.flags.c_contiguous else np.empty_like(x)
-    if x.size == 0:
-        pass
-    elif x.size >= parallel_min:
-        numba_threads()
-        parallel(x.reshape(view), y.reshape(view), *args)
-    else:
-        serial(x.reshape(view), y.reshape(view), *args)
+    if x.size:
+        serial_or_parallel(x.size, parallel_min, serial, parallel)(x.reshape(view), y.reshape(view), *args)
     if out is not None and y is not out:
         out[...] = y
         return out
@@ -292,11 +286,10 @@ def layer_scale_residual(x: np.ndarray, residual: np.ndarray, bias: np.ndarray, 
     rows = np.ascontiguousarray(x).reshape(n, h * w, c)
     shortcut = np.ascontiguousarray(residual).reshape(n, c, h * w)
     y = out if out is not None else np.empty(residual.shape, residual.dtype)
-    if x.size >= MEMORY_BOUND_PARALLEL_MIN:
-        numba_threads()
-        layer_scale_residual_parallel(rows, shortcut, y.reshape(n, c, h * w), bias, gamma)
-    elif x.size:
-        layer_scale_residual_serial(rows, shortcut, y.reshape(n, c, h * w), bias, gamma)
+    if x.size:
+        kernel = serial_or_parallel(x.size, MEMORY_BOUND_PARALLEL_MIN, layer_scale_residual_serial,
+                                    layer_scale_residual_parallel)
+        kernel(rows, shortcut, y.reshape(n, c, h * w), bias, gamma)
     return y
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from numba import prange
 
 from ..backends._activations import finish
-from ..runtime.threads import numba_threads
+from ..runtime.threads import serial_or_parallel
 
 #: Arrays of fewer elements are scaled on the calling thread. The step before (the global pool)
 #: runs on one thread, so the workers are asleep and the tensor sits in this core's cache:
@@ -83,11 +83,9 @@ def channel_scale(x: np.ndarray, scale: np.ndarray, in_place: bool) -> np.ndarra
     source = np.ascontiguousarray(x)
     y = source if (in_place or source is not x) else np.empty_like(source)
     view = (x.shape[0], x.shape[1], -1)
-    if x.size >= PARALLEL_MIN:
-        numba_threads()
-        channel_scale_parallel(source.reshape(view), y.reshape(view), scale)
-    elif x.size:
-        channel_scale_serial(source.reshape(view), y.reshape(view), scale)
+    if x.size:
+        kernel = serial_or_parallel(x.size, PARALLEL_MIN, channel_scale_serial, channel_scale_parallel)
+        kernel(source.reshape(view), y.reshape(view), scale)
     return y
 
 

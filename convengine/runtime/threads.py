@@ -139,6 +139,16 @@ def numba_threads() -> int:
     return n
 
 
+def serial_or_parallel(size: int, parallel_min: int, serial, parallel):
+    """``parallel`` (the thread count applied for it, :func:`numba_threads`) for ``size`` elements of
+    work from ``parallel_min`` on, else ``serial``: the one rule of the two-form kernels, whose
+    parallel start costs more than a small array's work."""
+    if size >= parallel_min:
+        numba_threads()
+        return parallel
+    return serial
+
+
 _blas_limit_applied: Optional[int] = None
 
 
