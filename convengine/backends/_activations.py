@@ -25,7 +25,9 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..core.epilogue import (
+    GELU_SCALE,
     KERNEL_CLIP,
+    KERNEL_GELU,
     KERNEL_HARDSIGMOID,
     KERNEL_HARDSWISH,
     KERNEL_NONE,
@@ -34,7 +36,7 @@ from ..core.epilogue import (
 )
 
 #: Every code a kernel may receive.
-CODES = (KERNEL_NONE, KERNEL_CLIP, KERNEL_SIGMOID, KERNEL_SILU, KERNEL_HARDSIGMOID, KERNEL_HARDSWISH)
+CODES = (KERNEL_NONE, KERNEL_CLIP, KERNEL_SIGMOID, KERNEL_SILU, KERNEL_HARDSIGMOID, KERNEL_HARDSWISH, KERNEL_GELU)
 
 _LOG2E = 1.4426950408889634
 #: ln 2 in two parts: ``k * _LN2_HI`` is exact for the ``|k| <= 128`` of float32's range.
@@ -132,6 +134,49 @@ def sigmoid(builder, v):
     return builder.select(builder.fcmp_ordered("<", v, _const(ty, -_SIGMOID_FLOOR)), _const(ty, 0.0), s)
 
 
+#: float32 ``erf``'s pieces (weighted minimax fits, float64 error below 2e-9): ``x * P(x^2)`` below
+#: ``ERF_SMALL``; ``1 - exp(S(|x| - ERF_MID) - x^2)`` up to ``ERF_LARGE``; ``+-1`` beyond, where the
+#: float32 ``erf`` rounds to 1. The graph's element-wise GELU (``graph._pointwise_kernels``) uses them too.
+ERF_SMALL, ERF_LARGE, ERF_MID = 0.921875, 3.925, 2.4234375
+ERF_P = (1.1283791, -0.37612626, 0.11283621, -0.026856443, 0.0051953085, -8.089357e-04, 8.178547e-05)
+ERF_S = (-1.5294816, -0.36148176, 0.05867467, -0.01143239, 0.002602196, -2.0004333e-04, 1.9473376e-04)
+
+
+def _polynomial(builder, x, coefficients):
+    """``sum(c_i * x**i)`` by Horner's rule with FMAs."""
+    ty = x.type
+    p = _const(ty, coefficients[-1])
+    for c in reversed(coefficients[:-1]):
+        p = _fma(builder, p, x, _const(ty, c))
+    return p
+
+
+def erf(builder, x):
+    """``erf(x)`` of a float32 value or vector (within ~2e-7 of the true value; NaN stays NaN), or of a
+    float64 scalar (the C library's ``erf``, as Numba's ``math.erf``)."""
+    ty = x.type
+    if not isinstance(_element(ty), ir.FloatType):
+        if isinstance(ty, ir.VectorType):
+            raise TypeError("float64 erf on vectors is not emitted")
+        return builder.call(cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty]), "erf"), [x])
+    fabs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty]), f"llvm.fabs.{_suffix(ty)}")
+    a = builder.call(fabs, [x])
+    small = builder.fmul(x, _polynomial(builder, builder.fmul(x, x), ERF_P))
+    b = builder.select(builder.fcmp_ordered("<", a, _const(ty, ERF_LARGE)), a, _const(ty, ERF_LARGE))
+    q = builder.fsub(_polynomial(builder, builder.fsub(b, _const(ty, ERF_MID)), ERF_S), builder.fmul(b, b))
+    large = builder.fsub(_const(ty, 1.0), exp(builder, q))
+    signed = builder.select(builder.fcmp_ordered(">", x, _const(ty, 0.0)), large, builder.fneg(large))
+    y = builder.select(builder.fcmp_ordered("<", a, _const(ty, ERF_SMALL)), small, signed)
+    return builder.select(builder.fcmp_ordered("==", x, x), y, x)
+
+
+def gelu(builder, v):
+    """``((erf(v / sqrt(2)) + 1) * v) * 0.5``, in the exported graph's order of operations."""
+    ty = v.type
+    e = erf(builder, builder.fmul(v, _const(ty, GELU_SCALE)))
+    return builder.fmul(builder.fmul(builder.fadd(e, _const(ty, 1.0)), v), _const(ty, 0.5))
+
+
 def activate(builder, v, code: int, p0, p1):
     """The activation ``code`` (a ``KERNEL_*`` constant) applied to ``v``; ``p0``, ``p1`` of ``v``'s type."""
     ty = v.type
@@ -143,6 +188,8 @@ def activate(builder, v, code: int, p0, p1):
         return sigmoid(builder, v)
     if code == KERNEL_SILU:
         return builder.fmul(v, sigmoid(builder, v))
+    if code == KERNEL_GELU:
+        return gelu(builder, v)
     hard = clamp(builder, _fma(builder, v, p0, p1), _const(ty, 0.0), _const(ty, 1.0))
     if code == KERNEL_HARDSIGMOID:
         return hard

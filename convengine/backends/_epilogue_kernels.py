@@ -11,6 +11,9 @@ from numba import prange
 
 from ._activations import finish
 
+# Numba's cache is keyed on this file's text, not on ._activations's: after an edit to the activations
+# there, change this line so that cached kernels are compiled again (GELU).
+
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def bias_residual_activation(y, bias, residual, has_residual, act, p0, p1):

@@ -48,7 +48,7 @@ from .direct._tiles import LANES, TILE_WIDTHS
 from .direct._worksharing import job_claims, next_job
 
 # Numba's cache is keyed on this file's text, not on direct._simd's: after an edit to the intrinsics
-# there, change this line so that cached kernels are compiled again (tile_store_nchw's write prefetch).
+# there or in ``._activations``, change this line so that cached kernels are compiled again (GELU).
 
 _FLOAT = ir.FloatType()
 _VEC = ir.VectorType(_FLOAT, LANES)

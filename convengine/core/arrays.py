@@ -8,6 +8,7 @@ from typing import Optional
 
 import numpy as np
 
+from .layouts import NCHW, to_layout
 from .problem import ConvProblem
 
 
@@ -67,16 +68,17 @@ def all_finite(array: np.ndarray) -> bool:
 
 def output_violation(y, problem: ConvProblem) -> Optional[str]:
     """Why ``y`` is not a valid output for ``problem`` (``None`` when it is)."""
-    if isinstance(y, np.ndarray) and y.shape == problem.output_shape and y.dtype == problem.numpy_dtype:
+    if isinstance(y, np.ndarray) and y.shape == problem.output_array_shape and y.dtype == problem.numpy_dtype:
         return None
     got = f"{type(y).__name__} {getattr(y, 'shape', '')} {getattr(y, 'dtype', '')}".strip()
-    return f"returned {got}, expected ndarray {problem.output_shape} {problem.dtype}"
+    layout = "" if problem.output_layout == NCHW else f" ({problem.output_layout})"
+    return f"returned {got}, expected ndarray {problem.output_array_shape}{layout} {problem.dtype}"
 
 
 def problem_data(problem: ConvProblem, seed: int = 0):
-    """Random ``(x, weight, bias)`` for ``problem`` (bias ``None`` without one), seeded."""
+    """Random ``(x, weight, bias)`` for ``problem`` (bias ``None`` without one), seeded; ``x`` in the problem's input layout."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal(problem.input_shape).astype(problem.dtype)
+    x = to_layout(rng.standard_normal(problem.input_shape).astype(problem.dtype), problem.input_layout)
     w = rng.standard_normal(problem.weight_shape).astype(problem.dtype)
     b = rng.standard_normal(problem.out_channels).astype(problem.dtype) if problem.has_bias else None
     return x, w, b

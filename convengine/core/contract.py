@@ -153,6 +153,17 @@ class Backend:
         """
         return {"version": self.version}
 
+    def supports_layouts(self, problem: ConvProblem) -> Optional[str]:
+        """``None`` if the executor takes its input in ``problem.input_layout`` and returns its output
+        in ``problem.output_layout`` (:mod:`~convengine.core.layouts`; asked only when either is
+        not NCHW), else why not. The default declines: NCHW only.
+
+        A problem's shapes are logical, ``(N, C, H, W)``; the arrays have
+        ``problem.input_array_shape`` and ``problem.output_array_shape``. An ``NCHW16c``
+        output's padding channels must be written as 0 (the next layer sums over them).
+        """
+        return "NCHW only"
+
     def supports_epilogue(self, problem: ConvProblem, epilogue: Epilogue) -> Optional[str]:
         """``None`` if ``prepare(..., epilogue=epilogue)`` applies ``epilogue`` inside the kernel, else why not.
 
@@ -180,8 +191,9 @@ class Backend:
         ``problem.weight_shape`` and ``(out_channels,)`` (``bias`` is ``None`` when absent);
         they must not be modified. The engine passes arrays it owns and never changes, so a
         backend may keep views of them instead of copies (a model's weights are then held once).
-        ``execute`` receives a C-contiguous input of ``problem.input_shape`` and returns a new
-        array of ``problem.output_shape`` and dtype.
+        ``execute`` receives a C-contiguous input of ``problem.input_array_shape`` (``input_shape``
+        unless :meth:`supports_layouts` accepted another layout) and returns a new array of
+        ``problem.output_array_shape`` and dtype.
         """
         raise NotImplementedError
 

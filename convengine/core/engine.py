@@ -23,6 +23,7 @@ from .contract import OutputSlice
 from .epilogue import NONE as NO_EPILOGUE
 from .epilogue import Epilogue
 from .errors import BackendError, BackendFailedError  # noqa: F401  (BackendError: its old home)
+from .layouts import NCHW, clear_padding
 from .problem import ConvProblem
 from .registry import Registry, default_registry
 from .selection import Decision, Policy
@@ -101,9 +102,10 @@ class PreparedConv:
         the whole output is computed.
         """
         x = as_float_array(x, "input")
-        expected = self.problem.input_shape[1:]
-        if x.ndim != 4 or x.shape[1:] != expected:
-            raise ValueError(f"input must have shape (N, {', '.join(map(str, expected))}), got {x.shape}")
+        expected = self.problem.input_array_shape[1:]
+        if x.ndim != len(expected) + 1 or x.shape[1:] != expected:
+            layout = "" if self.problem.input_layout == NCHW else f" ({self.problem.input_layout})"
+            raise ValueError(f"input must have shape (N, {', '.join(map(str, expected))}){layout}, got {x.shape}")
         if x.dtype != self.problem.numpy_dtype:  # not .name: numpy computes that in Python, per call
             raise TypeError(f"input dtype {x.dtype} does not match the prepared dtype {self.problem.dtype}")
         batch = x.shape[0]
@@ -113,7 +115,7 @@ class PreparedConv:
         if batch == 0:  # nothing to compute, but the backend request must still be valid
             problem = self.problem.with_batch(0)
             self.engine.select(problem, self._backend)
-            return np.empty(problem.output_shape, problem.dtype) if out is None else out.view
+            return np.empty(problem.output_array_shape, problem.dtype) if out is None else out.view
         prepared = self._prepared(batch)
         x = kernel_ready(x)
         if out is not None:
@@ -137,7 +139,7 @@ class PreparedConv:
             return y
         if np.may_share_memory(y, x) or (residual is not None and np.may_share_memory(y, residual)):
             y = y.copy()  # the epilogue writes in place: never into the caller's arrays, whatever a backend returns
-        return self.epilogue.apply(y, residual)
+        return clear_padding(self.epilogue.apply(y, residual), self.problem.output_layout, self.problem.out_channels)
 
     def _into(self, prepared: "_Prepared", out: OutputSlice, x, residual, consume_residual: bool) -> np.ndarray:
         """The call with ``out``: the backend writes into the slice if it says it can, else its output is copied there."""
@@ -162,6 +164,9 @@ class PreparedConv:
     def _check_out(self, out, batch: int, x, residual) -> None:
         if not isinstance(out, OutputSlice):
             raise TypeError(f"out must be an OutputSlice, got {type(out).__name__}")
+        if self.problem.output_layout != NCHW:
+            raise ValueError(f"out= takes NCHW outputs only; this convolution was prepared with output_layout="
+                             f"{self.problem.output_layout!r}")
         buffer, (c_out, h_out, w_out) = out.buffer, self.problem.output_shape[1:]
         if (not isinstance(buffer, np.ndarray) or buffer.ndim != 4 or buffer.shape[0] != batch
                 or buffer.shape[2:] != (h_out, w_out)):
@@ -187,9 +192,10 @@ class PreparedConv:
         if residual is None:
             raise ValueError("residual is required: this convolution was prepared with residual=True")
         residual = as_float_array(residual, "residual")
-        expected = (batch,) + self.problem.output_shape[1:]
+        expected = (batch,) + self.problem.output_array_shape[1:]
         if residual.shape != expected:
-            raise ValueError(f"residual must have the output's shape {expected}, got {residual.shape}")
+            layout = "" if self.problem.output_layout == NCHW else f" ({self.problem.output_layout})"
+            raise ValueError(f"residual must have the output's shape {expected}{layout}, got {residual.shape}")
         if residual.dtype != dtype:
             raise TypeError(f"residual dtype {residual.dtype} does not match input dtype {dtype}")
         return kernel_ready(residual)
@@ -292,21 +298,27 @@ class Engine:
 
     def prepare(self, weight, bias=None, *, input_shape: Sequence[int], stride=1, padding=0, dilation=1, groups=1,
                 backend: Optional[str] = None, residual: bool = False,
-                activation=None) -> PreparedConv:
+                activation=None, input_layout: str = NCHW, output_layout: str = NCHW) -> PreparedConv:
         """Fix the weights and hyper-parameters now; run on inputs later with ``prepared(x)``.
 
         ``residual=True`` prepares ``y = conv(x) + residual`` (then call ``prepared(x, residual)``);
         ``activation`` (``"relu"``, ``"silu"``, ``("clip", 0, 6)``... as in :func:`convengine.conv2d`)
         is applied last. Backends that can fuse these do so.
+
+        ``input_layout`` and ``output_layout`` (``"NCHW"``, ``"NCHW16c"``, ``"NHWC"``: see
+        :mod:`convengine.core.layouts`) say how the input array and the output array (and the
+        residual) hold their tensors; ``input_shape`` stays ``(N, C, H, W)``. Only backends
+        that take those layouts are candidates (``explain`` lists the others as declining).
         """
         epilogue = Epilogue(residual=residual, activation=activation)
         weight, bias = _checked_weights(weight, bias, input_shape)
         held = (weight.copy(), None if bias is None else bias.copy())  # the caller's arrays may change later
-        return self._prepare_conv(lambda: held, held, input_shape, stride, padding, dilation, groups, backend, epilogue)
+        return self._prepare_conv(lambda: held, held, input_shape, stride, padding, dilation, groups, backend, epilogue,
+                                  (input_layout, output_layout))
 
     def prepare_deferred(self, weights: Callable[[], tuple], *, input_shape: Sequence[int], stride=1, padding=0,
                          dilation=1, groups=1, backend: Optional[str] = None, residual: bool = False,
-                         activation=None) -> PreparedConv:
+                         activation=None, input_layout: str = NCHW, output_layout: str = NCHW) -> PreparedConv:
         """:meth:`prepare` with ``weights() -> (weight, bias)`` asked for the arrays whenever a batch
         size is prepared, instead of the engine holding a copy of them.
 
@@ -317,13 +329,16 @@ class Engine:
         """
         epilogue = Epilogue(residual=residual, activation=activation)
         first = _checked_weights(*weights(), input_shape)
-        return self._prepare_conv(weights, first, input_shape, stride, padding, dilation, groups, backend, epilogue)
+        return self._prepare_conv(weights, first, input_shape, stride, padding, dilation, groups, backend, epilogue,
+                                  (input_layout, output_layout))
 
     def _prepare_conv(self, weights, first: tuple, input_shape, stride, padding, dilation, groups,
-                      backend: Optional[str], epilogue: Epilogue) -> PreparedConv:
+                      backend: Optional[str], epilogue: Epilogue, layouts: tuple = (NCHW, NCHW)) -> PreparedConv:
         weight, bias = first
+        input_layout, output_layout = layouts
         problem = ConvProblem.from_shapes(input_shape, weight.shape, bias=bias is not None, stride=stride,
-                                          padding=padding, dilation=dilation, groups=groups, dtype=weight.dtype)
+                                          padding=padding, dilation=dilation, groups=groups, dtype=weight.dtype,
+                                          input_layout=input_layout, output_layout=output_layout)
         prepared = PreparedConv(self, weights, problem, backend, epilogue, first=first)
         if problem.batch:
             _ = prepared.backend  # choose and prepare now, so errors surface here

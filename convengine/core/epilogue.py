@@ -19,7 +19,9 @@ Activations (:data:`ACTIVATIONS`), with ONNX's definitions:
 - ``sigmoid``: ``1 / (1 + exp(-x))``; ``silu``: ``x * sigmoid(x)`` (also called swish);
 - ``hardsigmoid`` with parameters ``(alpha, beta)`` (ONNX's defaults 0.2 and 0.5; PyTorch's
   ``Hardsigmoid`` exports 1/6 and 0.5): ``max(0, min(1, alpha * x + beta))``;
-- ``hardswish``: ``x * hardsigmoid(x)`` with ``alpha = 1/6``, ``beta = 0.5``.
+- ``hardswish``: ``x * hardsigmoid(x)`` with ``alpha = 1/6``, ``beta = 0.5``;
+- ``gelu``: ``((erf(x / sqrt(2)) + 1) * x) * 0.5`` (ONNX's ``Gelu``, ``approximate="none"``, and
+  the ``Div -> Erf -> Add -> Mul -> Mul`` that exporters write for it).
 
 NaN stays NaN through every one of them, as through the operators they replace.
 """
@@ -33,7 +35,7 @@ from typing import Optional, Union
 import numpy as np
 
 #: Activations an epilogue may end with (``relu6`` is normalised to ``clip`` with ``(0, 6)``).
-ACTIVATIONS = ("relu", "relu6", "clip", "sigmoid", "silu", "hardsigmoid", "hardswish")
+ACTIVATIONS = ("relu", "relu6", "clip", "sigmoid", "silu", "hardsigmoid", "hardswish", "gelu")
 #: The parameters of each parameterised activation, by name, with their defaults (ONNX's).
 PARAMETERS = {"clip": (("min", -math.inf), ("max", math.inf)), "hardsigmoid": (("alpha", 0.2), ("beta", 0.5))}
 _ALIASES = {"relu6": ("clip", (0.0, 6.0))}
@@ -42,7 +44,9 @@ HARDSWISH_ALPHA, HARDSWISH_BETA = 1.0 / 6.0, 0.5
 #: How fusing kernels receive the activation: an integer code and two float parameters
 #: (:meth:`Epilogue.kernel_activation`). ``relu`` is a clip to ``[0, inf)`` there, and
 #: ``hardswish`` a hard sigmoid with ONNX's fixed parameters, times ``x``.
-KERNEL_NONE, KERNEL_CLIP, KERNEL_SIGMOID, KERNEL_SILU, KERNEL_HARDSIGMOID, KERNEL_HARDSWISH = range(6)
+KERNEL_NONE, KERNEL_CLIP, KERNEL_SIGMOID, KERNEL_SILU, KERNEL_HARDSIGMOID, KERNEL_HARDSWISH, KERNEL_GELU = range(7)
+#: ``1 / sqrt(2)`` in float64: GELU's ``x / sqrt(2)`` is taken as ``x * GELU_SCALE``.
+GELU_SCALE = 0.7071067811865476
 
 ActivationSpec = Union[None, str, tuple]
 
@@ -111,7 +115,7 @@ class Epilogue:
             return KERNEL_HARDSIGMOID, float(self.params[0]), float(self.params[1])
         if self.activation == "hardswish":
             return KERNEL_HARDSWISH, HARDSWISH_ALPHA, HARDSWISH_BETA
-        return {"sigmoid": KERNEL_SIGMOID, "silu": KERNEL_SILU}[self.activation], 0.0, 0.0
+        return {"sigmoid": KERNEL_SIGMOID, "silu": KERNEL_SILU, "gelu": KERNEL_GELU}[self.activation], 0.0, 0.0
 
     def apply(self, y: np.ndarray, residual: Optional[np.ndarray]) -> np.ndarray:
         """Apply in place to ``y`` (a fresh output no one else holds) and return it: the unfused path."""
@@ -177,6 +181,13 @@ def _apply_activation(y: np.ndarray, activation: str, params: tuple) -> np.ndarr
         np.clip(h, 0, 1, out=h)
         if activation == "hardswish":
             np.multiply(y, h, out=y)
+    elif activation == "gelu":
+        from scipy.special import erf
+
+        e = erf(y * kind(GELU_SCALE))
+        e += 1
+        e *= y
+        np.multiply(e, kind(0.5), out=y)
     else:
         raise _activation_error(activation)
     return y

@@ -15,6 +15,8 @@ from typing import Sequence, Union
 
 import numpy as np
 
+from .layouts import NCHW, array_shape, check_layout
+
 IntOrPair = Union[int, Sequence[int]]
 Padding = Union[int, str, Sequence[int]]
 
@@ -111,6 +113,10 @@ class ConvProblem:
     dtype: str = "float32"
     #: Whether a bias of shape ``(out_channels,)`` is passed to ``prepare``.
     has_bias: bool = False
+    #: How the input array holds the ``input_shape`` tensor (:mod:`.layouts`): ``"NCHW"``, ``"NCHW16c"`` or ``"NHWC"``.
+    input_layout: str = NCHW
+    #: How the output array holds the ``output_shape`` tensor; a residual comes in the same layout.
+    output_layout: str = NCHW
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -125,8 +131,12 @@ class ConvProblem:
         dilation: IntOrPair = 1,
         groups: int = 1,
         dtype: str | np.dtype | type = "float32",
+        input_layout: str = NCHW,
+        output_layout: str = NCHW,
     ) -> "ConvProblem":
-        """Validate shapes and hyper-parameters; raise ``ValueError``/``TypeError`` naming the culprit."""
+        """Validate shapes and hyper-parameters; raise ``ValueError``/``TypeError`` naming the culprit.
+
+        Shapes are logical, ``(N, C, H, W)``, whatever the layouts (see :mod:`.layouts`)."""
         input_shape = _shape(input_shape, "input")
         weight_shape = _shape(weight_shape, "weight")
         dtype_name = np.dtype(dtype).name
@@ -155,7 +165,8 @@ class ConvProblem:
         problem = cls(
             batch=n, in_channels=c_in, height=h, width=w, out_channels=c_out, kernel_h=kh, kernel_w=kw,
             stride=stride_, padding=pads, dilation=dilation_, groups=groups, dtype=dtype_name,
-            has_bias=bool(bias),
+            has_bias=bool(bias), input_layout=check_layout(input_layout, "input_layout"),
+            output_layout=check_layout(output_layout, "output_layout"),
         )
         eff_h, eff_w = problem.effective_kernel
         if eff_h > problem.padded_height or eff_w > problem.padded_width:
@@ -207,6 +218,21 @@ class ConvProblem:
         return (self.batch, self.out_channels, self.out_height, self.out_width)
 
     @cached_property
+    def input_array_shape(self) -> tuple:
+        """The shape of the input array ``execute`` receives: ``input_shape`` in ``input_layout``."""
+        return array_shape(self.input_shape, self.input_layout)
+
+    @cached_property
+    def output_array_shape(self) -> tuple:
+        """The shape of the array ``execute`` must return: ``output_shape`` in ``output_layout``."""
+        return array_shape(self.output_shape, self.output_layout)
+
+    @property
+    def layouts(self) -> tuple[str, str]:
+        """``(input_layout, output_layout)``."""
+        return self.input_layout, self.output_layout
+
+    @cached_property
     def numpy_dtype(self) -> np.dtype:
         """``dtype`` as a ``numpy.dtype``: compared with every output's dtype, so computed once (the problem is frozen)."""
         return np.dtype(self.dtype)
@@ -240,6 +266,7 @@ class ConvProblem:
             f"_k{self.kernel_h}x{self.kernel_w}_s{self.stride[0]}x{self.stride[1]}"
             f"_p{'-'.join(map(str, self.padding))}_d{self.dilation[0]}x{self.dilation[1]}"
             f"_g{self.groups}_{self.dtype}{'_b' if self.has_bias else ''}"
+            + ("" if self.layouts == (NCHW, NCHW) else f"_{self.input_layout}-{self.output_layout}")
         )
 
     def __str__(self) -> str:
@@ -249,6 +276,7 @@ class ConvProblem:
             f"{self.dtype} input {self.input_shape} * weight {self.weight_shape} -> {self.output_shape}, "
             f"stride {s}, padding {self.padding}, dilation {d}, groups {self.groups}"
             f"{', bias' if self.has_bias else ''}"
+            + ("" if self.layouts == (NCHW, NCHW) else f", layouts {self.input_layout} -> {self.output_layout}")
         )
 
 

@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence, Union
 
 from .contract import LOSSY
 from .errors import BackendDeclinedError, BackendUnavailableError, warn
+from .layouts import NCHW
 from .problem import ConvProblem
 from .registry import BackendEntry, Registry
 
@@ -116,6 +117,14 @@ def _exclusion_reason(entry: BackendEntry, problem: ConvProblem, max_rel_error: 
         return _plugin_fault(entry.name, f"supports() raised {type(exc).__name__}: {exc}")
     if unsupported:
         return f"unsupported: {unsupported}"
+    if problem.layouts != (NCHW, NCHW):
+        layouts = getattr(backend, "supports_layouts", None)  # optional for backends not built on Backend
+        try:
+            unsupported = "NCHW only" if layouts is None else layouts(problem)
+        except Exception as exc:
+            return _plugin_fault(entry.name, f"supports_layouts() raised {type(exc).__name__}: {exc}")
+        if unsupported:
+            return f"layouts {problem.input_layout} -> {problem.output_layout}: {unsupported}"
     return None
 
 

@@ -20,16 +20,15 @@ import numba
 import numpy as np
 from numba import prange
 
+from ..backends._activations import ERF_LARGE, ERF_MID, ERF_P, ERF_S, ERF_SMALL  # the fits, shared with the fused GELU
 from ..runtime.threads import serial_or_parallel
 
 f32 = np.float32
-_SMALL = f32(0.921875)  # below: the odd polynomial; above: 1 - exp(...)
-_LARGE = f32(3.925)  # erf is 1.0f from here on
-_MID = f32(2.4234375)  # S's argument is |x| - _MID (centred: better conditioned in float32)
-_A0, _A1, _A2, _A3 = f32(1.1283791), f32(-0.37612626), f32(0.11283621), f32(-0.026856443)
-_A4, _A5, _A6 = f32(0.0051953085), f32(-8.089357e-04), f32(8.178547e-05)
-_S0, _S1, _S2, _S3 = f32(-1.5294816), f32(-0.36148176), f32(0.05867467), f32(-0.01143239)
-_S4, _S5, _S6 = f32(0.002602196), f32(-2.0004333e-04), f32(1.9473376e-04)
+_SMALL = f32(ERF_SMALL)  # below: the odd polynomial; above: 1 - exp(...)
+_LARGE = f32(ERF_LARGE)  # erf is 1.0f from here on
+_MID = f32(ERF_MID)  # S's argument is |x| - _MID (centred: better conditioned in float32)
+_A0, _A1, _A2, _A3, _A4, _A5, _A6 = (f32(c) for c in ERF_P)
+_S0, _S1, _S2, _S3, _S4, _S5, _S6 = (f32(c) for c in ERF_S)
 _E2, _E3, _E4 = f32(0.4999999), f32(0.1666642), f32(0.041668225)
 _E5, _E6 = f32(0.008374816), f32(0.0013836846)
 _LOG2E, _LN2_HI, _LN2_LO = f32(1.442695), f32(0.693359375), f32(-2.1219444e-04)

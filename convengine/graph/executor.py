@@ -16,6 +16,7 @@ layers will call are compiled in parallel processes where they are not cached ye
 
 from __future__ import annotations
 
+import functools
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -26,11 +27,19 @@ import numpy as np
 from ..core.arrays import kernel_ready
 from ..core.contract import OutputSlice
 from ..core.engine import default_engine
+from ..core.layouts import NHWC
 from ..runtime.allocator import keep_large_buffers
 from ..runtime.precompile import precompile as precompile_kernels
 from ..runtime.threads import get_num_threads
 from .folding import ConvWeights, foldable_batchnorms
-from .fusion import EpilogueFusion, SqueezeExcitation, fused_blocks, fusible_epilogues
+from .fusion import (
+    ChannelsLastLinear,
+    EpilogueFusion,
+    SqueezeExcitation,
+    channels_last_linears,
+    fused_blocks,
+    fusible_epilogues,
+)
 from .ir import GraphError, Node, consumers
 from .ops import INPLACE, KERNELS, OPS, conv_problem_args
 from .placement import Gather, Placement, Slot, plan_placement
@@ -49,6 +58,7 @@ class Step:
     fusion: Optional[EpilogueFusion] = None  # the Add and activation nodes a Conv step absorbed
     squeeze: Optional[SqueezeExcitation] = None  # the block this step runs (squeeze-and-excitation, a pointwise chain)
     block: Any = None  # its prepared run(x, in_place) -> y
+    linear: Optional[ChannelsLastLinear] = None  # the MatMul (and bias, GELU) a conv step on NHWC arrays runs
     inputs: list[str] = field(default_factory=list)
     release: list[str] = field(default_factory=list)  # tensors whose last consumer is this step
     inplace: bool = False  # may overwrite its first input (an intermediate nothing reads later)
@@ -73,6 +83,14 @@ class CompiledGraph:
         folded = foldable_batchnorms(graph, readers) if fold_batchnorm else {}
         skipped = {bn.name for _, bn in folded.values()}
         blocks = fused_blocks(graph, readers) if fuse_epilogues else {}  # squeeze-excitation, GELU, BN+ReLU
+        # channels-last MatMuls by constant weights: 1x1 convolutions on NHWC arrays, where a backend takes them
+        linears = {}
+        for name, linear in (channels_last_linears(graph, readers, blocks) if fuse_epilogues else {}).items():
+            prepared = self._prepare_linear(linear)
+            if prepared is not None:
+                linears[name] = (linear, prepared)
+                absorbed = {n.name for n in linear.absorbed}
+                blocks = {k: b for k, b in blocks.items() if not absorbed & {n.name for n in b.absorbed}}
         in_blocks = {n.name for b in blocks.values() for n in b.absorbed}
         conv_outputs = {n.name: (folded[n.name][1] if n.name in folded else n).outputs[0]
                         for n in graph.nodes if n.op == "Conv" and n.name not in in_blocks}
@@ -80,7 +98,9 @@ class CompiledGraph:
         # A fused convolution runs where its last absorbed node was (the residual exists by then),
         # a squeeze-and-excitation block where its Mul was.
         runs_at = {f.absorbed[-1].name: conv for conv, f in fusions.items()}
+        runs_at.update({linear.absorbed[-1].name: name for name, (linear, _) in linears.items()})
         skipped |= {n.name for f in fusions.values() for n in f.absorbed} | set(fusions) | (in_blocks - set(blocks))
+        skipped |= {n.name for linear, _ in linears.values() for n in linear.absorbed}
         by_name = {n.name: n for n in graph.nodes}
         nodes = [by_name[runs_at[n.name]] if n.name in runs_at else n
                  for n in graph.nodes if n.name not in skipped or n.name in runs_at]
@@ -98,14 +118,20 @@ class CompiledGraph:
                 step.inputs = [node.inputs[0]] + ([fusion.residual] if fusion and fusion.residual else [])
                 outputs = [fusion.output] if fusion else [conv_outputs[node.name]]
                 step.node = Node(node.name, node.op, node.inputs, outputs, node.attrs)
+            elif node.name in linears:
+                linear, step.conv = linears[node.name]
+                step.inputs = [linear.x]
+                step.node = Node(node.name, node.op, [linear.x], [linear.output])
+                step.linear = linear
             elif node.name in blocks:
                 block = step.squeeze = blocks[node.name]
                 step.block = block.prepare(graph.params, graph.inputs[0].dtype if graph.inputs else "float32")
                 step.inputs = list(block.inputs)
                 step.node = Node(node.name, block.op, list(block.inputs), [block.output])
             self.steps.append(step)
-        self.placement = (plan_placement(graph, {out for s in self.steps for out in s.node.outputs}, readers,
-                                         self._overwritten_alone()) if concat_in_place else Placement({}, {}, {}))
+        produced = {out for s in self.steps if s.linear is None for out in s.node.outputs}  # (NHWC: not a channel slice)
+        self.placement = (plan_placement(graph, produced, readers, self._overwritten_alone()) if concat_in_place
+                          else Placement({}, {}, {}))
         self._place()
         self._plan_releases()
         #: what compiling the kernels ahead did (None when ``precompile=False``)
@@ -123,6 +149,17 @@ class CompiledGraph:
                                                 **conv_problem_args(node))
         except (ValueError, TypeError) as exc:
             raise GraphError(f"node {node.name!r} (Conv): {exc}") from exc
+
+    def _prepare_linear(self, linear: ChannelsLastLinear):
+        """The engine's 1x1 convolution for ``linear`` on NHWC arrays, or ``None`` where no backend takes it
+        (the ``MatMul`` then runs as a node)."""
+        n, h, w, c = self.graph.shapes[linear.x]
+        try:
+            return self.engine.prepare_deferred(functools.partial(linear.weights, self.graph.params),
+                                                input_shape=(self.batch, c, h, w), activation=linear.activation,
+                                                input_layout=NHWC, output_layout=NHWC)
+        except Exception:  # no backend for the layout (or a plugin failing): the plain MatMul is always right
+            return None
 
     def _overwritten_alone(self) -> set[str]:
         """Tensors read by one step only, one that may run in place over its first input (an elementwise
@@ -219,7 +256,7 @@ class CompiledGraph:
         return self.layer_backends_for(self.batch)
 
     def layer_backends_for(self, batch: int) -> dict[str, str]:
-        return {s.node.name: s.conv.backend_for(batch) for s in self.steps if s.conv is not None}
+        return {s.node.name: s.conv.backend_for(batch) for s in self.steps if s.conv is not None and s.node.op == "Conv"}
 
     @property
     def gathered(self) -> dict[str, str]:
@@ -231,8 +268,8 @@ class CompiledGraph:
     def fused(self) -> dict[str, str]:
         """``{conv node name: "Add+Relu"}``: the nodes each convolution absorbed as its epilogue, and
         ``{Mul node name: "GlobalAveragePool+Conv+Relu+Conv+Sigmoid+Mul"}`` for squeeze-and-excitation blocks."""
-        return {s.node.name: (s.fusion or s.squeeze).describe() for s in self.steps
-                if s.fusion is not None or s.squeeze is not None}
+        return {s.node.name: (s.fusion or s.squeeze or s.linear).describe() for s in self.steps
+                if s.fusion is not None or s.squeeze is not None or s.linear is not None}
 
     # -- execution ---------------------------------------------------------------------------
     def run(self, inputs, *, timings: Optional[dict] = None):

@@ -28,6 +28,12 @@ absorbs followed by ``Relu`` (DenseNet's pre-activation before each convolution:
 ConvNeXt's block end, ``Add(bias) -> Transpose(0, 3, 1, 2) -> Mul(layer scale) -> Add(shortcut)``,
 becomes one tiled pass too (:func:`layer_scale_residuals`): four passes, one of them a strided
 copy, three of them allocating. :func:`fused_blocks` gathers every such block for the executor.
+
+A ``MatMul`` of channels-last rows by a constant matrix (ConvNeXt's pointwise ``Linear``
+layers) is a 1x1 convolution on an NHWC array; :func:`channels_last_linears` hands it to the
+engine as one (``input_layout="NHWC"``), with the bias and GELU after it as its epilogue when
+a GELU follows: a GEMM on weights packed once instead of a BLAS call that repacks them each
+time, and no pass over memory for the GELU.
 """
 
 from __future__ import annotations
@@ -592,3 +598,64 @@ def fused_blocks(graph: Graph, consumers: dict[str, list[Node]]) -> dict:
             blocks[name] = chain
             claimed |= names
     return blocks
+
+
+# -- channels-last linear layers -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChannelsLastLinear:
+    """``MatMul(x, W)`` of a ``(N, H, W, C)`` tensor by a constant ``(C, O)`` matrix, run as a 1x1
+    convolution on NHWC arrays; with ``bias`` and ``activation`` when the bias ``Add`` and the
+    GELU chain after it are absorbed (``absorbed``: the ``MatMul``, then those nodes)."""
+
+    absorbed: tuple[Node, ...]
+    bias: Optional[str] = None
+    activation: Optional[str] = None
+
+    @property
+    def x(self) -> str:
+        return self.absorbed[0].inputs[0]
+
+    @property
+    def weight(self) -> str:
+        return self.absorbed[0].inputs[1]
+
+    @property
+    def output(self) -> str:
+        return self.absorbed[-1].outputs[0]
+
+    def describe(self) -> str:
+        return "MatMul" + ("+Add" if self.bias else "") + ("+Gelu" if self.activation else "")
+
+    def weights(self, params) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """``(weight (O, C, 1, 1), bias)`` as fresh arrays: the convolution's form of ``W`` (its transpose)."""
+        w = params[self.weight]
+        weight = np.ascontiguousarray(w.T).reshape(w.shape[1], w.shape[0], 1, 1)
+        return weight, None if self.bias is None else np.array(params[self.bias].reshape(-1))
+
+
+def channels_last_linears(graph: Graph, consumers: dict[str, list[Node]], blocks: dict) -> dict[str, ChannelsLastLinear]:
+    """``{MatMul name: linear}`` for every ``MatMul`` of a 4-D activation by a 2-D floating parameter.
+
+    A GELU chain of ``blocks`` (:func:`pointwise_chains`, with its bias along the last axis) whose
+    input is the ``MatMul``'s output joins it: bias and GELU become the convolution's epilogue
+    (the caller drops that chain from ``blocks``). Otherwise the ``MatMul`` stands alone (a bias
+    ``Add`` after it stays a node, or ConvNeXt's block-end pass: :func:`layer_scale_residuals`).
+    """
+    params, shapes = graph.params, graph.shapes
+    chains = {b.x: b for b in blocks.values() if isinstance(b, PointwiseChain) and b.kind == "gelu" and b.bias}
+    linears = {}
+    for node in graph.nodes:
+        if node.op != "MatMul" or len(node.inputs) != 2 or node.inputs[0] in params:
+            continue
+        w, x_shape = params.get(node.inputs[1]), shapes.get(node.inputs[0], ())
+        if w is None or w.ndim != 2 or w.dtype.kind != "f" or len(x_shape) != 4 or x_shape[-1] != w.shape[0]:
+            continue
+        chain = chains.get(node.outputs[0])
+        add = _sole(_reading(graph, consumers)(node.outputs[0]), "Add")
+        if chain is not None and chain.constant == GELU_SCALE and add is chain.absorbed[0]:
+            linears[node.name] = ChannelsLastLinear((node, *chain.absorbed), chain.bias, "gelu")
+        else:
+            linears[node.name] = ChannelsLastLinear((node,))
+    return linears

@@ -7,6 +7,7 @@ directly. Tests and the conformance kit compare every backend against it.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import numpy as np
@@ -80,6 +81,7 @@ def activation_reference(y: np.ndarray, activation: Optional[str], params: Seque
             "silu": lambda: x * sigmoid,
             "hardsigmoid": lambda: np.maximum(0.0, np.minimum(1.0, params[0] * x + params[1])),
             "hardswish": lambda: x * np.maximum(0.0, np.minimum(1.0, x / 6.0 + 0.5)),
+            "gelu": lambda: 0.5 * x * (1.0 + np.vectorize(math.erf, otypes=[np.float64])(x / math.sqrt(2.0))),
         }
         if activation not in table:
             raise ValueError(f"no reference for activation {activation!r}")

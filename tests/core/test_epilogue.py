@@ -95,7 +95,10 @@ def test_the_unfused_activation_follows_the_onnx_definitions(activation, dtype):
     assert y.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
     finite = ~np.isnan(ref)
-    np.testing.assert_allclose(y[finite], ref[finite], rtol=1e-6 if dtype == "float32" else 1e-14, atol=1e-30)
+    # GELU's ``1 + erf(x / sqrt(2))`` cancels for x below about -4 (as in the exported graph and in
+    # ONNX Runtime): its tail, under one rounding of 1 in absolute terms, becomes 0 there.
+    atol = (2e-7 if dtype == "float32" else 4e-16) if activation == "gelu" else 1e-30
+    np.testing.assert_allclose(y[finite], ref[finite], rtol=1e-6 if dtype == "float32" else 1e-14, atol=atol)
 
 
 @pytest.mark.parametrize("spelling, normal", [
@@ -130,7 +133,7 @@ def test_unbatched_input_takes_an_unbatched_residual():
     (dict(residual=np.zeros((1, 2, 4, 4))), "residual must have the output's shape"),
     (dict(residual=np.zeros((1, 2, 3, 3), np.float32)), "residual dtype"),
     (dict(residual=np.zeros((1, 2, 3, 3), np.int64)), "residual must be a float32 or float64"),
-    (dict(activation="gelu"), "activation must be one of"),
+    (dict(activation="gelu_tanh"), "activation must be one of"),
     (dict(activation=1), "activation must be one of"),
 ])
 def test_bad_epilogue_arguments_name_the_parameter(kwargs, match):

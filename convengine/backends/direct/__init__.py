@@ -13,6 +13,11 @@ in NCHW, with bias, residual and ReLU applied.
 in registers) that reads the NCHW planes directly (at stride > 1, a subsampled copy), with
 no transpose, the epilogue fused into its stores.
 
+Layouts (``supports_layouts``): NCHW16c input, output or both on every path (a blocked input
+is copied into the padded buffer row by row, no transpose; a blocked output is stored as the
+tile holds it, one 16-channel vector per pixel); NHWC in and out on 1x1 stride-1 layers, where
+the tiles read each pixel's channel row and store rows (ConvNeXt's Linear layers).
+
 float32. Grouped convolutions run on the same tiles when each group has whole 16-channel
 blocks of inputs and outputs (ResNeXt's later stages: 16 and 32 channels per group): an
 output block's reduction then covers its own group's input blocks only; other groupings are
@@ -29,6 +34,7 @@ import numpy as np
 from ...core.contract import EXACT
 from ...core.epilogue import NONE, Epilogue
 from ...core.hookspecs import hookimpl
+from ...core.layouts import NCHW, NCHW16C, NHWC
 from ...core.problem import ConvProblem
 from ...runtime.threads import numba_threads
 from ...runtime.workspace import scratch
@@ -36,6 +42,8 @@ from .._numba import NumbaBackend
 from ._tiles import LANES, MAX_VECTORS, compiled_width
 from ._tiles import MAX_WIDTH as MAX_TILE_WIDTH
 
+#: How the kernels are told a layout (``_kernels``' ``x_layout`` and ``y_layout``).
+LAYOUT_CODES = {NCHW: 0, NCHW16C: 1, NHWC: 2}
 POINT_CHANNELS, POINT_PIXELS = 6, 64  # the 1x1 pixel-vector kernel's block (``_simd.POINT_*``; not imported: no numba at startup)
 #: Fraction of the GEMM rate the 1x1 kernel reaches on full blocks (measured 0.88-0.98 on 56x56 layers).
 POINT_EFFICIENCY = 0.95
@@ -171,8 +179,8 @@ class DirectBackend(NumbaBackend):
     name = "direct"
     numerical_class = EXACT
     # 2: 1x1 layers on the register tiles; 3: two channel vectors per tile; 4: the 1x1 tiles'
-    # input prefetch (a new version: tuned choices are measured again)
-    version = "4"
+    # input prefetch; 5: NCHW16c and NHWC layouts, GELU (a new version: tuned choices are measured again)
+    version = "5"
     residual_in_place = True  # each output element is written after its residual element was read
 
     def __init__(self, tile_width: int | None = None):
@@ -295,12 +303,24 @@ class DirectBackend(NumbaBackend):
             return precompile_kernels("tiled_conv")
         return precompile_kernels("pointwise_tiles" if runs_pointwise_tiles(problem, self.tile_width) else "pointwise_conv")
 
+    def supports_layouts(self, problem: ConvProblem):
+        if problem.layouts == (NHWC, NHWC):
+            if not problem.is_pointwise or problem.out_height * problem.out_width < MAX_TILE_WIDTH:
+                return (f"NHWC only for 1x1 stride-1 unpadded layers of at least {MAX_TILE_WIDTH} pixels "
+                        f"(a matrix product over channels-last rows)")
+            return None
+        if NHWC in problem.layouts:
+            return "NHWC only in and out together"
+        return None  # NCHW16c in, out or both: every path
+
     def prepare(self, problem: ConvProblem, weight, bias, epilogue: Epilogue = NONE):
         if is_subsampled_pointwise(problem):
             return self._prepare_pointwise(problem, weight, bias, epilogue)
         from ._kernels import input_slack, tiled_conv
 
-        block = channel_block(problem.in_channels)
+        input_blocked, output_blocked = problem.input_layout == NCHW16C, problem.output_layout == NCHW16C
+
+        block = LANES if input_blocked else channel_block(problem.in_channels)
         c_blocks = -(-problem.in_channels // block)
         vectors = tile_vectors(problem, self.max_vectors)
         o_lanes = vectors * LANES  # output channels per block
@@ -327,8 +347,10 @@ class DirectBackend(NumbaBackend):
             flat = scratch("direct.input", (math.prod(shape) + slack,), np.float32)
             y, first, step = _destination(problem, out, residual if in_place else None)
             res = y if residual is None else residual
-            tiled_conv(np.ascontiguousarray(x), flat[:flat.size - slack].reshape(shape), top, left, wb, kh, kw, sh, sw, dh, dw,
-                       group_blocks, b, res, residual is not None, *act, y, first, step, tile_width, vectors, workers)
+            tiled_conv(_kernel_view(x, problem.input_layout), flat[:flat.size - slack].reshape(shape), top, left, wb, kh,
+                       kw, sh, sw, dh, dw, group_blocks, b, _kernel_view(res, problem.output_layout), residual is not None,
+                       *act, _kernel_view(y, problem.output_layout), first, step, tile_width, vectors, workers,
+                       input_blocked, output_blocked)
             return y if out is None else out.view
 
         return execute
@@ -340,30 +362,36 @@ class DirectBackend(NumbaBackend):
         """
         from ._kernels import pointwise_conv, pointwise_tiles
 
-        tiles = runs_pointwise_tiles(problem, self.tile_width)
+        x_layout, y_layout = (LAYOUT_CODES[layout] for layout in problem.layouts)
+        input_blocked = problem.input_layout == NCHW16C
+        tiles = problem.layouts != (NCHW, NCHW) or runs_pointwise_tiles(problem, self.tile_width)
         vectors = tile_vectors(problem, self.max_vectors)
         rows = vectors * LANES if tiles else POINT_CHANNELS  # output channels per block
         o_blocks = -(-problem.out_channels // rows)
-        packed = np.zeros((o_blocks * rows, problem.in_channels), np.float32)
-        packed[:problem.out_channels] = weight.reshape(problem.out_channels, problem.in_channels)
+        # a blocked input sums over its padding channels too (zeros, as their weights are)
+        in_channels = -(-problem.in_channels // LANES) * LANES if input_blocked else problem.in_channels
+        packed = np.zeros((o_blocks * rows, in_channels), np.float32)
+        packed[:problem.out_channels, :problem.in_channels] = weight.reshape(problem.out_channels, problem.in_channels)
         # (ob, r, c) -> (ob, c, r): one step reads the block's weights of one input channel
         w_packed = np.ascontiguousarray(packed.reshape(o_blocks, rows, -1).transpose(0, 2, 1)).reshape(-1)
         b = np.zeros(problem.out_channels, np.float32) if bias is None else bias
         act = epilogue.kernel_activation()
         sh, sw = problem.stride
-        subsampled = (problem.batch, problem.in_channels, problem.out_height, problem.out_width)
+        subsampled = ((problem.batch, in_channels // LANES, problem.out_height, problem.out_width * LANES) if input_blocked
+                      else (problem.batch, problem.in_channels, problem.out_height, problem.out_width))
         chunk, tile_width = reduction_chunk(problem.in_channels), self.tile_width
         group = pixel_group(problem, tile_width, vectors)
 
         def execute(x: np.ndarray, residual=None, in_place: bool = False, out=None) -> np.ndarray:
             workers = numba_threads()
-            x = np.ascontiguousarray(x)
+            x = _kernel_view(x, problem.input_layout)
             products_read = x if (sh, sw) == (1, 1) else scratch("direct.subsampled", subsampled, np.float32)
             y, first, step = _destination(problem, out, residual if in_place else None)
             res = y if residual is None else residual
             if tiles:
-                pointwise_tiles(x, products_read, sh, sw, w_packed, chunk, b, res, residual is not None, *act, y, first, step,
-                                tile_width, group, vectors, workers, POINTWISE_PREFETCH)
+                pointwise_tiles(x, products_read, sh, sw, w_packed, chunk, b, _kernel_view(res, problem.output_layout),
+                                residual is not None, *act, _kernel_view(y, problem.output_layout), first, step, tile_width,
+                                group, vectors, workers, POINTWISE_PREFETCH, x_layout, y_layout)
             else:
                 pointwise_conv(x, products_read, sh, sw, w_packed, b, res, residual is not None, *act, y, first, workers)
             return y if out is None else out.view
@@ -371,12 +399,19 @@ class DirectBackend(NumbaBackend):
         return execute
 
 
+def _kernel_view(a: np.ndarray, layout: str) -> np.ndarray:
+    """What the kernels take: NCHW and NHWC arrays as they are, a blocked (N, C/16, H, W, 16) one as
+    (N, C/16, H, W * 16), so that one compiled signature (4-D arrays) serves every layout."""
+    a = np.ascontiguousarray(a)
+    return a.reshape(a.shape[0], a.shape[1], a.shape[2], -1) if layout == NCHW16C else a
+
+
 def _destination(problem: ConvProblem, out, over):
     """``(array, first channel, channel step)`` the kernels write to: a new array, the residual given up
     (``over``), or ``out``'s buffer (a slice that is one contiguous block passes as itself: a residual
     then shares its indices)."""
     if out is None:
-        return (np.empty(problem.output_shape, np.float32) if over is None else over), 0, 1
+        return (np.empty(problem.output_array_shape, np.float32) if over is None else over), 0, 1
     view = out.view
     return (view, 0, 1) if view.flags.c_contiguous else (out.buffer, out.start, out.step)
 

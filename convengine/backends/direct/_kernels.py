@@ -13,6 +13,13 @@ Layouts (all float32, C-contiguous, flattened where the tile intrinsics read the
   output (a concatenation's or a channel shuffle's place; the output's channel count is
   ``bias``'s length). A residual is read at the output's own indices: it comes with
   ``y_first == 0`` and ``y_step == 1`` only.
+
+Other layouts (the problem's, see ``convengine.core.layouts``): an NCHW16c array
+``(N, C/16, H, W, 16)`` reaches the kernels as ``(N, C/16, H, W * 16)``, so that one
+compiled signature serves every layout; ``x_blocked``/``y_blocked`` (``tiled_conv``) and
+``x_layout``/``y_layout`` (``pointwise_tiles``, which also takes NHWC ``(N, H, W, C)``) say
+which. A blocked input is copied into the padded buffer row by row; blocked and NHWC outputs
+are stored by ``tile_store_rows``, a pixel's 16 channels per vector.
 """
 
 import numba
@@ -26,13 +33,17 @@ from ._simd import (
     pointwise_block,
     tile_conv,
     tile_store_nchw,
+    tile_store_rows,
     wide_tile_zero,
 )
 from ._tiles import LANES, MAX_WIDTH, compiled_width
 from ._worksharing import job_claims, next_job, phase_counter, phase_done
 
 # Numba's cache is keyed on this file's text, not on _simd's: after an edit to the intrinsics
-# there, change this line so that cached kernels are compiled again (tile_store_nchw's write prefetch).
+# there or in ``.._activations``, change this line so that cached kernels are compiled again (GELU; tile_store_rows).
+
+#: The layouts' codes (the backend's ``LAYOUT_CODES``): NCHW is 0.
+NCHW16C, NHWC = 1, 2
 
 #: :func:`._tiles.compiled_width`, the cost model's own function, compiled into the kernels.
 _compiled_width = numba.njit(inline="always")(compiled_width)
@@ -51,10 +62,11 @@ def precompile_kernels(function: str) -> list:
     epilogue = (flag, i64, f64, f64)  # has_residual, then the activation: Epilogue.kernel_activation()
     signatures = {
         # (6.8: Zen 4's 4.5 s scaled by the cold compile's growth on Intel, 5.6 -> 8.4 s, with the two-vector tiles)
-        "tiled_conv": ((f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 7 + (f32(1), f32(4)) + epilogue + (f32(4),) + (i64,) * 5,
-                       6.8),
+        "tiled_conv": ((f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 7 + (f32(1), f32(4)) + epilogue + (f32(4),) + (i64,) * 5
+                       + (flag, flag), 6.8),
         "pointwise_conv": ((f32(4), f32(4), i64, i64, f32(1), f32(1), f32(4)) + epilogue + (f32(4), i64, i64), 2.3),
-        "pointwise_tiles": ((f32(4), f32(4), i64, i64, f32(1), i64, f32(1), f32(4)) + epilogue + (f32(4),) + (i64,) * 7, 2.8),
+        "pointwise_tiles": ((f32(4), f32(4), i64, i64, f32(1), i64, f32(1), f32(4)) + epilogue + (f32(4),) + (i64,) * 9,
+                            2.8),
     }
     signature, cost = signatures[function]
     return [Kernel(__name__, function, signature, cost)]
@@ -68,8 +80,9 @@ def input_slack(stride_w: int, block: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True)  # a call per row: inlined into the kernel it cost a second of compile time
-def _pack_row(x, x_flat, xb, xb_flat, row_index, top, left):
-    """Row ``row_index`` of the zero-padded blocked buffer ``xb`` (N, Cb, Hp, Wp, block), from ``x`` (N, C, H, W).
+def _pack_row(x, x_flat, xb, xb_flat, row_index, top, left, x_blocked):
+    """Row ``row_index`` of the zero-padded blocked buffer ``xb`` (N, Cb, Hp, Wp, block), from ``x`` (N, C, H, W),
+    or from ``x`` already blocked (``x_blocked``: (N, Cb, H, W * 16), unpadded).
 
     ``x_flat`` and ``xb_flat`` are the same arrays flattened. Full 16-channel blocks move
     16 pixels at a time through a register transpose; a block of fewer than 16 channels
@@ -77,6 +90,8 @@ def _pack_row(x, x_flat, xb, xb_flat, row_index, top, left):
     """
     _, channels, height, width = x.shape
     _, c_blocks, hp, wp, block = xb.shape
+    if x_blocked:
+        width //= LANES
     n = row_index // (c_blocks * hp)
     cb = (row_index // hp) % c_blocks
     h = row_index % hp - top
@@ -86,6 +101,9 @@ def _pack_row(x, x_flat, xb, xb_flat, row_index, top, left):
         return
     row[:left, :] = 0
     row[left + width:, :] = 0
+    if x_blocked:  # already (N, Cb, H, W * 16): the row is one contiguous run
+        row[left:left + width, :] = x[n, cb, h].reshape(width, LANES)
+        return
     if block == LANES:
         x_at = ((n * channels + cb * LANES) * height + h) * width
         xb_at = (row_index * wp + left) * LANES
@@ -108,7 +126,8 @@ def _pack_row(x, x_flat, xb, xb_flat, row_index, top, left):
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, group_blocks,
-               bias, residual, has_residual, act, act_a, act_b, y, y_first, y_step, tile_width, vectors, workers):
+               bias, residual, has_residual, act, act_a, act_b, y, y_first, y_step, tile_width, vectors, workers,
+               x_blocked, y_blocked):
     """``y = act(conv(x) + bias (+ residual))``, ``x`` copied into ``blocked`` on the way, weights packed in ``wb`` (flat).
 
     ``blocked`` is the (N, Cb, Hp, Wp, block) view of a flat buffer with slack past its end.
@@ -125,6 +144,8 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
     xb = blocked.reshape(-1)  # (the flat buffer's start: the tiles read past the view's end, into the slack)
     x_flat = x.reshape(-1)
     n_images, y_channels, out_h, out_w = y.shape
+    if y_blocked:  # (N, Ob, OH, OW * 16)
+        out_w //= LANES
     out_channels = bias.shape[0]  # (y may be a larger buffer: see the module docstring)
     o_lanes = vectors * LANES  # output channels per block
     o_blocks = (out_channels + o_lanes - 1) // o_lanes
@@ -148,7 +169,7 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
             row = next_job(rows, me)
             if row < 0:
                 break
-            _pack_row(x, x_flat, blocked, xb, row, top, left)
+            _pack_row(x, x_flat, blocked, xb, row, top, left, x_blocked)
             copied += 1
         phase_done(packed, copied, n_rows)
         while True:
@@ -173,9 +194,14 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
                     acc = tile_conv(acc, xb, x_tile + (kh * dh * wp + kw * dw) * block, x_block, row_step, 1, sw * block,
                                     wb, w_tile + (kh * kw_size + kw) * block * o_lanes, w_block, group_blocks, tap_rows, count,
                                     computed, vectors, None)
-                tile_store_nchw(acc, y_flat, ((n * y_channels + y_first + ob * o_lanes * y_step) * out_h + oh) * out_w + ow0,
-                                y_step * out_h * out_w, min(o_lanes, out_channels - ob * o_lanes), 0, width,
-                                bias, ob * o_lanes, residual_flat, has_residual, act, act_a, act_b)
+                if y_blocked:
+                    tile_store_rows(acc, y_flat, (((n * y_channels + ob * vectors) * out_h + oh) * out_w + ow0) * LANES,
+                                    out_h * out_w * LANES, LANES, min(o_lanes, out_channels - ob * o_lanes), 0, width,
+                                    bias, ob * o_lanes, residual_flat, has_residual, act, act_a, act_b, True)
+                else:
+                    tile_store_nchw(acc, y_flat, ((n * y_channels + y_first + ob * o_lanes * y_step) * out_h + oh) * out_w
+                                    + ow0, y_step * out_h * out_w, min(o_lanes, out_channels - ob * o_lanes), 0, width,
+                                    bias, ob * o_lanes, residual_flat, has_residual, act, act_a, act_b)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -219,7 +245,7 @@ def pointwise_conv(source, x, sh, sw, w_packed, bias, residual, has_residual, ac
 
 
 @numba.njit(cache=True, nogil=True)
-def _subsample_phase(source, x, planes, me, sh, sw, copied, n_planes):
+def _subsample_phase(source, x, planes, me, sh, sw, copied, n_planes, lanes=1):
     """Thread ``me``'s share of a 1x1 kernel's first phase: claim and fill subsampled planes of
     ``x`` (none at stride 1), then wait at the barrier until all ``n_planes`` are filled."""
     done = 0
@@ -227,25 +253,27 @@ def _subsample_phase(source, x, planes, me, sh, sw, copied, n_planes):
         job = next_job(planes, me)
         if job < 0:
             break
-        _subsample_plane(source, x, job, sh, sw)
+        _subsample_plane(source, x, job, sh, sw, lanes)
         done += 1
     phase_done(copied, done, n_planes)
 
 
 @numba.njit(cache=True, nogil=True)
-def _subsample_plane(source, x, job, sh, sw):
-    """Plane ``job`` (image-major) of ``x``: every ``sh``-th row and ``sw``-th column of ``source``'s."""
-    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+def _subsample_plane(source, x, job, sh, sw, lanes):
+    """Plane ``job`` (image-major) of ``x``: every ``sh``-th row and ``sw``-th column of ``source``'s
+    (columns of ``lanes`` values each: 16 in the blocked layout, whose planes are (H, W * 16))."""
+    channels, height, width = x.shape[1], x.shape[2], x.shape[3] // lanes
     src = source[job // channels, job % channels]
     dst = x[job // channels, job % channels]
     for i in range(height):
         for j in range(width):
-            dst[i, j] = src[i * sh, j * sw]
+            for k in range(lanes):
+                dst[i, j * lanes + k] = src[i * sh, j * sw * lanes + k]
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, act, act_a, act_b, y, y_first, y_step,
-                    tile_width, group, vectors, workers, prefetch):
+                    tile_width, group, vectors, workers, prefetch, x_layout, y_layout):
     """``y = act(W @ x + bias (+ residual))`` for a 1x1 unpadded convolution, output channels in the vector lanes.
 
     The register tiles of :func:`tiled_conv` (up to ``tile_width`` pixels x ``vectors`` x 16
@@ -262,8 +290,13 @@ def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, 
     the input is too large to stay cached; the blocks of a group are adjacent jobs). Needs a
     plane of at least MAX_WIDTH pixels.
     """
-    n_images, channels, height, width = x.shape
-    out_channels, y_channels = bias.shape[0], y.shape[1]
+    if x_layout == NHWC:
+        n_images, height, width, channels = x.shape
+    else:
+        n_images, channels, height, width = x.shape
+    lanes = LANES if x_layout == NCHW16C else 1  # blocked: (N, Cb, H, W * 16), ``channels`` counts blocks
+    width //= lanes
+    out_channels, y_channels = bias.shape[0], (y.shape[3] if y_layout == NHWC else y.shape[1])
     plane = height * width
     o_lanes = vectors * LANES
     o_blocks = (out_channels + o_lanes - 1) // o_lanes
@@ -277,7 +310,7 @@ def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, 
     claims = job_claims(n_images * n_groups * o_blocks, workers)
     for thread in prange(max(planes.shape[0], claims.shape[0])):
         me = np.int64(thread)
-        _subsample_phase(source, x, planes, me, sh, sw, copied, n_planes)
+        _subsample_phase(source, x, planes, me, sh, sw, copied, n_planes, lanes)
         while True:
             job = next_job(claims, me)
             if job < 0:
@@ -290,9 +323,26 @@ def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, 
                 stored = min(tile_width, g1 - p0)
                 computed = _compiled_width(stored)
                 start = min(p0, plane - computed)
-                acc = tile_conv(wide_tile_zero(), x_flat, n * channels * plane + start, chunk * plane, 0, plane, 1,
-                                wb, o0 * channels, chunk * o_lanes, channels // chunk, 1, chunk, computed, vectors,
-                                prefetch)
-                tile_store_nchw(acc, y_flat, (n * y_channels + y_first + o0 * y_step) * plane + start, y_step * plane,
-                                min(o_lanes, out_channels - o0), p0 - start, p0 - start + stored,
-                                bias, o0, residual_flat, has_residual, act, act_a, act_b)
+                if x_layout == NCHW16C:  # rows of the reduction: the channel blocks; steps: a block's 16 channels
+                    acc = tile_conv(wide_tile_zero(), x_flat, (n * channels * plane + start) * LANES, 0, plane * LANES, 1,
+                                    LANES, wb, o0 * channels * LANES, 0, 1, channels, LANES, computed, vectors, prefetch)
+                elif x_layout == NHWC:  # a pixel's channels are one contiguous row
+                    acc = tile_conv(wide_tile_zero(), x_flat, (n * plane + start) * channels, chunk, 0, 1, channels,
+                                    wb, o0 * channels, chunk * o_lanes, channels // chunk, 1, chunk, computed, vectors,
+                                    prefetch)
+                else:
+                    acc = tile_conv(wide_tile_zero(), x_flat, n * channels * plane + start, chunk * plane, 0, plane, 1,
+                                    wb, o0 * channels, chunk * o_lanes, channels // chunk, 1, chunk, computed, vectors,
+                                    prefetch)
+                if y_layout == NCHW16C:
+                    tile_store_rows(acc, y_flat, ((n * y_channels + o0 // LANES) * plane + start) * LANES,
+                                    plane * LANES, LANES, min(o_lanes, out_channels - o0), p0 - start, p0 - start + stored,
+                                    bias, o0, residual_flat, has_residual, act, act_a, act_b, True)
+                elif y_layout == NHWC:
+                    tile_store_rows(acc, y_flat, (n * plane + start) * y_channels + o0, LANES, y_channels,
+                                    min(o_lanes, out_channels - o0), p0 - start, p0 - start + stored,
+                                    bias, o0, residual_flat, has_residual, act, act_a, act_b, False)
+                else:
+                    tile_store_nchw(acc, y_flat, (n * y_channels + y_first + o0 * y_step) * plane + start, y_step * plane,
+                                    min(o_lanes, out_channels - o0), p0 - start, p0 - start + stored,
+                                    bias, o0, residual_flat, has_residual, act, act_a, act_b)

@@ -126,9 +126,7 @@ def _activate_rows(builder, yp, y_start, row_step, n_rows, first, last, act, p0,
     each unrolled store had one per stored vector (pointwise_conv's compile time: 1.7 s -> 4.5 s).
     """
     i32 = ir.IntType(32)
-    mask_ty = ir.VectorType(ir.IntType(1), LANES)
-    load = _masked(builder, "load", ir.FunctionType(_VEC, [_VEC.as_pointer(), i32, mask_ty, _VEC]))
-    store = _masked(builder, "store", ir.FunctionType(ir.VoidType(), [_VEC, _VEC.as_pointer(), i32, mask_ty]))
+    load, store = _masked_load_store(builder)
     lanes = ir.Constant(ir.VectorType(i32, LANES), list(range(LANES)))
     low, high = _splat(builder, builder.trunc(first, i32)), _splat(builder, builder.trunc(last, i32))
     n_vectors = builder.sdiv(builder.add(last, ir.Constant(_I64, LANES - 1)), ir.Constant(_I64, LANES))
@@ -330,6 +328,14 @@ def _transpose(builder, rows):
     return rows
 
 
+def _masked_load_store(builder):
+    """``llvm.masked.load`` and ``llvm.masked.store`` of LANES floats: ``load(ptr, align, mask, passthru)``,
+    ``store(value, ptr, align, mask)``."""
+    i32, mask_ty = ir.IntType(32), ir.VectorType(ir.IntType(1), LANES)
+    return (_masked(builder, "load", ir.FunctionType(_VEC, [_VEC.as_pointer(), i32, mask_ty, _VEC])),
+            _masked(builder, "store", ir.FunctionType(ir.VoidType(), [_VEC, _VEC.as_pointer(), i32, mask_ty])))
+
+
 def _masked(builder, name, fnty):
     """``llvm.masked.load``/``store`` on LANES floats; the name mangles the pointer type, which
     is opaque (``p0``) from LLVM 15 on and typed (``p0v16f32``) before."""
@@ -370,9 +376,7 @@ def tile_store_nchw(typingctx, tile, y, y_start, plane, channels, first, width, 
         has_residual = args[10]
         act, p0, p1 = _activation_args(context, builder, sig, args, 11)
         i32 = ir.IntType(32)
-        mask_ty = ir.VectorType(ir.IntType(1), LANES)
-        load = _masked(builder, "load", ir.FunctionType(_VEC, [_VEC.as_pointer(), i32, mask_ty, _VEC]))
-        store = _masked(builder, "store", ir.FunctionType(ir.VoidType(), [_VEC, _VEC.as_pointer(), i32, mask_ty]))
+        load, store = _masked_load_store(builder)
         zero = ir.Constant(_VEC, [0.0] * LANES)
         mask = builder.and_(_lanes_below(builder, width), builder.not_(_lanes_below(builder, first)))
         r_mask = builder.and_(mask, _splat(builder, has_residual))
@@ -416,6 +420,86 @@ def tile_store_nchw(typingctx, tile, y, y_start, plane, channels, first, width, 
     return sig, codegen
 
 
+@intrinsic
+def tile_store_rows(typingctx, tile, y, y_start, block_step, pixel_step, channels, first, width, bias, b_start, residual,
+                    has_residual, act, p0, p1, zero_rest):
+    """Write the tile where each pixel's channels are contiguous: channel-blocked (NCHW16c) or channels-last (NHWC).
+
+    ``y[y_start + v*block_step + p*pixel_step + j] = act(tile[v][p][j] + bias[b_start + 16*v + j] (+ residual))``
+    for the tile's vectors ``v`` with ``16*v < channels``, pixels ``first <= p < width`` and
+    lanes ``16*v + j < channels``. The other lanes of a stored vector are written as 0 when
+    ``zero_rest`` (a channel block's padding, which the next layer sums over, whatever the
+    activation makes of 0), and left alone otherwise (channels-last: they belong to other
+    output channels). Each stored vector is one pixel's 16 channels as they sit in the
+    registers: no transpose. NCHW16c: ``pixel_step`` 16, ``block_step`` a plane of blocks;
+    NHWC: ``pixel_step`` the row's channels, ``block_step`` 16. ``residual`` shares ``y``'s
+    layout (pass ``y`` when there is none).
+    """
+    if not (isinstance(tile, Tile) and all(_is_f32_array(a) for a in (y, bias, residual))):
+        return None
+    ints = (y_start, block_step, pixel_step, channels, first, width, b_start, act)
+    if not (all(isinstance(t, types.Integer) for t in ints) and isinstance(has_residual, types.Boolean)
+            and isinstance(zero_rest, types.Boolean) and isinstance(p0, types.Float) and isinstance(p1, types.Float)):
+        return None
+    sig = types.void(tile, y, y_start, block_step, pixel_step, channels, first, width, bias, b_start, residual,
+                     has_residual, act, p0, p1, zero_rest)
+
+    def codegen(context, builder, sig, args):
+        acc = args[0]
+        y_start, block_step, pixel_step, channels, first, width, b_start = (
+            _as_i64(context, builder, args[i], sig.args[i]) for i in (2, 3, 4, 5, 6, 7, 9))
+        yp = _data(context, builder, sig.args[1], args[1])
+        bp = _data(context, builder, sig.args[8], args[8])
+        rp = _data(context, builder, sig.args[10], args[10])
+        has_residual, zero_rest = args[11], args[15]
+        act, p0, p1 = _activation_args(context, builder, sig, args, 12)
+        i32 = ir.IntType(32)
+        load, store = _masked_load_store(builder)
+        zero = ir.Constant(_VEC, [0.0] * LANES)
+        align = ir.Constant(i32, 4)
+        n_vectors = sig.args[0].vectors
+        # The sums, bias added, wait in a stack buffer for one loop that adds the residual,
+        # activates and stores: one copy of the activation's code (see tile_store_nchw).
+        rows = cgutils.alloca_once(builder, _VEC, size=ir.Constant(_I64, n_vectors * MAX_WIDTH), name="tile.pixels")
+        for v in range(n_vectors):
+            lanes = _lanes_below(builder, channels, v * LANES)
+            b = builder.call(load, [builder.bitcast(builder.gep(bp, [builder.add(b_start, ir.Constant(_I64, v * LANES))]),
+                                                    _VEC.as_pointer()), align, lanes, zero])
+            for p in range(MAX_WIDTH):
+                builder.store(builder.fadd(builder.extract_value(acc, v * MAX_WIDTH + p), b),
+                              builder.gep(rows, [ir.Constant(_I64, v * MAX_WIDTH + p)]))
+        limit = ir.Constant(_I64, n_vectors)
+        used = builder.sdiv(builder.add(channels, ir.Constant(_I64, LANES - 1)), ir.Constant(_I64, LANES))
+        used = builder.select(builder.icmp_signed("<", used, limit), used, limit)
+        pixels = builder.sub(width, first)
+        rest = _splat(builder, zero_rest)
+
+        def vector(v, _):
+            lanes = _lanes_below(builder, builder.sub(channels, builder.mul(v, ir.Constant(_I64, LANES))))
+            written = builder.or_(lanes, rest)
+            residual_lanes = builder.and_(lanes, _splat(builder, has_residual))
+            base = builder.add(y_start, builder.mul(v, block_step))
+
+            def pixel(i, _):
+                p = builder.add(first, i)
+                at = builder.add(base, builder.mul(p, pixel_step))
+                value = builder.load(builder.gep(rows, [builder.add(builder.mul(v, ir.Constant(_I64, MAX_WIDTH)), p)]))
+                r = builder.call(load, [builder.bitcast(builder.gep(rp, [at]), _VEC.as_pointer()), align, residual_lanes,
+                                        zero])
+                value = builder.select(has_residual, builder.fadd(value, r), value)
+                value = builder.select(lanes, activate_any(builder, value, act, p0, p1), zero)
+                builder.call(store, [value, builder.bitcast(builder.gep(yp, [at]), _VEC.as_pointer()), align, written])
+                return []
+
+            _counted_loop(builder, pixels, [], pixel)
+            return []
+
+        _counted_loop(builder, used, [], vector)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 #: The pointwise (1x1) block: POINT_CHANNELS output channels x POINT_VECTORS vectors of
 #: LANES pixels, 24 accumulators: a GEMM micro-kernel over NCHW planes, with no input copy
 #: and no transpose (each output channel's pixels are contiguous).
@@ -454,10 +538,8 @@ def pointwise_block(typingctx, x, x_start, plane, channels, w, w_start, y, y_sta
         has_residual = args[13]
         act, p0, p1 = _activation_args(context, builder, sig, args, 14)
         i32 = ir.IntType(32)
-        mask_ty = ir.VectorType(ir.IntType(1), LANES)
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3), f"llvm.fma.v{LANES}f32")
-        load = _masked(builder, "load", ir.FunctionType(_VEC, [_VEC.as_pointer(), i32, mask_ty, _VEC]))
-        store = _masked(builder, "store", ir.FunctionType(ir.VoidType(), [_VEC, _VEC.as_pointer(), i32, mask_ty]))
+        load, store = _masked_load_store(builder)
         zero = ir.Constant(_VEC, [0.0] * LANES)
         align = ir.Constant(i32, 4)
 
@@ -546,8 +628,7 @@ def pack_block(typingctx, x, x_start, plane, channels, pixels, xb, xb_start):
         x_start, plane, channels, pixels, xb_start = (
             _as_i64(context, builder, args[i], sig.args[i]) for i in (1, 2, 3, 4, 6))
         i32 = ir.IntType(32)
-        mask_ty = ir.VectorType(ir.IntType(1), LANES)
-        load = _masked(builder, "load", ir.FunctionType(_VEC, [_VEC.as_pointer(), i32, mask_ty, _VEC]))
+        load, _ = _masked_load_store(builder)
         zero = ir.Constant(_VEC, [0.0] * LANES)
         in_row = _lanes_below(builder, pixels)
         c = builder.trunc(channels, i32)

@@ -1,0 +1,78 @@
+"""Memory layouts a convolution's input and output may have, besides PyTorch's NCHW.
+
+Why: the problem is the same convolution whatever order its numbers sit in memory, but the
+cost is not. Inside a network a layer reads what the previous one wrote, and ONNX Runtime
+and oneDNN keep activations channel-blocked between their convolutions (``NCHW16c``): a
+register tile then reads 16 channels of a pixel as one contiguous vector and stores its
+results the same way, with no transpose and no copy into a blocked buffer. Transformer-style
+blocks (ConvNeXt's) run their pointwise layers on channels-last rows (``NHWC``), where a 1x1
+convolution is the ``MatMul`` the exporter wrote.
+
+A layout is a name (:data:`LAYOUTS`); shapes stay logical everywhere (a problem's
+``input_shape`` is ``(N, C, H, W)`` in every layout), and :func:`array_shape` gives the
+array's. ``NCHW16c`` pads the channels to a multiple of 16 with zeros, which every writer
+keeps zero, so that a reader may sum over them. :func:`to_layout` and :func:`to_nchw` are
+the plain numpy conversions: the reference for tests, and the boundary copies where a
+network leaves a blocked stretch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+NCHW = "NCHW"
+#: Channel blocks of 16: array ``(N, ceil(C / 16), H, W, 16)``, channel ``c`` at ``[:, c // 16, :, :, c % 16]``.
+NCHW16C = "NCHW16c"
+#: Channels last: array ``(N, H, W, C)``.
+NHWC = "NHWC"
+LAYOUTS = (NCHW, NCHW16C, NHWC)
+#: Channels per block of :data:`NCHW16C`.
+BLOCK = 16
+
+
+def check_layout(layout, name: str) -> str:
+    """``layout`` if it is one of :data:`LAYOUTS`, else a ``ValueError`` naming the parameter."""
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}")
+    return layout
+
+
+def array_shape(shape, layout: str) -> tuple:
+    """The array shape of a tensor whose logical (NCHW) shape is ``shape``, in ``layout``."""
+    n, c, h, w = shape
+    if layout == NCHW16C:
+        return (n, -(-c // BLOCK), h, w, BLOCK)
+    if layout == NHWC:
+        return (n, h, w, c)
+    return (n, c, h, w)
+
+
+def to_layout(x: np.ndarray, layout: str) -> np.ndarray:
+    """A new C-contiguous copy of the NCHW array ``x`` in ``layout`` (padding channels zero)."""
+    if layout == NHWC:
+        return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    if layout == NCHW16C:
+        n, c, h, w = x.shape
+        blocked = np.zeros(array_shape(x.shape, layout), x.dtype)
+        for b in range(blocked.shape[1]):
+            channels = x[:, b * BLOCK:(b + 1) * BLOCK]
+            blocked[:, b, :, :, :channels.shape[1]] = channels.transpose(0, 2, 3, 1)
+        return blocked
+    return np.array(x, order="C")
+
+
+def to_nchw(y: np.ndarray, layout: str, channels: int) -> np.ndarray:
+    """A new C-contiguous NCHW copy of ``y``, held in ``layout``, of ``channels`` channels."""
+    if layout == NHWC:
+        return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+    if layout == NCHW16C:
+        n, blocks, h, w, _ = y.shape
+        return np.ascontiguousarray(y.transpose(0, 1, 4, 2, 3).reshape(n, blocks * BLOCK, h, w)[:, :channels])
+    return np.array(y, order="C")
+
+
+def clear_padding(y: np.ndarray, layout: str, channels: int) -> np.ndarray:
+    """Zero ``y``'s padding channels in place (an activation may have made 0.5 of them) and return it."""
+    if layout == NCHW16C and channels % BLOCK:
+        y[:, -1, :, :, channels % BLOCK:] = 0
+    return y
