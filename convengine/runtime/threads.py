@@ -58,12 +58,19 @@ WAIT_POLICY_SET_HERE = "OMP_WAIT_POLICY" not in os.environ
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 #: ...but not at once. A worker put to sleep after every kernel must be woken for the next
 #: one: ~45 us per parallel kernel on this project's 2-vCPU VM, even back to back, against
-#: ~2 us for a worker still spinning (measured on an empty kernel). Spinning 2000 rounds
-#: (libgomp's count; ~20-50 us here) bridges the Python between one layer's kernel and the
-#: next (ResNet-50 ~42 ms a run against ~44.5, ResNet-18 18.8 against 19.1), and is short
-#: enough that a BLAS call after a kernel loses at most that long. Only when convengine
-#: chose the policy: a user's ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is left alone.
-WORKER_SPIN_COUNT = "2000"
+#: ~2 us for a worker still spinning (measured on an empty kernel), and inside a model the
+#: steps between two parallel kernels (a pool, a one-thread element-wise pass, Python) often
+#: take longer than a short spin. 100000 rounds of libgomp's count (~1-2.5 ms here) keep the
+#: worker awake across them, as ONNX Runtime's pool spins between its operators. Whole models
+#: at batch 1, 2000 -> 100000 rounds (fresh processes, median of 20 runs, quiet machine):
+#: DenseNet-121 42.0 -> 36.2 ms, EfficientNet-B0 11.2 -> 9.2, GoogLeNet 18.7 -> 16.8,
+#: RegNetY-400MF 9.9 -> 8.7, SqueezeNet 5.3 -> 4.8, ResNet-50 42.2 -> 40.6, ConvNeXt-Tiny
+#: 53.9 -> 49.6; 1M and 3M rounds gained nothing more. It used to cost ConvNeXt 30%: a
+#: spinning worker took a core from the BLAS calls of its Linear layers, which now run as
+#: Numba kernels (see ``graph.fusion.channels_last_linears``); a BLAS call right after a
+#: parallel kernel may still share the cores for that long. Only when convengine chose the
+#: policy: a user's ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is left alone.
+WORKER_SPIN_COUNT = "100000"
 if WAIT_POLICY_SET_HERE:
     os.environ.setdefault("GOMP_SPINCOUNT", WORKER_SPIN_COUNT)
 #: OpenBLAS's idle workers spin for 2**28 cycles (~0.1 s) after every call, so a Numba kernel
