@@ -2,7 +2,7 @@
 
 The generic property and ONNX tests run it like every backend, and the conformance kit runs
 on it here (:class:`TestDirectConformance`, as tests/core/test_conformance_kit.py runs it on
-the other built-ins); the rest aims at what is specific to its register tiles (widths 1-14 and the balanced split, channel
+the other built-ins); the rest aims at what is specific to its register tiles (widths 1-14 and a row split into tiles, channel
 counts that are not multiples of 16, the stem's small channel block, narrow tiles as on
 AVX2) against the independent float64 reference.
 """
@@ -303,3 +303,23 @@ def test_estimate_counts_channel_padding_and_narrow_tiles():
     assert channel_block(3) == 3 and channel_block(64) == 16
     assert tile_efficiency(56, 14) == 1.0 and tile_efficiency(2, 14) == 0.25
     assert tile_efficiency(7, 14) == 0.875 and tile_efficiency(7, 14, vectors=2) == 1.0
+
+
+@pytest.mark.parametrize("width", list(range(1, 160)))
+@pytest.mark.parametrize("max_width, vectors", [(14, 1), (14, 2), (7, 1)])
+def test_row_tiles_cover_each_pixel_once(width, max_width, vectors):
+    from convengine.backends.direct._tiles import row_tiles
+
+    tiles = row_tiles(width, max_width, vectors)
+    assert [start for start, _ in tiles] == [sum(w for _, w in tiles[:i]) for i in range(len(tiles))]
+    assert sum(w for _, w in tiles) == width and all(1 <= w <= max_width for _, w in tiles)
+
+
+def test_row_tiles_compute_fewer_pixels_than_equal_halves():
+    """Inception-v3's 17- and 8-pixel rows: 13 + 4 and 4 + 4 pixels (all stored), not 13 + 13 and 13."""
+    from convengine.backends.direct._tiles import compiled_width, row_tiles
+
+    assert [w for _, w in row_tiles(17, 14, 2)] == [13, 4]
+    assert [w for _, w in row_tiles(8, 14, 2)] == [4, 4]
+    assert [w for _, w in row_tiles(56, 14, 2)] == [14] * 4
+    assert sum(compiled_width(w) for _, w in row_tiles(35, 14, 2)) == 35

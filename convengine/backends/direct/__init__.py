@@ -39,7 +39,7 @@ from ...core.problem import ConvProblem
 from ...runtime.threads import numba_threads
 from ...runtime.workspace import scratch
 from .._numba import NumbaBackend
-from ._tiles import LANES, MAX_VECTORS, compiled_width
+from ._tiles import LANES, MAX_VECTORS, compiled_width, row_tiles, tile_cost
 from ._tiles import MAX_WIDTH as MAX_TILE_WIDTH
 
 #: How the kernels are told a layout (``_kernels``' ``x_layout`` and ``y_layout``).
@@ -63,8 +63,6 @@ ROW_OVERHEAD_STEPS = 4
 #: Fixed cost of one register tile (zeroing, the transposing store), in kernel rows of its
 #: reduction: negligible for ResNet's 64+ channels x 3 rows, not for a 16-channel group's 3.
 TILE_OVERHEAD_ROWS = 1
-#: Independent accumulators needed to hide the FMA latency; narrower tiles run proportionally slower.
-LATENCY_CHAINS = 8
 #: Per output element: the transpose out of the tile, the masked store with bias, residual and
 #: ReLU, and the blocked input copy; measured on 1x1 layers, where it is most of the time.
 EPILOGUE_FLOPS_PER_OUTPUT = 60
@@ -169,10 +167,9 @@ def computed_pixels(pixels: int, tile_width: int) -> int:
 
 
 def tile_efficiency(out_width: int, max_width: int, vectors: int = 1) -> float:
-    """Share of the FMA rate the balanced row tiles of ``out_width`` pixels x ``vectors`` keep busy."""
-    tiles = -(-out_width // max_width)
-    width = -(-out_width // tiles)
-    return min(1.0, width * vectors / LATENCY_CHAINS)
+    """Share of the FMA rate a row of ``out_width`` pixels x ``vectors`` gets on its tiles (:func:`._tiles.row_tiles`):
+    what pixels computed and not stored, and tiles of too few accumulators, cost."""
+    return out_width / sum(tile_cost(width, vectors) for _, width in row_tiles(out_width, max_width, vectors))
 
 
 class DirectBackend(NumbaBackend):
@@ -338,7 +335,7 @@ class DirectBackend(NumbaBackend):
         hp, wp = problem.padded_height, problem.padded_width
         (sh, sw), (dh, dw) = problem.stride, problem.dilation
         act = epilogue.kernel_activation()
-        tile_width = self.tile_width
+        tiles = np.array(row_tiles(problem.out_width, self.tile_width, vectors), np.int64)
         slack = input_slack(sw, block)
 
         def execute(x: np.ndarray, residual=None, in_place: bool = False, out=None) -> np.ndarray:
@@ -349,7 +346,7 @@ class DirectBackend(NumbaBackend):
             res = y if residual is None else residual
             tiled_conv(_kernel_view(x, problem.input_layout), flat[:flat.size - slack].reshape(shape), top, left, wb, kh,
                        kw, sh, sw, dh, dw, group_blocks, b, _kernel_view(res, problem.output_layout), residual is not None,
-                       *act, _kernel_view(y, problem.output_layout), first, step, tile_width, vectors, workers,
+                       *act, _kernel_view(y, problem.output_layout), first, step, tiles, vectors, workers,
                        input_blocked, output_blocked)
             return y if out is None else out.view
 

@@ -62,8 +62,8 @@ def precompile_kernels(function: str) -> list:
     epilogue = (flag, i64, f64, f64)  # has_residual, then the activation: Epilogue.kernel_activation()
     signatures = {
         # (6.8: Zen 4's 4.5 s scaled by the cold compile's growth on Intel, 5.6 -> 8.4 s, with the two-vector tiles)
-        "tiled_conv": ((f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 7 + (f32(1), f32(4)) + epilogue + (f32(4),) + (i64,) * 5
-                       + (flag, flag), 6.8),
+        "tiled_conv": ((f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 7 + (f32(1), f32(4)) + epilogue + (f32(4), i64, i64,
+                       types.Array(types.int64, 2, "C"), i64, i64, flag, flag), 6.8),
         "pointwise_conv": ((f32(4), f32(4), i64, i64, f32(1), f32(1), f32(4)) + epilogue + (f32(4), i64, i64), 2.3),
         "pointwise_tiles": ((f32(4), f32(4), i64, i64, f32(1), i64, f32(1), f32(4)) + epilogue + (f32(4),) + (i64,) * 9,
                             2.8),
@@ -126,7 +126,7 @@ def _pack_row(x, x_flat, xb, xb_flat, row_index, top, left, x_blocked):
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, group_blocks,
-               bias, residual, has_residual, act, act_a, act_b, y, y_first, y_step, tile_width, vectors, workers,
+               bias, residual, has_residual, act, act_a, act_b, y, y_first, y_step, row_tiles, vectors, workers,
                x_blocked, y_blocked):
     """``y = act(conv(x) + bias (+ residual))``, ``x`` copied into ``blocked`` on the way, weights packed in ``wb`` (flat).
 
@@ -134,7 +134,8 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
     Two phases in one parallel region: the threads fill ``blocked`` row by row, wait for
     each other (one kernel start instead of two), then compute. One job of the second phase
     is one output row of one block of ``vectors`` x 16 output channels of one image; it sweeps
-    the row in tiles of at most ``tile_width`` pixels, each accumulated in registers over the whole reduction
+    the row in the tiles ``row_tiles`` lists (``(first pixel, pixels)``, see ``_tiles.row_tiles``), each
+    accumulated in registers over the whole reduction
     (channel blocks x kernel rows x one contiguous (kw, channel) run) and written out once,
     epilogue applied. Grouped (``group_blocks`` < all input blocks), an output block's
     reduction covers the ``group_blocks`` input blocks of its group (whole blocks: 16 and more
@@ -149,8 +150,6 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
     out_channels = bias.shape[0]  # (y may be a larger buffer: see the module docstring)
     o_lanes = vectors * LANES  # output channels per block
     o_blocks = (out_channels + o_lanes - 1) // o_lanes
-    n_tiles = (out_w + tile_width - 1) // tile_width
-    tile = (out_w + n_tiles - 1) // n_tiles  # balanced: no 1-pixel tail tile
     run = kw_size * block
     calls, tap_rows, count, row_step = (1, kh_size, run, dh * wp * block) if dw == 1 else (kh_size * kw_size, 1, block, 0)
     x_block = hp * wp * block  # one channel block of one image
@@ -179,8 +178,8 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
             n = job // (o_blocks * out_h)
             ob = (job // out_h) % o_blocks
             oh = job % out_h
-            for ow0 in range(0, out_w, tile):
-                width = min(tile, out_w - ow0)  # pixels stored
+            for t in range(row_tiles.shape[0]):
+                ow0, width = row_tiles[t, 0], row_tiles[t, 1]  # first pixel, pixels stored
                 computed = _compiled_width(width)  # pixels computed (the extra ones read the slack)
                 cb0 = ob * o_lanes // out_per_group * group_blocks  # the group's first input block
                 x_tile = (((n * c_blocks + cb0) * hp + oh * sh) * wp + ow0 * sw) * block

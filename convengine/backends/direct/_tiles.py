@@ -30,3 +30,38 @@ def compiled_width(width):
         if w >= width:
             return w
     return width
+
+
+#: Independent accumulators needed to hide the FMA latency; narrower tiles run proportionally slower.
+LATENCY_CHAINS = 8
+#: A tile's fixed cost (zeroing, the store, its loop's set-up), in pixels of computation.
+TILE_OVERHEAD_PIXELS = 1.0
+
+
+def tile_cost(width, vectors):
+    """Time of one tile of ``width`` stored pixels, in pixels computed at the full rate: its compiled
+    width, slowed where it holds fewer than LATENCY_CHAINS accumulators."""
+    computed = compiled_width(width)
+    return computed / min(1.0, computed * vectors / LATENCY_CHAINS)
+
+
+def row_tiles(width, max_width, vectors=1):
+    """The tiles ``(start, width)`` a row of ``width`` output pixels is computed in: the split into
+    tiles of at most ``max_width`` pixels that costs least (:func:`tile_cost` plus
+    TILE_OVERHEAD_PIXELS each), widest first. A 17-pixel row (Inception-v3) is 13 + 4 pixels,
+    all of them stored, where equal halves would compute 13 + 13; an 8-pixel row 4 + 4."""
+    best = [0.0] + [float("inf")] * width
+    choice = [0] * (width + 1)
+    for n in range(1, width + 1):
+        for w in range(1, min(n, max_width) + 1):
+            cost = best[n - w] + tile_cost(w, vectors) + TILE_OVERHEAD_PIXELS
+            if cost < best[n] - 1e-9:
+                best[n], choice[n] = cost, w
+    widths = []
+    n = width
+    while n:
+        widths.append(choice[n])
+        n -= choice[n]
+    widths.sort(reverse=True)
+    starts = [sum(widths[:i]) for i in range(len(widths))]
+    return tuple(zip(starts, widths))
