@@ -335,14 +335,14 @@ def _pool_kernels_for(node, shapes, dtype, params):
 
 KERNELS["MaxPool"] = _pool_kernels_for
 
-#: Below this many input elements (16 MiB of float32: every pool of the torchvision zoo at
-#: batch 1) a pool runs on one thread. Inside a model its input was just written by the
-#: previous step's two threads, and a second pool thread mostly waits: for its wake-up, for
-#: cache lines in the other core, and, on a shared VM, for its vCPU. Measured in whole
-#: models on the 2-vCPU VM (load 2-2.8, docs/performance.md "Session 8: pools"), one thread
-#: beat two for every pool, VGG-11's 3.2M-element first pool included (1.21-1.27 against
-#: 1.31-1.33 ms); the even split over threads pays only with more work than that per thread.
-MIN_PARALLEL_POOL = 1 << 22
+#: Below this many input elements a pool runs on one thread: a parallel start costs more than
+#: the work. Session 8 measured one thread faster for every pool of the zoo at batch 1 (up to
+#: 4M elements), with the OpenMP workers put to sleep after 2000 spins: a pool thread then
+#: waited for its wake-up. With the workers spinning through the step (``runtime.threads``,
+#: 100000 rounds), two threads win from here: whole models at batch 1, fresh processes,
+#: medians of 20, quiet machine, 4M -> 64K elements: Inception-v3 58.8-59.6 -> 57.5-57.8 ms,
+#: SqueezeNet 4.71-4.75 -> 4.42-4.47, GoogLeNet 16.6 -> 16.3-16.5, DenseNet-121 within noise.
+MIN_PARALLEL_POOL = 1 << 16
 
 
 def _is_identity(geometry) -> bool:
