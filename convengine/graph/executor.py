@@ -16,6 +16,7 @@ layers will call are compiled in parallel processes where they are not cached ye
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 import weakref
@@ -27,10 +28,12 @@ import numpy as np
 from ..core.arrays import kernel_ready
 from ..core.contract import OutputSlice
 from ..core.engine import default_engine
-from ..core.layouts import NHWC
+from ..core.layouts import NCHW, NCHW16C, NHWC, to_nchw
+from ..core.problem import ConvProblem
 from ..runtime.allocator import keep_large_buffers
 from ..runtime.precompile import precompile as precompile_kernels
 from ..runtime.threads import get_num_threads
+from .blocking import ConvTensors, LayoutPlan, plan_layouts
 from .folding import ConvWeights, foldable_batchnorms
 from .fusion import (
     ChannelsLastLinear,
@@ -59,6 +62,7 @@ class Step:
     squeeze: Optional[SqueezeExcitation] = None  # the block this step runs (squeeze-and-excitation, a pointwise chain)
     block: Any = None  # its prepared run(x, in_place) -> y
     linear: Optional[ChannelsLastLinear] = None  # the MatMul (and bias, GELU) a conv step on NHWC arrays runs
+    layouts: tuple = (NCHW, NCHW)  # a conv step's input and output layouts (see .blocking)
     inputs: list[str] = field(default_factory=list)
     release: list[str] = field(default_factory=list)  # tensors whose last consumer is this step
     inplace: bool = False  # may overwrite its first input (an intermediate nothing reads later)
@@ -72,7 +76,8 @@ class CompiledGraph:
     """A graph with every convolution prepared; ``run`` may be called many times."""
 
     def __init__(self, graph: Graph, engine=None, *, fold_batchnorm: bool = True, fuse_epilogues: bool = True,
-                 plan=None, progress: bool = False, batch: int = 1, precompile: bool = True, concat_in_place: bool = True):
+                 plan=None, progress: bool = False, batch: int = 1, precompile: bool = True, concat_in_place: bool = True,
+                 blocked_layouts: bool = True):
         self.graph = graph
         self.batch = batch
         self.engine = engine or default_engine()
@@ -104,16 +109,12 @@ class CompiledGraph:
         by_name = {n.name: n for n in graph.nodes}
         nodes = [by_name[runs_at[n.name]] if n.name in runs_at else n
                  for n in graph.nodes if n.name not in skipped or n.name in runs_at]
-        iterator = nodes
-        if progress:
-            from tqdm import tqdm
-
-            iterator = tqdm(nodes, desc=f"preparing {graph.name}", unit="layer", leave=False)
-        for node in iterator:
+        pending = {}  # conv step -> what preparing it needs, once its layouts are known
+        for node in nodes:
             step = Step(node=node, inputs=[name for name in node.inputs if name])
             if node.op == "Conv":
                 fusion = fusions.get(node.name)
-                step.conv = self._prepare_conv(node, folded.get(node.name), layers.get(node.name), fusion)
+                pending[id(step)] = (node, folded.get(node.name), layers.get(node.name), fusion)
                 step.fusion = fusion
                 step.inputs = [node.inputs[0]] + ([fusion.residual] if fusion and fusion.residual else [])
                 outputs = [fusion.output] if fusion else [conv_outputs[node.name]]
@@ -133,22 +134,87 @@ class CompiledGraph:
         self.placement = (plan_placement(graph, produced, readers, self._overwritten_alone()) if concat_in_place
                           else Placement({}, {}, {}))
         self._place()
+        self._layouts = self._plan_layouts(pending) if blocked_layouts else LayoutPlan({}, frozenset(), ())
+        convs = [s for s in self.steps if id(s) in pending]
+        if progress:
+            from tqdm import tqdm
+
+            convs = tqdm(convs, desc=f"preparing {graph.name}", unit="layer", leave=False)
+        for step in convs:
+            node, fold, backend, fusion = pending[id(step)]
+            step.conv = self._prepare_conv(node, fold, backend, fusion, step.layouts)
+        self._convert_layouts()
         self._plan_releases()
         #: what compiling the kernels ahead did (None when ``precompile=False``)
         self.precompiled = (precompile_kernels(self.kernels(), processes=get_num_threads(), progress=progress)
                             if precompile else None)
 
     # -- preparation -------------------------------------------------------------------------
-    def _prepare_conv(self, node: Node, fold, backend: Optional[str], fusion: Optional[EpilogueFusion]):
+    def _prepare_conv(self, node: Node, fold, backend: Optional[str], fusion: Optional[EpilogueFusion],
+                      layouts: tuple = (NCHW, NCHW)):
         x_shape = self.graph.shapes[node.inputs[0]]
         try:
             return self.engine.prepare_deferred(ConvWeights(self.graph.params, node, fold[1] if fold else None),
                                                 input_shape=(self.batch,) + tuple(x_shape[1:]), backend=backend,
                                                 residual=fusion is not None and fusion.residual is not None,
                                                 activation=fusion.activation if fusion else None,
+                                                input_layout=layouts[0], output_layout=layouts[1],
                                                 **conv_problem_args(node))
         except (ValueError, TypeError) as exc:
             raise GraphError(f"node {node.name!r} (Conv): {exc}") from exc
+
+    def _plan_layouts(self, pending: dict) -> LayoutPlan:
+        """Which convolutions read and write NCHW16c (see :mod:`.blocking`); sets each conv step's ``layouts``."""
+        convs = {i: ConvTensors(s.inputs[0], s.fusion.residual if s.fusion else None, s.node.outputs[0])
+                 for i, s in enumerate(self.steps) if id(s) in pending}
+        reads: dict[str, list[int]] = {}
+        for i, step in enumerate(self.steps):
+            for name in step.inputs:
+                reads.setdefault(name, []).append(i)
+        keep = set(self.graph.outputs) | set(self.placement.homes) | {s.gather.output for s in self.steps if s.gather}
+        problems: dict[int, Any] = {}
+
+        def chooses_same(i: int, input_layout: str, output_layout: str) -> bool:
+            node, fold, backend, fusion = pending[id(self.steps[i])]
+            try:
+                if i not in problems:
+                    weight = self.graph.params[node.inputs[1]]
+                    has_bias = fold is not None or (len(node.inputs) > 2 and bool(node.inputs[2]))
+                    problems[i] = ConvProblem.from_shapes((self.batch,) + tuple(self.graph.shapes[node.inputs[0]][1:]),
+                                                          weight.shape, bias=has_bias, dtype=weight.dtype,
+                                                          **conv_problem_args(node))
+                base = problems[i]
+                other = dataclasses.replace(base, input_layout=input_layout, output_layout=output_layout)
+                return self.engine.select(other, backend).chosen == self.engine.select(base, backend).chosen
+            except Exception:  # no backend takes the layouts (or a plugin fails): NCHW
+                return False
+
+        channels = {c.output: self.graph.shapes[c.output][1] for c in convs.values()}
+        plan = plan_layouts(convs, reads, keep, channels, chooses_same)
+        for i, step in enumerate(self.steps):
+            if i in plan.layouts:
+                step.layouts = plan.layouts[i]
+        return plan
+
+    def _convert_layouts(self) -> None:
+        """Rename blocked tensors in the conv steps that read and write them, and insert the planned conversions."""
+        plan = self._layouts
+        before: dict[int, list[Step]] = {}
+        for conversion in plan.conversions:
+            convert = functools.partial(_to_nchw, channels=self.graph.shapes[conversion.target][1])
+            node = Node(f"{conversion.target} (NCHW)", "LayoutConversion", [conversion.source], [conversion.target])
+            before.setdefault(conversion.before, []).append(Step(node=node, inputs=[conversion.source], block=convert))
+        steps = []
+        for i, step in enumerate(self.steps):
+            steps += before.get(i, [])
+            if step.layouts != (NCHW, NCHW):
+                x_layout, out_layout = step.layouts
+                step.inputs = [plan.name(step.inputs[0], x_layout)] + [plan.name(r, out_layout) for r in step.inputs[1:]]
+                node = step.node
+                step.node = Node(node.name, node.op, [step.inputs[0], *node.inputs[1:]],
+                                 [plan.name(node.outputs[0], out_layout)], node.attrs)
+            steps.append(step)
+        self.steps = steps
 
     def _prepare_linear(self, linear: ChannelsLastLinear):
         """The engine's 1x1 convolution for ``linear`` on NHWC arrays, or ``None`` where no backend takes it
@@ -356,3 +422,8 @@ class CompiledGraph:
             batch = array.shape[0]
             env[name] = kernel_ready(array)
         return env
+
+
+def _to_nchw(x: np.ndarray, in_place: bool, channels: int) -> np.ndarray:
+    """A blocked tensor's NCHW copy, for the steps that read NCHW (a conversion step's run)."""
+    return to_nchw(x, NCHW16C, channels)

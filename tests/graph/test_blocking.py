@@ -1,0 +1,122 @@
+"""Channel-blocked activations between convolutions: the plan (:func:`plan_layouts`) and the executor running it.
+
+The plan is checked on small step lists (which tensors are blocked, which readers get an NCHW
+copy, what keeps a tensor NCHW); the executor on tiny ResNet-style ONNX models against ONNX
+Runtime and against itself with ``blocked_layouts=False``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from convengine.core.layouts import NCHW, NCHW16C
+from convengine.graph.blocking import BLOCKED_SUFFIX, Conversion, ConvTensors, plan_layouts
+
+B = NCHW16C
+
+
+def _reads(steps):
+    reads = {}
+    for i, inputs in enumerate(steps):
+        for name in inputs:
+            reads.setdefault(name, []).append(i)
+    return reads
+
+
+def _always(*_):
+    return True
+
+
+# steps: 0 conv x->a; 1 conv a->b; 2 conv b (+a) -> c; 3 pool c -> d
+RESNET_STEPS = [["x"], ["a"], ["b", "a"], ["c"]]
+RESNET_CONVS = {0: ConvTensors("x", None, "a"), 1: ConvTensors("a", None, "b"), 2: ConvTensors("b", "a", "c")}
+CHANNELS = {"a": 64, "b": 64, "c": 64}
+
+
+def test_convolutions_read_and_write_blocked_and_other_readers_get_a_copy():
+    plan = plan_layouts(RESNET_CONVS, _reads(RESNET_STEPS), set(), CHANNELS, _always)
+    # c goes to the pool only: NCHW; a is added to that NCHW output, so it needs an NCHW copy before step 2
+    assert plan.blocked == {"a", "b"}
+    assert plan.layouts == {0: (NCHW, B), 1: (B, B), 2: (B, NCHW)}
+    assert plan.conversions == (Conversion("a" + BLOCKED_SUFFIX, "a", 2),)
+    assert plan.name("a", B) == "a" + BLOCKED_SUFFIX and plan.name("a", NCHW) == "a"
+
+
+def test_a_shortcut_added_to_a_blocked_output_stays_blocked():
+    steps = RESNET_STEPS[:3] + [["c"]]  # a fourth convolution reads c
+    convs = {**RESNET_CONVS, 3: ConvTensors("c", None, "d")}
+    plan = plan_layouts(convs, _reads(steps), set(), {**CHANNELS, "d": 64}, _always)
+    assert plan.blocked == {"a", "b", "c"} and plan.conversions == ()
+    assert plan.layouts[2] == (B, B)
+
+
+def test_what_keeps_a_tensor_nchw():
+    reads = _reads(RESNET_STEPS)
+    assert plan_layouts(RESNET_CONVS, reads, {"b"}, CHANNELS, _always).blocked == {"a"}  # a graph output, a slot
+    assert plan_layouts(RESNET_CONVS, reads, set(), {**CHANNELS, "b": 24}, _always).blocked == {"a"}  # 24 channels
+    # a backend that would change with the layout: step 1's neighbours go back to NCHW
+    plan = plan_layouts(RESNET_CONVS, reads, set(), CHANNELS, lambda i, x, y: i != 1)
+    assert plan.blocked == set() and all(layouts == (NCHW, NCHW) for layouts in plan.layouts.values())
+
+
+def test_a_convolution_adding_an_nchw_residual_writes_nchw():
+    steps = [["x"], ["p"], ["a", "p"], ["b"]]  # 0 pool x->p; 1 conv p->a; 2 conv a (+p) -> b; 3 conv b -> c
+    convs = {1: ConvTensors("p", None, "a"), 2: ConvTensors("a", "p", "b"), 3: ConvTensors("b", None, "c")}
+    plan = plan_layouts(convs, _reads(steps), set(), {"a": 32, "b": 32, "c": 32}, _always)
+    assert plan.blocked == {"a"} and plan.layouts[2] == (B, NCHW) and plan.conversions == ()
+
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from conftest import assert_matches_onnx_runtime, onnx_model_bytes  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
+from onnx import helper  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
+
+import convengine as ce  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
+from convengine.graph.executor import CompiledGraph  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
+
+
+def _bottleneck(c=32, mid=16, h=9, w=11):
+    """x -> conv 3x3 (c) -> relu -> "a"; a -> 1x1 (mid) -> relu -> 3x3 (mid) -> relu -> 1x1 (c) + a -> relu -> "y"
+    -> global pool -> "g"; "y" and "g" both outputs."""
+    rng = np.random.default_rng(0)
+
+    def conv(name, x, y, cin, cout, k):
+        inits[f"{name}.w"] = rng.standard_normal((cout, cin, k, k)) / np.sqrt(cin * k * k)
+        inits[f"{name}.b"] = rng.standard_normal(cout) * 0.1
+        return helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [y], name=name, pads=[k // 2] * 4)
+
+    inits = {}
+    nodes = [conv("stem", "x", "s", 3, c, 3), helper.make_node("Relu", ["s"], ["a"], name="r0"),
+             conv("c1", "a", "t1", c, mid, 1), helper.make_node("Relu", ["t1"], ["u1"], name="r1"),
+             conv("c2", "u1", "t2", mid, mid, 3), helper.make_node("Relu", ["t2"], ["u2"], name="r2"),
+             conv("c3", "u2", "t3", mid, c, 1), helper.make_node("Add", ["t3", "a"], ["s3"], name="add"),
+             helper.make_node("Relu", ["s3"], ["z"], name="r3"),
+             conv("c4", "z", "t4", c, c, 3), helper.make_node("Add", ["t4", "z"], ["y"], name="add2"),
+             helper.make_node("GlobalAveragePool", ["y"], ["g"], name="pool")]
+    return onnx_model_bytes(nodes, inits, (3, h, w), ("y", "g"), "bottleneck")
+
+
+@pytest.mark.usefixtures("no_forced_backend")
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_blocked_network_matches_onnx_runtime_and_its_nchw_self(batch):
+    model = _bottleneck()
+    compiled = CompiledGraph(ce.load_onnx(model), batch=batch)
+    layouts = {s.node.name: s.layouts for s in compiled.steps if s.conv is not None}
+    assert layouts["c2"] == (B, B) and layouts["c3"] == (B, B)  # between convolutions: blocked
+    assert layouts["c4"] == (B, NCHW)  # its output is a graph output: NCHW; it reads z blocked, and adds z's NCHW copy
+    assert [s.node.outputs for s in compiled.steps if s.node.op == "LayoutConversion"] == [["z"]]
+    x = np.random.default_rng(1).standard_normal((batch, 3, 9, 11)).astype(np.float32)
+    assert_matches_onnx_runtime(compiled, model, x, outputs=("y", "g"), tol=2e-5)
+    plain = CompiledGraph(ce.load_onnx(model), batch=batch, blocked_layouts=False)
+    assert all(s.layouts == (NCHW, NCHW) for s in plain.steps)
+    for name, value in compiled.run(x).items():
+        np.testing.assert_allclose(value, plain.run(x)[name], rtol=1e-5, atol=1e-5)
+    assert np.array_equal(x, np.random.default_rng(1).standard_normal((batch, 3, 9, 11)).astype(np.float32))
+
+
+@pytest.mark.usefixtures("no_forced_backend")
+def test_an_engine_without_a_blocked_backend_runs_nchw():
+    compiled = CompiledGraph(ce.load_onnx(_bottleneck()), ce.Engine(policy="im2col"))
+    assert all(s.layouts == (NCHW, NCHW) for s in compiled.steps)
+    assert not any(s.node.op == "LayoutConversion" for s in compiled.steps)
