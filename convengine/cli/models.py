@@ -114,6 +114,7 @@ def _run(args) -> int:
             per_layer.setdefault(name, []).append(seconds)
     summary = graph.summary(input_shape=x.shape)
     backends = compiled.layer_backends_for(args.batch)
+    layouts = {name: "->".join(layout) for name, layout in compiled.layer_layouts.items()}
     fused = compiled.fused
     print()
     rows = []
@@ -124,8 +125,13 @@ def _run(args) -> int:
         rate = f"{row.macs / median / 1e9:.1f}" if row.macs and median > 0 else ""
         op = f"{row.op}+{fused[row.name]}" if row.name in fused else row.op
         rows.append((row.name, op, "x".join(map(str, row.output_shape)), backends.get(row.name, "-"),
-                     f"{median * 1e3:.3f}", rate))
-    print(format_table(("layer", "op", "output shape", "backend", "median ms", "GMAC/s"), rows))
+                     layouts.get(row.name, "-"), f"{median * 1e3:.3f}", rate))
+    print(format_table(("layer", "op", "output shape", "backend", "layouts", "median ms", "GMAC/s"), rows))
+    conversions = [s.node.name for s in compiled.steps if s.node.op == "LayoutConversion"]
+    if conversions:
+        seconds = sum(float(np.median(per_layer[name])) for name in conversions)
+        print(f"layout conversions (a blocked tensor's NCHW copy for another reader): {len(conversions)}, "
+              f"{seconds * 1e3:.3f} ms")
     outputs = y if isinstance(y, dict) else {graph.outputs[0]: y}
     print()
     print(f"model {graph.name}, batch {args.batch}, policy {engine.policy if plan is None else 'plan ' + args.plan}")

@@ -325,6 +325,11 @@ class CompiledGraph:
         return {s.node.name: s.conv.backend_for(batch) for s in self.steps if s.conv is not None and s.node.op == "Conv"}
 
     @property
+    def layer_layouts(self) -> dict[str, tuple[str, str]]:
+        """``{conv node name: (input layout, output layout)}``: which convolutions read or write NCHW16c (:mod:`.blocking`)."""
+        return {s.node.name: s.layouts for s in self.steps if s.conv is not None and s.node.op == "Conv"}
+
+    @property
     def gathered(self) -> dict[str, str]:
         """``{Concat node name: "Concat"}`` for every ``Concat`` whose output is a view of a buffer its inputs were
         placed in (``"Concat+Reshape+Transpose+Reshape"`` with the channel shuffle it absorbed); see :mod:`.placement`."""
