@@ -66,11 +66,13 @@ def test_every_tile_width_and_split(out_width):
 
 @pytest.mark.parametrize("out_width", [1, 4, 6, 7, 8, 13, 14, 15, 29])
 @pytest.mark.parametrize("c_in,c_out,groups,vectors", [
-    (20, 32, 1, 2), (16, 96, 1, 2), (16, 48, 1, 1),  # 48: three single-vector blocks, no padding computed
+    (20, 32, 1, 2), (16, 96, 1, 2), (16, 48, 1, 1),  # 48: three single-vector blocks, not two of 32 (64 computed)
+    (16, 24, 1, 2), (16, 80, 1, 2), (16, 40, 1, 1), (8, 1000, 1, 2),  # one group: wide tiles where little is padded
     (32, 64, 2, 2), (64, 64, 4, 1),  # 32 outputs per group: two vectors; 16: one, a tile never spans two groups
 ])
 def test_two_vector_tiles_at_every_width_and_grouping(out_width, c_in, c_out, groups, vectors):
-    """Tiles of two 16-channel vectors (AVX-512) where each group's outputs are a multiple of 32, one vector elsewhere."""
+    """Tiles of two 16-channel vectors (AVX-512) where each group's outputs are a multiple of 32, or, with one group,
+    where rounding them up to 32 adds at most a quarter to rounding up to 16; one vector elsewhere."""
     rng = np.random.default_rng(out_width * 1000 + c_out + groups)
     x, w, b = _data(rng, (2, c_in, 4, out_width + 2), (c_out, c_in // groups, 3, 3))
     problem = ConvProblem.from_shapes(x.shape, w.shape, groups=groups)

@@ -79,9 +79,23 @@ def channel_block(channels: int) -> int:
 def tile_vectors(problem: ConvProblem, max_vectors: int = MAX_VECTORS) -> int:
     """Vectors of 16 output channels per register tile: ``max_vectors`` where each group's
     output channels are a multiple of that many vectors, else 1 (a tile neither straddles two
-    groups nor computes padding channels it would throw away)."""
+    groups nor computes padding channels it would throw away). With one group, ``max_vectors``
+    also where the padding that adds is small (:data:`WIDE_TILE_PADDING`): SqueezeNet's 1000
+    classifier channels as 32 blocks of 32 (1024 computed) instead of 63 of 16 (1008), each
+    broadcast input feeding two FMAs instead of one."""
     per_group = problem.out_channels // problem.groups
-    return max_vectors if per_group % (max_vectors * LANES) == 0 else 1
+    if per_group % (max_vectors * LANES) == 0:
+        return max_vectors
+    if problem.groups == 1:
+        narrow = -(-per_group // LANES) * LANES
+        wide = -(-per_group // (max_vectors * LANES)) * max_vectors * LANES
+        if wide <= narrow * (1 + WIDE_TILE_PADDING):
+            return max_vectors
+    return 1
+
+
+#: Share of extra output channels (over 16-channel blocks) that wide tiles may compute and throw away.
+WIDE_TILE_PADDING = 0.25
 
 
 def is_subsampled_pointwise(problem: ConvProblem) -> bool:
