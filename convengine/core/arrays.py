@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from .layouts import NCHW, to_layout
+from .layouts import layout_note, to_layout
 from .problem import ConvProblem
 
 
@@ -71,8 +71,7 @@ def output_violation(y, problem: ConvProblem) -> Optional[str]:
     if isinstance(y, np.ndarray) and y.shape == problem.output_array_shape and y.dtype == problem.numpy_dtype:
         return None
     got = f"{type(y).__name__} {getattr(y, 'shape', '')} {getattr(y, 'dtype', '')}".strip()
-    layout = "" if problem.output_layout == NCHW else f" ({problem.output_layout})"
-    return f"returned {got}, expected ndarray {problem.output_array_shape}{layout} {problem.dtype}"
+    return f"returned {got}, expected ndarray {problem.output_array_shape}{layout_note(problem.output_layout)} {problem.dtype}"
 
 
 def problem_data(problem: ConvProblem, seed: int = 0):

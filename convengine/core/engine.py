@@ -23,7 +23,7 @@ from .contract import OutputSlice
 from .epilogue import NONE as NO_EPILOGUE
 from .epilogue import Epilogue
 from .errors import BackendError, BackendFailedError  # noqa: F401  (BackendError: its old home)
-from .layouts import NCHW, clear_padding
+from .layouts import NCHW, clear_padding, layout_note
 from .problem import ConvProblem
 from .registry import Registry, default_registry
 from .selection import Decision, Policy
@@ -104,8 +104,8 @@ class PreparedConv:
         x = as_float_array(x, "input")
         expected = self.problem.input_array_shape[1:]
         if x.ndim != len(expected) + 1 or x.shape[1:] != expected:
-            layout = "" if self.problem.input_layout == NCHW else f" ({self.problem.input_layout})"
-            raise ValueError(f"input must have shape (N, {', '.join(map(str, expected))}){layout}, got {x.shape}")
+            raise ValueError(f"input must have shape (N, {', '.join(map(str, expected))})"
+                             f"{layout_note(self.problem.input_layout)}, got {x.shape}")
         if x.dtype != self.problem.numpy_dtype:  # not .name: numpy computes that in Python, per call
             raise TypeError(f"input dtype {x.dtype} does not match the prepared dtype {self.problem.dtype}")
         batch = x.shape[0]
@@ -194,8 +194,8 @@ class PreparedConv:
         residual = as_float_array(residual, "residual")
         expected = (batch,) + self.problem.output_array_shape[1:]
         if residual.shape != expected:
-            layout = "" if self.problem.output_layout == NCHW else f" ({self.problem.output_layout})"
-            raise ValueError(f"residual must have the output's shape {expected}{layout}, got {residual.shape}")
+            raise ValueError(f"residual must have the output's shape {expected}{layout_note(self.problem.output_layout)}, "
+                             f"got {residual.shape}")
         if residual.dtype != dtype:
             raise TypeError(f"residual dtype {residual.dtype} does not match input dtype {dtype}")
         return kernel_ready(residual)

@@ -37,6 +37,11 @@ def check_layout(layout, name: str) -> str:
     return layout
 
 
+def layout_note(layout: str) -> str:
+    """``" (NCHW16c)"`` after an array shape in a message, for any layout but NCHW (``""``)."""
+    return "" if layout == NCHW else f" ({layout})"
+
+
 def array_shape(shape, layout: str) -> tuple:
     """The array shape of a tensor whose logical (NCHW) shape is ``shape``, in ``layout``."""
     n, c, h, w = shape
