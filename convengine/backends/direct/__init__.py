@@ -39,11 +39,9 @@ from ...core.problem import ConvProblem
 from ...runtime.threads import numba_threads
 from ...runtime.workspace import scratch
 from .._numba import NumbaBackend
-from ._tiles import LANES, MAX_VECTORS, compiled_width, row_tiles, tile_cost
+from ._tiles import LANES, LAYOUT_CODES, MAX_VECTORS, compiled_width, row_tiles, tile_cost
 from ._tiles import MAX_WIDTH as MAX_TILE_WIDTH
 
-#: How the kernels are told a layout (``_kernels``' ``x_layout`` and ``y_layout``).
-LAYOUT_CODES = {NCHW: 0, NCHW16C: 1, NHWC: 2}
 POINT_CHANNELS, POINT_PIXELS = 6, 64  # the 1x1 pixel-vector kernel's block (``_simd.POINT_*``; not imported: no numba at startup)
 #: Fraction of the GEMM rate the 1x1 kernel reaches on full blocks (measured 0.88-0.98 on 56x56 layers).
 POINT_EFFICIENCY = 0.95
@@ -329,9 +327,8 @@ class DirectBackend(NumbaBackend):
             return self._prepare_pointwise(problem, weight, bias, epilogue)
         from ._kernels import input_slack, tiled_conv
 
-        input_blocked, output_blocked = problem.input_layout == NCHW16C, problem.output_layout == NCHW16C
-
-        block = LANES if input_blocked else channel_block(problem.in_channels)
+        x_layout, y_layout = (LAYOUT_CODES[layout] for layout in problem.layouts)
+        block = LANES if problem.input_layout == NCHW16C else channel_block(problem.in_channels)
         c_blocks = -(-problem.in_channels // block)
         vectors = tile_vectors(problem, self.max_vectors)
         o_lanes = vectors * LANES  # output channels per block
@@ -361,7 +358,7 @@ class DirectBackend(NumbaBackend):
             tiled_conv(_kernel_view(x, problem.input_layout), flat[:flat.size - slack].reshape(shape), top, left, wb, kh,
                        kw, sh, sw, dh, dw, group_blocks, b, _kernel_view(res, problem.output_layout), residual is not None,
                        *act, _kernel_view(y, problem.output_layout), first, step, tiles, vectors, workers,
-                       input_blocked, output_blocked)
+                       x_layout, y_layout)
             return y if out is None else out.view
 
         return execute

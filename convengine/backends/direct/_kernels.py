@@ -16,16 +16,17 @@ Layouts (all float32, C-contiguous, flattened where the tile intrinsics read the
 
 Other layouts (the problem's, see ``convengine.core.layouts``): an NCHW16c array
 ``(N, C/16, H, W, 16)`` reaches the kernels as ``(N, C/16, H, W * 16)``, so that one
-compiled signature serves every layout; ``x_blocked``/``y_blocked`` (``tiled_conv``) and
-``x_layout``/``y_layout`` (``pointwise_tiles``, which also takes NHWC ``(N, H, W, C)``) say
-which. A blocked input is copied into the padded buffer row by row; blocked and NHWC outputs
-are stored by ``tile_store_rows``, a pixel's 16 channels per vector.
+compiled signature serves every layout; ``x_layout`` and ``y_layout`` (``_tiles``'
+``LAYOUT_CODES``) say which (NHWC ``(N, H, W, C)``: ``pointwise_tiles`` only). A blocked
+input is copied into the padded buffer row by row; blocked and NHWC outputs are stored by
+``tile_store_rows``, a pixel's 16 channels per vector.
 """
 
 import numba
 import numpy as np
 from numba import prange
 
+from ...core import layouts
 from ._simd import (
     POINT_CHANNELS,
     POINT_PIXELS,
@@ -36,14 +37,14 @@ from ._simd import (
     tile_store_rows,
     wide_tile_zero,
 )
-from ._tiles import LANES, MAX_WIDTH, compiled_width
+from ._tiles import LANES, LAYOUT_CODES, MAX_WIDTH, compiled_width
 from ._worksharing import job_claims, next_job, phase_counter, phase_done
 
 # Numba's cache is keyed on this file's text, not on _simd's: after an edit to the intrinsics
 # there or in ``.._activations``, change this line so that cached kernels are compiled again (GELU; tile_store_rows).
 
-#: The layouts' codes (the backend's ``LAYOUT_CODES``): NCHW is 0.
-NCHW16C, NHWC = 1, 2
+#: The layouts' codes, module constants for the kernels (NCHW is 0).
+NCHW16C, NHWC = LAYOUT_CODES[layouts.NCHW16C], LAYOUT_CODES[layouts.NHWC]
 
 #: :func:`._tiles.compiled_width`, the cost model's own function, compiled into the kernels.
 _compiled_width = numba.njit(inline="always")(compiled_width)
@@ -63,7 +64,7 @@ def precompile_kernels(function: str) -> list:
     signatures = {
         # (6.8: Zen 4's 4.5 s scaled by the cold compile's growth on Intel, 5.6 -> 8.4 s, with the two-vector tiles)
         "tiled_conv": ((f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 7 + (f32(1), f32(4)) + epilogue + (f32(4), i64, i64,
-                       types.Array(types.int64, 2, "C"), i64, i64, flag, flag), 6.8),
+                       types.Array(types.int64, 2, "C"), i64, i64, i64, i64), 6.8),
         "pointwise_conv": ((f32(4), f32(4), i64, i64, f32(1), f32(1), f32(4)) + epilogue + (f32(4), i64, i64), 2.3),
         "pointwise_tiles": ((f32(4), f32(4), i64, i64, f32(1), i64, f32(1), f32(4)) + epilogue + (f32(4),) + (i64,) * 9,
                             2.8),
@@ -127,7 +128,7 @@ def _pack_row(x, x_flat, xb, xb_flat, row_index, top, left, x_blocked):
 @numba.njit(parallel=True, cache=True, nogil=True)
 def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, group_blocks,
                bias, residual, has_residual, act, act_a, act_b, y, y_first, y_step, row_tiles, vectors, workers,
-               x_blocked, y_blocked):
+               x_layout, y_layout):
     """``y = act(conv(x) + bias (+ residual))``, ``x`` copied into ``blocked`` on the way, weights packed in ``wb`` (flat).
 
     ``blocked`` is the (N, Cb, Hp, Wp, block) view of a flat buffer with slack past its end.
@@ -145,6 +146,7 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
     xb = blocked.reshape(-1)  # (the flat buffer's start: the tiles read past the view's end, into the slack)
     x_flat = x.reshape(-1)
     n_images, y_channels, out_h, out_w = y.shape
+    x_blocked, y_blocked = x_layout == NCHW16C, y_layout == NCHW16C
     if y_blocked:  # (N, Ob, OH, OW * 16)
         out_w //= LANES
     out_channels = bias.shape[0]  # (y may be a larger buffer: see the module docstring)

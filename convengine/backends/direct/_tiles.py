@@ -3,8 +3,13 @@
 Kept apart from :mod:`._simd` (which imports llvmlite and Numba) so that the backend's module,
 imported by every ``import convengine`` that registers it, needs no Numba, and so that each
 number and :func:`compiled_width` exist once: ``_kernels`` compiles this very function with
-Numba, the cost model calls it as it is.
+Numba, the cost model calls it as it is. The layouts' kernel codes live here for the same reason.
 """
+
+from ...core.layouts import NCHW, NCHW16C, NHWC
+
+#: How the kernels are told a layout (``_kernels``' ``x_layout`` and ``y_layout``).
+LAYOUT_CODES = {NCHW: 0, NCHW16C: 1, NHWC: 2}
 
 #: Output channels per vector: 16 floats, one AVX-512 register.
 LANES = 16
