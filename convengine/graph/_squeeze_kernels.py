@@ -14,10 +14,10 @@ import numpy as np
 from numba import prange
 
 from ..backends._activations import finish
+from ..runtime.threads import serial_or_parallel
 
 # Numba's cache is keyed on this file's text, not on backends._activations's: after an edit to the activations
 # there, change this line so that cached kernels are compiled again (GELU).
-from ..runtime.threads import serial_or_parallel
 
 #: Arrays of fewer elements are scaled on the calling thread. The step before (the global pool)
 #: runs on one thread, so the workers are asleep and the tensor sits in this core's cache:

@@ -74,8 +74,10 @@ def plan_layouts(convs: dict[int, ConvTensors], reads: dict[str, list[int]], kee
     of 16 are blocked); ``chooses_same(step, input_layout, output_layout)``: whether the engine
     keeps its choice of backend for that convolution with those layouts.
     """
-    producers = {c.output: i for i, c in convs.items()}
     blocked = {c.output for c in convs.values() if c.output not in keep_nchw and channels[c.output] % BLOCK == 0}
+
+    def layouts_of(c: ConvTensors) -> tuple[str, str]:
+        return NCHW16C if c.x in blocked else NCHW, NCHW16C if c.output in blocked else NCHW
 
     def read_blocked(tensor: str) -> bool:  # a convolution reads it as its input, or adds it to a blocked output
         return any(j in convs and (convs[j].x == tensor or (convs[j].residual == tensor and convs[j].output in blocked))
@@ -92,12 +94,11 @@ def plan_layouts(convs: dict[int, ConvTensors], reads: dict[str, list[int]], kee
             if c.output in blocked and c.residual is not None and c.residual not in blocked:
                 blocked.discard(c.output)  # its residual would need a blocked copy: not worth one
                 changed = True
-            layouts = (NCHW16C if c.x in blocked else NCHW, NCHW16C if c.output in blocked else NCHW)
+            layouts = layouts_of(c)
             if layouts != (NCHW, NCHW) and not chooses_same(i, *layouts):
                 blocked -= {c.x, c.output}
                 changed = True
-    layouts = {i: (NCHW16C if c.x in blocked else NCHW, NCHW16C if c.output in blocked else NCHW)
-               for i, c in convs.items()}
+    layouts = {i: layouts_of(c) for i, c in convs.items()}
     needs: dict[str, int] = {}  # blocked tensor -> the first step that reads it NCHW
     for tensor in blocked:
         for j in reads.get(tensor, []):
@@ -105,5 +106,4 @@ def plan_layouts(convs: dict[int, ConvTensors], reads: dict[str, list[int]], kee
                 needs[tensor] = min(j, needs.get(tensor, j))
     conversions = tuple(Conversion(tensor + BLOCKED_SUFFIX, tensor, step)
                         for tensor, step in sorted(needs.items(), key=lambda item: item[1]))
-    assert all(t in producers for t in blocked)
     return LayoutPlan(layouts, frozenset(blocked), conversions)

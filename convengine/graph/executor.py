@@ -134,7 +134,7 @@ class CompiledGraph:
         self.placement = (plan_placement(graph, produced, readers, self._overwritten_alone()) if concat_in_place
                           else Placement({}, {}, {}))
         self._place()
-        self._layouts = self._plan_layouts(pending) if blocked_layouts else LayoutPlan({}, frozenset(), ())
+        layouts = self._plan_layouts(pending) if blocked_layouts else LayoutPlan({}, frozenset(), ())
         convs = [s for s in self.steps if id(s) in pending]
         if progress:
             from tqdm import tqdm
@@ -143,7 +143,7 @@ class CompiledGraph:
         for step in convs:
             node, fold, backend, fusion = pending[id(step)]
             step.conv = self._prepare_conv(node, fold, backend, fusion, step.layouts)
-        self._convert_layouts()
+        self._convert_layouts(layouts)
         self._plan_releases()
         #: what compiling the kernels ahead did (None when ``precompile=False``)
         self.precompiled = (precompile_kernels(self.kernels(), processes=get_num_threads(), progress=progress)
@@ -152,16 +152,19 @@ class CompiledGraph:
     # -- preparation -------------------------------------------------------------------------
     def _prepare_conv(self, node: Node, fold, backend: Optional[str], fusion: Optional[EpilogueFusion],
                       layouts: tuple = (NCHW, NCHW)):
-        x_shape = self.graph.shapes[node.inputs[0]]
         try:
             return self.engine.prepare_deferred(ConvWeights(self.graph.params, node, fold[1] if fold else None),
-                                                input_shape=(self.batch,) + tuple(x_shape[1:]), backend=backend,
+                                                input_shape=self._input_shape(node), backend=backend,
                                                 residual=fusion is not None and fusion.residual is not None,
                                                 activation=fusion.activation if fusion else None,
                                                 input_layout=layouts[0], output_layout=layouts[1],
                                                 **conv_problem_args(node))
         except (ValueError, TypeError) as exc:
             raise GraphError(f"node {node.name!r} (Conv): {exc}") from exc
+
+    def _input_shape(self, node: Node) -> tuple:
+        """A Conv node's input shape at the compiled batch size."""
+        return (self.batch,) + tuple(self.graph.shapes[node.inputs[0]][1:])
 
     def _plan_layouts(self, pending: dict) -> LayoutPlan:
         """Which convolutions read and write NCHW16c (see :mod:`.blocking`); sets each conv step's ``layouts``."""
@@ -179,10 +182,9 @@ class CompiledGraph:
             try:
                 if i not in problems:
                     weight = self.graph.params[node.inputs[1]]
-                    has_bias = fold is not None or (len(node.inputs) > 2 and bool(node.inputs[2]))
-                    problems[i] = ConvProblem.from_shapes((self.batch,) + tuple(self.graph.shapes[node.inputs[0]][1:]),
-                                                          weight.shape, bias=has_bias, dtype=weight.dtype,
-                                                          **conv_problem_args(node))
+                    has_bias = ConvWeights(self.graph.params, node, fold[1] if fold else None).has_bias
+                    problems[i] = ConvProblem.from_shapes(self._input_shape(node), weight.shape, bias=has_bias,
+                                                          dtype=weight.dtype, **conv_problem_args(node))
                 base = problems[i]
                 other = dataclasses.replace(base, input_layout=input_layout, output_layout=output_layout)
                 return self.engine.select(other, backend).chosen == self.engine.select(base, backend).chosen
@@ -196,9 +198,8 @@ class CompiledGraph:
                 step.layouts = plan.layouts[i]
         return plan
 
-    def _convert_layouts(self) -> None:
+    def _convert_layouts(self, plan: LayoutPlan) -> None:
         """Rename blocked tensors in the conv steps that read and write them, and insert the planned conversions."""
-        plan = self._layouts
         before: dict[int, list[Step]] = {}
         for conversion in plan.conversions:
             convert = functools.partial(_to_nchw, channels=self.graph.shapes[conversion.target][1])

@@ -61,10 +61,19 @@ class ConvWeights:
     def __init__(self, params, conv: Node, bn: Optional[Node] = None):
         self.params, self.conv, self.bn = params, conv, bn
 
-    def __call__(self) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    @property
+    def has_bias(self) -> bool:
+        """Whether the weights come with a bias: the node's own, or the folded batch norm's shift."""
+        return self.bn is not None or self._own_bias is not None
+
+    @property
+    def _own_bias(self) -> Optional[str]:
         inputs = self.conv.inputs
-        weight = self.params[inputs[1]]
-        bias = self.params[inputs[2]] if len(inputs) > 2 and inputs[2] else None
+        return inputs[2] if len(inputs) > 2 and inputs[2] else None
+
+    def __call__(self) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        weight = self.params[self.conv.inputs[1]]
+        bias = self.params[self._own_bias] if self._own_bias else None
         if self.bn is not None:
             return fold_batchnorm(weight, bias, self.bn, self.params)
         return weight.copy(), None if bias is None else bias.copy()

@@ -644,6 +644,7 @@ def channels_last_linears(graph: Graph, consumers: dict[str, list[Node]], blocks
     ``Add`` after it stays a node, or ConvNeXt's block-end pass: :func:`layer_scale_residuals`).
     """
     params, shapes = graph.params, graph.shapes
+    readers = _reading(graph, consumers)
     chains = {b.x: b for b in blocks.values() if isinstance(b, PointwiseChain) and b.kind == "gelu" and b.bias}
     linears = {}
     for node in graph.nodes:
@@ -653,8 +654,7 @@ def channels_last_linears(graph: Graph, consumers: dict[str, list[Node]], blocks
         if w is None or w.ndim != 2 or w.dtype.kind != "f" or len(x_shape) != 4 or x_shape[-1] != w.shape[0]:
             continue
         chain = chains.get(node.outputs[0])
-        add = _sole(_reading(graph, consumers)(node.outputs[0]), "Add")
-        if chain is not None and chain.constant == GELU_SCALE and add is chain.absorbed[0]:
+        if chain is not None and chain.constant == GELU_SCALE and _sole(readers(node.outputs[0]), "Add") is chain.absorbed[0]:
             linears[node.name] = ChannelsLastLinear((node, *chain.absorbed), chain.bias, "gelu")
         else:
             linears[node.name] = ChannelsLastLinear((node,))

@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..core import epilogue
 from ..core.arrays import kernel_ready
 from ..runtime.threads import numba_threads
 from .ir import GraphError, Node
@@ -660,7 +661,7 @@ def _erf(x, out=None):
 
 
 #: GELU's ``1/sqrt(2)`` in float32: what exporters' ``Div(x, 1.4142135)`` becomes as a multiplication.
-GELU_SCALE = np.float32(1 / math.sqrt(2))
+GELU_SCALE = np.float32(epilogue.GELU_SCALE)
 
 
 def _hard_sigmoid_of(x, alpha, beta):
