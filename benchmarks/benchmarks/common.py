@@ -124,6 +124,16 @@ BACKENDS = KNOWN_BACKENDS + tuple(sorted(set(_registered_backends()) - set(KNOWN
 PEERS = tuple(bench.PEERS)
 CONTENDERS = BACKENDS + ("auto",) + PEERS
 
+class LayerSampling:
+    """asv's sampling for one layer's calls: JIT and caches are warm after setup, so little warm-up is
+    needed; a sample is at least 20 ms of calls, and 2..10 samples per process within 5 s."""
+
+    timeout = 180.0
+    warmup_time = 0.05
+    sample_time = 0.02
+    repeat = (2, 10, 5.0)
+
+
 LAYER_NAMES = tuple(spec.name for spec in layers.LAYERS)
 #: Layers also measured at batch 32: a 3x3, a 1x1 (a GEMM) and AlexNet's 3x3 at 12x12.
 BATCH32_LAYERS = ("resnet50.layer3.conv2", "resnet50.layer3.conv1", "alexnet.conv3")

@@ -13,19 +13,13 @@ and for which combinations are skipped. float32, convengine's default thread cou
 * ``Conv2DBatch32.*``: the same as ``Conv2D`` at batch 32 for a few layers.
 """
 
-from .common import BATCH32_LAYERS, CONTENDERS, LAYER_NAMES, Case
+from .common import BATCH32_LAYERS, CONTENDERS, LAYER_NAMES, Case, LayerSampling
 
 
-class Conv2D:
+class Conv2D(LayerSampling):
     params = [list(LAYER_NAMES), list(CONTENDERS)]
     param_names = ["layer", "contender"]
     batch = 1
-    timeout = 180.0
-    # asv's sampling: JIT and caches are warm after setup, so little warm-up is needed; a
-    # sample is at least 20 ms of calls, and 2..10 samples per process within 5 s.
-    warmup_time = 0.05
-    sample_time = 0.02
-    repeat = (2, 10, 5.0)
 
     def setup(self, layer, contender):
         self.case = Case(layer, contender, batch=self.batch)
@@ -48,13 +42,10 @@ class Conv2DBatch32(Conv2D):
     batch = 32
 
 
-class Conv2DPrepare:
+class Conv2DPrepare(LayerSampling):
     params = [list(LAYER_NAMES), list(CONTENDERS)]
     param_names = ["layer", "contender"]
-    timeout = 180.0
     warmup_time = 0.0
-    sample_time = 0.02
-    repeat = (2, 10, 5.0)
 
     def setup(self, layer, contender):
         self.case = Case(layer, contender)

@@ -13,19 +13,15 @@ and out (as the graph executor runs them between convolutions), at batch 1 and 3
 import convengine as ce
 from convengine.core.layouts import NCHW, NCHW16C, to_layout
 
-from .common import BATCH32_LAYERS, LAYER_NAMES, Case
+from .common import BATCH32_LAYERS, LAYER_NAMES, Case, LayerSampling
 
 RESNET50_LAYERS = tuple(name for name in LAYER_NAMES if name.startswith("resnet50."))
 
 
-class Conv2DLayouts:
+class Conv2DLayouts(LayerSampling):
     params = [list(RESNET50_LAYERS), [NCHW, NCHW16C]]
     param_names = ["layer", "layout"]
     batch = 1
-    timeout = 180.0
-    warmup_time = 0.05
-    sample_time = 0.02
-    repeat = (2, 10, 5.0)
 
     def setup(self, layer, layout):
         case = Case(layer, "direct", batch=self.batch)  # raises NotImplementedError (skipped) where direct declines
