@@ -44,6 +44,8 @@ PARALLEL_MIN = 65536
 #: (interleaved, quiet machine): DenseNet-121's 62 batch norm + ReLU steps 7.1 ms a run in parallel
 #: jobs from 65536 elements, 3.2 ms on one thread (its largest is 802K); ConvNeXt-Tiny's 18 layer
 #: scales 4.6 against 3.7 ms. GELU (arithmetic-bound) stays parallel: 13.2 against 14.5 ms.
+#: (Measured with the workers put to sleep after 2000 spins; with 100000 (session 9) a 64K
+#: threshold measured within noise of this one in the same models, so it stays.)
 MEMORY_BOUND_PARALLEL_MIN = 1 << 20
 
 _FAST = {"contract"}  # FMAs only: no assumptions about NaN or infinities
