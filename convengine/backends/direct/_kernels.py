@@ -28,6 +28,7 @@ from numba import prange
 
 from ...core import layouts
 from ._simd import (
+    LINE_FLOATS,
     POINT_CHANNELS,
     POINT_PIXELS,
     pack_block,
@@ -41,7 +42,8 @@ from ._tiles import LANES, LAYOUT_CODES, MAX_WIDTH, compiled_width
 from ._worksharing import job_claims, next_job, phase_counter, phase_done
 
 # Numba's cache is keyed on this file's text, not on _simd's: after an edit to the intrinsics
-# there or in ``.._activations``, change this line so that cached kernels are compiled again (GELU; tile_store_rows).
+# there or in ``.._activations``, change this line so that cached kernels are compiled again (GELU; tile_store_rows;
+# tile_conv's weight prefetch).
 
 #: The layouts' codes, module constants for the kernels (NCHW is 0).
 NCHW16C, NHWC = LAYOUT_CODES[layouts.NCHW16C], LAYOUT_CODES[layouts.NHWC]
@@ -160,6 +162,8 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
     y_flat = y.reshape(-1)
     residual_flat = residual.reshape(-1)
     n_rows = n_images * c_blocks * hp
+    n_tiles = row_tiles.shape[0]
+    tile_rows = calls * group_blocks * tap_rows  # reduction rows of one tile
     rows = job_claims(n_rows, workers)
     packed = phase_counter()
     claims = job_claims(n_images * o_blocks * out_h, workers)
@@ -180,7 +184,10 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
             n = job // (o_blocks * out_h)
             ob = (job // out_h) % o_blocks
             oh = job % out_h
-            for t in range(row_tiles.shape[0]):
+            # the next output block's weights (tile_conv's w_prefetch), a slice per tile over its reduction rows
+            pf_lines = 0 if ob + 1 == o_blocks else min(count, -(-group_blocks * w_block
+                                                                 // (LINE_FLOATS * out_h * n_tiles * tile_rows)))
+            for t in range(n_tiles):
                 ow0, width = row_tiles[t, 0], row_tiles[t, 1]  # first pixel, pixels stored
                 computed = _compiled_width(width)  # pixels computed (the extra ones read the slack)
                 cb0 = ob * o_lanes // out_per_group * group_blocks  # the group's first input block
@@ -192,9 +199,11 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
                 acc = wide_tile_zero()
                 for tap in range(calls):
                     kh, kw = tap // kw_size, tap % kw_size
+                    pf_at = ((ob + 1) * group_blocks * w_block
+                             + (((oh * n_tiles + t) * calls + tap) * group_blocks * tap_rows) * pf_lines * LINE_FLOATS)
                     acc = tile_conv(acc, xb, x_tile + (kh * dh * wp + kw * dw) * block, x_block, row_step, 1, sw * block,
                                     wb, w_tile + (kh * kw_size + kw) * block * o_lanes, w_block, group_blocks, tap_rows, count,
-                                    computed, vectors, None)
+                                    computed, vectors, None, pf_at, pf_lines)
                 if y_blocked:
                     tile_store_rows(acc, y_flat, (((n * y_channels + ob * vectors) * out_h + oh) * out_w + ow0) * LANES,
                                     out_h * out_w * LANES, LANES, min(o_lanes, out_channels - ob * o_lanes), 0, width,
@@ -302,6 +311,11 @@ def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, 
     o_lanes = vectors * LANES
     o_blocks = (out_channels + o_lanes - 1) // o_lanes
     n_groups = (plane + group - 1) // group
+    group_tiles = (min(group, plane) + tile_width - 1) // tile_width
+    w_channels = channels * lanes  # a block's weights: w_channels x o_lanes
+    w_per_block = w_channels * o_lanes
+    tile_rows = channels if x_layout == NCHW16C else channels // chunk  # reduction rows of one tile
+    row_steps = LANES if x_layout == NCHW16C else chunk  # and the steps of each
     x_flat = x.reshape(-1)
     y_flat = y.reshape(-1)
     residual_flat = residual.reshape(-1)
@@ -320,21 +334,26 @@ def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, 
             g0 = (job // o_blocks) % n_groups * group
             g1 = min(plane, g0 + group)
             o0 = job % o_blocks * o_lanes
+            # the next output block's weights (tile_conv's w_prefetch), a slice per tile over its reduction rows
+            pf_lines = 0 if o0 + o_lanes >= out_channels else min(row_steps, -(-w_per_block
+                                                                              // (LINE_FLOATS * group_tiles * tile_rows)))
             for p0 in range(g0, g1, tile_width):  # full tiles, then a tail (49 pixels: 14, 14, 14, 7)
                 stored = min(tile_width, g1 - p0)
                 computed = _compiled_width(stored)
                 start = min(p0, plane - computed)
+                pf_at = (o0 + o_lanes) * w_channels + (p0 - g0) // tile_width * tile_rows * pf_lines * LINE_FLOATS
                 if x_layout == NCHW16C:  # rows of the reduction: the channel blocks; steps: a block's 16 channels
                     acc = tile_conv(wide_tile_zero(), x_flat, (n * channels * plane + start) * LANES, 0, plane * LANES, 1,
-                                    LANES, wb, o0 * channels * LANES, 0, 1, channels, LANES, computed, vectors, prefetch)
+                                    LANES, wb, o0 * channels * LANES, 0, 1, channels, LANES, computed, vectors, prefetch, pf_at,
+                                    pf_lines)
                 elif x_layout == NHWC:  # a pixel's channels are one contiguous row
                     acc = tile_conv(wide_tile_zero(), x_flat, (n * plane + start) * channels, chunk, 0, 1, channels,
                                     wb, o0 * channels, chunk * o_lanes, channels // chunk, 1, chunk, computed, vectors,
-                                    prefetch)
+                                    prefetch, pf_at, pf_lines)
                 else:
                     acc = tile_conv(wide_tile_zero(), x_flat, n * channels * plane + start, chunk * plane, 0, plane, 1,
                                     wb, o0 * channels, chunk * o_lanes, channels // chunk, 1, chunk, computed, vectors,
-                                    prefetch)
+                                    prefetch, pf_at, pf_lines)
                 if y_layout == NCHW16C:
                     tile_store_rows(acc, y_flat, ((n * y_channels + o0 // LANES) * plane + start) * LANES,
                                     plane * LANES, LANES, min(o_lanes, out_channels - o0), p0 - start, p0 - start + stored,
