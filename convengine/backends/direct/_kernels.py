@@ -349,7 +349,7 @@ def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, 
                 elif x_layout == NHWC:  # a pixel's channels are one contiguous row
                     acc = tile_conv(wide_tile_zero(), x_flat, (n * plane + start) * channels, chunk, 0, 1, channels,
                                     wb, o0 * channels, chunk * o_lanes, channels // chunk, 1, chunk, computed, vectors,
-                                    prefetch, pf_at, pf_lines)
+                                    prefetch, None, 0)
                 else:
                     acc = tile_conv(wide_tile_zero(), x_flat, n * channels * plane + start, chunk * plane, 0, plane, 1,
                                     wb, o0 * channels, chunk * o_lanes, channels // chunk, 1, chunk, computed, vectors,

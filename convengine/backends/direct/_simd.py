@@ -200,11 +200,12 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
     tile's (any other leaves the tile untouched); the other pixels and vectors are left
     untouched. ``prefetch``: ``None``, or a distance in floats: each step then also prefetches
     the input that far past its own (a later tile's, where many planes are read at once and
-    the hardware prefetcher does not follow them all). ``w_prefetch``, ``w_lines``: reduction row
+    the hardware prefetcher does not follow them all). ``w_prefetch`` (``None``: no such code),
+    ``w_lines``: reduction row
     ``i`` (``b * rows + r``) also prefetches ``w_lines`` (at most ``count``) cache lines of ``w``
     into the second-level cache, from float ``w_prefetch + i * w_lines * LINE_FLOATS`` on, one per
-    step (0 lines: each step prefetches the one line before ``w_prefetch``; callers point it at weights
-    the tile reads anyway). Why: a layer's weights are cold
+    step (the steps past them, and all with 0 lines, prefetch the weights they have just read: a
+    prefetch that hits the first-level cache costs nothing more). Why: a layer's weights are cold
     when it starts (the model's other layers ran since), and the first tile of an output block
     reads that block's weights at the rate memory gives them, FMA units idle; a kernel that
     prefetches the *next* block's weights over this block's rows overlaps the two (ResNet-50
@@ -216,10 +217,12 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
     if not (isinstance(tile, Tile) and _is_f32_array(x) and _is_f32_array(w)):
         return None
     ints = (x_start, x_block_step, x_row_step, x_k_step, x_step, w_start, w_block_step, blocks, rows, count, width, vectors,
-            w_prefetch, w_lines)
-    if not (all(isinstance(t, types.Integer) for t in ints) and isinstance(prefetch, (types.Integer, types.NoneType))):
+            w_lines)
+    if not (all(isinstance(t, types.Integer) for t in ints)
+            and all(isinstance(t, (types.Integer, types.NoneType)) for t in (prefetch, w_prefetch))):
         return None
     prefetching = isinstance(prefetch, types.Integer)
+    weights_ahead = isinstance(w_prefetch, types.Integer)
     sig = tile(tile, x, x_start, x_block_step, x_row_step, x_k_step, x_step, w, w_start, w_block_step, blocks, rows,
                count, width, vectors, prefetch, w_prefetch, w_lines)
 
@@ -228,7 +231,8 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
         (x_start, x_block_step, x_row_step, x_k_step, x_step, w_start, w_block_step, blocks, rows, count, width,
          vectors) = (_as_i64(context, builder, args[i], sig.args[i]) for i in (2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14))
         prefetch = _as_i64(context, builder, args[15], sig.args[15]) if prefetching else None
-        w_prefetch, w_lines = (_as_i64(context, builder, args[i], sig.args[i]) for i in (16, 17))
+        w_prefetch = _as_i64(context, builder, args[16], sig.args[16]) if weights_ahead else None
+        w_lines = _as_i64(context, builder, args[17], sig.args[17])
         xp = _data(context, builder, sig.args[1], xa)
         wp = _data(context, builder, sig.args[7], wa)
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3), f"llvm.fma.v{LANES}f32")
@@ -256,9 +260,10 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
                 def row(r, sums):
                     r = builder.add(first, r)
                     # reduction row b * rows + r's share of the weights to prefetch: w_lines lines from pf_row
-                    pf_row = builder.add(w_prefetch, builder.mul(builder.mul(builder.add(builder.mul(b, rows), r), w_lines),
-                                                                 ir.Constant(_I64, LINE_FLOATS)))
-                    pf_last = builder.sub(w_lines, one)
+                    pf_row = None
+                    if w_prefetch is not None:
+                        share = builder.mul(builder.add(builder.mul(b, rows), r), w_lines)
+                        pf_row = builder.add(w_prefetch, builder.mul(share, ir.Constant(_I64, LINE_FLOATS)))
                     x_row = builder.add(x_block, builder.mul(r, x_row_step))
                     w_row = builder.add(w_block, builder.mul(builder.mul(r, count), w_step))
 
@@ -267,11 +272,12 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
                         wvs = [builder.load(builder.bitcast(builder.gep(wp, [builder.add(w_at, ir.Constant(_I64, LANES * j))]),
                                                             _VEC.as_pointer()), align=4) for j in range(v)]
                         x_at = builder.add(x_row, builder.mul(k, x_k_step))
-                        # step k prefetches line k of the row's share; the steps past it repeat its last
-                        # line (a cached line: no branch in this loop, no traffic)
-                        pf_line = builder.select(builder.icmp_signed("<", k, pf_last), k, pf_last)
-                        _prefetch(builder, wp, builder.add(pf_row, builder.mul(pf_line, ir.Constant(_I64, LINE_FLOATS))),
-                                  False, 2)
+                        # step k prefetches line k of the row's share; the steps past it, the weights they
+                        # have just read (an L1 hit, dropped at once: no branch in this loop, no traffic)
+                        if pf_row is not None:
+                            pf_at = builder.select(builder.icmp_signed("<", k, w_lines),
+                                                   builder.add(pf_row, builder.mul(k, ir.Constant(_I64, LINE_FLOATS))), w_at)
+                            _prefetch(builder, wp, pf_at, False, 2)
                         if prefetching:  # this step's input, ``prefetch`` floats on: a later tile's
                             _prefetch(builder, xp, builder.add(x_at, prefetch), write=False)
                         out = list(regs)
