@@ -200,16 +200,15 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
     tile's (any other leaves the tile untouched); the other pixels and vectors are left
     untouched. ``prefetch``: ``None``, or a distance in floats: each step then also prefetches
     the input that far past its own (a later tile's, where many planes are read at once and
-    the hardware prefetcher does not follow them all). ``w_prefetch`` (``None``: no such code),
-    ``w_lines``: reduction row
-    ``i`` (``b * rows + r``) also prefetches ``w_lines`` (at most ``count``) cache lines of ``w``
-    into the second-level cache, from float ``w_prefetch + i * w_lines * LINE_FLOATS`` on, one per
-    step (the steps past them, and all with 0 lines, prefetch the weights they have just read: a
-    prefetch that hits the first-level cache costs nothing more). Why: a layer's weights are cold
-    when it starts (the model's other layers ran since), and the first tile of an output block
-    reads that block's weights at the rate memory gives them, FMA units idle; a kernel that
-    prefetches the *next* block's weights over this block's rows overlaps the two (ResNet-50
-    6-7% faster, its 3x3 layers at 7x7 -20%). No bounds checks: the caller guarantees
+    the hardware prefetcher does not follow them all). ``w_prefetch`` (``None``: no such code)
+    and ``w_lines``: reduction row ``i`` (``b * rows + r``) also prefetches ``w_lines`` (at most
+    ``count``) cache lines of ``w`` into the second-level cache, from float
+    ``w_prefetch + i * w_lines * LINE_FLOATS`` on, one per step (the steps past them, and all
+    with 0 lines, prefetch the weights they have just read: a first-level hit, no traffic).
+    Why: a layer's weights are cold when it starts (the model's other layers ran since), and
+    the first tile of an output block reads that block's weights at the rate memory gives
+    them, FMA units idle; a kernel that prefetches the *next* block's weights over this
+    block's rows overlaps the two (ResNet-50 6-7% faster, its 3x3 layers at 7x7 -20%). No bounds checks: the caller guarantees
     them (a prefetch does not fault). All loops are emitted here, in
     one call per tile, because a call passes the tile through memory (about 150 cycles
     measured).
