@@ -81,6 +81,40 @@ def test_two_vector_tiles_at_every_width_and_grouping(out_width, c_in, c_out, gr
     assert relative_error(y, _reference(x, w, b, groups=groups)) < EXACT_F32
 
 
+@pytest.mark.parametrize("params,out_height", [
+    (dict(padding=1), 7), (dict(padding=(1, 1, 1, 1)), 8), (dict(stride=2, padding=1), 5),
+    (dict(dilation=2, padding=(2, 2, 2, 2)), 6), (dict(stride=(1, 2), padding=(0, 0, 1, 1)), 1),
+])
+@pytest.mark.parametrize("batch,c_out,residual", [(1, 64, True), (2, 40, False), (3, 32, True)])
+def test_seven_pixel_rows_two_to_a_tile(params, out_height, batch, c_out, residual):
+    """7-pixel output rows run two to a 14-pixel tile (the second reading the next input rows),
+    an odd last row on its own, every image and output block, residual and ReLU at each pixel."""
+    rng = np.random.default_rng(out_height * 100 + batch + c_out)
+    sh, sw = (params.get("stride", 1),) * 2 if not isinstance(params.get("stride"), tuple) else params["stride"]
+    dilation = params.get("dilation", 1)
+    padding = params["padding"] if isinstance(params["padding"], tuple) else (params["padding"],) * 4
+    height = (out_height - 1) * sh + 2 * dilation + 1 - padding[0] - padding[1]
+    width = (7 - 1) * sw + 2 * dilation + 1 - padding[2] - padding[3]
+    x, w, b = _data(rng, (batch, 32, height, width), (c_out, 32, 3, 3))
+    problem = ConvProblem.from_shapes(x.shape, w.shape, **params)
+    assert problem.output_shape[2:] == (out_height, 7)
+    r = rng.standard_normal(problem.output_shape).astype(np.float32) if residual else None
+    expected = np.maximum(_reference(x, w, b, **params) + (r if residual else 0), 0)
+    for backend in (DirectBackend(), DirectBackend(tile_width=7)):  # 7-pixel tiles: one row each
+        y = _run(backend, x, w, b, residual=r, activation="relu", **params)
+        assert relative_error(y, expected) < EXACT_F32
+
+
+def test_rows_pair_only_where_the_tiles_hold_two():
+    from convengine.backends.direct._tiles import pairs_rows
+
+    assert pairs_rows(7, 7, 14) and pairs_rows(7, 2, 14)
+    assert not pairs_rows(7, 1, 14) and not pairs_rows(7, 7, 13) and not pairs_rows(6, 7, 14) and not pairs_rows(8, 8, 14)
+    # the cost model counts 14-pixel tiles (an odd last row on its own): more accumulators, a higher rate
+    assert tile_efficiency(7, 14, 1, 7) > tile_efficiency(7, 14, 1, 1) == tile_efficiency(7, 7, 1, 7)
+    assert tile_efficiency(7, 14, 1, 2) == tile_efficiency(14, 14, 1)
+
+
 @pytest.mark.parametrize("tile_width", [1, 6, 14])
 @pytest.mark.parametrize("c_in,c_out", [(1, 1), (3, 64), (16, 16), (17, 15), (33, 40)])
 def test_channel_padding_and_narrow_tiles(tile_width, c_in, c_out):

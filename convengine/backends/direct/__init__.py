@@ -39,7 +39,7 @@ from ...core.problem import ConvProblem
 from ...runtime.threads import numba_threads
 from ...runtime.workspace import scratch
 from .._numba import NumbaBackend
-from ._tiles import LANES, LAYOUT_CODES, MAX_VECTORS, compiled_width, row_tiles, tile_cost
+from ._tiles import LANES, LAYOUT_CODES, MAX_VECTORS, compiled_width, pairs_rows, row_tiles, tile_cost
 from ._tiles import MAX_WIDTH as MAX_TILE_WIDTH
 
 POINT_CHANNELS, POINT_PIXELS = 6, 64  # the 1x1 pixel-vector kernel's block (``_simd.POINT_*``; not imported: no numba at startup)
@@ -178,10 +178,15 @@ def computed_pixels(pixels: int, tile_width: int) -> int:
     return full * compiled_width(tile_width) + (compiled_width(tail) if tail else 0)
 
 
-def tile_efficiency(out_width: int, max_width: int, vectors: int = 1) -> float:
+def tile_efficiency(out_width: int, max_width: int, vectors: int = 1, out_height: int = 1) -> float:
     """Share of the FMA rate a row of ``out_width`` pixels x ``vectors`` gets on its tiles (:func:`._tiles.row_tiles`):
-    what pixels computed and not stored, and tiles of too few accumulators, cost."""
-    return out_width / sum(tile_cost(width, vectors) for _, width in row_tiles(out_width, max_width, vectors))
+    what pixels computed and not stored, and tiles of too few accumulators, cost. Rows that run two to a
+    tile (:func:`._tiles.pairs_rows`) count as such, an odd last row on its own."""
+    row = sum(tile_cost(width, vectors) for _, width in row_tiles(out_width, max_width, vectors))
+    if not pairs_rows(out_width, out_height, max_width):
+        return out_width / row
+    pairs, odd = divmod(out_height, 2)
+    return out_width * out_height / (pairs * tile_cost(2 * out_width, vectors) + odd * row)
 
 
 class DirectBackend(NumbaBackend):
@@ -235,7 +240,8 @@ class DirectBackend(NumbaBackend):
         run = problem.kernel_w * block if problem.dilation[1] == 1 else block
         # a group's reduction is shorter: each tile's fixed costs are spread over fewer rows of it
         reduction_rows = padded_in // block // problem.groups * problem.kernel_h
-        chains = tile_efficiency(problem.out_width, self.tile_width, tile_vectors(problem, self.max_vectors))
+        chains = tile_efficiency(problem.out_width, self.tile_width, tile_vectors(problem, self.max_vectors),
+                                 problem.out_height)
         rate = (machine.gemm_flops(problem.dtype) * DIRECT_EFFICIENCY * chains
                 * run / (run + ROW_OVERHEAD_STEPS) * reduction_rows / (reduction_rows + TILE_OVERHEAD_ROWS))
         itemsize = np.dtype(problem.dtype).itemsize
@@ -358,7 +364,7 @@ class DirectBackend(NumbaBackend):
             tiled_conv(_kernel_view(x, problem.input_layout), flat[:flat.size - slack].reshape(shape), top, left, wb, kh,
                        kw, sh, sw, dh, dw, group_blocks, b, _kernel_view(res, problem.output_layout), residual is not None,
                        *act, _kernel_view(y, problem.output_layout), first, step, tiles, vectors, workers,
-                       x_layout, y_layout)
+                       x_layout, y_layout, self.tile_width)
             return y if out is None else out.view
 
         return execute

@@ -38,7 +38,7 @@ from ._simd import (
     tile_store_rows,
     wide_tile_zero,
 )
-from ._tiles import LANES, LAYOUT_CODES, MAX_WIDTH, compiled_width
+from ._tiles import LANES, LAYOUT_CODES, MAX_WIDTH, compiled_width, pairs_rows
 from ._worksharing import job_claims, next_job, phase_counter, phase_done
 
 # Numba's cache is keyed on this file's text, not on _simd's: after an edit to the intrinsics
@@ -48,8 +48,9 @@ from ._worksharing import job_claims, next_job, phase_counter, phase_done
 #: The layouts' codes, module constants for the kernels (NCHW is 0).
 NCHW16C, NHWC = LAYOUT_CODES[layouts.NCHW16C], LAYOUT_CODES[layouts.NHWC]
 
-#: :func:`._tiles.compiled_width`, the cost model's own function, compiled into the kernels.
+#: :func:`._tiles.compiled_width` and :func:`._tiles.pairs_rows`, the cost model's own functions, compiled into the kernels.
 _compiled_width = numba.njit(inline="always")(compiled_width)
+_pairs_rows = numba.njit(inline="always")(pairs_rows)
 
 
 def precompile_kernels(function: str) -> list:
@@ -66,7 +67,7 @@ def precompile_kernels(function: str) -> list:
     signatures = {
         # (6.8: Zen 4's 4.5 s scaled by the cold compile's growth on Intel, 5.6 -> 8.4 s, with the two-vector tiles)
         "tiled_conv": ((f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 7 + (f32(1), f32(4)) + epilogue + (f32(4), i64, i64,
-                       types.Array(types.int64, 2, "C"), i64, i64, i64, i64), 6.8),
+                       types.Array(types.int64, 2, "C"), i64, i64, i64, i64, i64), 6.8),
         "pointwise_conv": ((f32(4), f32(4), i64, i64, f32(1), f32(1), f32(4)) + epilogue + (f32(4), i64, i64), 2.3),
         "pointwise_tiles": ((f32(4), f32(4), i64, i64, f32(1), i64, f32(1), f32(4)) + epilogue + (f32(4),) + (i64,) * 9,
                             2.8),
@@ -130,14 +131,15 @@ def _pack_row(x, x_flat, xb, xb_flat, row_index, top, left, x_blocked):
 @numba.njit(parallel=True, cache=True, nogil=True)
 def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, group_blocks,
                bias, residual, has_residual, act, act_a, act_b, y, y_first, y_step, row_tiles, vectors, workers,
-               x_layout, y_layout):
+               x_layout, y_layout, tile_width):
     """``y = act(conv(x) + bias (+ residual))``, ``x`` copied into ``blocked`` on the way, weights packed in ``wb`` (flat).
 
     ``blocked`` is the (N, Cb, Hp, Wp, block) view of a flat buffer with slack past its end.
     Two phases in one parallel region: the threads fill ``blocked`` row by row, wait for
     each other (one kernel start instead of two), then compute. One job of the second phase
-    is one output row of one block of ``vectors`` x 16 output channels of one image; it sweeps
-    the row in the tiles ``row_tiles`` lists (``(first pixel, pixels)``, see ``_tiles.row_tiles``), each
+    is one output row (or two) of one block of ``vectors`` x 16 output channels of one image; it sweeps
+    the row in the tiles ``row_tiles`` lists (``(first pixel, pixels)``, see ``_tiles.row_tiles``; rows
+    that ``_tiles.pairs_rows`` pairs for ``tile_width``-pixel tiles: two rows, one tile), each
     accumulated in registers over the whole reduction
     (channel blocks x kernel rows x one contiguous (kw, channel) run) and written out once,
     epilogue applied. Grouped (``group_blocks`` < all input blocks), an output block's
@@ -164,9 +166,15 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
     n_rows = n_images * c_blocks * hp
     n_tiles = row_tiles.shape[0]
     tile_rows = calls * group_blocks * tap_rows  # reduction rows of one tile
+    # Rows of PAIRED_WIDTH pixels go two to a tile, its second row's pixels reading the next input
+    # rows (x_jump further); the output rows lie end to end (both layouts): stored as one run.
+    pair = _pairs_rows(out_w, out_h, tile_width)
+    job_rows = 2 if pair else 1
+    row_jobs = (out_h + job_rows - 1) // job_rows
+    x_jump = sh * wp * block - out_w * sw * block
     rows = job_claims(n_rows, workers)
     packed = phase_counter()
-    claims = job_claims(n_images * o_blocks * out_h, workers)
+    claims = job_claims(n_images * o_blocks * row_jobs, workers)
     for thread in prange(max(rows.shape[0], claims.shape[0])):
         me = np.int64(thread)  # (typed uint64 inside the parallel body: a second next_job compile)
         copied = 0
@@ -181,14 +189,16 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
             job = next_job(claims, me)
             if job < 0:
                 break
-            n = job // (o_blocks * out_h)
-            ob = (job // out_h) % o_blocks
-            oh = job % out_h
+            n = job // (o_blocks * row_jobs)
+            ob = (job // row_jobs) % o_blocks
+            oh = job % row_jobs * job_rows
+            both = pair and oh + 1 < out_h  # two rows in one tile
+            tiles = 1 if both else n_tiles
             # the next output block's weights (tile_conv's w_prefetch), a slice per tile over its reduction rows
             pf_lines = 0 if ob + 1 == o_blocks else min(count, -(-group_blocks * w_block
-                                                                 // (LINE_FLOATS * out_h * n_tiles * tile_rows)))
-            for t in range(n_tiles):
-                ow0, width = row_tiles[t, 0], row_tiles[t, 1]  # first pixel, pixels stored
+                                                                 // (LINE_FLOATS * row_jobs * n_tiles * tile_rows)))
+            for t in range(tiles):
+                ow0, width = (0, 2 * out_w) if both else (row_tiles[t, 0], row_tiles[t, 1])  # first pixel, pixels stored
                 computed = _compiled_width(width)  # pixels computed (the extra ones read the slack)
                 cb0 = ob * o_lanes // out_per_group * group_blocks  # the group's first input block
                 x_tile = (((n * c_blocks + cb0) * hp + oh * sh) * wp + ow0 * sw) * block
@@ -200,10 +210,11 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
                 for tap in range(calls):
                     kh, kw = tap // kw_size, tap % kw_size
                     pf_at = ((ob + 1) * group_blocks * w_block
-                             + (((oh * n_tiles + t) * calls + tap) * group_blocks * tap_rows) * pf_lines * LINE_FLOATS)
+                             + ((((oh // job_rows) * n_tiles + t) * calls + tap) * group_blocks * tap_rows)
+                             * pf_lines * LINE_FLOATS)
                     acc = tile_conv(acc, xb, x_tile + (kh * dh * wp + kw * dw) * block, x_block, row_step, 1, sw * block,
                                     wb, w_tile + (kh * kw_size + kw) * block * o_lanes, w_block, group_blocks, tap_rows, count,
-                                    computed, vectors, None, pf_at, pf_lines)
+                                    computed, vectors, None, pf_at, pf_lines, x_jump if both else 0)
                 if y_blocked:
                     tile_store_rows(acc, y_flat, (((n * y_channels + ob * vectors) * out_h + oh) * out_w + ow0) * LANES,
                                     out_h * out_w * LANES, LANES, min(o_lanes, out_channels - ob * o_lanes), 0, width,
@@ -345,16 +356,16 @@ def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, 
                 if x_layout == NCHW16C:  # rows of the reduction: the channel blocks; steps: a block's 16 channels
                     acc = tile_conv(wide_tile_zero(), x_flat, (n * channels * plane + start) * LANES, 0, plane * LANES, 1,
                                     LANES, wb, o0 * channels * LANES, 0, 1, channels, LANES, computed, vectors, prefetch, pf_at,
-                                    pf_lines)
+                                    pf_lines, 0)
                 elif x_layout == NHWC:  # a pixel's channels are one contiguous row (no weight prefetch: it
                     # slowed these tiles, 14 pixels' channel rows read at once, by 10-47%)
                     acc = tile_conv(wide_tile_zero(), x_flat, (n * plane + start) * channels, chunk, 0, 1, channels,
                                     wb, o0 * channels, chunk * o_lanes, channels // chunk, 1, chunk, computed, vectors,
-                                    prefetch, None, 0)
+                                    prefetch, None, 0, 0)
                 else:
                     acc = tile_conv(wide_tile_zero(), x_flat, n * channels * plane + start, chunk * plane, 0, plane, 1,
                                     wb, o0 * channels, chunk * o_lanes, channels // chunk, 1, chunk, computed, vectors,
-                                    prefetch, pf_at, pf_lines)
+                                    prefetch, pf_at, pf_lines, 0)
                 if y_layout == NCHW16C:
                     tile_store_rows(acc, y_flat, ((n * y_channels + o0 // LANES) * plane + start) * LANES,
                                     plane * LANES, LANES, min(o_lanes, out_channels - o0), p0 - start, p0 - start + stored,

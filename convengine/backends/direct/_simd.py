@@ -22,7 +22,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 from .._activations import activate_any
-from ._tiles import LANES, MAX_VECTORS, MAX_WIDTH, TILE_WIDTHS  # the tile's shape (shared with the cost model)
+from ._tiles import LANES, MAX_VECTORS, MAX_WIDTH, PAIRED_WIDTH, TILE_WIDTHS  # the tile's shape (shared with the cost model)
 
 #: Products one register sum takes before it is added to the tile's running total (whole kernel
 #: rows at a time, at least one row): float32 rounding of long reductions stays within the
@@ -181,7 +181,7 @@ def wide_tile_zero(typingctx):
 
 @intrinsic
 def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x_step, w, w_start, w_block_step,
-              blocks, rows, count, width, vectors, prefetch, w_prefetch, w_lines):
+              blocks, rows, count, width, vectors, prefetch, w_prefetch, w_lines, x_jump):
     """Return ``tile`` plus, in its vector ``v`` < vectors at pixel ``p`` < width, the sum over
     b < blocks, r < rows, k < count of ``x[x_start + b*x_block_step + r*x_row_step + k*x_k_step + p*x_step]
     * w[w_start + b*w_block_step + 16*((r*count + k)*vectors + v) : +16]``.
@@ -196,7 +196,9 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
     total, which keeps float32 rounding of long reductions (4608 products on ResNet's
     512-channel layers) within the exact class's bound, as blocked BLAS products do; a 3x3
     layer's 16-channel block (3 rows of 48) is one such sum, the RGB stem's 7 rows of 21
-    another. ``width`` must be one of :data:`TILE_WIDTHS` and ``vectors`` at most the
+    another. ``x_jump``: pixels from :data:`PAIRED_WIDTH` on read ``x_jump`` floats further (two
+    7-pixel output rows in one 14-pixel tile: see ``_kernels.tiled_conv``; 0 otherwise).
+    ``width`` must be one of :data:`TILE_WIDTHS` and ``vectors`` at most the
     tile's (any other leaves the tile untouched); the other pixels and vectors are left
     untouched. ``prefetch``: ``None``, or a distance in floats: each step then also prefetches
     the input that far past its own (a later tile's, where many planes are read at once and
@@ -216,14 +218,14 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
     if not (isinstance(tile, Tile) and _is_f32_array(x) and _is_f32_array(w)):
         return None
     ints = (x_start, x_block_step, x_row_step, x_k_step, x_step, w_start, w_block_step, blocks, rows, count, width, vectors,
-            w_lines)
+            w_lines, x_jump)
     if not (all(isinstance(t, types.Integer) for t in ints)
             and all(isinstance(t, (types.Integer, types.NoneType)) for t in (prefetch, w_prefetch))):
         return None
     prefetching = isinstance(prefetch, types.Integer)
     weights_ahead = isinstance(w_prefetch, types.Integer)
     sig = tile(tile, x, x_start, x_block_step, x_row_step, x_k_step, x_step, w, w_start, w_block_step, blocks, rows,
-               count, width, vectors, prefetch, w_prefetch, w_lines)
+               count, width, vectors, prefetch, w_prefetch, w_lines, x_jump)
 
     def codegen(context, builder, sig, args):
         acc, xa, wa = args[0], args[1], args[7]
@@ -231,7 +233,7 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
          vectors) = (_as_i64(context, builder, args[i], sig.args[i]) for i in (2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14))
         prefetch = _as_i64(context, builder, args[15], sig.args[15]) if prefetching else None
         w_prefetch = _as_i64(context, builder, args[16], sig.args[16]) if weights_ahead else None
-        w_lines = _as_i64(context, builder, args[17], sig.args[17])
+        w_lines, x_jump = (_as_i64(context, builder, args[i], sig.args[i]) for i in (17, 18))
         xp = _data(context, builder, sig.args[1], xa)
         wp = _data(context, builder, sig.args[7], wa)
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3), f"llvm.fma.v{LANES}f32")
@@ -245,6 +247,9 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
 
         def nest(n, v):  # n pixels x v vectors; accumulators in vector-major order
             w_step = ir.Constant(_I64, LANES * v)  # weights of one reduction step
+            # pixel p's input, from the step's own: x_step apart, and x_jump further from pixel PAIRED_WIDTH on
+            x_pixel = [builder.mul(x_step, ir.Constant(_I64, p)) if p < PAIRED_WIDTH
+                       else builder.add(builder.mul(x_step, ir.Constant(_I64, p)), x_jump) for p in range(n)]
 
             def block(b, totals):
                 x_block = builder.add(x_start, builder.mul(b, x_block_step))
@@ -281,8 +286,7 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
                             _prefetch(builder, xp, builder.add(x_at, prefetch), write=False)
                         out = list(regs)
                         for p in range(n):
-                            xv = _splat(builder, builder.load(builder.gep(
-                                xp, [builder.add(x_at, builder.mul(x_step, ir.Constant(_I64, p)))])))
+                            xv = _splat(builder, builder.load(builder.gep(xp, [builder.add(x_at, x_pixel[p])])))
                             for j in range(v):
                                 out[j * n + p] = builder.call(fma, [xv, wvs[j], regs[j * n + p]])
                         return out

@@ -26,6 +26,14 @@ MAX_VECTORS = 2
 TILE_WIDTHS = (4, 7, 13, 14)
 
 
+#: Output rows this wide run two to a tile (``_kernels.tiled_conv``; ``_simd.tile_conv``'s
+#: ``x_jump`` applies from this pixel on): ResNet's 7x7 stage fills 14-pixel tiles, 28
+#: accumulators where one row held 14 (its 3x3 layers 9-10% faster inside Wide ResNet-50).
+#: A constant, so that the narrower tiles' loops stay as they were (a split given at run time
+#: cost the other 3x3 layers 2-3%).
+PAIRED_WIDTH = 7
+
+
 def compiled_width(width):
     """The narrowest compiled tile width that covers ``width`` pixels (``width`` itself past the widest).
 
@@ -48,6 +56,13 @@ def tile_cost(width, vectors):
     width, slowed where it holds fewer than LATENCY_CHAINS accumulators."""
     computed = compiled_width(width)
     return computed / min(1.0, computed * vectors / LATENCY_CHAINS)
+
+
+def pairs_rows(out_width, out_height, max_width):
+    """Whether a layer's output rows run two to a tile (see PAIRED_WIDTH; 14 pixels, a compiled width).
+
+    Plain Python that Numba also compiles (``_kernels``), as :func:`compiled_width`."""
+    return out_width == PAIRED_WIDTH and out_height > 1 and 2 * PAIRED_WIDTH <= max_width
 
 
 def row_tiles(width, max_width, vectors=1):
