@@ -31,6 +31,9 @@ SUM_STEPS = 256
 #: Floats per cache line: what weight prefetches step by.
 LINE_FLOATS = 16
 
+#: Added to :func:`tile_conv`'s shape key for the paired-row nests.
+_PAIRED_KEY = 1 << 16
+
 _FLOAT = ir.FloatType()
 _VEC = ir.VectorType(_FLOAT, LANES)
 _I64 = ir.IntType(64)
@@ -197,7 +200,8 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
     512-channel layers) within the exact class's bound, as blocked BLAS products do; a 3x3
     layer's 16-channel block (3 rows of 48) is one such sum, the RGB stem's 7 rows of 21
     another. ``x_jump``: pixels from :data:`PAIRED_WIDTH` on read ``x_jump`` floats further (two
-    7-pixel output rows in one 14-pixel tile: see ``_kernels.tiled_conv``; 0 otherwise).
+    7-pixel output rows in one 14-pixel tile, a loop nest of its own: see ``_kernels.tiled_conv``;
+    0 otherwise, and only with ``width`` 14).
     ``width`` must be one of :data:`TILE_WIDTHS` and ``vectors`` at most the
     tile's (any other leaves the tile untouched); the other pixels and vectors are left
     untouched. ``prefetch``: ``None``, or a distance in floats: each step then also prefetches
@@ -245,10 +249,10 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
         per_sum = builder.select(builder.icmp_signed("<", per_sum, one), one, per_sum)
         groups = builder.sdiv(builder.sub(builder.add(rows, per_sum), one), per_sum)
 
-        def nest(n, v):  # n pixels x v vectors; accumulators in vector-major order
+        def nest(n, v, paired):  # n pixels x v vectors; accumulators in vector-major order
             w_step = ir.Constant(_I64, LANES * v)  # weights of one reduction step
             # pixel p's input, from the step's own: x_step apart, and x_jump further from pixel PAIRED_WIDTH on
-            x_pixel = [builder.mul(x_step, ir.Constant(_I64, p)) if p < PAIRED_WIDTH
+            x_pixel = [builder.mul(x_step, ir.Constant(_I64, p)) if p < PAIRED_WIDTH or not paired
                        else builder.add(builder.mul(x_step, ir.Constant(_I64, p)), x_jump) for p in range(n)]
 
             def block(b, totals):
@@ -299,21 +303,26 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
             return block
 
         done = builder.append_basic_block("tile.done")
-        shape = builder.add(builder.mul(vectors, ir.Constant(_I64, 256)), width)
+        # two rows in one tile (x_jump != 0) run a loop nest of their own: the others' addresses stay as they were
+        paired_key = builder.select(builder.icmp_signed("!=", x_jump, ir.Constant(_I64, 0)),
+                                    ir.Constant(_I64, _PAIRED_KEY), ir.Constant(_I64, 0))
+        shape = builder.add(builder.add(builder.mul(vectors, ir.Constant(_I64, 256)), width), paired_key)
         switch = builder.switch(shape, done)
         results = [(acc, builder.block)]
         for v in range(1, sig.args[0].vectors + 1):
             for n in TILE_WIDTHS:  # one loop nest per compiled shape, its accumulators in registers
-                case = builder.append_basic_block(f"tile.v{v}w{n}")
-                switch.add_case(ir.Constant(_I64, 256 * v + n), case)
-                builder.position_at_end(case)
-                index = [j * MAX_WIDTH + p for j in range(v) for p in range(n)]
-                totals = _counted_loop(builder, blocks, [builder.extract_value(acc, i) for i in index], nest(n, v))
-                out = acc
-                for i, total in zip(index, totals):
-                    out = builder.insert_value(out, total, i)
-                results.append((out, builder.block))
-                builder.branch(done)
+                for paired in (False, True) if n == 2 * PAIRED_WIDTH else (False,):
+                    case = builder.append_basic_block(f"tile.v{v}w{n}" + ("paired" if paired else ""))
+                    switch.add_case(ir.Constant(_I64, 256 * v + n + (_PAIRED_KEY if paired else 0)), case)
+                    builder.position_at_end(case)
+                    index = [j * MAX_WIDTH + p for j in range(v) for p in range(n)]
+                    totals = _counted_loop(builder, blocks, [builder.extract_value(acc, i) for i in index],
+                                           nest(n, v, paired))
+                    out = acc
+                    for i, total in zip(index, totals):
+                        out = builder.insert_value(out, total, i)
+                    results.append((out, builder.block))
+                    builder.branch(done)
         builder.position_at_end(done)
         merged = builder.phi(acc.type)
         for value, block in results:
