@@ -65,9 +65,10 @@ def precompile_kernels(function: str) -> list:
     i64, flag, f64 = types.int64, types.boolean, types.float64
     epilogue = (flag, i64, f64, f64)  # has_residual, then the activation: Epilogue.kernel_activation()
     signatures = {
-        # (6.8: Zen 4's 4.5 s scaled by the cold compile's growth on Intel, 5.6 -> 8.4 s, with the two-vector tiles)
+        # (8.2: Zen 4's 4.5 s scaled by the cold compile's growth on Intel, 5.6 -> 8.4 s with the two-vector tiles,
+        # 8.8 -> 10.7 s with the paired-row nests)
         "tiled_conv": ((f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 7 + (f32(1), f32(4)) + epilogue + (f32(4), i64, i64,
-                       types.Array(types.int64, 2, "C"), i64, i64, i64, i64, i64), 6.8),
+                       types.Array(types.int64, 2, "C"), i64, i64, i64, i64, i64), 8.2),
         "pointwise_conv": ((f32(4), f32(4), i64, i64, f32(1), f32(1), f32(4)) + epilogue + (f32(4), i64, i64), 2.3),
         "pointwise_tiles": ((f32(4), f32(4), i64, i64, f32(1), i64, f32(1), f32(4)) + epilogue + (f32(4),) + (i64,) * 9,
                             2.8),
