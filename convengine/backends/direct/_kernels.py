@@ -53,6 +53,14 @@ _compiled_width = numba.njit(inline="always")(compiled_width)
 _pairs_rows = numba.njit(inline="always")(pairs_rows)
 
 
+@numba.njit(inline="always")
+def _prefetch_share(block_floats, tiles, tile_rows, row_steps):
+    """``tile_conv``'s ``w_lines``: the lines of the next output block's weights (``block_floats``)
+    each reduction row prefetches so that the current block's ``tiles`` tiles of ``tile_rows``
+    rows cover them all, at most one a step (``row_steps`` a row)."""
+    return min(row_steps, -(-block_floats // (LINE_FLOATS * tiles * tile_rows)))
+
+
 def precompile_kernels(function: str) -> list:
     """The signature ``direct`` calls ``function`` with (see :mod:`convengine.runtime.precompile`); costs measured on Zen 4."""
     from numba import types
@@ -173,6 +181,8 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
     job_rows = 2 if pair else 1
     row_jobs = (out_h + job_rows - 1) // job_rows
     x_jump = sh * wp * block - out_w * sw * block
+    ob_weights = group_blocks * w_block  # one output block's weights
+    pf_share = _prefetch_share(ob_weights, row_jobs * n_tiles, tile_rows, count)
     rows = job_claims(n_rows, workers)
     packed = phase_counter()
     claims = job_claims(n_images * o_blocks * row_jobs, workers)
@@ -196,21 +206,20 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
             both = pair and oh + 1 < out_h  # two rows in one tile
             tiles = 1 if both else n_tiles
             # the next output block's weights (tile_conv's w_prefetch), a slice per tile over its reduction rows
-            pf_lines = 0 if ob + 1 == o_blocks else min(count, -(-group_blocks * w_block
-                                                                 // (LINE_FLOATS * row_jobs * n_tiles * tile_rows)))
+            pf_lines = 0 if ob + 1 == o_blocks else pf_share
             for t in range(tiles):
                 ow0, width = (0, 2 * out_w) if both else (row_tiles[t, 0], row_tiles[t, 1])  # first pixel, pixels stored
                 computed = _compiled_width(width)  # pixels computed (the extra ones read the slack)
                 cb0 = ob * o_lanes // out_per_group * group_blocks  # the group's first input block
                 x_tile = (((n * c_blocks + cb0) * hp + oh * sh) * wp + ow0 * sw) * block
-                w_tile = ob * group_blocks * w_block
+                w_tile = ob * ob_weights
                 # Undilated, a kernel row's (kw, channel) pairs are one contiguous run: one call
                 # does all kh rows. Dilated, each tap is a run of its own: kh*kw calls of one row.
                 # (One call site: each tile_conv site compiles every tile width, seconds each.)
                 acc = wide_tile_zero()
                 for tap in range(calls):
                     kh, kw = tap // kw_size, tap % kw_size
-                    pf_at = ((ob + 1) * group_blocks * w_block
+                    pf_at = (w_tile + ob_weights
                              + ((((oh // job_rows) * n_tiles + t) * calls + tap) * group_blocks * tap_rows)
                              * pf_lines * LINE_FLOATS)
                     acc = tile_conv(acc, xb, x_tile + (kh * dh * wp + kw * dw) * block, x_block, row_step, 1, sw * block,
@@ -323,11 +332,10 @@ def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, 
     o_lanes = vectors * LANES
     o_blocks = (out_channels + o_lanes - 1) // o_lanes
     n_groups = (plane + group - 1) // group
-    group_tiles = (min(group, plane) + tile_width - 1) // tile_width
     w_channels = channels * lanes  # a block's weights: w_channels x o_lanes
-    w_per_block = w_channels * o_lanes
     tile_rows = channels if x_layout == NCHW16C else channels // chunk  # reduction rows of one tile
-    row_steps = LANES if x_layout == NCHW16C else chunk  # and the steps of each
+    group_tiles = (min(group, plane) + tile_width - 1) // tile_width
+    pf_share = _prefetch_share(w_channels * o_lanes, group_tiles, tile_rows, LANES if x_layout == NCHW16C else chunk)
     x_flat = x.reshape(-1)
     y_flat = y.reshape(-1)
     residual_flat = residual.reshape(-1)
@@ -347,8 +355,7 @@ def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, 
             g1 = min(plane, g0 + group)
             o0 = job % o_blocks * o_lanes
             # the next output block's weights (tile_conv's w_prefetch), a slice per tile over its reduction rows
-            pf_lines = 0 if o0 + o_lanes >= out_channels else min(row_steps, -(-w_per_block
-                                                                              // (LINE_FLOATS * group_tiles * tile_rows)))
+            pf_lines = 0 if o0 + o_lanes >= out_channels else pf_share
             for p0 in range(g0, g1, tile_width):  # full tiles, then a tail (49 pixels: 14, 14, 14, 7)
                 stored = min(tile_width, g1 - p0)
                 computed = _compiled_width(stored)

@@ -28,7 +28,7 @@ TILE_WIDTHS = (4, 7, 13, 14)
 
 #: Output rows this wide run two to a tile (``_kernels.tiled_conv``; ``_simd.tile_conv``'s
 #: ``x_jump`` applies from this pixel on): ResNet's 7x7 stage fills 14-pixel tiles, 28
-#: accumulators where one row held 14 (its 3x3 layers 9-10% faster inside Wide ResNet-50).
+#: accumulators where one row held 14 (its 3x3 layers 5-9% faster inside Wide ResNet-50).
 #: The paired tiles run a loop nest of their own (a split given at run time, or a jump added
 #: in the one 14-pixel nest, cost the other 3x3 layers 2-5%).
 PAIRED_WIDTH = 7
