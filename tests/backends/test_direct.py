@@ -105,6 +105,23 @@ def test_seven_pixel_rows_two_to_a_tile(params, out_height, batch, c_out, residu
         assert relative_error(y, expected) < EXACT_F32
 
 
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("c_in", [3, 32])
+@pytest.mark.parametrize("out_width", [7, 14, 28])
+def test_pixel_steps_compiled_in_or_not(stride, c_in, out_width):
+    """The widest tiles at strides 1 and 2 on 16-channel blocks run nests with the pixel step
+    compiled in (``_simd.FIXED_STEPS``); stride 3, and the stem's 3-channel block at any
+    stride, run the nests that take it at run time: all agree with the reference."""
+    from convengine.backends.direct._simd import FIXED_STEPS
+
+    assert 16 in FIXED_STEPS and 32 in FIXED_STEPS and 48 not in FIXED_STEPS
+    rng = np.random.default_rng(stride * 100 + c_in + out_width)
+    size = (out_width - 1) * stride + 1
+    x, w, b = _data(rng, (2, c_in, size, size), (48, c_in, 3, 3))
+    y = _run(DirectBackend(), x, w, b, stride=stride, padding=1, activation="relu")
+    assert relative_error(y, np.maximum(_reference(x, w, b, stride=stride, padding=1), 0)) < EXACT_F32
+
+
 def test_rows_pair_only_where_the_tiles_hold_two():
     from convengine.backends.direct._tiles import pairs_rows
 

@@ -33,6 +33,18 @@ LINE_FLOATS = 16
 
 #: Added to :func:`tile_conv`'s shape key for the paired-row nests.
 _PAIRED_KEY = 1 << 16
+#: ... times 1 + i for the nests whose pixels are :data:`FIXED_STEPS`\ ``[i]`` floats apart.
+_FIXED_KEY = 1 << 17
+#: The pixel steps that the widest tiles get nests of their own for: strides 1 and 2 on the
+#: blocked input (16 channels a pixel). A step known when the nest is compiled puts the 14
+#: pixels at immediate offsets from one pointer; a run-time step needs 14 pointers, more than
+#: the general registers, and the inner loop reloaded them from the stack (71 instructions a
+#: step against 54). 3x3 layers hot, one thread: 256 channels at 14x14 8-15% faster; whole
+#: models 3-10%; stride 2's nests ResNet-50 another 0-5% (hot alone, no faster: in the model).
+FIXED_STEPS = (16, 32)
+#: The tile widths with fixed-step nests. 13 (AlexNet's 13x13, Inception's 17-pixel rows as
+#: 13 + 4) measured no faster, and Inception's 1x7 layers 5-10% slower: not fixed.
+FIXED_WIDTHS = (MAX_WIDTH,)
 
 _FLOAT = ir.FloatType()
 _VEC = ir.VectorType(_FLOAT, LANES)
@@ -217,7 +229,9 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
     block's rows overlaps the two (ResNet-50 6-7% faster; its 512-channel 3x3 layers' first
     call -20%). No bounds checks: the caller guarantees them (a prefetch does not fault). All
     loops are emitted here, in one call per tile, because a call passes the tile through
-    memory (about 150 cycles measured).
+    memory (about 150 cycles measured). A run-time ``x_step`` that is one of
+    :data:`FIXED_STEPS` runs nests of its own at the :data:`FIXED_WIDTHS` (the step a constant
+    there); a step the caller passes as a constant is folded into every nest anyway.
     """
     if not (isinstance(tile, Tile) and _is_f32_array(x) and _is_f32_array(w)):
         return None
@@ -249,11 +263,12 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
         per_sum = builder.select(builder.icmp_signed("<", per_sum, one), one, per_sum)
         groups = builder.sdiv(builder.sub(builder.add(rows, per_sum), one), per_sum)
 
-        def nest(n, v, paired):  # n pixels x v vectors; accumulators in vector-major order
+        def nest(n, v, paired, fixed):  # n pixels x v vectors; accumulators in vector-major order
             w_step = ir.Constant(_I64, LANES * v)  # weights of one reduction step
             # pixel p's input, from the step's own: x_step apart, and x_jump further from pixel PAIRED_WIDTH on
-            x_pixel = [builder.mul(x_step, ir.Constant(_I64, p)) if p < PAIRED_WIDTH or not paired
-                       else builder.add(builder.mul(x_step, ir.Constant(_I64, p)), x_jump) for p in range(n)]
+            step = ir.Constant(_I64, fixed) if fixed else x_step
+            x_pixel = [builder.mul(step, ir.Constant(_I64, p)) if p < PAIRED_WIDTH or not paired
+                       else builder.add(builder.mul(step, ir.Constant(_I64, p)), x_jump) for p in range(n)]
 
             def block(b, totals):
                 x_block = builder.add(x_start, builder.mul(b, x_block_step))
@@ -307,22 +322,35 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
         paired_key = builder.select(builder.icmp_signed("!=", x_jump, ir.Constant(_I64, 0)),
                                     ir.Constant(_I64, _PAIRED_KEY), ir.Constant(_I64, 0))
         shape = builder.add(builder.add(builder.mul(vectors, ir.Constant(_I64, 256)), width), paired_key)
+        # a step the caller passes as a constant is folded into every nest already: no nests of their own
+        fixing = not isinstance(x_step, ir.Constant)
+        if fixing:
+            for i, fixed in enumerate(FIXED_STEPS):
+                shape = builder.add(shape, builder.select(builder.icmp_signed("==", x_step, ir.Constant(_I64, fixed)),
+                                                          ir.Constant(_I64, _FIXED_KEY * (1 + i)), ir.Constant(_I64, 0)))
         switch = builder.switch(shape, done)
         results = [(acc, builder.block)]
         for v in range(1, sig.args[0].vectors + 1):
             for n in TILE_WIDTHS:  # one loop nest per compiled shape, its accumulators in registers
                 for paired in (False, True) if n == 2 * PAIRED_WIDTH else (False,):
-                    case = builder.append_basic_block(f"tile.v{v}w{n}" + ("paired" if paired else ""))
-                    switch.add_case(ir.Constant(_I64, 256 * v + n + (_PAIRED_KEY if paired else 0)), case)
-                    builder.position_at_end(case)
-                    index = [j * MAX_WIDTH + p for j in range(v) for p in range(n)]
-                    totals = _counted_loop(builder, blocks, [builder.extract_value(acc, i) for i in index],
-                                           nest(n, v, paired))
-                    out = acc
-                    for i, total in zip(index, totals):
-                        out = builder.insert_value(out, total, i)
-                    results.append((out, builder.block))
-                    builder.branch(done)
+                    key = 256 * v + n + (_PAIRED_KEY if paired else 0)
+                    steps = list(enumerate(FIXED_STEPS, 1)) if fixing else []
+                    for i, fixed in [(0, 0)] + (steps if n in FIXED_WIDTHS else []):
+                        case = builder.append_basic_block(f"tile.v{v}w{n}" + ("paired" if paired else "")
+                                                          + (f"step{fixed}" if fixed else ""))
+                        switch.add_case(ir.Constant(_I64, key + _FIXED_KEY * i), case)
+                        if not fixed and n not in FIXED_WIDTHS:  # other tiles: the run-time step's nest serves all steps
+                            for j, _ in steps:
+                                switch.add_case(ir.Constant(_I64, key + _FIXED_KEY * j), case)
+                        builder.position_at_end(case)
+                        index = [j * MAX_WIDTH + p for j in range(v) for p in range(n)]
+                        totals = _counted_loop(builder, blocks, [builder.extract_value(acc, i) for i in index],
+                                               nest(n, v, paired, fixed))
+                        out = acc
+                        for at, total in zip(index, totals):
+                            out = builder.insert_value(out, total, at)
+                        results.append((out, builder.block))
+                        builder.branch(done)
         builder.position_at_end(done)
         merged = builder.phi(acc.type)
         for value, block in results:
