@@ -313,7 +313,8 @@ class CompiledGraph:
             first = step.node.inputs[0] if step.node.inputs else ""
             step.inplace = ((step.node.op in INPLACE or step.block is not None) and expendable(first, i)
                             and shapes.get(first) == shapes.get(step.node.outputs[0]))
-            residual = step.fusion.residual if step.fusion is not None else None
+            # the residual as the step reads it: a blocked one under its renamed tensor (``_convert_layouts``)
+            residual = step.inputs[1] if step.fusion is not None and step.fusion.residual else None
             step.consume_residual = (bool(residual) and root.get(residual, residual) != root.get(first, first)
                                      and expendable(residual, i))
 

@@ -106,10 +106,14 @@ def test_a_blocked_network_matches_onnx_runtime_and_its_nchw_self(batch):
     assert layouts["c2"] == (B, B) and layouts["c3"] == (B, B)  # between convolutions: blocked
     assert layouts["c4"] == (B, NCHW)  # its output is a graph output: NCHW; it reads z blocked, and adds z's NCHW copy
     assert [s.node.outputs for s in compiled.steps if s.node.op == "LayoutConversion"] == [["z"]]
+    # residuals read last by their convolution take its output in place: c3's blocked one (a), and
+    # c4's NCHW copy of z (in the NCHW graph, c4's residual is its input: not overwritten)
+    assert {s.node.name for s in compiled.steps if s.consume_residual} == {"c3", "c4"}
     x = np.random.default_rng(1).standard_normal((batch, 3, 9, 11)).astype(np.float32)
     assert_matches_onnx_runtime(compiled, model, x, outputs=("y", "g"), tol=2e-5)
     plain = CompiledGraph(ce.load_onnx(model), batch=batch, blocked_layouts=False)
     assert all(s.layouts == (NCHW, NCHW) for s in plain.steps)
+    assert {s.node.name for s in plain.steps if s.consume_residual} == {"c3"}
     for name, value in compiled.run(x).items():
         np.testing.assert_allclose(value, plain.run(x)[name], rtol=1e-5, atol=1e-5)
     assert np.array_equal(x, np.random.default_rng(1).standard_normal((batch, 3, 9, 11)).astype(np.float32))
