@@ -20,11 +20,13 @@ from .runners import MODEL_PEER, build_model_runner, import_heavy_libraries, tun
 #: How peak memory is measured (``--memory``), for reports.
 MEMORY_METHOD = (
     "peak extra RSS of a fresh process: the model (a convengine Graph, or the ONNX bytes for "
-    "ONNX Runtime) and the input are loaded and the runtime's libraries imported first; then "
-    "the peak-RSS mark is reset (Linux /proc/self/clear_refs) and the contender is built and "
-    "run twice; extra = VmHWM - VmRSS at the reset. RSS, not tracemalloc: ONNX Runtime, BLAS "
-    "and Numba allocate outside Python's tracked heap. Each runtime alone (bench --onnx, "
-    "benchmarks/model_vs_ort.py): the reset comes before the model is loaded, so loading it counts too."
+    "ONNX Runtime) and the input are loaded and the libraries imported and initialised first "
+    "(numba, scipy.fft, torch, onnxruntime, onnx, convengine's own modules; Numba's compiler "
+    "state, built on the first compiled call, ~55 MB); then the peak-RSS mark is reset (Linux "
+    "/proc/self/clear_refs) and the contender is built and run twice; extra = VmHWM - VmRSS at "
+    "the reset. RSS, not tracemalloc: ONNX Runtime, BLAS and Numba allocate outside Python's "
+    "tracked heap. Each runtime alone (bench --onnx, benchmarks/model_vs_ort.py): the reset "
+    "comes before the model is loaded, so loading it counts too."
 )
 
 #: Calls a process times at most when asked to time (``calls``, ``timed_s``), however short they are.
@@ -183,6 +185,8 @@ def memory_child(spec_json: str) -> int:
     x = np.load(spec["input"])
     if contender != MODEL_PEER:
         from ..core.registry import list_backends
+        from ..graph import executor  # noqa: F401  (convengine's own modules are library code too)
+        from ..models import loading  # noqa: F401
 
         list_backends()  # imports every registered backend's libraries (Numba, torch...)
     if spec.get("count_loading"):
