@@ -122,6 +122,22 @@ def test_pixel_steps_compiled_in_or_not(stride, c_in, out_width):
     assert relative_error(y, np.maximum(_reference(x, w, b, stride=stride, padding=1), 0)) < EXACT_F32
 
 
+@pytest.mark.parametrize("rows_first", [True, False])
+@pytest.mark.parametrize("out_size,stride", [(7, 1), (9, 2), (16, 1)])
+def test_jobs_row_by_row_or_block_by_block(monkeypatch, rows_first, out_size, stride):
+    """Jobs ordered row by row (weights that stay cached) or output block by block (the rest):
+    every image, row and block computed once, whichever order ``ROWS_FIRST_L2_SHARE`` picks."""
+    import convengine.backends.direct as direct
+
+    monkeypatch.setattr(direct, "ROWS_FIRST_L2_SHARE", 1 if rows_first else 1 << 40)
+    rng = np.random.default_rng(out_size * 10 + stride + rows_first)
+    size = (out_size - 1) * stride + 1
+    x, w, b = _data(rng, (3, 32, size, size), (80, 32, 3, 3))  # 3 output blocks: two of 32, one of 16
+    r = rng.standard_normal((3, 80, out_size, out_size)).astype(np.float32)
+    y = _run(DirectBackend(), x, w, b, residual=r, activation="relu", stride=stride, padding=1)
+    assert relative_error(y, np.maximum(_reference(x, w, b, stride=stride, padding=1) + r, 0)) < EXACT_F32
+
+
 def test_rows_pair_only_where_the_tiles_hold_two():
     from convengine.backends.direct._tiles import pairs_rows
 

@@ -43,7 +43,7 @@ from ._worksharing import job_claims, next_job, phase_counter, phase_done
 
 # Numba's cache is keyed on this file's text, not on _simd's: after an edit to the intrinsics
 # there or in ``.._activations``, change this line so that cached kernels are compiled again (GELU; tile_store_rows;
-# tile_conv's weight prefetch and paired rows; its fixed-step nests).
+# tile_conv's weight prefetch and paired rows; its fixed-step nests; rows first).
 
 #: The layouts' codes, module constants for the kernels (NCHW is 0).
 NCHW16C, NHWC = LAYOUT_CODES[layouts.NCHW16C], LAYOUT_CODES[layouts.NHWC]
@@ -76,7 +76,7 @@ def precompile_kernels(function: str) -> list:
         # (8.2: Zen 4's 4.5 s scaled by the cold compile's growth on Intel, 5.6 -> 8.4 s with the two-vector tiles,
         # 8.8 -> 10.7 s with the paired-row nests)
         "tiled_conv": ((f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 7 + (f32(1), f32(4)) + epilogue + (f32(4), i64, i64,
-                       types.Array(types.int64, 2, "C"), i64, i64, i64, i64, i64), 8.2),
+                       types.Array(types.int64, 2, "C"), i64, i64, i64, i64, i64, flag), 8.2),
         "pointwise_conv": ((f32(4), f32(4), i64, i64, f32(1), f32(1), f32(4)) + epilogue + (f32(4), i64, i64), 2.3),
         "pointwise_tiles": ((f32(4), f32(4), i64, i64, f32(1), i64, f32(1), f32(4)) + epilogue + (f32(4),) + (i64,) * 9,
                             2.8),
@@ -140,7 +140,7 @@ def _pack_row(x, x_flat, xb, xb_flat, row_index, top, left, x_blocked):
 @numba.njit(parallel=True, cache=True, nogil=True)
 def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, group_blocks,
                bias, residual, has_residual, act, act_a, act_b, y, y_first, y_step, row_tiles, vectors, workers,
-               x_layout, y_layout, tile_width):
+               x_layout, y_layout, tile_width, rows_first):
     """``y = act(conv(x) + bias (+ residual))``, ``x`` copied into ``blocked`` on the way, weights packed in ``wb`` (flat).
 
     ``blocked`` is the (N, Cb, Hp, Wp, block) view of a flat buffer with slack past its end.
@@ -154,6 +154,12 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
     epilogue applied. Grouped (``group_blocks`` < all input blocks), an output block's
     reduction covers the ``group_blocks`` input blocks of its group (whole blocks: 16 and more
     channels per group, in and out).
+
+    Each thread takes a contiguous range of jobs first. They are ordered output block by
+    output block (each block's weights read by one thread, the next block's prefetched), or,
+    with ``rows_first``, row by row (all blocks of a row, then the next row): for layers whose
+    weights all stay cached, so that a thread reads the input rows it copied itself (the copy
+    goes row by row too) instead of half of the input from the other core's cache.
     """
     _, c_blocks, hp, wp, block = blocked.shape
     xb = blocked.reshape(-1)  # (the flat buffer's start: the tiles read past the view's end, into the slack)
@@ -193,7 +199,9 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
             row = next_job(rows, me)
             if row < 0:
                 break
-            _pack_row(x, x_flat, blocked, xb, row, top, left, x_blocked)
+            # rows in (image, row, channel block) order: a thread's range is whole rows, all blocks
+            n, h, cb = row // (hp * c_blocks), row // c_blocks % hp, row % c_blocks
+            _pack_row(x, x_flat, blocked, xb, (n * c_blocks + cb) * hp + h, top, left, x_blocked)
             copied += 1
         phase_done(packed, copied, n_rows)
         while True:
@@ -201,12 +209,14 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
             if job < 0:
                 break
             n = job // (o_blocks * row_jobs)
-            ob = (job // row_jobs) % o_blocks
-            oh = job % row_jobs * job_rows
+            if rows_first:
+                ob, oh = job % o_blocks, job // o_blocks % row_jobs * job_rows
+            else:
+                ob, oh = job // row_jobs % o_blocks, job % row_jobs * job_rows
             both = pair and oh + 1 < out_h  # two rows in one tile
             tiles = 1 if both else n_tiles
             # the next output block's weights (tile_conv's w_prefetch), a slice per tile over its reduction rows
-            pf_lines = 0 if ob + 1 == o_blocks else pf_share
+            pf_lines = 0 if ob + 1 == o_blocks or rows_first else pf_share
             for t in range(tiles):
                 ow0, width = (0, 2 * out_w) if both else (row_tiles[t, 0], row_tiles[t, 1])  # first pixel, pixels stored
                 computed = _compiled_width(width)  # pixels computed (the extra ones read the slack)
