@@ -392,10 +392,13 @@ class DirectBackend(NumbaBackend):
         o_blocks = -(-problem.out_channels // rows)
         # a blocked input sums over its padding channels too (zeros, as their weights are)
         in_channels = -(-problem.in_channels // LANES) * LANES if input_blocked else problem.in_channels
-        packed = np.zeros((o_blocks * rows, in_channels), np.float32)
-        packed[:problem.out_channels, :problem.in_channels] = weight.reshape(problem.out_channels, problem.in_channels)
-        # (ob, r, c) -> (ob, c, r): one step reads the block's weights of one input channel
-        w_packed = np.ascontiguousarray(packed.reshape(o_blocks, rows, -1).transpose(0, 2, 1)).reshape(-1)
+        matrix = weight.reshape(problem.out_channels, problem.in_channels)
+        if (o_blocks * rows, in_channels) != matrix.shape:  # zero rows and columns to whole blocks (a copy)
+            matrix = np.zeros((o_blocks * rows, in_channels), np.float32)
+            matrix[:problem.out_channels, :problem.in_channels] = weight.reshape(problem.out_channels, problem.in_channels)
+        # (ob, r, c) -> (ob, c, r): one step reads the block's weights of one input channel (no other temporary:
+        # a model's largest weights are allocated once more only, which is its peak memory while preparing)
+        w_packed = np.ascontiguousarray(matrix.reshape(o_blocks, rows, -1).transpose(0, 2, 1)).reshape(-1)
         b = np.zeros(problem.out_channels, np.float32) if bias is None else bias
         act = epilogue.kernel_activation()
         sh, sw = problem.stride
