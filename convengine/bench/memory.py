@@ -186,7 +186,7 @@ def memory_child(spec_json: str) -> int:
     if contender != MODEL_PEER:
         from ..core.registry import list_backends
         from ..graph import executor  # noqa: F401  (convengine's own modules are library code too)
-        from ..models import loading  # noqa: F401
+        from ..models import loading
 
         list_backends()  # imports every registered backend's libraries (Numba, torch...)
     if spec.get("count_loading"):
