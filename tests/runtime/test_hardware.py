@@ -1,4 +1,5 @@
 import hashlib
+import io
 import json
 import platform
 import sys
@@ -123,3 +124,24 @@ def test_fingerprint_does_not_depend_on_what_else_was_imported():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and "same" in result.stdout, result.stderr
+
+
+def test_l2_cache_size_from_sysconf_then_sysfs_then_a_default(monkeypatch):
+    """The second-level cache size that sizes ``direct``'s job order: glibc's answer, else sysfs's, else 1 MiB."""
+    measure = hardware.l2_cache_bytes.__wrapped__  # (the cached function measures once per process)
+    monkeypatch.setattr(hardware.os, "sysconf", lambda name: 2 << 20)
+    assert measure() == 2 << 20
+
+    def no_sysconf(name):
+        raise ValueError(name)
+
+    monkeypatch.setattr(hardware.os, "sysconf", no_sysconf)
+    monkeypatch.setattr(hardware, "open", lambda *args, **kwargs: io.StringIO("2048K\n"), raising=False)
+    assert measure() == 2 << 20
+
+    def no_file(*args, **kwargs):
+        raise FileNotFoundError(args[0])
+
+    monkeypatch.setattr(hardware, "open", no_file, raising=False)
+    assert measure() == hardware.DEFAULT_L2_BYTES == 1 << 20
+    assert hardware.l2_cache_bytes() > 0  # this machine's, whatever it is

@@ -95,9 +95,9 @@ def tile_vectors(problem: ConvProblem, max_vectors: int = MAX_VECTORS) -> int:
 
 #: A layer whose packed weights fit in this fraction of one core's second-level cache runs its jobs
 #: row by row (``_kernels.tiled_conv``'s ``rows_first``): each thread then reads the input rows
-#: it copied. Both ways, hot, 2 threads: 32->64 at 147x147 -8%, 64->128 at 112 -5%, 64->64 at
-#: 56 -4%, 128->128 at 56 (576 KiB of weights) -2%, 64->64 at 28 unchanged; 128->128 at 28
-#: +4-10% and 256->256 at 14 +11% (their weights no longer read by one thread per block).
+#: it copied. Hot, 2 threads, 5 alternating fresh-process pairs: 32->64 at 147x147 -11.5%,
+#: 64->128 at 112 -11%, 64->64 at 56 -6%. Row by row, the layers past the threshold ran slower
+#: (128->128 at 28 +4-10%, 256->256 at 14 +11%: their weights no longer read by one thread per block).
 ROWS_FIRST_L2_SHARE = 4
 #: Share of extra output channels (over 16-channel blocks) that wide tiles may compute and throw away.
 WIDE_TILE_PADDING = 0.25
@@ -396,8 +396,8 @@ class DirectBackend(NumbaBackend):
         if (o_blocks * rows, in_channels) != matrix.shape:  # zero rows and columns to whole blocks (a copy)
             matrix = np.zeros((o_blocks * rows, in_channels), np.float32)
             matrix[:problem.out_channels, :problem.in_channels] = weight.reshape(problem.out_channels, problem.in_channels)
-        # (ob, r, c) -> (ob, c, r): one step reads the block's weights of one input channel (no other temporary:
-        # a model's largest weights are allocated once more only, which is its peak memory while preparing)
+        # (ob, r, c) -> (ob, c, r): one step reads the block's weights of one input channel. One copy, no
+        # padded temporary where none is needed: the largest layers' temporaries set a model's peak while preparing
         w_packed = np.ascontiguousarray(matrix.reshape(o_blocks, rows, -1).transpose(0, 2, 1)).reshape(-1)
         b = np.zeros(problem.out_channels, np.float32) if bias is None else bias
         act = epilogue.kernel_activation()

@@ -330,11 +330,11 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
                                                           ir.Constant(_I64, _FIXED_KEY * (1 + i)), ir.Constant(_I64, 0)))
         switch = builder.switch(shape, done)
         results = [(acc, builder.block)]
+        steps = list(enumerate(FIXED_STEPS, 1)) if fixing else []  # (key multiple, step)
         for v in range(1, sig.args[0].vectors + 1):
             for n in TILE_WIDTHS:  # one loop nest per compiled shape, its accumulators in registers
                 for paired in (False, True) if n == 2 * PAIRED_WIDTH else (False,):
                     key = 256 * v + n + (_PAIRED_KEY if paired else 0)
-                    steps = list(enumerate(FIXED_STEPS, 1)) if fixing else []
                     for i, fixed in [(0, 0)] + (steps if n in FIXED_WIDTHS else []):
                         case = builder.append_basic_block(f"tile.v{v}w{n}" + ("paired" if paired else "")
                                                           + (f"step{fixed}" if fixed else ""))
