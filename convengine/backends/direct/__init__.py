@@ -394,8 +394,9 @@ class DirectBackend(NumbaBackend):
         in_channels = -(-problem.in_channels // LANES) * LANES if input_blocked else problem.in_channels
         matrix = weight.reshape(problem.out_channels, problem.in_channels)
         if (o_blocks * rows, in_channels) != matrix.shape:  # zero rows and columns to whole blocks (a copy)
-            matrix = np.zeros((o_blocks * rows, in_channels), np.float32)
-            matrix[:problem.out_channels, :problem.in_channels] = weight.reshape(problem.out_channels, problem.in_channels)
+            padded = np.zeros((o_blocks * rows, in_channels), np.float32)
+            padded[:problem.out_channels, :problem.in_channels] = matrix
+            matrix = padded
         # (ob, r, c) -> (ob, c, r): one step reads the block's weights of one input channel. One copy, no
         # padded temporary where none is needed: the largest layers' temporaries set a model's peak while preparing
         w_packed = np.ascontiguousarray(matrix.reshape(o_blocks, rows, -1).transpose(0, 2, 1)).reshape(-1)

@@ -323,14 +323,16 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
                                     ir.Constant(_I64, _PAIRED_KEY), ir.Constant(_I64, 0))
         shape = builder.add(builder.add(builder.mul(vectors, ir.Constant(_I64, 256)), width), paired_key)
         # a step the caller passes as a constant is folded into every nest already: no nests of their own
-        fixing = not isinstance(x_step, ir.Constant)
-        if fixing:
-            for i, fixed in enumerate(FIXED_STEPS):
-                shape = builder.add(shape, builder.select(builder.icmp_signed("==", x_step, ir.Constant(_I64, fixed)),
-                                                          ir.Constant(_I64, _FIXED_KEY * (1 + i)), ir.Constant(_I64, 0)))
+        steps = list(enumerate(FIXED_STEPS, 1)) if not isinstance(x_step, ir.Constant) else []  # (key multiple, step)
+        if steps:  # a fixed step's key only at the widths that have its nest: the others run the general one
+            fixed_width = builder.icmp_signed("==", width, ir.Constant(_I64, FIXED_WIDTHS[0]))
+            for w in FIXED_WIDTHS[1:]:
+                fixed_width = builder.or_(fixed_width, builder.icmp_signed("==", width, ir.Constant(_I64, w)))
+            for i, fixed in steps:
+                hit = builder.and_(fixed_width, builder.icmp_signed("==", x_step, ir.Constant(_I64, fixed)))
+                shape = builder.add(shape, builder.select(hit, ir.Constant(_I64, _FIXED_KEY * i), ir.Constant(_I64, 0)))
         switch = builder.switch(shape, done)
         results = [(acc, builder.block)]
-        steps = list(enumerate(FIXED_STEPS, 1)) if fixing else []  # (key multiple, step)
         for v in range(1, sig.args[0].vectors + 1):
             for n in TILE_WIDTHS:  # one loop nest per compiled shape, its accumulators in registers
                 for paired in (False, True) if n == 2 * PAIRED_WIDTH else (False,):
@@ -339,9 +341,6 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
                         case = builder.append_basic_block(f"tile.v{v}w{n}" + ("paired" if paired else "")
                                                           + (f"step{fixed}" if fixed else ""))
                         switch.add_case(ir.Constant(_I64, key + _FIXED_KEY * i), case)
-                        if not fixed and n not in FIXED_WIDTHS:  # other tiles: the run-time step's nest serves all steps
-                            for j, _ in steps:
-                                switch.add_case(ir.Constant(_I64, key + _FIXED_KEY * j), case)
                         builder.position_at_end(case)
                         index = [j * MAX_WIDTH + p for j in range(v) for p in range(n)]
                         totals = _counted_loop(builder, blocks, [builder.extract_value(acc, i) for i in index],
