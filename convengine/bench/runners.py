@@ -8,6 +8,7 @@ same input). peer:torch is not run on whole models: it would need a torch twin o
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Optional
 
@@ -42,6 +43,7 @@ def import_heavy_libraries() -> None:
     initialise_numba()
 
 
+@functools.lru_cache(maxsize=None)
 def initialise_numba() -> None:
     """Run one trivial compiled function, so that Numba builds its compiler's state now.
 
@@ -50,6 +52,7 @@ def initialise_numba() -> None:
     process, the same for every model. That is the library's initialisation, which ONNX
     Runtime does in its import; done here, both runtimes' peak-memory baselines
     (:mod:`.memory`) come after their libraries are ready, and a model's peak is its own.
+    Once per process: the benchmarks call :func:`import_heavy_libraries` more than once.
     """
     try:
         import numba
