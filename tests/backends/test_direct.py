@@ -224,7 +224,7 @@ def test_engine_dispatch_by_name():
     (1, 1, (1, 1), 1, False),
     (2, 5, (3, 7), 13, False),  # pixel tail (21 of 64) and channel tail (13 = 2x6 + 1); 5 channels: 1 chunk of 5
     (1, 64, (3, 3), 6, False),  # a plane narrower than the widest tile
-    (1, 64, (8, 8), 6, True),  # register tiles: 4 x 14 pixels and a tail of 8, computed as 13 from 5 pixels early; 6 of 16 lanes
+    (1, 64, (8, 8), 6, True),  # register tiles: 4 x 14 pixels and a tail of 8 (a compiled width); 6 of 16 lanes
     (1, 70, (9, 15), 12, True),  # 135 pixels; 70 channels in one chunk
     (1, 600, (7, 7), 7, True),  # 600 products: three chunks of 200
     (1, 600, (7, 7), 40, True),  # 16 + 16 + 8 output channels
@@ -351,7 +351,7 @@ def test_the_backend_s_copies_of_the_kernel_constants_match_the_kernels():
     assert _tiles.MAX_WIDTH in _tiles.TILE_WIDTHS and _simd.preferred_width() in _tiles.TILE_WIDTHS
 
 
-@pytest.mark.parametrize("width, compiled", [(1, 4), (4, 4), (5, 7), (7, 7), (8, 13), (13, 13), (14, 14)])
+@pytest.mark.parametrize("width, compiled", [(1, 4), (4, 4), (5, 7), (7, 7), (8, 8), (9, 13), (13, 13), (14, 14)])
 def test_a_run_of_pixels_is_computed_as_the_next_compiled_tile_width(width, compiled):
     """One compiled_width, read by the cost model as Python and inlined into the kernels by Numba."""
     from convengine.backends.direct import _kernels, _tiles, computed_pixels
@@ -385,10 +385,10 @@ def test_row_tiles_cover_each_pixel_once(width, max_width, vectors):
 
 
 def test_row_tiles_compute_fewer_pixels_than_equal_halves():
-    """Inception-v3's 17- and 8-pixel rows: 13 + 4 and 4 + 4 pixels (all stored), not 13 + 13 and 13."""
+    """Inception-v3's 17- and 8-pixel rows: 13 + 4 and one 8-pixel tile (all stored), not 13 + 13 and 13."""
     from convengine.backends.direct._tiles import compiled_width, row_tiles
 
     assert [w for _, w in row_tiles(17, 14, 2)] == [13, 4]
-    assert [w for _, w in row_tiles(8, 14, 2)] == [4, 4]
+    assert [w for _, w in row_tiles(8, 14, 2)] == [8]
     assert [w for _, w in row_tiles(56, 14, 2)] == [14] * 4
     assert sum(compiled_width(w) for _, w in row_tiles(35, 14, 2)) == 35

@@ -43,7 +43,7 @@ from ._worksharing import job_claims, next_job, phase_counter, phase_done
 
 # Numba's cache is keyed on this file's text, not on _simd's: after an edit to the intrinsics
 # there or in ``.._activations``, change this line so that cached kernels are compiled again (GELU; tile_store_rows;
-# tile_conv's weight prefetch and paired rows; its fixed-step nests, keyed by width too; rows first).
+# tile_conv's weight prefetch and paired rows; its fixed-step nests, keyed by width too; rows first; width 8).
 
 #: The layouts' codes, module constants for the kernels (NCHW is 0).
 NCHW16C, NHWC = LAYOUT_CODES[layouts.NCHW16C], LAYOUT_CODES[layouts.NHWC]

@@ -22,8 +22,10 @@ MAX_VECTORS = 2
 #: The tile widths compiled (each is a loop nest of its own; all 14 took 9 s to compile). A
 #: narrower tile runs as the next compiled width, its extra pixels computed and not stored.
 #: 14 and 7 cover ResNet's 112/56/28/14/7-pixel rows exactly; 13, AlexNet's 13x13 layers
-#: (5-7% faster than as 14-wide tiles, for 0.5 s more compile time); 4, small images.
-TILE_WIDTHS = (4, 7, 13, 14)
+#: (5-7% faster than as 14-wide tiles, for 0.5 s more compile time); 8, Inception-v3's 8x8
+#: layers (16 accumulators where two 4-pixel tiles held 8 each: its 8x8 convolutions 5.0 ->
+#: 4.0 ms inside the model, for 0.4 + 0.7 s more compile time); 4, small images.
+TILE_WIDTHS = (4, 7, 8, 13, 14)
 
 
 #: Output rows this wide run two to a tile (``_kernels.tiled_conv``; ``_simd.tile_conv``'s
@@ -69,7 +71,7 @@ def row_tiles(width, max_width, vectors=1):
     """The tiles ``(start, width)`` a row of ``width`` output pixels is computed in: the split into
     tiles of at most ``max_width`` pixels that costs least (:func:`tile_cost` plus
     TILE_OVERHEAD_PIXELS each), widest first. A 17-pixel row (Inception-v3) is 13 + 4 pixels,
-    all of them stored, where equal halves would compute 13 + 13; an 8-pixel row 4 + 4."""
+    all of them stored, where equal halves would compute 13 + 13; an 8-pixel row one tile of 8."""
     best = [0.0] + [float("inf")] * width
     choice = [0] * (width + 1)
     for n in range(1, width + 1):
