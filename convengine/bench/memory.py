@@ -186,7 +186,7 @@ def memory_child(spec_json: str) -> int:
     if contender != MODEL_PEER:
         from ..core.registry import list_backends
         from ..graph import executor  # noqa: F401  (convengine's own modules are library code too)
-        from ..models import loading
+        from ..models.loading import load_model
 
         list_backends()  # imports every registered backend's libraries (Numba, torch...)
     if spec.get("count_loading"):
@@ -198,8 +198,6 @@ def memory_child(spec_json: str) -> int:
         with open(spec["onnx"], "rb") as f:
             onnx_model = f.read()
     else:
-        from ..models.loading import load_model
-
         graph = load_model(spec["model"])
     loading = {}
     if spec.get("count_loading"):
