@@ -337,12 +337,12 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
             for n in TILE_WIDTHS:  # one loop nest per compiled shape, its accumulators in registers
                 for paired in (False, True) if n == 2 * PAIRED_WIDTH else (False,):
                     key = 256 * v + n + (_PAIRED_KEY if paired else 0)
+                    index = [j * MAX_WIDTH + p for j in range(v) for p in range(n)]  # the nest's accumulators
                     for i, fixed in [(0, 0)] + (steps if n in FIXED_WIDTHS else []):
                         case = builder.append_basic_block(f"tile.v{v}w{n}" + ("paired" if paired else "")
                                                           + (f"step{fixed}" if fixed else ""))
                         switch.add_case(ir.Constant(_I64, key + _FIXED_KEY * i), case)
                         builder.position_at_end(case)
-                        index = [j * MAX_WIDTH + p for j in range(v) for p in range(n)]
                         totals = _counted_loop(builder, blocks, [builder.extract_value(acc, i) for i in index],
                                                nest(n, v, paired, fixed))
                         out = acc
