@@ -82,6 +82,122 @@ def _edge_max(line, j, k):
     return m
 
 
+# -- channel-blocked (NCHW16c) activations, any window ------------------------------------------
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def blocked_pool(x, y, kh, kw, sh, sw, dh, dw, top, left, average, scale, chunks):
+    """Pooling of channel-blocked tensors: ``x`` ``(planes, h, w * 16)``, ``y`` ``(planes, out_h, out_w * 16)``.
+
+    Why its own kernel: the executor keeps a convolution's blocked output blocked through a
+    pool into the next convolution (:mod:`.blocking`) instead of converting it to NCHW and
+    back. Any window, stride, dilation and padding: taps outside the input are skipped, so a
+    window entirely in the padding gives ``-inf`` (max) as the NCHW kernels do; averages are
+    the sum times ``scale`` (one value, or one per output pixel).
+
+    Per output row, the window's input rows are reduced first (one contiguous run of w x 16;
+    three rows in one pass), that row is split into its ``sw`` column phases (pixels r, r + sw,
+    ...: at stride 2 its even and odd pixels), and the outputs whose taps all lie inside the
+    row are then the window's taps, contiguous runs of the phases, combined in one pass (three
+    at a time); only the few outputs at the edges go tap by tap. Every long loop runs over
+    whole runs with bare indices and vectorises (a loop over one pixel's 16 lanes did not).
+    """
+    planes, w = x.shape[0], x.shape[2] // 16
+    out_h, out_w = y.shape[1], y.shape[2] // 16
+    per_pixel = scale.shape[0] > 1
+    start = 0.0 if average else -np.inf
+    phase_w = (w + sw - 1) // sw  # pixels of the widest phase
+    # the outputs whose every column tap lies inside the row: ox * sw + b * dw - left in [0, w) for all b
+    inner_lo = min(out_w, max(0, (left + sw - 1) // sw))
+    inner_hi = max(inner_lo, min(out_w, (w - 1 - (kw - 1) * dw + left) // sw + 1))
+    for t in prange(chunks):
+        rows = np.full(phase_w * sw * 16, start, x.dtype)  # the window's rows reduced (whole phases: a -inf / 0 tail)
+        phases = np.empty((sw, phase_w * 16), x.dtype)
+        for p in range(planes * t // chunks, planes * (t + 1) // chunks):
+            for oy in range(out_h):
+                _window_rows(x[p], rows[:w * 16], oy * sh - top, kh, dh, start, average)
+                if sw > 1:  # (stride 1 reads ``rows`` itself)
+                    pixels = rows.reshape(phase_w, sw * 16)
+                    for i in range(phase_w):
+                        for r in range(sw):
+                            for lane in range(16):
+                                phases[r, i * 16 + lane] = pixels[i, r * 16 + lane]
+                out = y[p, oy]
+                _inner_taps(out[inner_lo * 16:inner_hi * 16], rows, phases, inner_lo, inner_hi, kw, sw, dw, left, average)
+                for ox in range(inner_lo):  # the edges, tap by tap
+                    _edge_pixel(out, rows, ox, w, kw, sw, dw, left, start, average)
+                for ox in range(inner_hi, out_w):
+                    _edge_pixel(out, rows, ox, w, kw, sw, dw, left, start, average)
+                if average:
+                    for ox in range(out_w):
+                        s = scale[oy * out_w + ox] if per_pixel else scale[0]
+                        for lane in range(16):
+                            out[ox * 16 + lane] *= s
+
+
+@numba.njit(inline="always")
+def _edge_pixel(out, rows, ox, w, kw, sw, dw, left, start, average):
+    """Output pixel ``ox`` of a row from the column taps of ``rows`` that lie inside it."""
+    for lane in range(16):
+        out[ox * 16 + lane] = start
+    for b in range(kw):
+        column = ox * sw + b * dw - left
+        if 0 <= column < w:
+            for lane in range(16):
+                out[ox * 16 + lane] = _combine(out[ox * 16 + lane], rows[column * 16 + lane], average)
+
+
+@numba.njit(inline="always")
+def _window_rows(plane, rows, first, kh, dh, start, average):
+    """``rows`` = the window's input rows ``first``, ``first + dh``, ... of ``plane`` (those inside it) combined."""
+    h = plane.shape[0]
+    if kh == 3 and first >= 0 and first + 2 * dh < h:  # one pass, one store per element
+        _combine3(rows, plane[first], plane[first + dh], plane[first + 2 * dh], average)
+        return
+    rows[:] = start
+    for a in range(kh):
+        if 0 <= first + a * dh < h:
+            _combine_into(rows, plane[first + a * dh], average)
+
+
+@numba.njit(inline="always")
+def _inner_taps(out, rows, phases, lo, hi, kw, sw, dw, left, average):
+    """``out`` (outputs ``lo``..``hi`` of a row, every tap inside) = its ``kw`` column taps combined, contiguous
+    runs of the column phases (``rows`` itself at stride 1): three taps in one pass, then the rest."""
+    if hi <= lo:
+        return
+    first = 0
+    if kw >= 3:
+        a, b, c = _tap_run(rows, phases, lo, hi, 0, sw, dw, left), _tap_run(rows, phases, lo, hi, 1, sw, dw, left), \
+            _tap_run(rows, phases, lo, hi, 2, sw, dw, left)
+        _combine3(out, a, b, c, average)
+        first = 3
+    else:
+        out[:] = _tap_run(rows, phases, lo, hi, 0, sw, dw, left)
+        first = 1
+    for b in range(first, kw):
+        _combine_into(out, _tap_run(rows, phases, lo, hi, b, sw, dw, left), average)
+
+
+@numba.njit(inline="always")
+def _tap_run(rows, phases, lo, hi, b, sw, dw, left):
+    """Column tap ``b`` of outputs ``lo``..``hi``: pixels (ox * sw + b * dw - left), one contiguous run of a phase."""
+    q, r = divmod(b * dw - left, sw)  # pixel (ox + q) * sw + r
+    taps = rows if sw == 1 else phases[r]
+    return taps[(lo + q) * 16:(hi + q) * 16]
+
+
+@numba.njit(inline="always")
+def _combine_into(a, b, average):
+    """``a[k] = a[k] (+|max) b[k]`` over equal-length runs: one vectorised loop."""
+    if average:
+        for k in range(a.shape[0]):
+            a[k] += b[k]
+    else:
+        for k in range(a.shape[0]):
+            a[k] = _max(a[k], b[k])
+
+
 # -- 3x3 windows at stride 2 (max) ---------------------------------------------------------------
 
 
@@ -355,5 +471,8 @@ def precompile_kernels(function: str, dtype: str) -> list:
     if function == "pool_s1":
         return [Kernel(__name__, function, (planes, planes) + (types.int64,) * 4
                        + (types.boolean, types.Array(element, 1, "C", readonly=True), types.int64), cost=2.5)]
+    if function == "blocked_pool":
+        return [Kernel(__name__, function, (planes, planes) + (types.int64,) * 8
+                       + (types.boolean, types.Array(element, 1, "C", readonly=True), types.int64), cost=2.0)]
     plane = types.Array(element, 4, "C")
     return [Kernel(__name__, function, (plane, plane) + (types.int64,) * 8, cost=1.5)]

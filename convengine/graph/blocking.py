@@ -19,6 +19,12 @@ writes NCHW (a blocked copy of the residual would cost what blocking saves: Mobi
 112x112 stem). Any other reader of a blocked tensor, and a convolution adding a blocked
 residual to an NCHW output (ResNet's last block, whose output goes to the global pool), get
 an NCHW copy (:class:`Conversion`), made once, before the first step that needs it.
+
+A pool between two convolutions passes the layout through: its output is blocked when its
+input is and a convolution (or another such pool) reads it blocked, and it then runs on the
+blocked tensor (``graph._pool_kernels.blocked_pool``). ResNet's and SqueezeNet's stems
+(convolution -> max pool -> convolution) then stay blocked, where the stem used to write
+NCHW for the pool and the next convolution read NCHW.
 """
 
 from __future__ import annotations
@@ -52,8 +58,8 @@ class Conversion:
 
 @dataclass(frozen=True)
 class LayoutPlan:
-    """``layouts``: each convolution step's ``(input, output)`` layouts, by step index; ``blocked``: the
-    tensors held blocked; ``conversions``: the copies other readers need."""
+    """``layouts``: each convolution step's ``(input, output)`` layouts, by step index, and each pool step's
+    that runs blocked; ``blocked``: the tensors held blocked; ``conversions``: the copies other readers need."""
 
     layouts: dict[int, tuple[str, str]]
     blocked: frozenset
@@ -65,30 +71,40 @@ class LayoutPlan:
 
 
 def plan_layouts(convs: dict[int, ConvTensors], reads: dict[str, list[int]], keep_nchw: set[str],
-                 channels: dict[str, int], chooses_same: Callable[[int, str, str], bool]) -> LayoutPlan:
+                 channels: dict[str, int], chooses_same: Callable[[int, str, str], bool],
+                 pools: Optional[dict[int, tuple[str, str]]] = None) -> LayoutPlan:
     """Decide the layouts (see the module docstring).
 
     ``convs``: the convolution steps, by index; ``reads``: every step that reads each tensor, by
     index (convolutions included); ``keep_nchw``: tensors that must stay NCHW (graph outputs, a
-    concatenation's slots); ``channels``: each convolution output's channel count (only multiples
-    of 16 are blocked); ``chooses_same(step, input_layout, output_layout)``: whether the engine
-    keeps its choice of backend for that convolution with those layouts.
+    concatenation's slots); ``channels``: each convolution's and pool's output channel count (only
+    multiples of 16 are blocked); ``chooses_same(step, input_layout, output_layout)``: whether the
+    engine keeps its choice of backend for that convolution with those layouts; ``pools``: the
+    pool steps that can run blocked, by index, as ``(input, output)``.
     """
-    blocked = {c.output for c in convs.values() if c.output not in keep_nchw and channels[c.output] % BLOCK == 0}
+    pools = pools or {}
+    outputs = [c.output for c in convs.values()] + [out for _, out in pools.values()]
+    blocked = {out for out in outputs if out not in keep_nchw and channels[out] % BLOCK == 0}
 
     def layouts_of(c: ConvTensors) -> tuple[str, str]:
         return NCHW16C if c.x in blocked else NCHW, NCHW16C if c.output in blocked else NCHW
 
-    def read_blocked(tensor: str) -> bool:  # a convolution reads it as its input, or adds it to a blocked output
-        return any(j in convs and (convs[j].x == tensor or (convs[j].residual == tensor and convs[j].output in blocked))
-                   for j in reads.get(tensor, []))
+    def reads_blocked(j: int, tensor: str) -> bool:  # step j reads ``tensor`` blocked
+        if j in pools:  # a pool passing the layout through
+            return pools[j][1] in blocked
+        # a convolution, as its input or as a residual added to a blocked output
+        return j in convs and (convs[j].x == tensor or (convs[j].residual == tensor and convs[j].output in blocked))
 
     changed = True
-    while changed:  # only shrinks: a tensor no convolution reads blocked, and the neighbours of a
-        changed = False  # convolution whose backend would change with them, go back to NCHW
+    while changed:  # only shrinks: a tensor no convolution reads blocked, a pool's output whose input is
+        changed = False  # not blocked, and the neighbours of a convolution whose backend would change go back to NCHW
         for tensor in sorted(blocked):
-            if not read_blocked(tensor):
+            if not any(reads_blocked(j, tensor) for j in reads.get(tensor, [])):
                 blocked.discard(tensor)
+                changed = True
+        for x, out in pools.values():
+            if out in blocked and x not in blocked:
+                blocked.discard(out)
                 changed = True
         for i, c in convs.items():
             if c.output in blocked and c.residual is not None and c.residual not in blocked:
@@ -99,10 +115,15 @@ def plan_layouts(convs: dict[int, ConvTensors], reads: dict[str, list[int]], kee
                 blocked -= {c.x, c.output}
                 changed = True
     layouts = {i: layouts_of(c) for i, c in convs.items()}
+    layouts.update({i: (NCHW16C, NCHW16C) for i, (_, out) in pools.items() if out in blocked})
     needs: dict[str, int] = {}  # blocked tensor -> the first step that reads it NCHW
     for tensor in blocked:
         for j in reads.get(tensor, []):
-            if j not in convs or (convs[j].residual == tensor and layouts[j][1] == NCHW):  # another op; an NCHW sum's residual
+            if j in pools:
+                nchw = pools[j][1] not in blocked  # a pool running on NCHW
+            else:  # another op; an NCHW sum's residual
+                nchw = j not in convs or (convs[j].residual == tensor and layouts[j][1] == NCHW)
+            if nchw:
                 needs[tensor] = min(j, needs.get(tensor, j))
     conversions = tuple(Conversion(tensor + BLOCKED_SUFFIX, tensor, step)
                         for tensor, step in sorted(needs.items(), key=lambda item: item[1]))

@@ -44,7 +44,7 @@ from .fusion import (
     fusible_epilogues,
 )
 from .ir import GraphError, Node, consumers
-from .ops import INPLACE, KERNELS, OPS, conv_problem_args
+from .ops import INPLACE, KERNELS, OPS, blocked_pool_kernels, blocked_pool_step, conv_problem_args, pools_blocked
 from .placement import Gather, Placement, Slot, plan_placement
 
 if TYPE_CHECKING:  # annotations only: the Graph class sits above this module
@@ -62,7 +62,7 @@ class Step:
     squeeze: Optional[SqueezeExcitation] = None  # the block this step runs (squeeze-and-excitation, a pointwise chain)
     block: Any = None  # its prepared run(x, in_place) -> y
     linear: Optional[ChannelsLastLinear] = None  # the MatMul (and bias, GELU) a conv step on NHWC arrays runs
-    layouts: tuple = (NCHW, NCHW)  # a conv step's input and output layouts (see .blocking)
+    layouts: tuple = (NCHW, NCHW)  # a conv or pool step's input and output layouts (see .blocking)
     inputs: list[str] = field(default_factory=list)
     release: list[str] = field(default_factory=list)  # tensors whose last consumer is this step
     inplace: bool = False  # may overwrite its first input (an intermediate nothing reads later)
@@ -167,9 +167,14 @@ class CompiledGraph:
         return (self.batch,) + tuple(self.graph.shapes[node.inputs[0]][1:])
 
     def _plan_layouts(self, pending: dict) -> LayoutPlan:
-        """Which convolutions read and write NCHW16c (see :mod:`.blocking`); sets each conv step's ``layouts``."""
+        """Which convolutions and pools read and write NCHW16c (see :mod:`.blocking`); sets each conv step's
+        ``layouts``, and a blocked pool step's with the ``block`` that runs it."""
         convs = {i: ConvTensors(s.inputs[0], s.fusion.residual if s.fusion else None, s.node.outputs[0])
                  for i, s in enumerate(self.steps) if id(s) in pending}
+        dtype = self.graph.inputs[0].dtype if self.graph.inputs else "float32"
+        pools = {i: (s.inputs[0], s.node.outputs[0]) for i, s in enumerate(self.steps)
+                 if s.conv is None and s.block is None and s.gather is None and not s.homes and s.inputs
+                 and pools_blocked(s.node, self._batch_shape(s.inputs[0]), dtype)}
         reads: dict[str, list[int]] = {}
         for i, step in enumerate(self.steps):
             for name in step.inputs:
@@ -191,12 +196,19 @@ class CompiledGraph:
             except Exception:  # no backend takes the layouts (or a plugin fails): NCHW
                 return False
 
-        channels = {c.output: self.graph.shapes[c.output][1] for c in convs.values()}
-        plan = plan_layouts(convs, reads, keep, channels, chooses_same)
+        channels = {out: self.graph.shapes[out][1] for out in [c.output for c in convs.values()]
+                    + [out for _, out in pools.values()]}
+        plan = plan_layouts(convs, reads, keep, channels, chooses_same, pools)
         for i, step in enumerate(self.steps):
             if i in plan.layouts:
                 step.layouts = plan.layouts[i]
+            if i in pools and i in plan.layouts:
+                step.block = blocked_pool_step(step.node, self._batch_shape(step.inputs[0]), dtype)
         return plan
+
+    def _batch_shape(self, tensor: str) -> tuple:
+        """``tensor``'s shape at the compiled batch size."""
+        return (self.batch,) + tuple(self.graph.shapes[tensor][1:])
 
     def _convert_layouts(self, plan: LayoutPlan) -> None:
         """Rename blocked tensors in the conv steps that read and write them, and insert the planned conversions."""
@@ -266,6 +278,8 @@ class CompiledGraph:
                 kernels += step.conv.kernels()
             elif step.squeeze is not None:
                 kernels += step.squeeze.kernels((self.batch,) + tuple(self.graph.shapes[step.squeeze.x][1:]), dtype, params)
+            elif step.layouts != (NCHW, NCHW):  # a pool on blocked tensors
+                kernels += blocked_pool_kernels(dtype)
             elif step.node.op in KERNELS:
                 shapes = [params[n].shape if n in params else (self.batch,) + tuple(self.graph.shapes[n][1:])
                           for n in step.node.inputs if n]

@@ -407,6 +407,47 @@ def _avgpool(node, arrays):
 KERNELS["AveragePool"] = _pool_kernels_for
 
 
+def blocked_pool_step(node: Node, shape: Shape, dtype: str) -> Callable[[np.ndarray, bool], np.ndarray]:
+    """``node`` (a MaxPool or AveragePool of NCHW ``shape``, any batch) as a step on channel-blocked
+    ``(N, C/16, H, W, 16)`` tensors: ``run(x, in_place) -> y``, blocked too (``in_place`` is ignored).
+
+    Why: between two blocked convolutions the pool passes the layout through (:mod:`.blocking`).
+    The window's geometry and the averages' divisors are worked out once, here.
+    """
+    plan = _pool_plan(node, tuple(shape), np.dtype(dtype))
+    (kh, sh, dh, top, _, _, _), (kw, sw, dw, left, _, _, _) = plan.geometry
+    out_h, out_w = plan.out_shape[2:]
+    average = node.op == "AveragePool"
+    scale = (_average_scale(plan.geometry, tuple(shape), bool(node.attrs.get("count_include_pad", 0)), dtype)
+             if average else _no_scale(dtype))
+
+    def run(x: np.ndarray, in_place: bool = False) -> np.ndarray:
+        global _pool_kernels
+        if _pool_kernels is None:
+            from . import _pool_kernels
+        n, blocks, h, w, lanes = x.shape
+        y = np.empty((n, blocks, out_h, out_w, lanes), x.dtype)
+        chunks = 1 if x.size < MIN_PARALLEL_POOL else max(1, min(numba_threads(), n * blocks))
+        _pool_kernels.blocked_pool(x.reshape(n * blocks, h, w * lanes), y.reshape(n * blocks, out_h, out_w * lanes),
+                                   kh, kw, sh, sw, dh, dw, top, left, average, scale, chunks)
+        return y
+
+    return run
+
+
+def pools_blocked(node: Node, shape: Shape, dtype: str) -> bool:
+    """Whether :func:`blocked_pool_step` runs ``node`` on activations of NCHW ``shape`` and ``dtype``."""
+    return (node.op in ("MaxPool", "AveragePool") and len(node.outputs) == 1 and len(shape) == 4
+            and dtype in ("float32", "float64") and node.attrs.get("storage_order", 0) == 0)
+
+
+def blocked_pool_kernels(dtype: str) -> list:
+    """The kernel :func:`blocked_pool_step` calls (see :mod:`convengine.runtime.precompile`)."""
+    from ._pool_kernels import precompile_kernels
+
+    return precompile_kernels("blocked_pool", dtype)
+
+
 @op("GlobalAveragePool", lambda node, shapes: [shapes[0][:2] + (1,) * (len(shapes[0]) - 2)])
 def _global_avgpool(node, arrays):
     x = arrays[0]

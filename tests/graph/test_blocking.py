@@ -67,6 +67,22 @@ def test_a_convolution_adding_an_nchw_residual_writes_nchw():
     assert plan.blocked == {"a"} and plan.layouts[2] == (B, NCHW) and plan.conversions == ()
 
 
+def test_a_pool_between_convolutions_passes_the_layout_through():
+    # 0 conv x->a; 1 pool a->p; 2 conv p->b; 3 pool b->q (a graph output reads q); 4 pool a->r (20 channels)
+    steps = [["x"], ["a"], ["p"], ["b"], ["a"]]
+    convs = {0: ConvTensors("x", None, "a"), 2: ConvTensors("p", None, "b")}
+    pools = {1: ("a", "p"), 3: ("b", "q"), 4: ("a", "r")}
+    channels = {"a": 32, "p": 32, "b": 48, "q": 48, "r": 32}
+    plan = plan_layouts(convs, _reads(steps), {"q"}, channels, _always, pools)
+    # q is kept NCHW, so its pool reads b's NCHW copy (b itself: no convolution reads it); r: nothing reads it blocked
+    assert plan.blocked == {"a", "p"}
+    assert plan.layouts == {0: (NCHW, B), 1: (B, B), 2: (B, NCHW)}
+    assert plan.conversions == (Conversion("a" + BLOCKED_SUFFIX, "a", 4),)  # the NCHW pool of a
+    # a pool whose input stays NCHW (a convolution that would change backend) runs NCHW
+    plan = plan_layouts(convs, _reads(steps), {"q"}, channels, lambda i, x, y: i != 0, pools)
+    assert plan.blocked == set() and 1 not in plan.layouts
+
+
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from conftest import assert_matches_onnx_runtime, onnx_model_bytes  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
@@ -124,3 +140,37 @@ def test_an_engine_without_a_blocked_backend_runs_nchw():
     compiled = CompiledGraph(ce.load_onnx(_bottleneck()), ce.Engine(policy="im2col"))
     assert all(s.layouts == (NCHW, NCHW) for s in compiled.steps)
     assert not any(s.node.op == "LayoutConversion" for s in compiled.steps)
+
+
+@pytest.mark.usefixtures("no_forced_backend")
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_stem_stays_blocked_through_its_pool(batch):
+    """conv 3x3/2 -> ReLU -> max pool 3x3/2 (ResNet's stem) -> conv 1x1 -> average pool 3x3/1 -> conv 3x3: every
+    step blocked, the pools included, against ONNX Runtime and the NCHW executor."""
+    rng = np.random.default_rng(3)
+    inits = {}
+
+    def conv(name, x, y, cin, cout, k, stride=1):
+        inits[f"{name}.w"] = rng.standard_normal((cout, cin, k, k)) / np.sqrt(cin * k * k)
+        inits[f"{name}.b"] = rng.standard_normal(cout) * 0.1
+        return helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [y], name=name, pads=[k // 2] * 4,
+                                strides=[stride] * 2)
+
+    nodes = [conv("stem", "x", "s", 3, 32, 3, 2), helper.make_node("Relu", ["s"], ["a"], name="r0"),
+             helper.make_node("MaxPool", ["a"], ["p"], name="maxpool", kernel_shape=[3, 3], strides=[2, 2],
+                              pads=[1, 1, 1, 1]),
+             conv("c1", "p", "b", 32, 16, 1),
+             helper.make_node("AveragePool", ["b"], ["q"], name="avgpool", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             conv("c2", "q", "y", 16, 8, 3)]
+    model = onnx_model_bytes(nodes, inits, (3, 21, 19), ("y",), "stem")
+    compiled = CompiledGraph(ce.load_onnx(model), batch=batch)
+    layouts = {s.node.name: s.layouts for s in compiled.steps}
+    assert layouts["maxpool"] == (B, B) and layouts["avgpool"] == (B, B)
+    assert layouts["stem"] == (NCHW, B) and layouts["c1"] == (B, B) and layouts["c2"] == (B, NCHW)
+    assert not any(s.node.op == "LayoutConversion" for s in compiled.steps)
+    assert any(k.function == "blocked_pool" for k in compiled.kernels())
+    x = rng.standard_normal((batch, 3, 21, 19)).astype(np.float32)
+    assert_matches_onnx_runtime(compiled, model, x, tol=2e-5)
+    plain = CompiledGraph(ce.load_onnx(model), batch=batch, blocked_layouts=False)
+    assert all(s.layouts == (NCHW, NCHW) for s in plain.steps)
+    np.testing.assert_allclose(compiled.run(x), plain.run(x), rtol=1e-5, atol=1e-5)

@@ -5,7 +5,8 @@ GoogLeNet, Inception, SqueezeNet, AlexNet), stride 1 (same-size 3x3 windows walk
 blocks of planes, other windows plane by plane), 2x2 stride 2 inside the input, a 1x1
 identity, and the general kernel; each on one thread and split over threads (the ``split``
 fixture moves ``MIN_PARALLEL_POOL``), with batch > 1, odd sizes, ceil mode, asymmetric pads, NaN.
-PyTorch covers the symmetric pads it accepts; the float64 definition, the rest.
+PyTorch covers the symmetric pads it accepts; the float64 definition, the rest. Last, the kernel
+that pools channel-blocked (NCHW16c) tensors between blocked convolutions, over drawn geometries.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from convengine.core.layouts import NCHW16C, to_layout, to_nchw
 from convengine.graph import ops
 from convengine.graph.ir import Node
 from convengine.graph.ops import OPS, _maxpool_kernel, _pool_geometry
@@ -215,3 +219,58 @@ def test_pools_do_not_change_their_input(split):
                  _node("MaxPool", (2, 2), (2, 2), (0, 0, 0, 0)), _node("MaxPool", (3, 3), (1, 1), (1, 1, 1, 1))):
         OPS[node.op].run(node, [x])
     np.testing.assert_array_equal(x, before)
+
+
+# -- the same pools on channel-blocked (NCHW16c) activations -------------------------------------------
+
+
+@st.composite
+def _blocked_cases(draw):
+    """A pool and an input for it: any window up to 4x4, stride up to 3, pads below the window, ceil mode, both ops."""
+    op = draw(st.sampled_from(["MaxPool", "AveragePool"]))
+    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    pads = tuple(draw(st.integers(0, kernel[i % 2] - 1)) for i in range(4))  # (top, left, bottom, right)
+    size = [draw(st.integers(max(1, kernel[i] - pads[i] - pads[i + 2]), 13)) for i in range(2)]
+    shape = (draw(st.integers(1, 2)), 16 * draw(st.integers(1, 3)), *size)
+    return op, kernel, stride, pads, draw(st.integers(0, 1)), draw(st.integers(0, 1)), shape, draw(st.booleans())
+
+
+@settings(max_examples=80, deadline=None)
+@given(_blocked_cases())
+def test_blocked_pools_match_the_definition(case):
+    """The executor's pool between two blocked convolutions (``ops.blocked_pool_step``): every window, stride,
+    padding and ceil mode against the float64 definition, NaN included, on one thread and split over threads."""
+    op, kernel, stride, pads, ceil_mode, include_pad, shape, split_threads = case
+    x = _input(shape, sum(shape) + sum(kernel))
+    before = x.copy()
+    node = _node(op, kernel, stride, pads, ceil_mode, include_pad)
+    run = ops.blocked_pool_step(node, shape, "float32")
+    limit = ops.MIN_PARALLEL_POOL
+    ops.MIN_PARALLEL_POOL = 0 if split_threads else 2**62
+    try:
+        got = run(to_layout(x, NCHW16C), False)
+    finally:
+        ops.MIN_PARALLEL_POOL = limit
+    assert got.dtype == np.float32 and got.shape[:2] == (shape[0], shape[1] // 16) and got.shape[4] == 16
+    _check(to_nchw(got, NCHW16C, shape[1]), _definition(x, op, kernel, stride, pads, ceil_mode, include_pad), op)
+    np.testing.assert_array_equal(x, before)
+
+
+@pytest.mark.parametrize("dilations, stride", [((2, 2), (1, 1)), ((2, 3), (2, 1)), ((3, 1), (2, 2))])
+def test_blocked_dilated_max_pools_match_the_nchw_ones(dilations, stride):
+    x = _input((2, 32, 13, 12), 4)
+    node = Node("pool", "MaxPool", ["x"], ["y"], dict(kernel_shape=[3, 2], strides=list(stride), pads=[2, 1, 1, 2],
+                                                       dilations=list(dilations)))
+    got = ops.blocked_pool_step(node, x.shape, "float32")(to_layout(x, NCHW16C), False)
+    _check(to_nchw(got, NCHW16C, 32), OPS["MaxPool"].run(node, [x])[0].astype(np.float64), "MaxPool")
+
+
+def test_which_pools_run_blocked():
+    shape = (1, 32, 9, 9)
+    assert ops.pools_blocked(_node("MaxPool", (3, 3), (2, 2), (1, 1, 1, 1)), shape, "float32")
+    assert ops.pools_blocked(_node("AveragePool", (3, 3), (1, 1), (1, 1, 1, 1)), shape, "float32")
+    with_indices = Node("pool", "MaxPool", ["x"], ["y", "i"], dict(kernel_shape=[2, 2]))
+    assert not ops.pools_blocked(with_indices, shape, "float32")  # (MaxPool's Indices: NCHW positions)
+    assert not ops.pools_blocked(Node("pool", "GlobalAveragePool", ["x"], ["y"], {}), shape, "float32")
+    assert not ops.pools_blocked(_node("MaxPool", (3,), (2,), (1, 1)), (1, 32, 9), "float32")  # 1-D
