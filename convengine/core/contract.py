@@ -71,9 +71,14 @@ class OutputSlice:
     W_out`` elements in; images are ``C_total * H_out * W_out`` elements apart (so the slice is
     one contiguous run only for one image and ``step == 1``). Everything outside the slice must be
     left as it is.
+
+    For a problem whose ``output_layout`` is ``"NCHW16c"`` (``layout`` says so), ``buffer`` is
+    ``(N, C_total / 16, H_out, W_out, 16)``, ``start`` and ``channels`` are multiples of 16 and
+    ``step`` is 1: the output's channel blocks are the buffer's blocks ``start / 16`` onwards
+    (a concatenation of blocked convolution outputs, held blocked).
     """
 
-    #: The whole ``(N, C_total, H_out, W_out)`` buffer (C-contiguous, writable).
+    #: The whole ``(N, C_total, H_out, W_out)`` buffer (C-contiguous, writable), ``(N, C_total / 16, H_out, W_out, 16)`` blocked.
     buffer: np.ndarray
     #: The buffer channel that takes output channel 0.
     start: int
@@ -81,10 +86,15 @@ class OutputSlice:
     channels: int
     #: Buffer channels between consecutive output channels (2 for a two-group channel shuffle's place).
     step: int = 1
+    #: The buffer's layout: the problem's ``output_layout``, ``"NCHW"`` or ``"NCHW16c"``.
+    layout: str = "NCHW"
 
     @cached_property
     def view(self) -> np.ndarray:
-        """The slice as an ``(N, channels, H_out, W_out)`` view of ``buffer``: what the executor returns (this object)."""
+        """The slice as an ``(N, channels, H_out, W_out)`` view of ``buffer`` (blocked: ``(N, channels / 16, H_out, W_out,
+        16)``): what the executor returns (this object)."""
+        if self.layout == "NCHW16c":
+            return self.buffer[:, self.start // 16:(self.start + self.channels) // 16]
         return self.buffer[:, self.start:self.start + self.step * (self.channels - 1) + 1:self.step]
 
 

@@ -23,7 +23,7 @@ from .contract import OutputSlice
 from .epilogue import NONE as NO_EPILOGUE
 from .epilogue import Epilogue
 from .errors import BackendError, BackendFailedError  # noqa: F401  (BackendError: its old home)
-from .layouts import NCHW, clear_padding, layout_note
+from .layouts import BLOCK, NCHW, NCHW16C, clear_padding, layout_note
 from .problem import ConvProblem
 from .registry import Registry, default_registry
 from .selection import Decision, Policy
@@ -164,14 +164,18 @@ class PreparedConv:
     def _check_out(self, out, batch: int, x, residual) -> None:
         if not isinstance(out, OutputSlice):
             raise TypeError(f"out must be an OutputSlice, got {type(out).__name__}")
-        if self.problem.output_layout != NCHW:
-            raise ValueError(f"out= takes NCHW outputs only; this convolution was prepared with output_layout="
-                             f"{self.problem.output_layout!r}")
+        layout = self.problem.output_layout
+        if layout not in (NCHW, NCHW16C) or out.layout != layout:
+            raise ValueError(f"out= takes NCHW and NCHW16c outputs, with out.layout the problem's output_layout; "
+                             f"this convolution was prepared with output_layout={layout!r}, out.layout is {out.layout!r}")
         buffer, (c_out, h_out, w_out) = out.buffer, self.problem.output_shape[1:]
-        if (not isinstance(buffer, np.ndarray) or buffer.ndim != 4 or buffer.shape[0] != batch
-                or buffer.shape[2:] != (h_out, w_out)):
-            raise ValueError(f"out.buffer must be an array of shape ({batch}, C_total, {h_out}, {w_out}), "
-                             f"got {getattr(buffer, 'shape', type(buffer).__name__)}")
+        blocked = layout == NCHW16C
+        expected = (h_out, w_out, BLOCK) if blocked else (h_out, w_out)
+        if (not isinstance(buffer, np.ndarray) or buffer.ndim != 2 + len(expected) or buffer.shape[0] != batch
+                or buffer.shape[2:] != expected):
+            shape = f"({batch}, C_total / 16, {h_out}, {w_out}, {BLOCK})" if blocked else f"({batch}, C_total, {h_out}, {w_out})"
+            got = getattr(buffer, "shape", type(buffer).__name__)
+            raise ValueError(f"out.buffer must be an array of shape {shape}, got {got}")
         if buffer.dtype != x.dtype or not buffer.flags.c_contiguous or not buffer.flags.writeable:
             raise ValueError(f"out.buffer must be a writable C-contiguous {x.dtype} array, got "
                              f"{buffer.dtype}{'' if buffer.flags.c_contiguous else ', not C-contiguous'}"
@@ -180,8 +184,12 @@ class PreparedConv:
         if not (type(start) is type(channels) is type(step) is int) and not all(  # (the fast path: plain ints)
                 isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (start, channels, step)):
             raise TypeError(f"out.start, out.channels and out.step must be ints, got {start!r}, {channels!r}, {step!r}")
-        if channels != c_out or step < 1 or start < 0 or start + step * (channels - 1) >= buffer.shape[1]:
-            raise ValueError(f"out must hold {c_out} channels inside the buffer's {buffer.shape[1]}: got start {start}, "
+        total = buffer.shape[1] * (BLOCK if blocked else 1)
+        if channels != c_out or step < 1 or start < 0 or start + step * (channels - 1) >= total:
+            raise ValueError(f"out must hold {c_out} channels inside the buffer's {total}: got start {start}, "
+                             f"{channels} channels, step {step}")
+        if blocked and (start % BLOCK or channels % BLOCK or step != 1):
+            raise ValueError(f"an NCHW16c out= takes whole blocks of {BLOCK} channels, step 1: got start {start}, "
                              f"{channels} channels, step {step}")
 
     def _check_residual(self, residual, batch: int, dtype) -> Optional[np.ndarray]:

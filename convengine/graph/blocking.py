@@ -12,7 +12,8 @@ The rule: a convolution's output is blocked when a convolution reads it as its i
 it to a blocked output: ResNet's downsampled shortcut) and the engine would choose the same
 backend for every convolution with the layouts that follow (``chooses_same``: a backend that
 takes NCHW16c natively, so blocking never changes the choice). Graph outputs, tensors written
-into a concatenation's buffer and tensors whose channels are not a multiple of 16 stay NCHW:
+into a concatenation's buffer that cannot be held blocked (below) and tensors whose channels
+are not a multiple of 16 stay NCHW:
 padded, MobileNetV3's 24-, 40- and 112-channel tensors made its 1x1 layers compute up to a
 third more (whole model 1.05-1.07x the NCHW time). A convolution whose fused residual is NCHW
 writes NCHW (a blocked copy of the residual would cost what blocking saves: MobileNetV3's
@@ -25,12 +26,18 @@ input is and a convolution (or another such pool) reads it blocked, and it then 
 blocked tensor (``graph._pool_kernels.blocked_pool``). ResNet's and SqueezeNet's stems
 (convolution -> max pool -> convolution) then stay blocked, where the stem used to write
 NCHW for the pool and the next convolution read NCHW.
+
+A concatenation's buffer (:mod:`.placement`) is held blocked when every tensor that lives in
+it is blocked, each in whole blocks of 16 channels, and a convolution or pool reads the
+concatenation blocked: its convolutions then write their blocks of the buffer directly
+(Inception's and GoogLeNet's branches, SqueezeNet's expand layers), and the layers after it
+read it blocked. The tensors of one buffer are blocked all or none (``together``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from ..core.layouts import BLOCK, NCHW, NCHW16C
 
@@ -72,18 +79,23 @@ class LayoutPlan:
 
 def plan_layouts(convs: dict[int, ConvTensors], reads: dict[str, list[int]], keep_nchw: set[str],
                  channels: dict[str, int], chooses_same: Callable[[int, str, str], bool],
-                 pools: Optional[dict[int, tuple[str, str]]] = None) -> LayoutPlan:
+                 pools: Optional[dict[int, tuple[str, str]]] = None,
+                 gathers: Optional[dict[int, tuple[tuple[str, ...], str]]] = None,
+                 together: Sequence[frozenset] = ()) -> LayoutPlan:
     """Decide the layouts (see the module docstring).
 
     ``convs``: the convolution steps, by index; ``reads``: every step that reads each tensor, by
-    index (convolutions included); ``keep_nchw``: tensors that must stay NCHW (graph outputs, a
-    concatenation's slots); ``channels``: each convolution's and pool's output channel count (only
-    multiples of 16 are blocked); ``chooses_same(step, input_layout, output_layout)``: whether the
-    engine keeps its choice of backend for that convolution with those layouts; ``pools``: the
-    pool steps that can run blocked, by index, as ``(input, output)``.
+    index (convolutions included); ``keep_nchw``: tensors that must stay NCHW (graph outputs, the
+    slots of a concatenation that cannot be blocked); ``channels``: each convolution's, pool's and
+    gather's output channel count (only multiples of 16 are blocked); ``chooses_same(step,
+    input_layout, output_layout)``: whether the engine keeps its choice of backend for that
+    convolution with those layouts; ``pools``: the pool steps that can run blocked, by index, as
+    ``(input, output)``; ``gathers``: the concatenations whose buffer may be held blocked, as
+    ``(inputs, output)``; ``together``: groups of tensors blocked all or none (the tensors that
+    live in one such buffer).
     """
-    pools = pools or {}
-    outputs = [c.output for c in convs.values()] + [out for _, out in pools.values()]
+    pools, gathers = pools or {}, gathers or {}
+    outputs = [c.output for c in convs.values()] + [out for _, out in pools.values()] + [out for _, out in gathers.values()]
     blocked = {out for out in outputs if out not in keep_nchw and channels[out] % BLOCK == 0}
 
     def layouts_of(c: ConvTensors) -> tuple[str, str]:
@@ -92,6 +104,8 @@ def plan_layouts(convs: dict[int, ConvTensors], reads: dict[str, list[int]], kee
     def reads_blocked(j: int, tensor: str) -> bool:  # step j reads ``tensor`` blocked
         if j in pools:  # a pool passing the layout through
             return pools[j][1] in blocked
+        if j in gathers:  # a concatenation into a blocked buffer
+            return gathers[j][1] in blocked
         # a convolution, as its input or as a residual added to a blocked output
         return j in convs and (convs[j].x == tensor or (convs[j].residual == tensor and convs[j].output in blocked))
 
@@ -106,6 +120,14 @@ def plan_layouts(convs: dict[int, ConvTensors], reads: dict[str, list[int]], kee
             if out in blocked and x not in blocked:
                 blocked.discard(out)
                 changed = True
+        for inputs, out in gathers.values():
+            if out in blocked and not blocked.issuperset(inputs):
+                blocked.discard(out)
+                changed = True
+        for group in together:
+            if not group <= blocked and group & blocked:
+                blocked -= group
+                changed = True
         for i, c in convs.items():
             if c.output in blocked and c.residual is not None and c.residual not in blocked:
                 blocked.discard(c.output)  # its residual would need a blocked copy: not worth one
@@ -115,12 +137,12 @@ def plan_layouts(convs: dict[int, ConvTensors], reads: dict[str, list[int]], kee
                 blocked -= {c.x, c.output}
                 changed = True
     layouts = {i: layouts_of(c) for i, c in convs.items()}
-    layouts.update({i: (NCHW16C, NCHW16C) for i, (_, out) in pools.items() if out in blocked})
+    layouts.update({i: (NCHW16C, NCHW16C) for i, (_, out) in [*pools.items(), *gathers.items()] if out in blocked})
     needs: dict[str, int] = {}  # blocked tensor -> the first step that reads it NCHW
     for tensor in blocked:
         for j in reads.get(tensor, []):
-            if j in pools:
-                nchw = pools[j][1] not in blocked  # a pool running on NCHW
+            if j in pools or j in gathers:
+                nchw = (pools[j] if j in pools else gathers[j])[1] not in blocked  # a pool or concatenation on NCHW
             else:  # another op; an NCHW sum's residual
                 nchw = j not in convs or (convs[j].residual == tensor and layouts[j][1] == NCHW)
             if nchw:

@@ -28,12 +28,12 @@ import numpy as np
 from ..core.arrays import kernel_ready
 from ..core.contract import OutputSlice
 from ..core.engine import default_engine
-from ..core.layouts import NCHW, NCHW16C, NHWC, to_nchw
+from ..core.layouts import BLOCK, NCHW, NCHW16C, NHWC, to_nchw
 from ..core.problem import ConvProblem
 from ..runtime.allocator import keep_large_buffers
 from ..runtime.precompile import precompile as precompile_kernels
 from ..runtime.threads import get_num_threads
-from .blocking import ConvTensors, LayoutPlan, plan_layouts
+from .blocking import BLOCKED_SUFFIX, ConvTensors, LayoutPlan, plan_layouts
 from .folding import ConvWeights, foldable_batchnorms
 from .fusion import (
     ChannelsLastLinear,
@@ -133,6 +133,7 @@ class CompiledGraph:
         produced = {out for s in self.steps if s.linear is None for out in s.node.outputs}  # (NHWC: not a channel slice)
         self.placement = (plan_placement(graph, produced, readers, self._overwritten_alone()) if concat_in_place
                           else Placement({}, {}, {}))
+        self.blocked_buffers: set[str] = set()  # the placement's buffers held channel-blocked (see .blocking)
         self._place()
         layouts = self._plan_layouts(pending) if blocked_layouts else LayoutPlan({}, frozenset(), ())
         convs = [s for s in self.steps if id(s) in pending]
@@ -173,13 +174,15 @@ class CompiledGraph:
                  for i, s in enumerate(self.steps) if id(s) in pending}
         dtype = self.graph.inputs[0].dtype if self.graph.inputs else "float32"
         pools = {i: (s.inputs[0], s.node.outputs[0]) for i, s in enumerate(self.steps)
-                 if s.conv is None and s.block is None and s.gather is None and not s.homes and s.inputs
+                 if s.conv is None and s.block is None and s.gather is None and s.inputs
                  and pools_blocked(s.node, self._batch_shape(s.inputs[0]), dtype)}
         reads: dict[str, list[int]] = {}
         for i, step in enumerate(self.steps):
             for name in step.inputs:
                 reads.setdefault(name, []).append(i)
-        keep = set(self.graph.outputs) | set(self.placement.homes) | {s.gather.output for s in self.steps if s.gather}
+        gathers, together = self._blockable_gathers()
+        kept = set().union(*together) if together else set()
+        keep = (set(self.graph.outputs) | set(self.placement.homes) | {s.gather.output for s in self.steps if s.gather}) - kept
         problems: dict[int, Any] = {}
 
         def chooses_same(i: int, input_layout: str, output_layout: str) -> bool:
@@ -197,14 +200,37 @@ class CompiledGraph:
                 return False
 
         channels = {out: self.graph.shapes[out][1] for out in [c.output for c in convs.values()]
-                    + [out for _, out in pools.values()]}
-        plan = plan_layouts(convs, reads, keep, channels, chooses_same, pools)
+                    + [out for _, out in pools.values()] + [out for _, out in gathers.values()]}
+        plan = plan_layouts(convs, reads, keep, channels, chooses_same, pools, gathers, together)
         for i, step in enumerate(self.steps):
             if i in plan.layouts:
                 step.layouts = plan.layouts[i]
             if i in pools and i in plan.layouts:
                 step.block = blocked_pool_step(step.node, self._batch_shape(step.inputs[0]), dtype)
+        self.blocked_buffers = {s.gather.slot.buffer for i, s in enumerate(self.steps) if i in gathers and i in plan.layouts}
         return plan
+
+    def _blockable_gathers(self) -> tuple[dict[int, tuple[tuple[str, ...], str]], list[frozenset]]:
+        """The gather steps whose buffer could be held blocked, as ``(inputs, output)`` by step index, and the
+        tensors of each such buffer (blocked all or none): every slot in it whole blocks of 16 channels, no
+        channel shuffle, no graph output, every input a tensor some step produces (see :mod:`.blocking`)."""
+        members: dict[str, set[str]] = {}
+        for tensor, slot in self.placement.homes.items():
+            members.setdefault(slot.buffer, set()).add(tensor)
+        bad = {slot.buffer for slot in self.placement.homes.values() if not slot.whole_blocks}
+        produced = {out for s in self.steps for out in s.node.outputs}
+        gathers = {}
+        for i, step in enumerate(self.steps):
+            gather = step.gather
+            if gather is None:
+                continue
+            members.setdefault(gather.slot.buffer, set()).add(gather.output)
+            if (gather.absorbed or gather.output in self.graph.outputs or not gather.slot.whole_blocks
+                    or any(not slot.whole_blocks or t not in produced for t, slot in gather.inputs)):
+                bad.add(gather.slot.buffer)
+            gathers[i] = (tuple(step.inputs), gather.output)
+        gathers = {i: g for i, g in gathers.items() if self.steps[i].gather.slot.buffer not in bad}
+        return gathers, [frozenset(m) for b, m in members.items() if b not in bad]
 
     def _batch_shape(self, tensor: str) -> tuple:
         """``tensor``'s shape at the compiled batch size."""
@@ -224,8 +250,9 @@ class CompiledGraph:
                 x_layout, out_layout = step.layouts
                 step.inputs = [plan.name(step.inputs[0], x_layout)] + [plan.name(r, out_layout) for r in step.inputs[1:]]
                 node = step.node
-                step.node = Node(node.name, node.op, [step.inputs[0], *node.inputs[1:]],
-                                 [plan.name(node.outputs[0], out_layout)], node.attrs)
+                inputs = step.inputs if step.gather is not None else [step.inputs[0], *node.inputs[1:]]
+                step.node = Node(node.name, node.op, inputs, [plan.name(node.outputs[0], out_layout)], node.attrs)
+                step.copies = [(plan.name(t, x_layout), slot) for t, slot in step.copies]
             steps.append(step)
         self.steps = steps
 
@@ -307,6 +334,7 @@ class CompiledGraph:
         # tensors in one buffer (a gather's output, its inputs' homes) are one memory for this purpose
         placed = {t: slot.buffer for t, slot in self.placement.homes.items()}
         placed.update({s.gather.output: s.gather.slot.buffer for s in self.steps if s.gather is not None})
+        placed.update({t + BLOCKED_SUFFIX: buffer for t, buffer in placed.items()})  # (blocked buffers' tensors)
         root: dict[str, str] = {}
         for step in self.steps:
             node = step.node
@@ -375,7 +403,8 @@ class CompiledGraph:
                 out = None
                 if step.homes:
                     slot = step.homes[0][1]
-                    out = OutputSlice(self._buffer(buffers, slot.buffer, args[0]), slot.start, slot.channels, slot.step)
+                    out = OutputSlice(self._buffer(buffers, slot.buffer, args[0]), slot.start, slot.channels, slot.step,
+                                      step.layouts[1])
                 outputs = [step.conv(*args, consume_residual=step.consume_residual, out=out)]
             elif step.gather is not None:
                 outputs = [self._gather(step, env, params, buffers)]
@@ -407,12 +436,15 @@ class CompiledGraph:
         """The buffer ``name`` of this run, allocated for ``like``'s batch and dtype on first use."""
         buffer = buffers.get(name)
         if buffer is None:
-            buffer = buffers[name] = np.empty((like.shape[0],) + self.placement.buffers[name], like.dtype)
+            shape = self.placement.buffers[name]
+            if name in self.blocked_buffers:  # (N, C/16, H, W, 16): see .blocking
+                shape = (shape[0] // BLOCK,) + tuple(shape[1:]) + (BLOCK,)
+            buffer = buffers[name] = np.empty((like.shape[0],) + tuple(shape), like.dtype)
         return buffer
 
     def _gather(self, step: Step, env, params, buffers) -> np.ndarray:
         """A gather step: copy the inputs that do not live in their slot there; the output is the buffer's view."""
-        first = step.gather.inputs[0][0]
+        first = step.inputs[0]  # (its blocked name where the buffer is blocked)
         buffer = self._buffer(buffers, step.gather.slot.buffer, env[first] if first in env else params[first])
         for tensor, slot in step.copies:
             slot.of(buffer)[...] = env[tensor] if tensor in env else params[tensor]

@@ -47,8 +47,16 @@ class Slot:
     step: int = 1
 
     def of(self, array: np.ndarray) -> np.ndarray:
-        """This slot of ``array``, the buffer itself: an ``(N, channels, H, W)`` view."""
+        """This slot of ``array``, the buffer itself: an ``(N, channels, H, W)`` view, or of a buffer held
+        channel-blocked (``(N, C/16, H, W, 16)``: :mod:`.blocking`) its ``(N, channels/16, H, W, 16)`` blocks."""
+        if array.ndim == 5:  # (whole blocks, step 1: the plan blocks no other slot)
+            return array[:, self.start // 16:(self.start + self.channels) // 16]
         return array[:, self.start:self.start + self.step * (self.channels - 1) + 1:self.step]
+
+    @property
+    def whole_blocks(self) -> bool:
+        """Whether the slot is whole blocks of 16 channels, step 1: one it can have in a blocked buffer."""
+        return self.step == 1 and self.start % 16 == 0 and self.channels % 16 == 0
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,31 @@ def test_bad_layouts_and_arrays_are_named():
         blocked(np.ones((1, 16, 8, 8), np.float32), np.ones((1, 1, 8, 8, 16), np.float32))
     with pytest.raises(ValueError, match=r"residual must have the output's shape \(1, 1, 8, 8, 16\) \(NCHW16c\)"):
         blocked(np.ones((1, 1, 8, 8, 16), np.float32), np.ones((1, 16, 8, 8), np.float32))
-    out = OutputSlice(np.empty((1, 32, 8, 8), np.float32), 0, 16)
-    with pytest.raises(ValueError, match="out= takes NCHW outputs only"):
-        blocked(np.ones((1, 1, 8, 8, 16), np.float32), np.ones((1, 1, 8, 8, 16), np.float32), out=out)
+    x, residual = np.ones((1, 1, 8, 8, 16), np.float32), np.ones((1, 1, 8, 8, 16), np.float32)
+    out = OutputSlice(np.empty((1, 32, 8, 8), np.float32), 0, 16)  # an NCHW slice for a blocked output
+    with pytest.raises(ValueError, match="out.layout the problem's output_layout.*'NCHW16c', out.layout is 'NCHW'"):
+        blocked(x, residual, out=out)
+    with pytest.raises(ValueError, match=r"out.buffer must be an array of shape \(1, C_total / 16, 8, 8, 16\)"):
+        blocked(x, residual, out=OutputSlice(np.empty((1, 32, 8, 8), np.float32), 0, 16, layout=NCHW16C))
+    with pytest.raises(ValueError, match="whole blocks of 16 channels, step 1: got start 8"):
+        blocked(x, residual, out=OutputSlice(np.empty((1, 3, 8, 8, 16), np.float32), 8, 16, layout=NCHW16C))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("kernel", [1, 3])
+@pytest.mark.parametrize("residual", [False, True])
+def test_a_blocked_output_goes_into_its_blocks_of_a_blocked_buffer(batch, kernel, residual):
+    """A concatenation of blocked outputs held blocked: ``direct`` writes blocks 1-2 of a 4-block buffer, and
+    nothing else of it (with a residual at batch 3 it declines the slice and the engine copies there)."""
+    rng = np.random.default_rng(batch + kernel)
+    w = rng.standard_normal((32, 16, kernel, kernel)).astype(np.float32)
+    b = rng.standard_normal(32).astype(np.float32)
+    x = to_layout(rng.standard_normal((batch, 16, 9, 7)).astype(np.float32), NCHW16C)
+    args = (x, to_layout(rng.standard_normal((batch, 32, 9, 7)).astype(np.float32), NCHW16C)) if residual else (x,)
+    conv = ENGINE.prepare(w, b, input_shape=(batch, 16, 9, 7), padding=kernel // 2, backend="direct", residual=residual,
+                          input_layout=NCHW16C, output_layout=NCHW16C, activation="relu")
+    buffer = np.full((batch, 4, 9, 7, 16), 7.0, np.float32)
+    y = conv(*args, out=OutputSlice(buffer, 16, 32, layout=NCHW16C))
+    assert np.shares_memory(y, buffer) and y.shape == (batch, 2, 9, 7, 16)
+    np.testing.assert_array_equal(buffer[:, 1:3], conv(*args))
+    assert (buffer[:, [0, 3]] == 7.0).all()

@@ -83,6 +83,26 @@ def test_a_pool_between_convolutions_passes_the_layout_through():
     assert plan.blocked == set() and 1 not in plan.layouts
 
 
+def test_a_concatenation_is_blocked_with_all_that_lives_in_its_buffer():
+    # 0 conv x->a; 1 conv x->b; 2 pool x->c; 3 gather (a, b, c)->g; 4 conv g->y; a, b, c, g live in one buffer
+    steps = [["x"], ["x"], ["x"], ["a", "b", "c"], ["g"]]
+    convs = {0: ConvTensors("x", None, "a"), 1: ConvTensors("x", None, "b"), 4: ConvTensors("g", None, "y")}
+    pools, gathers = {2: ("x", "c")}, {3: (("a", "b", "c"), "g")}
+    channels = {"a": 16, "b": 32, "c": 16, "g": 64, "y": 16}
+    group = [frozenset("abcg")]
+    # x itself is NCHW (a graph input), so the pool of it, hence the whole buffer, stays NCHW
+    assert plan_layouts(convs, _reads(steps), set(), channels, _always, pools, gathers, group).blocked == set()
+    steps = [["w"]] + steps  # a convolution w -> x first: now x can be blocked, and with it the buffer
+    convs = {0: ConvTensors("w", None, "x"), **{i + 1: c for i, c in convs.items()}}
+    pools, gathers = {3: ("x", "c")}, {4: (("a", "b", "c"), "g")}
+    plan = plan_layouts(convs, _reads(steps), set(), {**channels, "x": 16}, _always, pools, gathers, group)
+    assert plan.blocked == set("xabcg") and plan.conversions == ()
+    assert plan.layouts[4] == (B, B) and plan.layouts[5] == (B, NCHW) and plan.layouts[3] == (B, B)
+    # one member that cannot be blocked (b's convolution would change backend) keeps the whole buffer NCHW
+    plan = plan_layouts(convs, _reads(steps), set(), {**channels, "x": 16}, lambda i, x, y: i != 2, pools, gathers, group)
+    assert plan.blocked.isdisjoint("abcg") and 4 not in plan.layouts
+
+
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from conftest import assert_matches_onnx_runtime, onnx_model_bytes  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
@@ -174,3 +194,60 @@ def test_a_stem_stays_blocked_through_its_pool(batch):
     plain = CompiledGraph(ce.load_onnx(model), batch=batch, blocked_layouts=False)
     assert all(s.layouts == (NCHW, NCHW) for s in plain.steps)
     np.testing.assert_allclose(compiled.run(x), plain.run(x), rtol=1e-5, atol=1e-5)
+
+
+def _inception_module(c2=32):
+    """stem conv (32) -> [1x1 (16), 3x3 (c2), 3x3/1 max pool -> 1x1 (16), 3x3/1 average pool (32)] -> Concat
+    -> 3x3 conv (16, "y"), and the Concat -> 3x3/2 max pool -> 1x1 conv (16, "z")."""
+    rng = np.random.default_rng(5)
+    inits = {}
+
+    def conv(name, x, y, cin, cout, k):
+        inits[f"{name}.w"] = rng.standard_normal((cout, cin, k, k)) / np.sqrt(cin * k * k)
+        inits[f"{name}.b"] = rng.standard_normal(cout) * 0.1
+        return [helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [y + ".c"], name=name, pads=[k // 2] * 4),
+                helper.make_node("Relu", [y + ".c"], [y], name=name + ".relu")]
+
+    total = 16 + c2 + 16 + 32
+    nodes = [*conv("stem", "x", "s", 3, 32, 3), *conv("b1", "s", "t1", 32, 16, 1), *conv("b2", "s", "t2", 32, c2, 3),
+             helper.make_node("MaxPool", ["s"], ["m"], name="branch_max", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             *conv("b3", "m", "t3", 32, 16, 1),
+             helper.make_node("AveragePool", ["s"], ["t4"], name="branch_avg", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Concat", ["t1", "t2", "t3", "t4"], ["cat"], name="concat", axis=1),
+             *conv("head", "cat", "y", total, 16, 3),
+             helper.make_node("MaxPool", ["cat"], ["p"], name="down", kernel_shape=[3, 3], strides=[2, 2]),
+             *conv("tail", "p", "z", total, 16, 1)]
+    return onnx_model_bytes(nodes, inits, (3, 13, 11), ("y", "z"), "inception")
+
+
+@pytest.mark.usefixtures("no_forced_backend")
+@pytest.mark.parametrize("batch", [1, 3])
+def test_an_inception_module_writes_its_concatenation_blocked(batch):
+    """Every branch writes its blocks of one blocked buffer (the convolutions directly, the average pool's
+    result copied there), the layers after the Concat read it blocked: no NCHW copy anywhere; the outputs
+    match ONNX Runtime and the NCHW executor."""
+    model = _inception_module()
+    compiled = CompiledGraph(ce.load_onnx(model), batch=batch)
+    layouts = {s.node.name: s.layouts for s in compiled.steps}
+    assert all(layouts[name] == (B, B) for name in ("b1", "b2", "b3", "branch_max", "branch_avg", "concat", "down"))
+    assert layouts["head"] == (B, NCHW) and layouts["tail"] == (B, NCHW)
+    assert len(compiled.blocked_buffers) == 1 and compiled.gathered == {"concat": "Concat"}
+    assert not any(s.node.op == "LayoutConversion" for s in compiled.steps)
+    x = np.random.default_rng(2).standard_normal((batch, 3, 13, 11)).astype(np.float32)
+    assert_matches_onnx_runtime(compiled, model, x, outputs=("y", "z"), tol=2e-5)
+    plain = CompiledGraph(ce.load_onnx(model), batch=batch, blocked_layouts=False)
+    assert not plain.blocked_buffers
+    for _ in range(2):  # (a second run reuses the buffers)
+        got, want = compiled.run(x), plain.run(x)
+        for name in ("y", "z"):
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.usefixtures("no_forced_backend")
+def test_a_concatenation_with_a_slot_of_partial_blocks_stays_nchw():
+    model = _inception_module(c2=24)  # a 24-channel branch: its slot is not whole blocks
+    compiled = CompiledGraph(ce.load_onnx(model))
+    assert not compiled.blocked_buffers and compiled.gathered == {"concat": "Concat"}
+    assert {s.node.name: s.layouts for s in compiled.steps}["concat"] == (NCHW, NCHW)
+    x = np.random.default_rng(2).standard_normal((1, 3, 13, 11)).astype(np.float32)
+    assert_matches_onnx_runtime(compiled, model, x, outputs=("y", "z"), tol=2e-5)

@@ -435,11 +435,14 @@ def _kernel_view(a: np.ndarray, layout: str) -> np.ndarray:
 def _destination(problem: ConvProblem, out, over):
     """``(array, first channel, channel step)`` the kernels write to: a new array, the residual given up
     (``over``), or ``out``'s buffer (a slice that is one contiguous block passes as itself: a residual
-    then shares its indices)."""
+    then shares its indices; a blocked buffer's first channel counts blocks)."""
     if out is None:
         return (np.empty(problem.output_array_shape, np.float32) if over is None else over), 0, 1
     view = out.view
-    return (view, 0, 1) if view.flags.c_contiguous else (out.buffer, out.start, out.step)
+    if view.flags.c_contiguous:
+        return view, 0, 1
+    # (a blocked buffer's first block: the kernels' y_first counts what y's axis 1 counts)
+    return (out.buffer, out.start // LANES, 1) if problem.output_layout == NCHW16C else (out.buffer, out.start, out.step)
 
 
 @hookimpl

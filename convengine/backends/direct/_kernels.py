@@ -12,7 +12,7 @@ Layouts (all float32, C-contiguous, flattened where the tile intrinsics read the
   buffer ``(N, C_total, H, W)`` whose channels ``y_first``, ``y_first + y_step``, ... take the
   output (a concatenation's or a channel shuffle's place; the output's channel count is
   ``bias``'s length). A residual is read at the output's own indices: it comes with
-  ``y_first == 0`` and ``y_step == 1`` only.
+  ``y_first == 0`` and ``y_step == 1`` only. A blocked ``y`` counts ``y_first`` in blocks of 16 (step 1).
 
 Other layouts (the problem's, see ``convengine.core.layouts``): an NCHW16c array
 ``(N, C/16, H, W, 16)`` reaches the kernels as ``(N, C/16, H, W * 16)``, so that one
@@ -236,7 +236,7 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
                                     wb, w_tile + (kh * kw_size + kw) * block * o_lanes, w_block, group_blocks, tap_rows, count,
                                     computed, vectors, None, pf_at, pf_lines, x_jump if both else 0)
                 if y_blocked:
-                    tile_store_rows(acc, y_flat, (((n * y_channels + ob * vectors) * out_h + oh) * out_w + ow0) * LANES,
+                    tile_store_rows(acc, y_flat, (((n * y_channels + y_first + ob * vectors) * out_h + oh) * out_w + ow0) * LANES,
                                     out_h * out_w * LANES, LANES, min(o_lanes, out_channels - ob * o_lanes), 0, width,
                                     bias, ob * o_lanes, residual_flat, has_residual, act, act_a, act_b, True)
                 else:
@@ -385,7 +385,7 @@ def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, 
                                     wb, o0 * channels, chunk * o_lanes, channels // chunk, 1, chunk, computed, vectors,
                                     prefetch, pf_at, pf_lines, 0)
                 if y_layout == NCHW16C:
-                    tile_store_rows(acc, y_flat, ((n * y_channels + o0 // LANES) * plane + start) * LANES,
+                    tile_store_rows(acc, y_flat, ((n * y_channels + y_first + o0 // LANES) * plane + start) * LANES,
                                     plane * LANES, LANES, min(o_lanes, out_channels - o0), p0 - start, p0 - start + stored,
                                     bias, o0, residual_flat, has_residual, act, act_a, act_b, True)
                 elif y_layout == NHWC:
