@@ -454,6 +454,35 @@ def plane_means(rows, y):
             y[n, c] = total * scale
 
 
+@numba.njit(cache=True, nogil=True)
+def blocked_plane_means(x, y):
+    """``y[p] = mean over pixels of x[p]``: global average pooling of channel-blocked ``(planes, H*W*16)``
+    rows into ``(planes, 16)``.
+
+    The pixels are summed pairwise: the second half of the rows added onto the first, until one
+    row of 16 is left, each pass one contiguous loop that vectorises (a loop over a pixel's 16
+    lanes did not); NaN propagates. MobileNetV2's 80 blocks of 49 pixels: ~0.03 ms (numpy's
+    reduction over the pixel axis: 0.11).
+    """
+    planes, size = x.shape
+    pixels = size // 16
+    scale = 1.0 / pixels
+    rows = np.empty(size, x.dtype)
+    for p in range(planes):
+        source = x[p]
+        for k in range(size):
+            rows[k] = source[k]
+        n = pixels
+        while n > 1:
+            half = n // 2
+            low, high = rows[:half * 16], rows[(n - half) * 16:n * 16]
+            for k in range(half * 16):
+                low[k] += high[k]
+            n -= half
+        for lane in range(16):
+            y[p, lane] = rows[lane] * scale
+
+
 def precompile_kernels(function: str, dtype: str) -> list:
     """The signature ``function`` is called with on ``dtype`` activations (see :mod:`convengine.runtime.precompile`)."""
     from numba import types
@@ -464,6 +493,8 @@ def precompile_kernels(function: str, dtype: str) -> list:
     planes = types.Array(element, 3, "C")
     if function == "plane_means":
         return [Kernel(__name__, function, (planes, types.Array(element, 2, "C")), cost=0.3)]
+    if function == "blocked_plane_means":
+        return [Kernel(__name__, function, (types.Array(element, 2, "C"),) * 2, cost=0.3)]
     if function == "max_pool_3x3_s2":
         return [Kernel(__name__, function, (planes, planes) + (types.int64,) * 3, cost=2.2)]
     if function == "pool_2x2_s2":

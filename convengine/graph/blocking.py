@@ -32,6 +32,10 @@ it is blocked, each in whole blocks of 16 channels, and a convolution or pool re
 concatenation blocked: its convolutions then write their blocks of the buffer directly
 (Inception's and GoogLeNet's branches, SqueezeNet's expand layers), and the layers after it
 read it blocked. The tensors of one buffer are blocked all or none (``together``).
+
+A global average pool reads a blocked tensor as it is (``sinks``): its ``(N, C, 1, 1)``
+result is the same memory in both layouts, so a network's last convolution (ResNet's last
+block, Inception's last concatenation) writes blocked and needs no NCHW copy.
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ def plan_layouts(convs: dict[int, ConvTensors], reads: dict[str, list[int]], kee
                  channels: dict[str, int], chooses_same: Callable[[int, str, str], bool],
                  pools: Optional[dict[int, tuple[str, str]]] = None,
                  gathers: Optional[dict[int, tuple[tuple[str, ...], str]]] = None,
-                 together: Sequence[frozenset] = ()) -> LayoutPlan:
+                 together: Sequence[frozenset] = (), sinks: Optional[dict[int, str]] = None) -> LayoutPlan:
     """Decide the layouts (see the module docstring).
 
     ``convs``: the convolution steps, by index; ``reads``: every step that reads each tensor, by
@@ -92,9 +96,11 @@ def plan_layouts(convs: dict[int, ConvTensors], reads: dict[str, list[int]], kee
     convolution with those layouts; ``pools``: the pool steps that can run blocked, by index, as
     ``(input, output)``; ``gathers``: the concatenations whose buffer may be held blocked, as
     ``(inputs, output)``; ``together``: groups of tensors blocked all or none (the tensors that
-    live in one such buffer).
+    live in one such buffer); ``sinks``: steps that read their input (given) blocked as well as
+    NCHW and write NCHW (a global average pool, whose ``(N, C, 1, 1)`` result is the same memory in
+    both layouts).
     """
-    pools, gathers = pools or {}, gathers or {}
+    pools, gathers, sinks = pools or {}, gathers or {}, sinks or {}
     outputs = [c.output for c in convs.values()] + [out for _, out in pools.values()] + [out for _, out in gathers.values()]
     blocked = {out for out in outputs if out not in keep_nchw and channels[out] % BLOCK == 0}
 
@@ -106,6 +112,8 @@ def plan_layouts(convs: dict[int, ConvTensors], reads: dict[str, list[int]], kee
             return pools[j][1] in blocked
         if j in gathers:  # a concatenation into a blocked buffer
             return gathers[j][1] in blocked
+        if j in sinks:
+            return True
         # a convolution, as its input or as a residual added to a blocked output
         return j in convs and (convs[j].x == tensor or (convs[j].residual == tensor and convs[j].output in blocked))
 
@@ -138,9 +146,12 @@ def plan_layouts(convs: dict[int, ConvTensors], reads: dict[str, list[int]], kee
                 changed = True
     layouts = {i: layouts_of(c) for i, c in convs.items()}
     layouts.update({i: (NCHW16C, NCHW16C) for i, (_, out) in [*pools.items(), *gathers.items()] if out in blocked})
+    layouts.update({i: (NCHW16C, NCHW) for i, x in sinks.items() if x in blocked})
     needs: dict[str, int] = {}  # blocked tensor -> the first step that reads it NCHW
     for tensor in blocked:
         for j in reads.get(tensor, []):
+            if j in sinks:
+                continue
             if j in pools or j in gathers:
                 nchw = (pools[j] if j in pools else gathers[j])[1] not in blocked  # a pool or concatenation on NCHW
             else:  # another op; an NCHW sum's residual

@@ -44,7 +44,17 @@ from .fusion import (
     fusible_epilogues,
 )
 from .ir import GraphError, Node, consumers
-from .ops import INPLACE, KERNELS, OPS, blocked_pool_kernels, blocked_pool_step, conv_problem_args, pools_blocked
+from .ops import (
+    INPLACE,
+    KERNELS,
+    OPS,
+    blocked_global_avgpool,
+    blocked_global_avgpool_kernels,
+    blocked_pool_kernels,
+    blocked_pool_step,
+    conv_problem_args,
+    pools_blocked,
+)
 from .placement import Gather, Placement, Slot, plan_placement
 
 if TYPE_CHECKING:  # annotations only: the Graph class sits above this module
@@ -176,6 +186,9 @@ class CompiledGraph:
         pools = {i: (s.inputs[0], s.node.outputs[0]) for i, s in enumerate(self.steps)
                  if s.conv is None and s.block is None and s.gather is None and s.inputs
                  and pools_blocked(s.node, self._batch_shape(s.inputs[0]), dtype)}
+        sinks = {i: s.inputs[0] for i, s in enumerate(self.steps)
+                 if s.node.op == "GlobalAveragePool" and s.block is None and not s.homes and len(s.inputs) == 1
+                 and len(self.graph.shapes.get(s.inputs[0], ())) == 4 and dtype in ("float32", "float64")}
         reads: dict[str, list[int]] = {}
         for i, step in enumerate(self.steps):
             for name in step.inputs:
@@ -201,12 +214,14 @@ class CompiledGraph:
 
         channels = {out: self.graph.shapes[out][1] for out in [c.output for c in convs.values()]
                     + [out for _, out in pools.values()] + [out for _, out in gathers.values()]}
-        plan = plan_layouts(convs, reads, keep, channels, chooses_same, pools, gathers, together)
+        plan = plan_layouts(convs, reads, keep, channels, chooses_same, pools, gathers, together, sinks)
         for i, step in enumerate(self.steps):
             if i in plan.layouts:
                 step.layouts = plan.layouts[i]
             if i in pools and i in plan.layouts:
                 step.block = blocked_pool_step(step.node, self._batch_shape(step.inputs[0]), dtype)
+            if i in sinks and i in plan.layouts:
+                step.block = blocked_global_avgpool
         self.blocked_buffers = {s.gather.slot.buffer for i, s in enumerate(self.steps) if i in gathers and i in plan.layouts}
         return plan
 
@@ -305,8 +320,10 @@ class CompiledGraph:
                 kernels += step.conv.kernels()
             elif step.squeeze is not None:
                 kernels += step.squeeze.kernels((self.batch,) + tuple(self.graph.shapes[step.squeeze.x][1:]), dtype, params)
-            elif step.layouts != (NCHW, NCHW):  # a pool on blocked tensors
+            elif step.layouts == (NCHW16C, NCHW16C) and step.node.op in ("MaxPool", "AveragePool"):  # on blocked tensors
                 kernels += blocked_pool_kernels(dtype)
+            elif step.layouts == (NCHW16C, NCHW):  # a global average pool of a blocked tensor
+                kernels += blocked_global_avgpool_kernels(dtype)
             elif step.node.op in KERNELS:
                 shapes = [params[n].shape if n in params else (self.batch,) + tuple(self.graph.shapes[n][1:])
                           for n in step.node.inputs if n]

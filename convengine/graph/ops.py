@@ -472,6 +472,28 @@ def _global_avgpool_kernels(node, shapes, dtype, params):
 KERNELS["GlobalAveragePool"] = _global_avgpool_kernels
 
 
+def blocked_global_avgpool(x: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """GlobalAveragePool of a channel-blocked ``(N, C/16, H, W, 16)`` tensor, as the NCHW ``(N, C, 1, 1)``
+    result (``in_place`` is ignored).
+
+    Why: a network's last convolution then writes blocked and no NCHW copy of its output is made
+    for the pool (:mod:`.blocking`); the result is the same memory in either layout.
+    """
+    from ._pool_kernels import blocked_plane_means
+
+    n, blocks, h, w, lanes = x.shape
+    y = np.empty((n * blocks, lanes), x.dtype)
+    blocked_plane_means(kernel_ready(x).reshape(n * blocks, h * w * lanes), y)
+    return y.reshape(n, blocks * lanes, 1, 1)
+
+
+def blocked_global_avgpool_kernels(dtype: str) -> list:
+    """The kernel :func:`blocked_global_avgpool` calls (see :mod:`convengine.runtime.precompile`)."""
+    from ._pool_kernels import precompile_kernels
+
+    return precompile_kernels("blocked_plane_means", dtype)
+
+
 @op("GlobalMaxPool", lambda node, shapes: [shapes[0][:2] + (1,) * (len(shapes[0]) - 2)])
 def _global_maxpool(node, arrays):
     x = arrays[0]

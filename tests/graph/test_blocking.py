@@ -103,6 +103,18 @@ def test_a_concatenation_is_blocked_with_all_that_lives_in_its_buffer():
     assert plan.blocked.isdisjoint("abcg") and 4 not in plan.layouts
 
 
+def test_a_global_average_pool_reads_a_blocked_tensor_as_it_is():
+    # 0 conv x->a; 1 conv a (+a) -> b; 2 global pool b -> g: b, read by the pool only, is written blocked
+    steps = [["x"], ["a", "a"], ["b"]]
+    convs = {0: ConvTensors("x", None, "a"), 1: ConvTensors("a", "a", "b")}
+    plan = plan_layouts(convs, _reads(steps), set(), {"a": 32, "b": 32}, _always, sinks={2: "b"})
+    assert plan.blocked == {"a", "b"} and plan.conversions == ()
+    assert plan.layouts == {0: (NCHW, B), 1: (B, B), 2: (B, NCHW)}
+    # without the sink, b goes back to NCHW, and a needs an NCHW copy for the sum
+    plan = plan_layouts(convs, _reads(steps), set(), {"a": 32, "b": 32}, _always)
+    assert plan.blocked == {"a"} and plan.conversions == (Conversion("a" + BLOCKED_SUFFIX, "a", 1),)
+
+
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from conftest import assert_matches_onnx_runtime, onnx_model_bytes  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)

@@ -274,3 +274,16 @@ def test_which_pools_run_blocked():
     assert not ops.pools_blocked(with_indices, shape, "float32")  # (MaxPool's Indices: NCHW positions)
     assert not ops.pools_blocked(Node("pool", "GlobalAveragePool", ["x"], ["y"], {}), shape, "float32")
     assert not ops.pools_blocked(_node("MaxPool", (3,), (2,), (1, 1)), (1, 32, 9), "float32")  # 1-D
+
+
+@pytest.mark.parametrize("shape", [(1, 32, 7, 7), (2, 48, 13, 13), (3, 16, 1, 1), (1, 16, 5, 3)])
+def test_the_blocked_global_average_pool_matches_the_nchw_one(shape):
+    """A blocked tensor's global average pool, written as the NCHW (N, C, 1, 1) result; NaN kept where it was."""
+    x = _input(shape, sum(shape))
+    before = x.copy()
+    got = ops.blocked_global_avgpool(to_layout(x, NCHW16C))
+    want = x.astype(np.float64).mean(axis=(2, 3), keepdims=True)
+    assert got.shape == shape[:2] + (1, 1) and got.dtype == np.float32
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6)
+    np.testing.assert_array_equal(x, before)
