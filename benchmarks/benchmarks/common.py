@@ -4,7 +4,8 @@ Axes are fixed, whatever this machine has installed, so that results of differen
 and commits line up:
 
 * ``LAYER_NAMES``: every layer of :mod:`convengine.bench.catalogue` (course examples, every distinct
-  convolution of ResNet-50 and AlexNet), at batch 1; ``BATCH32_LAYERS`` a few of them at 32.
+  convolution of ResNet-50 and AlexNet, MobileNetV2's, EfficientNet's and the grouped ones), in the
+  fixed order of ``SUITE_LAYERS``, at batch 1; ``BATCH32_LAYERS`` a few of them at 32.
 * ``CONTENDERS``: the built-in backends and the two known plugin backends (``winograd``,
   ``torch``), any other registered backend, ``auto`` (the engine's own choice, so dispatch
   regressions show), and the peer libraries ``peer:torch`` and ``peer:onnxruntime``.
@@ -91,8 +92,11 @@ def _module(names, needs: str):
 layers = _module(("bench.catalogue", "layers"), "SETS")
 bench = _module("bench", "bench_model")
 
-#: Backends always on the axis, registered here or not (the built-ins and the two plugins).
-KNOWN_BACKENDS = ("naive", "im2col", "direct", "fft", "cuda", "winograd", "winograd4", "torch")
+#: Backends always on the axis, registered here or not (the built-ins and the two plugins). asv files a
+#: result by its position in the product of the axes, so an axis must not change with what a commit
+#: registers: "grouped" (a built-in since issue 14) missing here shifted every older commit's results by
+#: one place, and `asv continuous` then compared different cells.
+KNOWN_BACKENDS = ("naive", "im2col", "direct", "fft", "cuda", "winograd", "winograd4", "torch", "grouped")
 
 
 def _registered_backends() -> tuple[str, ...]:
@@ -134,7 +138,34 @@ class LayerSampling:
     repeat = (2, 10, 5.0)
 
 
-LAYER_NAMES = tuple(spec.name for spec in layers.LAYERS)
+#: The layer axis in a fixed order, whatever catalogue the installed convengine has (see KNOWN_BACKENDS):
+#: a commit older than a layer has it as n/a. New catalogue layers go at the end (a test checks that
+#: every one is here); until then they follow, in the catalogue's order.
+SUITE_LAYERS = (
+    "course.example1", "course.example2", "course.example3", "resnet50.conv1", "resnet50.layer1.conv1",
+    "resnet50.layer1.conv2", "resnet50.layer1.conv3", "resnet50.layer1.0.conv1", "resnet50.layer2.conv1",
+    "resnet50.layer2.conv2", "resnet50.layer2.conv3", "resnet50.layer2.0.conv1", "resnet50.layer2.0.downsample",
+    "resnet50.layer3.conv1", "resnet50.layer3.conv2", "resnet50.layer3.conv3", "resnet50.layer3.0.conv1",
+    "resnet50.layer3.0.downsample", "resnet50.layer4.conv1", "resnet50.layer4.conv2", "resnet50.layer4.conv3",
+    "resnet50.layer4.0.conv1", "resnet50.layer4.0.downsample", "alexnet.conv1", "alexnet.conv2", "alexnet.conv3",
+    "alexnet.conv4", "alexnet.conv5", "mobilenet_v2.features.1.conv.0.0", "mobilenet_v2.features.2.conv.1.0",
+    "mobilenet_v2.features.3.conv.1.0", "mobilenet_v2.features.4.conv.1.0", "mobilenet_v2.features.5.conv.1.0",
+    "mobilenet_v2.features.7.conv.1.0", "mobilenet_v2.features.8.conv.1.0", "mobilenet_v2.features.12.conv.1.0",
+    "mobilenet_v2.features.14.conv.1.0", "mobilenet_v2.features.15.conv.1.0",
+    "efficientnet_b0.features.1.0.block.0.0", "efficientnet_b0.features.2.0.block.1.0",
+    "efficientnet_b0.features.2.1.block.1.0", "efficientnet_b0.features.3.0.block.1.0",
+    "efficientnet_b0.features.3.1.block.1.0", "efficientnet_b0.features.4.0.block.1.0",
+    "efficientnet_b0.features.4.1.block.1.0", "efficientnet_b0.features.5.0.block.1.0",
+    "efficientnet_b0.features.5.1.block.1.0", "efficientnet_b0.features.6.0.block.1.0",
+    "efficientnet_b0.features.6.1.block.1.0", "efficientnet_b0.features.7.0.block.1.0",
+    "resnext50_32x4d.layer1.0.conv2", "resnext50_32x4d.layer2.0.conv2", "resnext50_32x4d.layer2.1.conv2",
+    "resnext50_32x4d.layer3.0.conv2", "resnext50_32x4d.layer3.1.conv2", "resnext50_32x4d.layer4.0.conv2",
+    "resnext50_32x4d.layer4.1.conv2", "regnet_y_400mf.trunk_output.block1.block1-0.f.b",
+    "regnet_y_400mf.trunk_output.block2.block2-0.f.b", "regnet_y_400mf.trunk_output.block2.block2-1.f.b",
+    "regnet_y_400mf.trunk_output.block3.block3-0.f.b", "regnet_y_400mf.trunk_output.block3.block3-1.f.b",
+    "regnet_y_400mf.trunk_output.block4.block4-0.f.b", "regnet_y_400mf.trunk_output.block4.block4-1.f.b",
+)
+LAYER_NAMES = SUITE_LAYERS + tuple(spec.name for spec in layers.LAYERS if spec.name not in SUITE_LAYERS)
 #: Layers also measured at batch 32: a 3x3, a 1x1 (a GEMM) and AlexNet's 3x3 at 12x12.
 BATCH32_LAYERS = ("resnet50.layer3.conv2", "resnet50.layer3.conv1", "alexnet.conv3")
 
@@ -164,7 +195,10 @@ class Case:
     """
 
     def __init__(self, layer_name: str, contender: str, batch: int = 1, dtype: str = DTYPE):
-        self.spec = layers.layer(layer_name)
+        try:
+            self.spec = layers.layer(layer_name)
+        except KeyError:
+            raise NotImplementedError(f"layer {layer_name!r} is not in this version's catalogue") from None
         self.contender = contender
         self.problem = self.spec.problem(batch, dtype)
         reason = skip_reason(contender, self.spec, batch)

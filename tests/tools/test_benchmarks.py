@@ -456,3 +456,28 @@ def test_grouped_layers_script_reports_ratios_to_both_peers():
                            capture_output=True, text=True, timeout=300, check=True).stdout
     assert re.search(rf"^{re.escape(layer)}\s+1(\s+[\d.]+){{8}}\s+\w+$", table, re.M)
     assert re.search(r"mobilenet_v2\s+N=1\s+grouped\s+[\d.]+ ms: /ORT [\d.]+, /torch [\d.]+", table)
+
+
+def _suite_common():
+    """The asv suite's ``common`` module, loaded from its file (the suite is not an installed package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_asv_suite_common", SUITE / "benchmarks" / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_suites_axes_are_fixed():
+    """asv files a result by its position in the product of the axes: every catalogue layer and every built-in
+    backend must be on the suite's fixed axes, else an older commit's results are filed under other cells."""
+    common = _suite_common()
+    catalogue = [spec.name for spec in layers.LAYERS]
+    missing = [name for name in catalogue if name not in common.SUITE_LAYERS]
+    assert not missing, f"add {missing} at the end of SUITE_LAYERS in benchmarks/benchmarks/common.py"
+    assert common.LAYER_NAMES == common.SUITE_LAYERS and len(set(common.SUITE_LAYERS)) == len(common.SUITE_LAYERS)
+    builtins = {"naive", "im2col", "direct", "fft", "cuda", "grouped"}
+    assert builtins <= set(common.KNOWN_BACKENDS)
+    assert common.CONTENDERS[:len(common.KNOWN_BACKENDS)] == common.KNOWN_BACKENDS
+    with pytest.raises(NotImplementedError, match="not in this version's catalogue"):
+        common.Case("resnet50.layer9.conv1", "direct")
