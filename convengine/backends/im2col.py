@@ -1,6 +1,6 @@
 """``im2col``: unfold the input into columns, then one BLAS matrix product per group.
 
-The unfold is a parallel Numba kernel that writes the column matrix
+The unfold is a one-thread Numba kernel that writes the column matrix
 ``(C_in/groups * kH * kW, out_h * out_w)`` of one image straight from the input, applying
 padding on the fly (no padded copy of the input, no Python loop over pixels); each group is
 then one GEMM through ``numpy.matmul``, written directly into the output. 1x1 stride-1
