@@ -178,14 +178,15 @@ class CompiledGraph:
         return (self.batch,) + tuple(self.graph.shapes[node.inputs[0]][1:])
 
     def _plan_layouts(self, pending: dict) -> LayoutPlan:
-        """Which convolutions and pools read and write NCHW16c (see :mod:`.blocking`); sets each conv step's
-        ``layouts``, and a blocked pool step's with the ``block`` that runs it."""
+        """Which convolutions, pools and concatenations read and write NCHW16c (see :mod:`.blocking`): sets each
+        such step's ``layouts``, a blocked pool's (and a global average pool's) ``block`` that runs it, and
+        ``blocked_buffers``."""
         convs = {i: ConvTensors(s.inputs[0], s.fusion.residual if s.fusion else None, s.node.outputs[0])
                  for i, s in enumerate(self.steps) if id(s) in pending}
         dtype = self.graph.inputs[0].dtype if self.graph.inputs else "float32"
         pools = {i: (s.inputs[0], s.node.outputs[0]) for i, s in enumerate(self.steps)
-                 if s.conv is None and s.block is None and s.gather is None and s.inputs
-                 and pools_blocked(s.node, self._batch_shape(s.inputs[0]), dtype)}
+                 if s.node.op in ("MaxPool", "AveragePool") and s.conv is None and s.block is None and s.inputs
+                 and s.inputs[0] in self.graph.shapes and pools_blocked(s.node, self._batch_shape(s.inputs[0]), dtype)}
         sinks = {i: s.inputs[0] for i, s in enumerate(self.steps)
                  if s.node.op == "GlobalAveragePool" and s.block is None and not s.homes and len(s.inputs) == 1
                  and len(self.graph.shapes.get(s.inputs[0], ())) == 4 and dtype in ("float32", "float64")}
@@ -252,7 +253,7 @@ class CompiledGraph:
         return (self.batch,) + tuple(self.graph.shapes[tensor][1:])
 
     def _convert_layouts(self, plan: LayoutPlan) -> None:
-        """Rename blocked tensors in the conv steps that read and write them, and insert the planned conversions."""
+        """Rename blocked tensors in the steps that read and write them, and insert the planned conversions."""
         before: dict[int, list[Step]] = {}
         for conversion in plan.conversions:
             convert = functools.partial(_to_nchw, channels=self.graph.shapes[conversion.target][1])
