@@ -8,7 +8,9 @@ and shrink their shapes for it; on a real GPU the same tests run at full size.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import types
 
 import numpy as np
 import pytest
@@ -45,6 +47,14 @@ if settings is not None:
 #: Every backend that can run on this machine, as ``list_backends`` reports it at collection.
 AVAILABLE_BACKENDS = tuple(info for info in ce.list_backends() if info.available)
 AVAILABLE_BACKEND_NAMES = tuple(info.name for info in AVAILABLE_BACKENDS)
+
+
+def module_from_file(name: str, path) -> types.ModuleType:
+    """The Python file ``path`` loaded as a module named ``name`` (scripts and suites that are not installed packages)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def backend_info(name: str) -> ce.BackendInfo:

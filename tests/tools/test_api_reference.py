@@ -7,19 +7,17 @@ and the exception classes. docs/api_reference.py renders them all from the docst
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+
+from conftest import module_from_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _generator():
-    spec = importlib.util.spec_from_file_location("api_reference", ROOT / "docs" / "api_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return module_from_file("api_reference", ROOT / "docs" / "api_reference.py")
 
 
 def test_every_name_of_the_contract_is_documented():

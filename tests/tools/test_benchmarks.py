@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import module_from_file
 
 import convengine as ce
 from convengine import bench
@@ -458,20 +459,10 @@ def test_grouped_layers_script_reports_ratios_to_both_peers():
     assert re.search(r"mobilenet_v2\s+N=1\s+grouped\s+[\d.]+ ms: /ORT [\d.]+, /torch [\d.]+", table)
 
 
-def _suite_common():
-    """The asv suite's ``common`` module, loaded from its file (the suite is not an installed package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_asv_suite_common", SUITE / "benchmarks" / "common.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_suites_axes_are_fixed():
     """asv files a result by its position in the product of the axes: every catalogue layer and every built-in
     backend must be on the suite's fixed axes, else an older commit's results are filed under other cells."""
-    common = _suite_common()
+    common = module_from_file("_asv_suite_common", SUITE / "benchmarks" / "common.py")  # (not a package)
     catalogue = [spec.name for spec in layers.LAYERS]
     missing = [name for name in catalogue if name not in common.SUITE_LAYERS]
     assert not missing, f"add {missing} at the end of SUITE_LAYERS in benchmarks/benchmarks/common.py"
