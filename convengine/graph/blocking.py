@@ -69,8 +69,9 @@ class Conversion:
 
 @dataclass(frozen=True)
 class LayoutPlan:
-    """``layouts``: each convolution step's ``(input, output)`` layouts, by step index, and each pool step's
-    that runs blocked; ``blocked``: the tensors held blocked; ``conversions``: the copies other readers need."""
+    """``layouts``: each convolution step's ``(input, output)`` layouts, by step index, and those of each pool,
+    concatenation and global pool that runs on blocked tensors; ``blocked``: the tensors held blocked;
+    ``conversions``: the copies other readers need."""
 
     layouts: dict[int, tuple[str, str]]
     blocked: frozenset
