@@ -534,6 +534,39 @@ class BackendConformance:
             outside[start:start + step * (c - 1) + 1:step] = False
             assert (buffer[:, outside] == 7.0).all(), f"{where}: wrote outside the slice"
 
+    @pytest.mark.parametrize("batch", [1, 2])
+    def test_blocked_output_slice_matches_reference(self, batch):
+        """Where the backend writes NCHW16c outputs (``supports_layouts``) and accepts ``out=`` for them, a blocked
+        slice (whole blocks of a ``(N, C/16, H, W, 16)`` buffer: a concatenation held blocked) gets the output in
+        its blocks and nothing else changes. A backend that writes no blocked output is never given one."""
+        from ..core.epilogue import NONE
+        from ..core.layouts import NCHW16C, to_nchw
+
+        takes = getattr(self.backend, "supports_layouts", None)
+        asks = getattr(self.backend, "supports_output_slice", None)
+        checked = 0
+        for i, (cin, cout, kernel) in enumerate([(16, 32, 3), (32, 16, 1)]):
+            problem = dataclasses.replace(ConvProblem.from_shapes((batch, cin, 9, 7), (cout, cin, kernel, kernel),
+                                                                  bias=True, padding=kernel // 2), output_layout=NCHW16C)
+            if (takes is None or asks is None or self.backend.supports(problem) is not None
+                    or takes(problem) is not None or asks(problem, NONE, 1) is not None):
+                continue
+            x, w, b = problem_data(problem, 60 + i)
+            buffer = np.full((batch, cout // 16 + 2, 9, 7, 16), 7.0, problem.dtype)
+            out = OutputSlice(buffer, 16, cout, 1, NCHW16C)
+            y = self.backend.prepare(problem, w, b)(x, out=out)
+            view = out.view
+            where = f"{problem}, a blocked slice at block 1 of {buffer.shape[1]}"
+            assert (isinstance(y, np.ndarray) and y.shape == view.shape and y.strides == view.strides
+                    and y.__array_interface__["data"][0] == view.__array_interface__["data"][0]), f"{where}: must return out.view"
+            error = relative_error(to_nchw(view, NCHW16C, cout), _reference(x, w, b, problem))
+            assert error <= tolerance(self.backend, problem.dtype), f"{where}: error {error:.2e}"
+            assert (buffer[:, [0, -1]] == 7.0).all(), f"{where}: wrote outside the slice"
+            checked += 1
+        if not checked:
+            pytest.skip(f"{self.backend.name!r} writes no NCHW16c output into a slice (supports_layouts or "
+                        "supports_output_slice declines): the engine never gives it one")
+
     # -- speed (reported, never asserted) ---------------------------------------------------------
     def test_benchmark_against_builtins(self, capsys):
         """Median time per call next to the built-in CPU backends on a ResNet-like layer; printed with -s."""
