@@ -43,6 +43,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .epilogue import Epilogue
+from .layouts import channel_slice
 from .problem import ConvProblem
 
 #: Numerical class of a backend that accumulates the products of the direct formula (in any
@@ -93,9 +94,7 @@ class OutputSlice:
     def view(self) -> np.ndarray:
         """The slice as an ``(N, channels, H_out, W_out)`` view of ``buffer`` (blocked: ``(N, channels / 16, H_out, W_out,
         16)``): what the executor returns (this object)."""
-        if self.layout == "NCHW16c":
-            return self.buffer[:, self.start // 16:(self.start + self.channels) // 16]
-        return self.buffer[:, self.start:self.start + self.step * (self.channels - 1) + 1:self.step]
+        return channel_slice(self.buffer, self.start, self.channels, self.step, self.layout)
 
 
 #: What ``prepare`` returns: ``execute(x) -> y`` (``execute(x, residual)`` for a fused residual).

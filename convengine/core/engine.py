@@ -23,7 +23,7 @@ from .contract import OutputSlice
 from .epilogue import NONE as NO_EPILOGUE
 from .epilogue import Epilogue
 from .errors import BackendError, BackendFailedError  # noqa: F401  (BackendError: its old home)
-from .layouts import BLOCK, NCHW, NCHW16C, clear_padding, layout_note
+from .layouts import BLOCK, NCHW, NCHW16C, clear_padding, layout_note, whole_blocks
 from .problem import ConvProblem
 from .registry import Registry, default_registry
 from .selection import Decision, Policy
@@ -188,7 +188,7 @@ class PreparedConv:
         if channels != c_out or step < 1 or start < 0 or start + step * (channels - 1) >= total:
             raise ValueError(f"out must hold {c_out} channels inside the buffer's {total}: got start {start}, "
                              f"{channels} channels, step {step}")
-        if blocked and (start % BLOCK or channels % BLOCK or step != 1):
+        if blocked and not whole_blocks(start, channels, step):
             raise ValueError(f"an NCHW16c out= takes whole blocks of {BLOCK} channels, step 1: got start {start}, "
                              f"{channels} channels, step {step}")
 

@@ -52,6 +52,20 @@ def array_shape(shape, layout: str) -> tuple:
     return (n, c, h, w)
 
 
+def whole_blocks(start: int, channels: int, step: int) -> bool:
+    """Whether channels ``start``, ``start + step``, ... (``channels`` of them) are whole :data:`NCHW16C` blocks:
+    the only channel slices a blocked buffer has."""
+    return step == 1 and start % BLOCK == 0 and channels % BLOCK == 0
+
+
+def channel_slice(buffer: np.ndarray, start: int, channels: int, step: int, layout: str) -> np.ndarray:
+    """Channels ``start``, ``start + step``, ... (``channels`` of them) of ``buffer`` as a view: ``(N, channels, H, W)``
+    of an NCHW buffer, the ``(N, channels / 16, H, W, 16)`` blocks of an :data:`NCHW16C` one (:func:`whole_blocks`)."""
+    if layout == NCHW16C:
+        return buffer[:, start // BLOCK:(start + channels) // BLOCK]
+    return buffer[:, start:start + step * (channels - 1) + 1:step]
+
+
 def to_layout(x: np.ndarray, layout: str) -> np.ndarray:
     """A new C-contiguous copy of the NCHW array ``x`` in ``layout`` (padding channels zero)."""
     if layout == NHWC:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
+from ..core.layouts import NCHW, NCHW16C, channel_slice, whole_blocks
 from .ir import Node
 
 if TYPE_CHECKING:  # annotations only: the Graph class sits above this module
@@ -49,14 +50,13 @@ class Slot:
     def of(self, array: np.ndarray) -> np.ndarray:
         """This slot of ``array``, the buffer itself: an ``(N, channels, H, W)`` view, or of a buffer held
         channel-blocked (``(N, C/16, H, W, 16)``: :mod:`.blocking`) its ``(N, channels/16, H, W, 16)`` blocks."""
-        if array.ndim == 5:  # (whole blocks, step 1: the plan blocks no other slot)
-            return array[:, self.start // 16:(self.start + self.channels) // 16]
-        return array[:, self.start:self.start + self.step * (self.channels - 1) + 1:self.step]
+        layout = NCHW16C if array.ndim == 5 else NCHW  # (a blocked buffer has whole-block slots only: .blocking)
+        return channel_slice(array, self.start, self.channels, self.step, layout)
 
     @property
     def whole_blocks(self) -> bool:
         """Whether the slot is whole blocks of 16 channels, step 1: one it can have in a blocked buffer."""
-        return self.step == 1 and self.start % 16 == 0 and self.channels % 16 == 0
+        return whole_blocks(self.start, self.channels, self.step)
 
 
 @dataclass(frozen=True)
