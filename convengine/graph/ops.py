@@ -286,19 +286,29 @@ def _make_pool_plan(node: Node, shape: Shape, dtype: np.dtype) -> _PoolPlan:
 _pool_kernels = None  # the module, imported when a pool first runs a kernel (Numba loads then)
 
 
-def _run_pool(plan: _PoolPlan, x: np.ndarray) -> np.ndarray:
-    """``x`` pooled by ``plan``'s kernel: planes split into one contiguous run per thread, or one run when small."""
+def _pool_module():
+    """:mod:`._pool_kernels`, imported on first use."""
     global _pool_kernels
     if _pool_kernels is None:
         from . import _pool_kernels
+    return _pool_kernels
+
+
+def _chunks(x: np.ndarray, planes: int) -> int:
+    """How many contiguous runs of ``x``'s ``planes`` a pool kernel splits them into: one per thread, one when small."""
+    return 1 if x.size < MIN_PARALLEL_POOL else max(1, min(numba_threads(), planes))
+
+
+def _run_pool(plan: _PoolPlan, x: np.ndarray) -> np.ndarray:
+    """``x`` pooled by ``plan``'s kernel: planes split into one contiguous run per thread, or one run when small."""
+    kernels = _pool_module()
     y = np.empty(plan.out_shape, x.dtype)
     if plan.path == "max_pool":  # (the general kernel: parallel over planes, 4-D)
-        _pool_kernels.max_pool(np.ascontiguousarray(x), y, *plan.args)
+        kernels.max_pool(np.ascontiguousarray(x), y, *plan.args)
         return y
     planes = x.shape[0] * x.shape[1]
-    chunks = 1 if x.size < MIN_PARALLEL_POOL else max(1, min(numba_threads(), planes))
-    getattr(_pool_kernels, plan.path)(np.ascontiguousarray(x).reshape((planes,) + x.shape[2:]),
-                                      y.reshape((planes,) + plan.out_shape[2:]), *plan.args, chunks)
+    getattr(kernels, plan.path)(np.ascontiguousarray(x).reshape((planes,) + x.shape[2:]),
+                                y.reshape((planes,) + plan.out_shape[2:]), *plan.args, _chunks(x, planes))
     return y
 
 
@@ -422,14 +432,10 @@ def blocked_pool_step(node: Node, shape: Shape, dtype: str) -> Callable[[np.ndar
              if average else _no_scale(dtype))
 
     def run(x: np.ndarray, in_place: bool = False) -> np.ndarray:
-        global _pool_kernels
-        if _pool_kernels is None:
-            from . import _pool_kernels
         n, blocks, h, w, lanes = x.shape
         y = np.empty((n, blocks, out_h, out_w, lanes), x.dtype)
-        chunks = 1 if x.size < MIN_PARALLEL_POOL else max(1, min(numba_threads(), n * blocks))
-        _pool_kernels.blocked_pool(x.reshape(n * blocks, h, w * lanes), y.reshape(n * blocks, out_h, out_w * lanes),
-                                   kh, kw, sh, sw, dh, dw, top, left, average, scale, chunks)
+        _pool_module().blocked_pool(x.reshape(n * blocks, h, w * lanes), y.reshape(n * blocks, out_h, out_w * lanes),
+                                    kh, kw, sh, sw, dh, dw, top, left, average, scale, _chunks(x, n * blocks))
         return y
 
     return run
@@ -479,11 +485,9 @@ def blocked_global_avgpool(x: np.ndarray, in_place: bool = False) -> np.ndarray:
     Why: a network's last convolution then writes blocked and no NCHW copy of its output is made
     for the pool (:mod:`.blocking`); the result is the same memory in either layout.
     """
-    from ._pool_kernels import blocked_plane_means
-
     n, blocks, h, w, lanes = x.shape
     y = np.empty((n * blocks, lanes), x.dtype)
-    blocked_plane_means(kernel_ready(x).reshape(n * blocks, h * w * lanes), y)
+    _pool_module().blocked_plane_means(kernel_ready(x).reshape(n * blocks, h * w * lanes), y)
     return y.reshape(n, blocks * lanes, 1, 1)
 
 
