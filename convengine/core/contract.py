@@ -121,6 +121,11 @@ class Backend:
     #: Its fused executor accepts ``in_place=True`` (see the module docstring): it reads each residual
     #: element before writing the output element at the same place.
     residual_in_place: bool = False
+    #: Its :meth:`prepare` takes ``weight`` as any strided view, e.g. the transpose of a
+    #: channels-last ``(C, O)`` matrix (ConvNeXt's Linear layers), and may keep it and read it in
+    #: place; it never writes to it. Other backends are given a C-contiguous array (a copy where
+    #: the caller's was not), so that a model's weights need not be held twice.
+    weight_views: bool = False
 
     def availability(self) -> Optional[str]:
         """Return ``None`` if the backend can run on this machine, else the reason it cannot.

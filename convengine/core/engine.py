@@ -333,7 +333,9 @@ class Engine:
         Why: a model's weights are then held once, in the backends' own layouts (the graph executor
         folds batch norm into each convolution's weights this way, from the graph's parameters,
         so the folded copies do not outlive their preparation). ``weights`` must return arrays
-        nobody modifies afterwards (fresh ones, or copies), the same ones each time.
+        nobody modifies afterwards (fresh ones, copies, or views of arrays nobody modifies), the
+        same ones each time: a backend that takes weight views (``Backend.weight_views``) may read
+        a view in place for as long as it runs; the others are given C-contiguous copies.
         """
         epilogue = Epilogue(residual=residual, activation=activation)
         first = _checked_weights(*weights(), input_shape)
@@ -417,10 +419,11 @@ class Engine:
             try:
                 fuses = getattr(chosen, "supports_epilogue", None)  # optional for backends not built on Backend
                 fused = bool(epilogue) and fuses is not None and fuses(problem, epilogue) is None
+                w = weight if getattr(chosen, "weight_views", False) is True else np.ascontiguousarray(weight)
                 if fused:
-                    execute = chosen.prepare(problem, weight, bias, epilogue=epilogue)
+                    execute = chosen.prepare(problem, w, bias, epilogue=epilogue)
                 else:
-                    execute = chosen.prepare(problem, weight, bias)
+                    execute = chosen.prepare(problem, w, bias)
                 in_place = fused and epilogue.residual and getattr(chosen, "residual_in_place", False) is True
                 asks = getattr(chosen, "supports_output_slice", None)
                 # an epilogue the engine applies would run after the backend: only where it wrote nothing
@@ -471,11 +474,14 @@ class Engine:
 
 
 def _checked_weights(weight, bias, input_shape) -> tuple:
-    """``(weight, bias)`` as C-contiguous arrays of one float dtype, checked against ``input_shape``."""
+    """``(weight, bias)`` of one float dtype, checked against ``input_shape``; ``weight`` as given
+    (a view stays a view: :attr:`~convengine.core.contract.Backend.weight_views`), ``bias`` C-contiguous."""
     weight = as_float_array(weight, "weight")
     if len(input_shape) != 4:
         raise ValueError(f"input_shape must be (N, C_in, H, W), got {tuple(input_shape)}")
-    _, weight, bias, _ = conv_arrays(np.empty((0, *input_shape[1:]), weight.dtype), weight, bias)
+    # checked on an empty slice of the kernel width where that keeps the shape's meaning: no copy of a view
+    probe = weight[..., :0] if weight.ndim == 4 else weight
+    _, _, bias, _ = conv_arrays(np.empty((0, *input_shape[1:]), weight.dtype), probe, bias)
     return weight, bias
 
 

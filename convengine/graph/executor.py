@@ -9,7 +9,11 @@ convolution's epilogue, and a squeeze-and-excitation block runs as one step (bot
 binds its output to a buffer its inputs were written into by their producers, and a channel
 shuffle after it costs nothing (unless ``concat_in_place=False``; see :mod:`.placement`). Each
 intermediate tensor is dropped as soon as its last consumer has run, so peak memory follows
-the widest point of the graph, not its length. Before the first run, the Numba kernels the
+the widest point of the graph, not its length. The weights are held once: each backend keeps
+its own layout of a layer's weights, the graph its parameters; ConvNeXt's channels-last Linear
+matrices, re-laid out in the graph's ``params`` (equal values, one buffer:
+:mod:`convengine.runtime.strides`), are read there in place by a backend that takes weight
+views (``direct``), since they are most of that model's weights. Before the first run, the Numba kernels the
 layers will call are compiled in parallel processes where they are not cached yet
 (:mod:`convengine.runtime.precompile`).
 """
@@ -32,6 +36,7 @@ from ..core.layouts import BLOCK, NCHW, NCHW16C, NHWC, to_nchw
 from ..core.problem import ConvProblem
 from ..runtime.allocator import keep_large_buffers
 from ..runtime.precompile import precompile as precompile_kernels
+from ..runtime.strides import spread_rows
 from ..runtime.threads import get_num_threads
 from .blocking import BLOCKED_SUFFIX, ConvTensors, LayoutPlan, plan_layouts
 from .folding import ConvWeights, foldable_batchnorms
@@ -99,8 +104,11 @@ class CompiledGraph:
         skipped = {bn.name for _, bn in folded.values()}
         blocks = fused_blocks(graph, readers) if fuse_epilogues else {}  # squeeze-excitation, GELU, BN+ReLU
         # channels-last MatMuls by constant weights: 1x1 convolutions on NHWC arrays, where a backend takes them
-        linears = {}
-        for name, linear in (channels_last_linears(graph, readers, blocks) if fuse_epilogues else {}).items():
+        linears, candidates = {}, channels_last_linears(graph, readers, blocks) if fuse_epilogues else {}
+        # their matrices re-laid in the graph (equal values, each old array released) so that a backend
+        # reading weight views (direct) reads them in place as fast as a packed copy: held once, not twice
+        spread_rows(graph.params, [linear.weight for linear in candidates.values()])
+        for name, linear in candidates.items():
             prepared = self._prepare_linear(linear)
             if prepared is not None:
                 linears[name] = (linear, prepared)

@@ -629,9 +629,10 @@ class ChannelsLastLinear:
         return "MatMul" + ("+Add" if self.bias else "") + ("+Gelu" if self.activation else "")
 
     def weights(self, params) -> tuple[np.ndarray, Optional[np.ndarray]]:
-        """``(weight (O, C, 1, 1), bias)`` as fresh arrays: the convolution's form of ``W`` (its transpose)."""
-        w = params[self.weight]
-        weight = np.ascontiguousarray(w.T).reshape(w.shape[1], w.shape[0], 1, 1)
+        """``(weight (O, C, 1, 1), bias)``: the convolution's form of ``W``, its transpose, as a view of
+        the graph's ``(C, O)`` matrix (a backend that reads weight views keeps no copy of it: ConvNeXt-T's
+        Linear layers are 104 MiB), and a fresh bias."""
+        weight = params[self.weight].T[:, :, None, None]
         return weight, None if self.bias is None else np.array(params[self.bias].reshape(-1))
 
 

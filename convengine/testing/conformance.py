@@ -353,6 +353,29 @@ class BackendConformance:
             assert relative_error(y1, _reference(x, w, b, problem)) <= tolerance(self.backend, problem.dtype)
             np.testing.assert_array_equal(y1, y2)
 
+    def test_weight_views_are_read_not_written(self):
+        """A backend that sets ``weight_views`` is given weights as strided views (the axes reversed in
+        memory; every other filter of a larger array): the same answers, and the arrays viewed are left
+        as they were. The others skip: the engine gives them C-contiguous copies."""
+        if getattr(self.backend, "weight_views", False) is not True:
+            pytest.skip(f"{self.backend.name} does not set weight_views: the engine gives it C-contiguous weights")
+        cases = self.supported_cases(one_per_kind=True)
+        if not cases:
+            self.checked_nothing("problem")
+        for i, (kind, problem) in enumerate(cases):
+            x, w, b = problem_data(problem, 60 + i)
+            reversed_axes = np.asfortranarray(w)
+            every_other = np.zeros((2 * w.shape[0],) + w.shape[1:], w.dtype)
+            every_other[::2] = w
+            for view in (reversed_axes, every_other[::2]):
+                held = (reversed_axes.copy(), every_other.copy())
+                y = self.backend.prepare(problem, view, b)(x)
+                error = relative_error(y, _reference(x, w, b, problem))
+                where = f"{kind} {problem}, weight strides {view.strides}"
+                assert error <= tolerance(self.backend, problem.dtype), f"{where}: error {error:.2e}"
+                np.testing.assert_array_equal(reversed_axes, held[0], err_msg=f"{kind} {problem}: a weight view was written")
+                np.testing.assert_array_equal(every_other, held[1], err_msg=f"{kind} {problem}: a weight view was written")
+
     # -- correctness ----------------------------------------------------------------------------
     def test_worked_examples(self):
         """Answers computed by hand (the course's examples among them): exact for an exact backend."""

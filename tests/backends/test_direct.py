@@ -325,6 +325,50 @@ def test_pointwise_long_reduction_stays_within_the_exact_bound():
     assert relative_error(_run(DirectBackend(), x, w), _reference(x, w)) < EXACT_F32
 
 
+
+@pytest.mark.parametrize("out_channels, given, in_place", [
+    (128, "spread", True),  # the transpose of a (C, O) matrix laid out by runtime.strides: read in place
+    (24, "spread", False),  # O not whole 16-channel blocks: packed (with zero padding)
+    (128, "view", False),  # rows 512 bytes apart crowd the cache sets: packed
+    (120, "view", False),  # rows 480 bytes apart, but 120 channels are not whole blocks of 16: packed
+    (160, "view", True),  # rows 640 bytes apart (not a multiple of 512), whole blocks: read in place
+    (128, "contiguous", False),  # an (O, C, 1, 1) array as any other layer's: packed
+])
+def test_nhwc_pointwise_reads_a_channels_last_matrix_in_place(out_channels, given, in_place):
+    """ConvNeXt's Linear layers (``weight_views``): the (C, O) matrix is held once, by its caller."""
+    import tracemalloc
+
+    from convengine.core.layouts import NHWC
+    from convengine.runtime.strides import spread_rows
+
+    rng = np.random.default_rng(11)
+    n, c, h, w = 2, 256, 3, 7  # 21 pixels: a 14-pixel tile and a tail
+    matrices = {"w": rng.standard_normal((c, out_channels)).astype(np.float32)}
+    matrix = matrices["w"].copy()
+    if given == "spread":
+        spread_rows(matrices, ["w"])
+    weight = np.ascontiguousarray(matrix.T)[:, :, None, None] if given == "contiguous" else matrices["w"].T[:, :, None, None]
+    bias = rng.standard_normal(out_channels).astype(np.float32)
+    problem = ConvProblem.from_shapes((n, c, h, w), weight.shape, bias=True, input_layout=NHWC, output_layout=NHWC)
+    backend = DirectBackend()
+    assert backend.supports_layouts(problem) is None
+    backend.prepare(problem, weight.copy(), bias, epilogue=Epilogue(activation="gelu"))  # its modules imported, then freed
+    tracemalloc.start()
+    try:
+        execute = backend.prepare(problem, weight, bias, epilogue=Epilogue(activation="gelu"))
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert (held < matrix.nbytes // 8) if in_place else (held >= matrix.nbytes)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)  # NHWC
+    expected = _reference(x.transpose(0, 3, 1, 2), matrix.T[:, :, None, None].copy(), bias).transpose(0, 2, 3, 1)
+    from scipy.special import erf
+
+    expected = 0.5 * expected * (1 + erf(expected / np.sqrt(2)))
+    assert relative_error(execute(x), expected) < EXACT_F32
+    np.testing.assert_array_equal(weight[:, :, 0, 0].T, matrix)  # read, never written
+
+
 @pytest.mark.parametrize("kwargs,reason", [
     (dict(dtype="float64"), "float32 only"),
     (dict(groups=2), "groups"),

@@ -37,6 +37,7 @@ from ...core.hookspecs import hookimpl
 from ...core.layouts import NCHW, NCHW16C, NHWC
 from ...core.problem import ConvProblem
 from ...runtime.hardware import l2_cache_bytes
+from ...runtime.strides import aliases
 from ...runtime.threads import numba_threads
 from ...runtime.workspace import scratch
 from .._numba import NumbaBackend
@@ -203,6 +204,7 @@ class DirectBackend(NumbaBackend):
     # input prefetch; 5: NCHW16c and NHWC layouts, GELU (a new version: tuned choices are measured again)
     version = "5"
     residual_in_place = True  # each output element is written after its residual element was read
+    weight_views = True  # prepare() copies what it packs; an NHWC 1x1 layer's (C, O) matrix it reads in place
 
     def __init__(self, tile_width: int | None = None):
         if tile_width is not None:
@@ -392,14 +394,12 @@ class DirectBackend(NumbaBackend):
         o_blocks = -(-problem.out_channels // rows)
         # a blocked input sums over its padding channels too (zeros, as their weights are)
         in_channels = -(-problem.in_channels // LANES) * LANES if input_blocked else problem.in_channels
-        matrix = weight.reshape(problem.out_channels, problem.in_channels)
-        if (o_blocks * rows, in_channels) != matrix.shape:  # zero rows and columns to whole blocks (a copy)
-            padded = np.zeros((o_blocks * rows, in_channels), np.float32)
-            padded[:problem.out_channels, :problem.in_channels] = matrix
-            matrix = padded
-        # (ob, r, c) -> (ob, c, r): one step reads the block's weights of one input channel. One copy, no
-        # padded temporary where none is needed: the largest layers' temporaries set a model's peak while preparing
-        w_packed = np.ascontiguousarray(matrix.reshape(o_blocks, rows, -1).transpose(0, 2, 1)).reshape(-1)
+        columns = _channels_last_matrix(weight, rows) if problem.layouts == (NHWC, NHWC) else None
+        if columns is not None:  # the caller's (C, O) matrix itself: the weights are held once (ConvNeXt's Linear layers)
+            w_packed, w_rows = columns
+        else:
+            w_packed, w_rows = _packed_pointwise(weight.reshape(problem.out_channels, problem.in_channels), o_blocks, rows,
+                                                 in_channels), 0
         b = np.zeros(problem.out_channels, np.float32) if bias is None else bias
         act = epilogue.kernel_activation()
         sh, sw = problem.stride
@@ -417,13 +417,42 @@ class DirectBackend(NumbaBackend):
             if tiles:
                 pointwise_tiles(x, products_read, sh, sw, w_packed, chunk, b, _kernel_view(res, problem.output_layout),
                                 residual is not None, *act, _kernel_view(y, problem.output_layout), first, step, tile_width,
-                                group, vectors, workers, POINTWISE_PREFETCH, x_layout, y_layout)
+                                group, vectors, workers, POINTWISE_PREFETCH, x_layout, y_layout, w_rows)
             else:
                 pointwise_conv(x, products_read, sh, sw, w_packed, b, res, residual is not None, *act, y, first, workers)
             return y if out is None else out.view
 
         return execute
 
+
+def _packed_pointwise(matrix: np.ndarray, o_blocks: int, rows: int, in_channels: int) -> np.ndarray:
+    """A 1x1 layer's ``(O, C)`` weights as the kernels read them, flat: blocks of ``rows`` output
+    channels, in each the ``rows`` weights of one input channel after another (zero rows and
+    columns pad them to whole blocks and to ``in_channels``)."""
+    if (o_blocks * rows, in_channels) != matrix.shape:  # zero rows and columns to whole blocks (a copy)
+        padded = np.zeros((o_blocks * rows, in_channels), np.float32)
+        padded[:matrix.shape[0], :matrix.shape[1]] = matrix
+        matrix = padded
+    # (ob, r, c) -> (ob, c, r): one step reads the block's weights of one input channel. One copy, no
+    # padded temporary where none is needed: the largest layers' temporaries set a model's peak while preparing
+    return np.ascontiguousarray(matrix.reshape(o_blocks, rows, -1).transpose(0, 2, 1)).reshape(-1)
+
+
+def _channels_last_matrix(weight: np.ndarray, rows: int):
+    """``(flat, row stride)`` of the ``(C, O)`` matrix whose transpose ``weight`` (O, C, 1, 1) is, where
+    the NHWC tiles can read it in place (``Backend.weight_views``): unit column stride, rows whose
+    stride does not crowd the cache sets (:mod:`convengine.runtime.strides`), writable (a read-only
+    array is another type to Numba, a second compile), ``O`` whole blocks of ``rows`` channels;
+    else ``None`` (packed instead). ``flat`` spans the rows, padding included."""
+    out_channels, in_channels = weight.shape[:2]
+    matrix = weight.reshape(out_channels, in_channels).T
+    row_bytes, column_bytes = matrix.strides
+    if (out_channels % rows or column_bytes != matrix.itemsize or row_bytes < out_channels * matrix.itemsize
+            or row_bytes % matrix.itemsize or aliases(row_bytes) or not matrix.flags.writeable):
+        return None
+    row_stride = row_bytes // matrix.itemsize
+    span = (in_channels - 1) * row_stride + out_channels
+    return np.lib.stride_tricks.as_strided(matrix, shape=(span,), strides=(matrix.itemsize,)), row_stride
 
 def _kernel_view(a: np.ndarray, layout: str) -> np.ndarray:
     """What the kernels take: NCHW and NHWC arrays as they are, a blocked (N, C/16, H, W, 16) one as

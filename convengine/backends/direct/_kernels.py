@@ -43,7 +43,7 @@ from ._worksharing import job_claims, next_job, phase_counter, phase_done
 
 # Numba's cache is keyed on this file's text, not on _simd's: after an edit to the intrinsics
 # there or in ``.._activations``, change this line so that cached kernels are compiled again (GELU; tile_store_rows;
-# tile_conv's weight prefetch and paired rows; its fixed-step nests, keyed by width too; rows first; width 8).
+# tile_conv's weight prefetch and paired rows; its fixed-step nests, keyed by width too; rows first; width 8; strided weights).
 
 #: The layouts' codes, module constants for the kernels (NCHW is 0).
 NCHW16C, NHWC = LAYOUT_CODES[layouts.NCHW16C], LAYOUT_CODES[layouts.NHWC]
@@ -78,7 +78,7 @@ def precompile_kernels(function: str) -> list:
         "tiled_conv": ((f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 7 + (f32(1), f32(4)) + epilogue + (f32(4), i64, i64,
                        types.Array(types.int64, 2, "C"), i64, i64, i64, i64, i64, flag), 8.2),
         "pointwise_conv": ((f32(4), f32(4), i64, i64, f32(1), f32(1), f32(4)) + epilogue + (f32(4), i64, i64), 2.3),
-        "pointwise_tiles": ((f32(4), f32(4), i64, i64, f32(1), i64, f32(1), f32(4)) + epilogue + (f32(4),) + (i64,) * 9,
+        "pointwise_tiles": ((f32(4), f32(4), i64, i64, f32(1), i64, f32(1), f32(4)) + epilogue + (f32(4),) + (i64,) * 10,
                             2.8),
     }
     signature, cost = signatures[function]
@@ -234,7 +234,7 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
                              * pf_lines * LINE_FLOATS)
                     acc = tile_conv(acc, xb, x_tile + (kh * dh * wp + kw * dw) * block, x_block, row_step, 1, sw * block,
                                     wb, w_tile + (kh * kw_size + kw) * block * o_lanes, w_block, group_blocks, tap_rows, count,
-                                    computed, vectors, None, pf_at, pf_lines, x_jump if both else 0)
+                                    computed, vectors, None, pf_at, pf_lines, x_jump if both else 0, None)
                 if y_blocked:
                     tile_store_rows(acc, y_flat, (((n * y_channels + y_first + ob * vectors) * out_h + oh) * out_w + ow0) * LANES,
                                     out_h * out_w * LANES, LANES, min(o_lanes, out_channels - ob * o_lanes), 0, width,
@@ -314,7 +314,7 @@ def _subsample_plane(source, x, job, sh, sw, lanes):
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, act, act_a, act_b, y, y_first, y_step,
-                    tile_width, group, vectors, workers, prefetch, x_layout, y_layout):
+                    tile_width, group, vectors, workers, prefetch, x_layout, y_layout, w_rows):
     """``y = act(W @ x + bias (+ residual))`` for a 1x1 unpadded convolution, output channels in the vector lanes.
 
     The register tiles of :func:`tiled_conv` (up to ``tile_width`` pixels x ``vectors`` x 16
@@ -329,7 +329,9 @@ def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, 
     else its subsampled copy, filled in a first phase as in :func:`pointwise_conv`. One job is
     one output-channel block of one image over one ``group`` of pixels (the whole plane unless
     the input is too large to stay cached; the blocks of a group are adjacent jobs). Needs a
-    plane of at least MAX_WIDTH pixels.
+    plane of at least MAX_WIDTH pixels. ``w_rows`` 0: ``wb`` packed as above; else, with NHWC
+    input only, ``wb`` is the channels-last ``(C, O)`` matrix itself (rows ``w_rows`` = O floats
+    apart, O a multiple of the block's channels), read in place: no packed copy of the weights.
     """
     if x_layout == NHWC:
         n_images, height, width, channels = x.shape
@@ -374,16 +376,17 @@ def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, 
                 if x_layout == NCHW16C:  # rows of the reduction: the channel blocks; steps: a block's 16 channels
                     acc = tile_conv(wide_tile_zero(), x_flat, (n * channels * plane + start) * LANES, 0, plane * LANES, 1,
                                     LANES, wb, o0 * channels * LANES, 0, 1, channels, LANES, computed, vectors, prefetch, pf_at,
-                                    pf_lines, 0)
+                                    pf_lines, 0, None)
                 elif x_layout == NHWC:  # a pixel's channels are one contiguous row (no weight prefetch: it
                     # slowed these tiles, 14 pixels' channel rows read at once, by 10-47%)
+                    w_step = o_lanes if w_rows == 0 else w_rows  # packed, or the (C, O) matrix's rows
                     acc = tile_conv(wide_tile_zero(), x_flat, (n * plane + start) * channels, chunk, 0, 1, channels,
-                                    wb, o0 * channels, chunk * o_lanes, channels // chunk, 1, chunk, computed, vectors,
-                                    prefetch, None, 0, 0)
+                                    wb, o0 * channels if w_rows == 0 else o0, chunk * w_step, channels // chunk, 1, chunk,
+                                    computed, vectors, prefetch, None, 0, 0, w_step)
                 else:
                     acc = tile_conv(wide_tile_zero(), x_flat, n * channels * plane + start, chunk * plane, 0, plane, 1,
                                     wb, o0 * channels, chunk * o_lanes, channels // chunk, 1, chunk, computed, vectors,
-                                    prefetch, pf_at, pf_lines, 0)
+                                    prefetch, pf_at, pf_lines, 0, None)
                 if y_layout == NCHW16C:
                     tile_store_rows(acc, y_flat, ((n * y_channels + y_first + o0 // LANES) * plane + start) * LANES,
                                     plane * LANES, LANES, min(o_lanes, out_channels - o0), p0 - start, p0 - start + stored,
