@@ -17,6 +17,7 @@ import numpy as np
 
 from ..core import epilogue
 from ..core.arrays import kernel_ready
+from ..core.layouts import BLOCK
 from ..runtime.threads import numba_threads
 from .ir import GraphError, Node
 
@@ -430,6 +431,8 @@ def blocked_pool_step(node: Node, shape: Shape, dtype: str) -> Callable[[np.ndar
     average = node.op == "AveragePool"
     scale = (_average_scale(plan.geometry, tuple(shape), bool(node.attrs.get("count_include_pad", 0)), dtype)
              if average else _no_scale(dtype))
+    if scale.shape[0] > 1:  # one factor per output pixel: per lane, so that the kernel scales whole runs
+        scale = _read_only(np.repeat(scale, BLOCK))
 
     def run(x: np.ndarray, in_place: bool = False) -> np.ndarray:
         n, blocks, h, w, lanes = x.shape
