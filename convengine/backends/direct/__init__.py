@@ -39,7 +39,7 @@ from ...core.problem import ConvProblem
 from ...runtime.hardware import l2_cache_bytes
 from ...runtime.strides import aliases
 from ...runtime.threads import numba_threads
-from ...runtime.workspace import scratch
+from ...runtime.workspace import aligned_empty, scratch
 from .._numba import NumbaBackend
 from ._tiles import LANES, LAYOUT_CODES, MAX_VECTORS, compiled_width, pairs_rows, row_tiles, tile_cost
 from ._tiles import MAX_WIDTH as MAX_TILE_WIDTH
@@ -353,9 +353,10 @@ class DirectBackend(NumbaBackend):
         packed = np.zeros((o_blocks * o_lanes, group_blocks * block, kh, kw), np.float32)
         packed[:problem.out_channels, :problem.in_channels // problem.groups] = weight
         # (ob, o, cb, c, kh, kw) -> (ob, cb, kh, kw, c, o): one reduction step reads a block's output channels
-        packed = np.ascontiguousarray(packed.reshape(o_blocks, o_lanes, group_blocks, block, kh, kw)
-                                      .transpose(0, 2, 4, 5, 3, 1))
-        wb = packed.reshape(-1)
+        wb = aligned_empty((o_blocks, group_blocks, kh, kw, block, o_lanes), np.float32)
+        wb[...] = packed.reshape(o_blocks, o_lanes, group_blocks, block, kh, kw).transpose(0, 2, 4, 5, 3, 1)
+        wb = wb.reshape(-1)
+        del packed
         b = np.zeros(problem.out_channels, np.float32) if bias is None else bias
         top, _, left, _ = problem.padding
         hp, wp = problem.padded_height, problem.padded_width
@@ -435,7 +436,9 @@ def _packed_pointwise(matrix: np.ndarray, o_blocks: int, rows: int, in_channels:
         matrix = padded
     # (ob, r, c) -> (ob, c, r): one step reads the block's weights of one input channel. One copy, no
     # padded temporary where none is needed: the largest layers' temporaries set a model's peak while preparing
-    return np.ascontiguousarray(matrix.reshape(o_blocks, rows, -1).transpose(0, 2, 1)).reshape(-1)
+    packed = aligned_empty((o_blocks, matrix.shape[1], rows), np.float32)
+    packed[...] = matrix.reshape(o_blocks, rows, -1).transpose(0, 2, 1)
+    return packed.reshape(-1)
 
 
 def _channels_last_matrix(weight: np.ndarray, rows: int):
