@@ -172,3 +172,17 @@ def assert_matches_onnx_runtime(compiled, model: bytes, x, outputs=("y",), tol: 
     got = got if isinstance(got, dict) else {outputs[0]: got}
     for name, w in zip(outputs, want):
         np.testing.assert_allclose(got[name], w, rtol=tol, atol=tol)
+
+
+def draw_window(draw, kernel: int) -> dict:
+    """A square ``kernel``'s stride, dilation and padding, and a plane size it fits (a hypothesis ``draw``):
+    the blocked-layout tests' geometry (tests/core/test_layouts.py, tests/backends/test_grouped.py)."""
+    from hypothesis import strategies as st
+
+    stride = draw(st.sampled_from([1, 2]))
+    dilation = draw(st.sampled_from([1, 1, 2])) if kernel > 1 else 1
+    padding = draw(st.sampled_from([0, 1, 2])) if kernel > 1 else 0
+    extent = dilation * (kernel - 1) + 1
+    h = draw(st.integers(max(1, extent - 2 * padding), 12))
+    w = draw(st.integers(max(1, extent - 2 * padding), 20))
+    return dict(stride=stride, dilation=dilation, padding=padding, height=h, width=w)

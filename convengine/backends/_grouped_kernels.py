@@ -42,13 +42,14 @@ from .direct._simd import (
     _is_f32_array,
     pack_block,
     tile_store_nchw,
+    tile_store_rows,
     tile_zero,
 )
 from .direct._tiles import LANES, TILE_WIDTHS
 from .direct._worksharing import job_claims, next_job
 
 # Numba's cache is keyed on this file's text, not on direct._simd's: after an edit to the intrinsics
-# there or in ``._activations``, change this line so that cached kernels are compiled again (GELU).
+# there or in ``._activations``, change this line so that cached kernels are compiled again (GELU; blocked depthwise).
 
 _FLOAT = ir.FloatType()
 _VEC = ir.VectorType(_FLOAT, LANES)
@@ -211,7 +212,7 @@ def precompile_kernels() -> list:
     i64 = types.int64
     epilogue = (f32(1), f32(4), types.boolean, i64, types.float64, types.float64)  # bias, residual, activation
     grouped = (f32(4), f32(4), f32(1), types.Array(i64, 1, "C")) + epilogue + (i64,) * 17 + (f32(2), f32(2))
-    depthwise = (f32(4), f32(4), f32(1)) + epilogue + (i64,) * 12 + (f32(2),)
+    depthwise = (f32(4), f32(4), f32(1)) + epilogue + (i64,) * 12 + (f32(2), i64, types.boolean, types.boolean)
     return [Kernel(__name__, "grouped_conv", grouped, 4.0), Kernel(__name__, "depthwise_conv", depthwise, 3.0)]
 
 
@@ -349,10 +350,12 @@ def grouped_conv(x, y, w, taps, bias, residual, has_residual, act, p0, p1,
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill_blocked_band(x_flat, n, channels, height, width, c0, row0, rows_in, top, left, wp, buf):
+def _fill_blocked_band(x_flat, n, channels, height, width, c0, row0, rows_in, top, left, wp, buf, x_blocked):
     """Rows ``row0 .. row0 + rows_in`` of the zero-padded input (padded coordinates) of channels
     ``c0 .. c0 + 16`` of image ``n``, blocked: ``buf[(r*wp + col)*16 + lane]``, lanes past the
-    last channel zero. Sixteen pixels of sixteen channels move through one register transpose."""
+    last channel zero. From NCHW, sixteen pixels of sixteen channels move through one register
+    transpose; from NCHW16c (``x_blocked``: ``x_flat`` is ``(N, C/16, H, W, 16)`` flattened, its
+    padding lanes zero) each row is one contiguous copy."""
     block = min(LANES, channels - c0)
     row_floats = wp * LANES
     for r in range(rows_in):
@@ -366,6 +369,12 @@ def _fill_blocked_band(x_flat, n, channels, height, width, c0, row0, rows_in, to
             buf[U(base + k)] = 0.0
         for k in range((left + width) * LANES, row_floats):
             buf[U(base + k)] = 0.0
+        if x_blocked:
+            at = ((n * ((channels + LANES - 1) // LANES) + c0 // LANES) * height + h) * width * LANES
+            to = base + left * LANES
+            for k in range(width * LANES):
+                buf[U(to + k)] = x_flat[U(at + k)]
+            continue
         at = ((n * channels + c0) * height + h) * width
         for w0 in range(0, width, LANES):
             pack_block(x_flat, at + w0, height * width, block, min(LANES, width - w0), buf, base + (left + w0) * LANES)
@@ -373,39 +382,49 @@ def _fill_blocked_band(x_flat, n, channels, height, width, c0, row0, rows_in, to
 
 @numba.njit(cache=True, nogil=True)  # a call per job, compiled on its own
 def _depthwise_band(x, y, w, bias, residual, has_residual, act, p0, p1, n, cb, r0, rows,
-                    kh, kw, sh, sw, dh, dw, top, left, wp, tile_width, buf):
+                    kh, kw, sh, sw, dh, dw, top, left, wp, tile_width, buf, channels, x_blocked, y_blocked):
     """One job of :func:`depthwise_conv`: image ``n``, channels ``16*cb ..``, output rows ``r0 .. r0 + rows``."""
-    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
-    out_h, out_w = y.shape[2], y.shape[3]
+    height, width = x.shape[2], x.shape[3] // (LANES if x_blocked else 1)
+    out_h, out_w = y.shape[2], y.shape[3] // (LANES if y_blocked else 1)
     rows_in = (rows - 1) * sh + (kh - 1) * dh + 1
-    _fill_blocked_band(x.reshape(-1), n, channels, height, width, cb * LANES, r0 * sh, rows_in, top, left, wp, buf)
+    _fill_blocked_band(x.reshape(-1), n, channels, height, width, cb * LANES, r0 * sh, rows_in, top, left, wp, buf,
+                       x_blocked)
     y_flat, res_flat = y.reshape(-1), residual.reshape(-1)
     n_tiles = (out_w + tile_width - 1) // tile_width
     tile = (out_w + n_tiles - 1) // n_tiles  # balanced: no 1-pixel tail tile
     stored_channels = min(LANES, channels - cb * LANES)
+    c_blocks = (channels + LANES - 1) // LANES
     for i in range(rows):
         for j0 in range(0, out_w, tile):
             stored = min(tile, out_w - j0)
             acc = depthwise_tile(tile_zero(), buf, (i * sh * wp + j0 * sw) * LANES, dh * wp * LANES, dw * LANES,
                                  sw * LANES, kh, kw, w, cb * kh * kw * LANES, _compiled_width(stored))
-            tile_store_nchw(acc, y_flat, ((n * channels + cb * LANES) * out_h + r0 + i) * out_w + j0, out_h * out_w,
-                            stored_channels, 0, stored, bias, cb * LANES, res_flat, has_residual, act, p0, p1)
+            if y_blocked:  # each pixel's 16 channels as the tile holds them; padding lanes written 0
+                tile_store_rows(acc, y_flat, (((n * c_blocks + cb) * out_h + r0 + i) * out_w + j0) * LANES,
+                                out_h * out_w * LANES, LANES, stored_channels, 0, stored, bias, cb * LANES, res_flat,
+                                has_residual, act, p0, p1, True)
+            else:
+                tile_store_nchw(acc, y_flat, ((n * channels + cb * LANES) * out_h + r0 + i) * out_w + j0, out_h * out_w,
+                                stored_channels, 0, stored, bias, cb * LANES, res_flat, has_residual, act, p0, p1)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def depthwise_conv(x, y, w, bias, residual, has_residual, act, p0, p1,
-                   kh, kw, sh, sw, dh, dw, top, left, wp, band_rows, tile_width, workers, scratch):
-    """``y = act(depthwise(x, w) + bias (+ residual))``, one output channel per input channel.
+                   kh, kw, sh, sw, dh, dw, top, left, wp, band_rows, tile_width, workers, scratch,
+                   channels, x_blocked, y_blocked):
+    """``y = act(depthwise(x, w) + bias (+ residual))``, one output channel per input channel (``channels``).
 
     ``w`` is packed ``(ceil(C / 16), kh, kw, 16)`` (channels past C zero), flattened. Jobs are
     (image, block of 16 channels, band of ``band_rows`` output rows): the band's input rows
     (``wp`` padded pixels each) are copied blocked (:func:`_fill_blocked_band`) into row ``me`` of ``scratch``, then each output
     row is swept in register tiles of up to ``tile_width`` pixels x 16 channels
-    (:func:`depthwise_tile`), written to NCHW with the epilogue by direct's ``tile_store_nchw``.
-    The rows need slack past their end: a tile rounded up to a compiled width reads a few
-    pixels more (computed, not stored).
+    (:func:`depthwise_tile`), written with the epilogue by direct's ``tile_store_nchw`` (NCHW) or
+    ``tile_store_rows`` (``y_blocked``). ``x`` and ``y`` are NCHW, or blocked ``(N, C/16, H, W * 16)``
+    where ``x_blocked`` / ``y_blocked`` (the residual as ``y``): then the copy is a row copy and
+    the store no transpose. The rows need slack past their end: a tile rounded up to a compiled
+    width reads a few pixels more (computed, not stored).
     """
-    n_images, channels = x.shape[0], x.shape[1]
+    n_images = x.shape[0]
     out_h = y.shape[2]
     c_blocks = (channels + LANES - 1) // LANES
     n_bands = (out_h + band_rows - 1) // band_rows
@@ -419,4 +438,4 @@ def depthwise_conv(x, y, w, bias, residual, has_residual, act, p0, p1,
             r0 = job % n_bands * band_rows
             _depthwise_band(x, y, w, bias, residual, has_residual, act, p0, p1, job // (c_blocks * n_bands),
                             (job // n_bands) % c_blocks, r0, min(band_rows, out_h - r0), kh, kw, sh, sw, dh, dw,
-                            top, left, wp, tile_width, scratch[me])
+                            top, left, wp, tile_width, scratch[me], channels, x_blocked, y_blocked)

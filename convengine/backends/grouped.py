@@ -24,6 +24,7 @@ import numpy as np
 from ..core.contract import EXACT
 from ..core.epilogue import NONE, Epilogue
 from ..core.hookspecs import hookimpl
+from ..core.layouts import NCHW, NCHW16C
 from ..core.problem import ConvProblem
 from ..runtime.threads import get_num_threads, numba_threads
 from ..runtime.workspace import scratch
@@ -150,7 +151,7 @@ class DepthwiseGeometry:
 class GroupedBackend(NumbaBackend):
     name = "grouped"
     numerical_class = EXACT
-    version = "1"
+    version = "2"  # 2: depthwise layers on NCHW16c (tuned choices are measured again)
     residual_in_place = True  # each output element is written after its residual element was read
 
     def __init__(self):
@@ -183,8 +184,9 @@ class GroupedBackend(NumbaBackend):
             tiles = -(-p.out_width // self.tile_width)
             width = -(-p.out_width // tiles)
             computed = (tiles - 1) * compiled_width(width) + compiled_width(p.out_width - (tiles - 1) * width)
+            transposed = inputs * (p.input_layout == NCHW) + outputs * (p.output_layout == NCHW)  # blocked: row copies
             slots = (p.batch * -(-p.in_channels // LANES) * p.out_height * p.kernel_h * p.kernel_w * (computed + tiles)
-                     + TRANSPOSE_SLOTS * (inputs + outputs) / LANES)
+                     + TRANSPOSE_SLOTS * transposed / LANES)
         else:
             geo = Geometry(p, get_num_threads())
             slots = 0
@@ -205,6 +207,13 @@ class GroupedBackend(NumbaBackend):
 
     def supports_epilogue(self, problem: ConvProblem, epilogue: Epilogue):
         return None  # every activation, with bias and residual, as the output is written
+
+    def supports_layouts(self, problem: ConvProblem):
+        if not is_depthwise(problem):
+            return "NCHW only, but for depthwise layers (channels in the vector lanes: NCHW16c in, out or both)"
+        if {problem.input_layout, problem.output_layout} - {NCHW, NCHW16C}:
+            return "NCHW and NCHW16c only"
+        return None
 
     def kernels(self, problem: ConvProblem, epilogue: Epilogue = NONE):
         from ._grouped_kernels import precompile_kernels
@@ -267,20 +276,28 @@ class GroupedBackend(NumbaBackend):
         tile_width = self.tile_width
         by_workers: dict[int, DepthwiseGeometry] = {}
 
+        x_blocked, y_blocked = p.input_layout == NCHW16C, p.output_layout == NCHW16C
+
         def execute(x: np.ndarray, residual=None, in_place: bool = False) -> np.ndarray:
             n_workers = numba_threads()
             geo = by_workers.get(n_workers)
             if geo is None:
                 geo = by_workers[n_workers] = DepthwiseGeometry(p, n_workers, tile_width)
-            out = residual if in_place else np.empty(p.output_shape, np.float32)
+            out = residual if in_place else np.empty(p.output_array_shape, np.float32)
             res = out if residual is None else residual
             rows = scratch("grouped.blocked", (n_workers, geo.floats), np.float32)  # rows start on cache lines
-            depthwise_conv(np.ascontiguousarray(x), out, w_packed, b, res, residual is not None, act, p0, p1,
-                           p.kernel_h, p.kernel_w, sh, sw, dh, dw, top, left, geo.wp, geo.band_rows, tile_width,
-                           n_workers, rows)
+            depthwise_conv(_planes(x, x_blocked), _planes(out, y_blocked), w_packed, b, _planes(res, y_blocked),
+                           residual is not None, act, p0, p1, p.kernel_h, p.kernel_w, sh, sw, dh, dw, top, left, geo.wp,
+                           geo.band_rows, tile_width, n_workers, rows, p.in_channels, x_blocked, y_blocked)
             return out
 
         return execute
+
+
+def _planes(a: np.ndarray, blocked: bool) -> np.ndarray:
+    """What the depthwise kernel takes: NCHW as it is, a blocked (N, C/16, H, W, 16) array as (N, C/16, H, W * 16)."""
+    a = np.ascontiguousarray(a)
+    return a.reshape(a.shape[0], a.shape[1], a.shape[2], -1) if blocked else a
 
 
 @hookimpl

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import draw_window
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -247,3 +248,64 @@ def test_direct_leaves_partial_channel_blocks_per_group_to_this_backend():
         problem = ConvProblem.from_shapes((1, 4 * in_per_group, 8, 8), (4 * out_per_group, in_per_group, 3, 3), groups=4)
         assert "multiples of 16" in DirectBackend().supports(problem)
         assert GroupedBackend().supports(problem) is None
+
+
+# -- depthwise layers on channel-blocked (NCHW16c) activations ---------------------------------------------
+
+
+@st.composite
+def _depthwise_blocked_cases(draw):
+    channels = draw(st.sampled_from([16, 24, 32, 40, 48]))  # whole blocks and a partial last one
+    k = draw(st.sampled_from([1, 3, 5]))
+    window = draw_window(draw, k)
+    layouts = draw(st.sampled_from([("NCHW", "NCHW16c"), ("NCHW16c", "NCHW"), ("NCHW16c", "NCHW16c")]))
+    return dict(shape=(draw(st.integers(1, 2)), channels, window["height"], window["width"]), k=k,
+                stride=window["stride"], padding=window["padding"], dilation=window["dilation"],
+                layouts=layouts, activation=draw(st.sampled_from([None, "relu", "sigmoid", "hardswish"])),
+                residual=draw(st.booleans()), seed=draw(st.integers(0, 2**16)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=_depthwise_blocked_cases())
+def test_depthwise_layers_compute_blocked_layouts_as_the_reference(case):
+    """MobileNet's depthwise layers between blocked 1x1 layers: NCHW16c in, out or both, padding lanes written 0."""
+    from convengine.core.layouts import NCHW16C, array_shape, to_layout, to_nchw
+
+    rng = np.random.default_rng(case["seed"])
+    n, c, h, w = case["shape"]
+    x = rng.standard_normal(case["shape"]).astype(np.float32)
+    weight = rng.standard_normal((c, 1, case["k"], case["k"])).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    params = dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"], groups=c)
+    x_layout, y_layout = case["layouts"]
+    conv = ce.Engine().prepare(weight, b, input_shape=x.shape, residual=case["residual"], activation=case["activation"],
+                               backend="grouped", input_layout=x_layout, output_layout=y_layout, **params)
+    assert conv.fused_for(n) == bool(case["activation"] or case["residual"])  # in the kernel, not after it
+    out_shape = conv.problem.output_shape
+    r = rng.standard_normal(out_shape).astype(np.float32) if case["residual"] else None
+    x_in, r_in = to_layout(x, x_layout), None if r is None else to_layout(r, y_layout)
+    x_copy = x_in.copy()
+    y = conv(x_in, r_in)
+    np.testing.assert_array_equal(x_in, x_copy)
+    assert y.shape == array_shape(out_shape, y_layout)
+    if y_layout == NCHW16C and c % 16:
+        np.testing.assert_array_equal(y[:, -1, :, :, c % 16:], 0)  # padding channels stay 0 (sigmoid(0) is not)
+    p = conv.problem
+    ref = conv2d_reference(x, weight, b, stride=p.stride, padding=p.padding, dilation=p.dilation, groups=c)
+    if r is not None:
+        ref = ref + r
+    if case["activation"]:
+        ref = activation_reference(ref, case["activation"])
+    assert relative_error(to_nchw(y, y_layout, c), ref) < 1e-5
+
+
+def test_only_depthwise_layers_take_blocked_layouts():
+    backend = GroupedBackend()
+    depthwise = ConvProblem.from_shapes((1, 32, 8, 8), (32, 1, 3, 3), groups=32, input_layout="NCHW16c",
+                                        output_layout="NCHW16c")
+    assert backend.supports_layouts(depthwise) is None
+    grouped_problem = ConvProblem.from_shapes((1, 32, 8, 8), (32, 8, 3, 3), groups=4, input_layout="NCHW16c")
+    assert "depthwise" in backend.supports_layouts(grouped_problem)
+    channels_last = ConvProblem.from_shapes((1, 32, 8, 8), (32, 1, 1, 1), groups=32, input_layout="NHWC",
+                                            output_layout="NHWC")
+    assert "NCHW16c only" in backend.supports_layouts(channels_last)

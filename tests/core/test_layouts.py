@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import draw_window
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -54,14 +55,9 @@ def blocked_problems(draw):
     c_in = per_group * groups
     c_out = draw(st.sampled_from([16, 32])) * groups if groups > 1 else draw(st.integers(1, 48))
     k = draw(st.sampled_from([1, 1, 3, 5]))
-    stride = draw(st.sampled_from([1, 2]))
-    dilation = draw(st.sampled_from([1, 1, 2])) if k > 1 else 1
-    padding = draw(st.sampled_from([0, 1, 2])) if k > 1 else 0
-    extent = dilation * (k - 1) + 1
-    h = draw(st.integers(max(1, extent - 2 * padding), 12))
-    w = draw(st.integers(max(1, extent - 2 * padding), 20))
-    return dict(shape=(draw(st.integers(1, 2)), c_in, h, w), weight=(c_out, c_in // groups, k, k), stride=stride,
-                padding=padding, dilation=dilation, groups=groups)
+    window = draw_window(draw, k)
+    return dict(shape=(draw(st.integers(1, 2)), c_in, window["height"], window["width"]), weight=(c_out, c_in // groups, k, k),
+                stride=window["stride"], padding=window["padding"], dilation=window["dilation"], groups=groups)
 
 
 @settings(max_examples=40, deadline=None)
