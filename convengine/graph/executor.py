@@ -197,7 +197,8 @@ class CompiledGraph:
                  and s.inputs[0] in self.graph.shapes and pools_blocked(s.node, self._batch_shape(s.inputs[0]), dtype)}
         sinks = {i: s.inputs[0] for i, s in enumerate(self.steps)
                  if s.node.op == "GlobalAveragePool" and s.block is None and not s.homes and len(s.inputs) == 1
-                 and len(self.graph.shapes.get(s.inputs[0], ())) == 4 and dtype in ("float32", "float64")}
+                 and len(self.graph.shapes.get(s.inputs[0], ())) == 4 and dtype in ("float32", "float64")
+                 and self.graph.shapes[s.inputs[0]][1] % BLOCK == 0}  # (its result: the same memory in whole blocks only)
         reads: dict[str, list[int]] = {}
         for i, step in enumerate(self.steps):
             for name in step.inputs:

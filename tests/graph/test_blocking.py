@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from convengine.core.layouts import NCHW, NCHW16C
-from convengine.graph.blocking import BLOCKED_SUFFIX, Conversion, ConvTensors, plan_layouts
+from convengine.graph.blocking import BLOCKED_SUFFIX, Conversion, ConvTensors, pads_little, plan_layouts
 
 B = NCHW16C
 
@@ -55,6 +55,8 @@ def test_what_keeps_a_tensor_nchw():
     reads = _reads(RESNET_STEPS)
     assert plan_layouts(RESNET_CONVS, reads, {"b"}, CHANNELS, _always).blocked == {"a"}  # a graph output, a slot
     assert plan_layouts(RESNET_CONVS, reads, set(), {**CHANNELS, "b": 24}, _always).blocked == {"a"}  # 24 channels
+    # 72 channels pad to 80 (an eighth more at most): blocked, the last block partly padding
+    assert plan_layouts(RESNET_CONVS, reads, set(), {**CHANNELS, "b": 72}, _always).blocked == {"a", "b"}
     # a backend that would change with the layout: step 1's neighbours go back to NCHW
     plan = plan_layouts(RESNET_CONVS, reads, set(), CHANNELS, lambda i, x, y: i != 1)
     assert plan.blocked == set() and all(layouts == (NCHW, NCHW) for layouts in plan.layouts.values())
@@ -263,3 +265,41 @@ def test_a_concatenation_with_a_slot_of_partial_blocks_stays_nchw():
     assert {s.node.name: s.layouts for s in compiled.steps}["concat"] == (NCHW, NCHW)
     x = np.random.default_rng(2).standard_normal((1, 3, 13, 11)).astype(np.float32)
     assert_matches_onnx_runtime(compiled, model, x, outputs=("y", "z"), tol=2e-5)
+
+
+def test_channels_padded_by_an_eighth_at_most_are_held_blocked():
+    held = [16, 48, 72, 100, 112, 120, 184, 200, 1152]  # 72 -> 80, 100 -> 112: an eighth more or less
+    assert [c for c in (16, 24, 40, 48, 72, 100, 112, 120, 184, 200, 1152) if pads_little(c)] == held
+
+
+def _inverted_residual(c=24, expanded=72, h=9, w=11):
+    """MNASNet's block: x -> 1x1 (c -> expanded) -> relu -> depthwise 3x3 -> relu -> "d" -> 1x1 (-> c) + x -> "y";
+    "d" also goes to a global pool -> "g" (a partial last block: the pool reads an NCHW copy). All outputs."""
+    rng = np.random.default_rng(3)
+    inits = {"e.w": rng.standard_normal((expanded, c, 1, 1)) / np.sqrt(c), "e.b": rng.standard_normal(expanded) * 0.1,
+             "d.w": rng.standard_normal((expanded, 1, 3, 3)) / 3, "d.b": rng.standard_normal(expanded) * 0.1,
+             "p.w": rng.standard_normal((c, expanded, 1, 1)) / np.sqrt(expanded), "p.b": rng.standard_normal(c) * 0.1}
+    nodes = [helper.make_node("Conv", ["x", "e.w", "e.b"], ["e"], name="expand"),
+             helper.make_node("Relu", ["e"], ["er"], name="r1"),
+             helper.make_node("Conv", ["er", "d.w", "d.b"], ["dd"], name="depthwise", pads=[1] * 4, group=expanded),
+             helper.make_node("Relu", ["dd"], ["d"], name="r2"),
+             helper.make_node("Conv", ["d", "p.w", "p.b"], ["p"], name="project"),
+             helper.make_node("Add", ["p", "x"], ["y"], name="add"),
+             helper.make_node("GlobalAveragePool", ["d"], ["g"], name="pool")]
+    return onnx_model_bytes(nodes, inits, (c, h, w), ("y", "g"), "inverted_residual")
+
+
+@pytest.mark.usefixtures("no_forced_backend")
+@pytest.mark.parametrize("batch", [1, 2])
+def test_an_inverted_residual_stays_blocked_through_its_depthwise_layer(batch):
+    """72 channels (a partial last block) between the expanding, depthwise and projecting layers; 24 stay NCHW."""
+    model = _inverted_residual()
+    compiled = CompiledGraph(ce.load_onnx(model), batch=batch)
+    layouts = {s.node.name: s.layouts for s in compiled.steps if s.conv is not None}
+    assert layouts == {"expand": (NCHW, B), "depthwise": (B, B), "project": (B, NCHW)}
+    assert {s.node.name: s.conv.backend for s in compiled.steps if s.conv is not None}["depthwise"] == "grouped"
+    x = np.random.default_rng(4).standard_normal((batch, 24, 9, 11)).astype(np.float32)
+    assert_matches_onnx_runtime(compiled, model, x, outputs=("y", "g"), tol=2e-5)
+    plain = CompiledGraph(ce.load_onnx(model), batch=batch, blocked_layouts=False)
+    for name, value in compiled.run(x).items():
+        np.testing.assert_allclose(value, plain.run(x)[name], rtol=1e-5, atol=1e-5)
