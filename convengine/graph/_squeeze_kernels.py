@@ -14,7 +14,7 @@ import numpy as np
 from numba import prange
 
 from ..backends._activations import finish
-from ..runtime.threads import serial_or_parallel
+from ..runtime.threads import numba_threads, serial_or_parallel
 
 # Numba's cache is keyed on this file's text, not on backends._activations's: after an edit to the activations
 # there, change this line so that cached kernels are compiled again (GELU).
@@ -92,6 +92,55 @@ def channel_scale(x: np.ndarray, scale: np.ndarray, in_place: bool) -> np.ndarra
     return y
 
 
+#: Floats (64 pixels of 16 lanes) of the repeated factors :func:`channel_scale_blocked` multiplies runs by.
+BLOCKED_RUN = 1024
+
+
+@numba.njit(cache=True, nogil=True)
+def _scale_blocked_plane(src, dst, lanes, factors):
+    """``dst = src * lanes`` over one channel block's plane (pixels of 16 lanes): ``factors`` (scratch) is
+    filled with the 16 factors repeated, so that each run is one contiguous loop that vectorises."""
+    size, run = src.shape[0], min(src.shape[0], factors.shape[0])
+    for i in range(run):
+        factors[i] = lanes[i % 16]
+    in_place = src.ctypes.data == dst.ctypes.data  # (one array in the loop, so LLVM vectorises it)
+    for start in range(0, size, run):
+        n = min(run, size - start)
+        a, b, f = src[start:start + n], dst[start:start + n], factors[:n]
+        if in_place:
+            for i in range(n):
+                b[i] *= f[i]
+        else:
+            for i in range(n):
+                b[i] = a[i] * f[i]
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def channel_scale_blocked(x, y, scale, chunks):
+    """``y[p] = x[p] * scale[p]`` per lane for channel-blocked planes ``(planes, H*W*16)`` (``y`` may be ``x``),
+    ``scale`` ``(planes, 16)``; ``chunks`` contiguous runs of planes, one per thread."""
+    planes = x.shape[0]
+    for t in prange(chunks):
+        factors = np.empty(BLOCKED_RUN, x.dtype)
+        for p in range(planes * t // chunks, planes * (t + 1) // chunks):
+            _scale_blocked_plane(x[p], y[p], scale[p], factors)
+
+
+def channel_scale_of_blocks(x: np.ndarray, scale: np.ndarray, in_place: bool) -> np.ndarray:
+    """``x * scale`` per image and channel for a channel-blocked ``x`` ``(N, C/16, H, W, 16)`` and ``scale``
+    ``(N, C)``; padding lanes stay 0. Written over ``x`` when ``in_place``, else into a new array."""
+    n, blocks, h, w, lanes = x.shape
+    source = np.ascontiguousarray(x)
+    y = source if (in_place or source is not x) else np.empty_like(source)
+    padded = np.zeros((n, blocks * lanes), x.dtype)
+    padded[:, :scale.shape[1]] = scale
+    if x.size:
+        chunks = 1 if x.size < PARALLEL_MIN else numba_threads()
+        channel_scale_blocked(source.reshape(n * blocks, -1), y.reshape(n * blocks, -1), padded.reshape(n * blocks, lanes),
+                              chunks)
+    return y
+
+
 def precompile_kernels(dtype: str) -> list:
     """The kernels a float32 or float64 squeeze-and-excitation step calls (see :mod:`convengine.runtime.precompile`)."""
     from numba import types
@@ -104,3 +153,15 @@ def precompile_kernels(dtype: str) -> list:
     dense = (matrix, matrix, vector, code, parameter, parameter, matrix, vector, code, parameter, parameter, vector, matrix)
     return [Kernel(__name__, "excite", dense, cost=1.5)] + [
         Kernel(__name__, f"channel_scale_{form}", (planes, planes, matrix), cost=0.8) for form in ("serial", "parallel")]
+
+
+def precompile_blocked_kernels(dtype: str) -> list:
+    """The kernels a squeeze-and-excitation step on channel-blocked activations calls (pool, dense part, scaling)."""
+    from numba import types
+
+    from ..runtime.precompile import Kernel
+    from ._pool_kernels import precompile_kernels as pool_kernels
+
+    matrix = types.Array(getattr(types, dtype), 2, "C")
+    return (pool_kernels("blocked_plane_means", dtype) + precompile_kernels(dtype)[:1]
+            + [Kernel(__name__, "channel_scale_blocked", (matrix, matrix, matrix, types.int64), cost=0.8)])

@@ -30,6 +30,13 @@ blocked tensor (``graph._pool_kernels.blocked_pool``). ResNet's and SqueezeNet's
 (convolution -> max pool -> convolution) then stay blocked, where the stem used to write
 NCHW for the pool and the next convolution read NCHW.
 
+A squeeze-and-excitation block (:class:`.fusion.SqueezeExcitation`, one step) passes the layout
+through the same way: the channel means of the blocked tensor, the two dense layers, and each
+lane scaled in place (``SqueezeExcitation.prepare_blocked``), so that EfficientNet's and
+MobileNetV3's blocks stay blocked from the depthwise layer to the projecting one (in-process,
+interleaved: EfficientNet-B0 0.934-0.936x, MobileNetV3-L 0.966-0.986x, MobileNetV3-S
+0.957-0.985x the time of running the excitation on NCHW).
+
 A concatenation's buffer (:mod:`.placement`) is held blocked when every tensor that lives in
 it is blocked, each in whole blocks of 16 channels, and a convolution or pool reads the
 concatenation blocked: its convolutions then write their blocks of the buffer directly

@@ -195,6 +195,11 @@ class CompiledGraph:
         pools = {i: (s.inputs[0], s.node.outputs[0]) for i, s in enumerate(self.steps)
                  if s.node.op in ("MaxPool", "AveragePool") and s.conv is None and s.block is None and s.inputs
                  and s.inputs[0] in self.graph.shapes and pools_blocked(s.node, self._batch_shape(s.inputs[0]), dtype)}
+        # a squeeze-and-excitation block passes the layout through as a pool does (its channels unchanged)
+        excitations = {i: (s.inputs[0], s.node.outputs[0]) for i, s in enumerate(self.steps)
+                       if isinstance(s.squeeze, SqueezeExcitation) and dtype in ("float32", "float64")
+                       and len(self.graph.shapes.get(s.inputs[0], ())) == 4}
+        pools.update(excitations)
         sinks = {i: s.inputs[0] for i, s in enumerate(self.steps)
                  if s.node.op == "GlobalAveragePool" and s.block is None and not s.homes and len(s.inputs) == 1
                  and len(self.graph.shapes.get(s.inputs[0], ())) == 4 and dtype in ("float32", "float64")
@@ -228,7 +233,9 @@ class CompiledGraph:
         for i, step in enumerate(self.steps):
             if i in plan.layouts:
                 step.layouts = plan.layouts[i]
-            if i in pools and i in plan.layouts:
+            if i in excitations and i in plan.layouts:
+                step.block = step.squeeze.prepare_blocked(self.graph.params, dtype)
+            elif i in pools and i in plan.layouts:
                 step.block = blocked_pool_step(step.node, self._batch_shape(step.inputs[0]), dtype)
             if i in sinks and i in plan.layouts:
                 step.block = blocked_global_avgpool
@@ -328,6 +335,8 @@ class CompiledGraph:
         for step in self.steps:
             if step.conv is not None:
                 kernels += step.conv.kernels()
+            elif isinstance(step.squeeze, SqueezeExcitation) and step.layouts == (NCHW16C, NCHW16C):
+                kernels += step.squeeze.blocked_kernels(dtype)
             elif step.squeeze is not None:
                 kernels += step.squeeze.kernels((self.batch,) + tuple(self.graph.shapes[step.squeeze.x][1:]), dtype, params)
             elif step.layouts == (NCHW16C, NCHW16C) and step.node.op in ("MaxPool", "AveragePool"):  # on blocked tensors

@@ -190,18 +190,22 @@ class SqueezeExcitation(FusedBlock):
             own = precompile_kernels(dtype)
         return KERNELS[pool.op](pool, [x_shape], dtype, params) + own
 
-    def prepare(self, params, dtype) -> Callable[[np.ndarray, bool], np.ndarray]:
-        """``run(x, in_place) -> y``, the weights laid out once. ``in_place``: ``y`` may be written over ``x``.
-
-        float32 and float64: the dense part in one compiled call and the scaling in parallel
-        (:mod:`._squeeze_kernels`); other types: numpy."""
+    def _stages(self, params, dtype) -> list:
+        """``[(matrix (in, out), bias or None, epilogue)]`` of the two dense layers, in ``dtype``."""
         stages = []
         for conv, spec in ((self.reduce, self.activation), (self.expand, self.gate)):
             weight = params[conv.inputs[1]]
             matrix = np.ascontiguousarray(weight.reshape(weight.shape[0], -1).T, dtype=dtype)  # (in, out)
             bias = params[conv.inputs[2]].astype(dtype) if len(conv.inputs) > 2 and conv.inputs[2] else None
             stages.append((matrix, bias, Epilogue(activation=spec)))
+        return stages
 
+    def prepare(self, params, dtype) -> Callable[[np.ndarray, bool], np.ndarray]:
+        """``run(x, in_place) -> y``, the weights laid out once. ``in_place``: ``y`` may be written over ``x``.
+
+        float32 and float64: the dense part in one compiled call and the scaling in parallel
+        (:mod:`._squeeze_kernels`); other types: numpy."""
+        stages = self._stages(params, dtype)
         pool = OPS["GlobalAveragePool"].run
         pool_node = self.absorbed[0]
         if np.dtype(dtype) in (np.float32, np.float64):
@@ -221,21 +225,58 @@ class SqueezeExcitation(FusedBlock):
 
     @staticmethod
     def _compiled(stages, pool, pool_node, dtype: np.dtype) -> Callable[[np.ndarray, bool], np.ndarray]:
-        from ._squeeze_kernels import channel_scale, excite
+        from ._squeeze_kernels import channel_scale
+
+        excite = SqueezeExcitation._excite(stages, dtype)
+
+        def run(x: np.ndarray, in_place: bool) -> np.ndarray:
+            n, c = x.shape[:2]
+            return channel_scale(x, excite(np.ascontiguousarray(pool(pool_node, [x])[0].reshape(n, c))), in_place)
+
+        return run
+
+    @staticmethod
+    def _excite(stages, dtype: np.dtype) -> Callable[[np.ndarray], np.ndarray]:
+        """``means (N, C) -> scale (N, C)``: the two dense layers and their activations in one compiled call."""
+        from ._squeeze_kernels import excite
 
         (w1, b1, first), (w2, b2, second) = stages
         b1 = np.zeros(w1.shape[1], dtype) if b1 is None else np.ascontiguousarray(b1.reshape(-1))
         b2 = np.zeros(w2.shape[1], dtype) if b2 is None else np.ascontiguousarray(b2.reshape(-1))
         act, gate = first.kernel_activation(), second.kernel_activation()
 
-        def run(x: np.ndarray, in_place: bool) -> np.ndarray:
-            n, c = x.shape[:2]
-            means = np.ascontiguousarray(pool(pool_node, [x])[0].reshape(n, c))
-            scale = np.empty((n, c), dtype)
+        def run(means: np.ndarray) -> np.ndarray:
+            scale = np.empty(means.shape, dtype)
             excite(means, w1, b1, *act, w2, b2, *gate, np.empty(w1.shape[1], dtype), scale)  # (scratch per call)
-            return channel_scale(x, scale, in_place)
+            return scale
 
         return run
+
+    def prepare_blocked(self, params, dtype) -> Callable[[np.ndarray, bool], np.ndarray]:
+        """:meth:`prepare` for a channel-blocked ``(N, C/16, H, W, 16)`` input and output (float32 and float64).
+
+        Why: the executor then keeps EfficientNet's and MobileNetV3's blocks blocked from the
+        depthwise layer through the excitation to the projecting 1x1 layer (:mod:`.blocking`)."""
+        from ._pool_kernels import blocked_plane_means
+        from ._squeeze_kernels import channel_scale_of_blocks
+
+        excite = self._excite(self._stages(params, dtype), np.dtype(dtype))
+
+        def run(x: np.ndarray, in_place: bool) -> np.ndarray:
+            n, blocks, h, w, lanes = x.shape
+            means = np.empty((n * blocks, lanes), x.dtype)
+            blocked_plane_means(np.ascontiguousarray(x).reshape(n * blocks, -1), means)
+            channels = params[self.reduce.inputs[1]].shape[1]
+            scale = excite(np.ascontiguousarray(means.reshape(n, blocks * lanes)[:, :channels]))
+            return channel_scale_of_blocks(x, scale, in_place)
+
+        return run
+
+    def blocked_kernels(self, dtype: str) -> list:
+        """The compiled kernels :meth:`prepare_blocked`'s ``run`` calls."""
+        from ._squeeze_kernels import precompile_blocked_kernels
+
+        return precompile_blocked_kernels(dtype)
 
 
 def squeeze_excitations(graph: Graph, consumers: dict[str, list[Node]]) -> dict[str, SqueezeExcitation]:

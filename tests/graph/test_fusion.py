@@ -187,3 +187,47 @@ def test_a_squeeze_and_excitation_block_with_outside_readers(extra, outputs, abs
     got = compiled.run(x)
     for name, w in zip(outputs, want):
         assert _rel_error(got[name], w) < 1e-5
+
+
+def _se_between_convolutions(c=72, h=9):
+    """x (3) -> Conv 3x3 (c) -> Relu -> "t"; squeeze-and-excitation of t -> "y"; y -> Conv 1x1 (16) -> "z":
+    an excitation between two channel-blocked convolutions (EfficientNet's and MobileNetV3's place for it)."""
+    rng = np.random.default_rng(7)
+    inits = {"w0": rng.standard_normal((c, 3, 3, 3)).astype(np.float32) * 0.3,
+             "w1": rng.standard_normal((MID, c, 1, 1)).astype(np.float32) * 0.2,
+             "b1": rng.standard_normal(MID).astype(np.float32),
+             "w2": rng.standard_normal((c, MID, 1, 1)).astype(np.float32), "b2": rng.standard_normal(c).astype(np.float32),
+             "w3": rng.standard_normal((16, c, 1, 1)).astype(np.float32) * 0.1}
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("Relu", ["c"], ["t"]),
+             helper.make_node("GlobalAveragePool", ["t"], ["p"], name="pool"),
+             helper.make_node("Conv", ["p", "w1", "b1"], ["r"], name="fc1", kernel_shape=[1, 1]),
+             helper.make_node("Relu", ["r"], ["hr"]),
+             helper.make_node("Conv", ["hr", "w2", "b2"], ["e"], name="fc2", kernel_shape=[1, 1]),
+             helper.make_node("Sigmoid", ["e"], ["s"]),
+             helper.make_node("Mul", ["t", "s"], ["y"], name="scale"),
+             helper.make_node("Conv", ["y", "w3"], ["z"], name="project", kernel_shape=[1, 1])]
+    graph = helper.make_graph(nodes, "se_blocked", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, h, h])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("channels", [72, 64])  # a partial last block, whole blocks
+def test_a_squeeze_and_excitation_block_between_blocked_convolutions_runs_blocked(channels):
+    from convengine.core.layouts import NCHW, NCHW16C
+
+    model = _se_between_convolutions(channels)
+    x = np.random.default_rng(8).standard_normal((1, 3, 9, 9)).astype(np.float32)
+    compiled = CompiledGraph(ce.load_onnx(model), EXACT_ENGINE)
+    assert [(s.node.op, s.layouts) for s in compiled.steps] == [
+        ("Conv", (NCHW, NCHW16C)), ("SqueezeExcitation", (NCHW16C, NCHW16C)), ("Conv", (NCHW16C, NCHW))]
+    assert not any(s.node.op == "LayoutConversion" for s in compiled.steps)
+    assert any(k.function == "channel_scale_blocked" for k in compiled.kernels())
+    want = _onnx_runtime(model, x)[0]
+    assert _rel_error(compiled.run(x), want) < 1e-5
+    plain = CompiledGraph(ce.load_onnx(model), EXACT_ENGINE, blocked_layouts=False)
+    assert all(s.layouts == (NCHW, NCHW) for s in plain.steps)
+    np.testing.assert_allclose(compiled.run(x), plain.run(x), rtol=1e-5, atol=1e-5)

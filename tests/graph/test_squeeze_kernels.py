@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from convengine.core.epilogue import Epilogue
-from convengine.graph._squeeze_kernels import channel_scale, excite
+from convengine.graph._squeeze_kernels import channel_scale, channel_scale_of_blocks, excite
 
 
 def _activation(y: np.ndarray, spec) -> np.ndarray:
@@ -67,3 +67,22 @@ def test_channel_scale_of_a_channel_slice_leaves_the_larger_buffer_alone():
     y = channel_scale(buffer[:, :8], scale, in_place=True)  # not contiguous: scaled into a copy
     np.testing.assert_allclose(y, before[:, :8] * scale[:, :, None, None], rtol=1e-6, atol=0)
     np.testing.assert_array_equal(buffer, before)
+
+
+@pytest.mark.parametrize("channels, hw", [(40, 3), (64, 37), (1152, 7)])  # a partial block; runs and tails; many planes
+@pytest.mark.parametrize("in_place", [False, True])
+def test_channel_scale_of_blocks_multiplies_each_lane_and_keeps_the_padding_zero(channels, hw, in_place):
+    from convengine.core.layouts import NCHW16C, to_layout, to_nchw
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, channels, hw, hw)).astype(np.float32)
+    scale = rng.standard_normal((2, channels)).astype(np.float32)
+    blocked = to_layout(x, NCHW16C)
+    before = blocked.copy()
+    y = channel_scale_of_blocks(blocked, scale, in_place)
+    assert (y is blocked) == in_place and y.shape == blocked.shape
+    np.testing.assert_allclose(to_nchw(y, NCHW16C, channels), x.astype(np.float64) * scale[:, :, None, None], rtol=1e-6, atol=0)
+    if channels % 16:
+        np.testing.assert_array_equal(y[:, -1, :, :, channels % 16:], 0)
+    if not in_place:
+        np.testing.assert_array_equal(blocked, before)
