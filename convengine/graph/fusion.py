@@ -261,12 +261,12 @@ class SqueezeExcitation(FusedBlock):
         from ._squeeze_kernels import channel_scale_of_blocks
 
         excite = self._excite(self._stages(params, dtype), np.dtype(dtype))
+        channels = params[self.reduce.inputs[1]].shape[1]
 
         def run(x: np.ndarray, in_place: bool) -> np.ndarray:
             n, blocks, h, w, lanes = x.shape
             means = np.empty((n * blocks, lanes), x.dtype)
             blocked_plane_means(np.ascontiguousarray(x).reshape(n * blocks, -1), means)
-            channels = params[self.reduce.inputs[1]].shape[1]
             scale = excite(np.ascontiguousarray(means.reshape(n, blocks * lanes)[:, :channels]))
             return channel_scale_of_blocks(x, scale, in_place)
 
