@@ -24,7 +24,7 @@ import numpy as np
 from ..core.contract import EXACT
 from ..core.epilogue import NONE, Epilogue
 from ..core.hookspecs import hookimpl
-from ..core.layouts import NCHW, NCHW16C
+from ..core.layouts import NCHW, NCHW16C, kernel_view
 from ..core.problem import ConvProblem
 from ..runtime.threads import get_num_threads, numba_threads
 from ..runtime.workspace import scratch
@@ -286,18 +286,13 @@ class GroupedBackend(NumbaBackend):
             out = residual if in_place else np.empty(p.output_array_shape, np.float32)
             res = out if residual is None else residual
             rows = scratch("grouped.blocked", (n_workers, geo.floats), np.float32)  # rows start on cache lines
-            depthwise_conv(_planes(x, x_blocked), _planes(out, y_blocked), w_packed, b, _planes(res, y_blocked),
+            depthwise_conv(kernel_view(x, p.input_layout), kernel_view(out, p.output_layout), w_packed, b,
+                           kernel_view(res, p.output_layout),
                            residual is not None, act, p0, p1, p.kernel_h, p.kernel_w, sh, sw, dh, dw, top, left, geo.wp,
                            geo.band_rows, tile_width, n_workers, rows, p.in_channels, x_blocked, y_blocked)
             return out
 
         return execute
-
-
-def _planes(a: np.ndarray, blocked: bool) -> np.ndarray:
-    """What the depthwise kernel takes: NCHW as it is, a blocked (N, C/16, H, W, 16) array as (N, C/16, H, W * 16)."""
-    a = np.ascontiguousarray(a)
-    return a.reshape(a.shape[0], a.shape[1], a.shape[2], -1) if blocked else a
 
 
 @hookimpl

@@ -66,6 +66,13 @@ def channel_slice(buffer: np.ndarray, start: int, channels: int, step: int, layo
     return buffer[:, start:start + step * (channels - 1) + 1:step]
 
 
+def kernel_view(a: np.ndarray, layout: str) -> np.ndarray:
+    """What the compiled kernels take: NCHW and NHWC arrays as they are, a blocked (N, C/16, H, W, 16) one as
+    (N, C/16, H, W * 16), so that one compiled signature (4-D arrays) serves every layout."""
+    a = np.ascontiguousarray(a)
+    return a.reshape(a.shape[0], a.shape[1], a.shape[2], -1) if layout == NCHW16C else a
+
+
 def to_layout(x: np.ndarray, layout: str) -> np.ndarray:
     """A new C-contiguous copy of the NCHW array ``x`` in ``layout`` (padding channels zero)."""
     if layout == NHWC:

@@ -34,7 +34,7 @@ import numpy as np
 from ...core.contract import EXACT
 from ...core.epilogue import NONE, Epilogue
 from ...core.hookspecs import hookimpl
-from ...core.layouts import NCHW, NCHW16C, NHWC
+from ...core.layouts import NCHW, NCHW16C, NHWC, kernel_view
 from ...core.problem import ConvProblem
 from ...runtime.hardware import l2_cache_bytes
 from ...runtime.strides import aliases
@@ -372,9 +372,9 @@ class DirectBackend(NumbaBackend):
             flat = scratch("direct.input", (math.prod(shape) + slack,), np.float32)
             y, first, step = _destination(problem, out, residual if in_place else None)
             res = y if residual is None else residual
-            tiled_conv(_kernel_view(x, problem.input_layout), flat[:flat.size - slack].reshape(shape), top, left, wb, kh,
-                       kw, sh, sw, dh, dw, group_blocks, b, _kernel_view(res, problem.output_layout), residual is not None,
-                       *act, _kernel_view(y, problem.output_layout), first, step, tiles, vectors, workers,
+            tiled_conv(kernel_view(x, problem.input_layout), flat[:flat.size - slack].reshape(shape), top, left, wb, kh,
+                       kw, sh, sw, dh, dw, group_blocks, b, kernel_view(res, problem.output_layout), residual is not None,
+                       *act, kernel_view(y, problem.output_layout), first, step, tiles, vectors, workers,
                        x_layout, y_layout, self.tile_width, rows_first)
             return y if out is None else out.view
 
@@ -411,13 +411,13 @@ class DirectBackend(NumbaBackend):
 
         def execute(x: np.ndarray, residual=None, in_place: bool = False, out=None) -> np.ndarray:
             workers = numba_threads()
-            x = _kernel_view(x, problem.input_layout)
+            x = kernel_view(x, problem.input_layout)
             products_read = x if (sh, sw) == (1, 1) else scratch("direct.subsampled", subsampled, np.float32)
             y, first, step = _destination(problem, out, residual if in_place else None)
             res = y if residual is None else residual
             if tiles:
-                pointwise_tiles(x, products_read, sh, sw, w_packed, chunk, b, _kernel_view(res, problem.output_layout),
-                                residual is not None, *act, _kernel_view(y, problem.output_layout), first, step, tile_width,
+                pointwise_tiles(x, products_read, sh, sw, w_packed, chunk, b, kernel_view(res, problem.output_layout),
+                                residual is not None, *act, kernel_view(y, problem.output_layout), first, step, tile_width,
                                 group, vectors, workers, POINTWISE_PREFETCH, x_layout, y_layout, w_rows)
             else:
                 pointwise_conv(x, products_read, sh, sw, w_packed, b, res, residual is not None, *act, y, first, workers)
@@ -456,13 +456,6 @@ def _channels_last_matrix(weight: np.ndarray, rows: int):
     row_stride = row_bytes // matrix.itemsize
     span = (in_channels - 1) * row_stride + out_channels
     return np.lib.stride_tricks.as_strided(matrix, shape=(span,), strides=(matrix.itemsize,)), row_stride
-
-def _kernel_view(a: np.ndarray, layout: str) -> np.ndarray:
-    """What the kernels take: NCHW and NHWC arrays as they are, a blocked (N, C/16, H, W, 16) one as
-    (N, C/16, H, W * 16), so that one compiled signature (4-D arrays) serves every layout."""
-    a = np.ascontiguousarray(a)
-    return a.reshape(a.shape[0], a.shape[1], a.shape[2], -1) if layout == NCHW16C else a
-
 
 def _destination(problem: ConvProblem, out, over):
     """``(array, first channel, channel step)`` the kernels write to: a new array, the residual given up
