@@ -19,10 +19,12 @@ from collections.abc import Iterable, MutableMapping
 
 import numpy as np
 
+from .workspace import ALIGNMENT, aligned_empty
+
 #: Rows this many bytes apart, or a multiple, crowd into a few cache sets when read down a column.
 ALIASING_BYTES = 512
 #: A cache line: the padding that moves each row to other sets, and where each matrix starts.
-LINE_BYTES = 64
+LINE_BYTES = ALIGNMENT
 
 
 def aliases(row_bytes: int) -> bool:
@@ -48,13 +50,11 @@ def spread_rows(arrays: MutableMapping[str, np.ndarray], names: Iterable[str]) -
         total += -(-rows * stride * itemsize // LINE_BYTES) * LINE_BYTES
     if not places:
         return
-    raw = np.empty(total + LINE_BYTES, np.uint8)  # untouched pages cost nothing until written
-    start = -raw.ctypes.data % LINE_BYTES
+    raw = aligned_empty((total,), np.uint8)  # on a line; untouched pages cost nothing until written
     for name, stride, offset in places:
         matrix = arrays[name]
         rows, columns = matrix.shape
-        at = start + offset
-        buffer = raw[at:at + rows * stride * matrix.itemsize].view(matrix.dtype).reshape(rows, stride)
+        buffer = raw[offset:offset + rows * stride * matrix.itemsize].view(matrix.dtype).reshape(rows, stride)
         buffer[:, columns:] = 0
         buffer[:, :columns] = matrix
         arrays[name] = buffer[:, :columns]

@@ -36,11 +36,9 @@ def scratch(purpose: str, shape, dtype) -> np.ndarray:
     if buffers is None:
         buffers = _local.buffers = {}
     held = buffers.get(purpose)
-    if held is None or held[0].nbytes - held[1] < nbytes:
-        buffer = np.empty(max(nbytes, 1) + ALIGNMENT, np.uint8)
-        held = buffers[purpose] = (buffer, -buffer.ctypes.data % ALIGNMENT)  # the offset, found once
-    buffer, offset = held
-    return buffer[offset:offset + nbytes].view(dtype).reshape(shape)
+    if held is None or held.nbytes < nbytes:
+        held = buffers[purpose] = aligned_empty((max(nbytes, 1),), np.uint8)
+    return held[:nbytes].view(dtype).reshape(shape)
 
 
 def aligned_empty(shape, dtype) -> np.ndarray:
@@ -60,7 +58,7 @@ def aligned_empty(shape, dtype) -> np.ndarray:
 
 def held_bytes() -> int:
     """Bytes of scratch this thread holds."""
-    return sum(b.nbytes for b, _ in getattr(_local, "buffers", {}).values())
+    return sum(b.base.nbytes for b in getattr(_local, "buffers", {}).values())  # (each aligned view's whole allocation)
 
 
 def release() -> None:

@@ -457,6 +457,7 @@ def _channels_last_matrix(weight: np.ndarray, rows: int):
     span = (in_channels - 1) * row_stride + out_channels
     return np.lib.stride_tricks.as_strided(matrix, shape=(span,), strides=(matrix.itemsize,)), row_stride
 
+
 def _destination(problem: ConvProblem, out, over):
     """``(array, first channel, channel step)`` the kernels write to: a new array, the residual given up
     (``over``), or ``out``'s buffer (a slice that is one contiguous block passes as itself: a residual
