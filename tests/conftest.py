@@ -174,6 +174,22 @@ def assert_matches_onnx_runtime(compiled, model: bytes, x, outputs=("y",), tol: 
         np.testing.assert_allclose(got[name], w, rtol=tol, atol=tol)
 
 
+def assert_matches_nchw_self(compiled, model: bytes, x, **graph_args):
+    """``compiled.run(x)`` equals (1e-5) the same model compiled with every tensor NCHW (``blocked_layouts=False``,
+    checked), twice in a row: the blocked-layout tests' second oracle beside ONNX Runtime. Returns the NCHW one."""
+    from convengine.graph.executor import CompiledGraph
+
+    plain = CompiledGraph(ce.load_onnx(model), blocked_layouts=False, **graph_args)
+    assert all(s.layouts == ("NCHW", "NCHW") for s in plain.steps)
+    for _ in range(2):  # (a second run reuses the buffers)
+        got, want = compiled.run(x), plain.run(x)
+        got, want = (got, want) if isinstance(got, dict) else ({"y": got}, {"y": want})
+        assert got.keys() == want.keys()
+        for name, value in got.items():
+            np.testing.assert_allclose(value, want[name], rtol=1e-5, atol=1e-5)
+    return plain
+
+
 def draw_window(draw, kernel: int) -> dict:
     """A square ``kernel``'s stride, dilation and padding, and a plane size it fits (a hypothesis ``draw``):
     the blocked-layout tests' geometry (tests/core/test_layouts.py, tests/backends/test_grouped.py)."""

@@ -119,7 +119,7 @@ def test_a_global_average_pool_reads_a_blocked_tensor_as_it_is():
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-from conftest import assert_matches_onnx_runtime, onnx_model_bytes  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
+from conftest import assert_matches_nchw_self, assert_matches_onnx_runtime, onnx_model_bytes  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
 from onnx import helper  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
 
 import convengine as ce  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
@@ -161,11 +161,8 @@ def test_a_blocked_network_matches_onnx_runtime_and_its_nchw_self(batch):
     assert {s.node.name for s in compiled.steps if s.consume_residual} == {"c3", "c4"}
     x = np.random.default_rng(1).standard_normal((batch, 3, 9, 11)).astype(np.float32)
     assert_matches_onnx_runtime(compiled, model, x, outputs=("y", "g"), tol=2e-5)
-    plain = CompiledGraph(ce.load_onnx(model), batch=batch, blocked_layouts=False)
-    assert all(s.layouts == (NCHW, NCHW) for s in plain.steps)
+    plain = assert_matches_nchw_self(compiled, model, x, batch=batch)
     assert {s.node.name for s in plain.steps if s.consume_residual} == {"c3"}
-    for name, value in compiled.run(x).items():
-        np.testing.assert_allclose(value, plain.run(x)[name], rtol=1e-5, atol=1e-5)
     assert np.array_equal(x, np.random.default_rng(1).standard_normal((batch, 3, 9, 11)).astype(np.float32))
 
 
@@ -205,9 +202,7 @@ def test_a_stem_stays_blocked_through_its_pool(batch):
     assert any(k.function == "blocked_pool" for k in compiled.kernels())
     x = rng.standard_normal((batch, 3, 21, 19)).astype(np.float32)
     assert_matches_onnx_runtime(compiled, model, x, tol=2e-5)
-    plain = CompiledGraph(ce.load_onnx(model), batch=batch, blocked_layouts=False)
-    assert all(s.layouts == (NCHW, NCHW) for s in plain.steps)
-    np.testing.assert_allclose(compiled.run(x), plain.run(x), rtol=1e-5, atol=1e-5)
+    assert_matches_nchw_self(compiled, model, x, batch=batch)
 
 
 def _inception_module(c2=32):
@@ -249,12 +244,7 @@ def test_an_inception_module_writes_its_concatenation_blocked(batch):
     assert not any(s.node.op == "LayoutConversion" for s in compiled.steps)
     x = np.random.default_rng(2).standard_normal((batch, 3, 13, 11)).astype(np.float32)
     assert_matches_onnx_runtime(compiled, model, x, outputs=("y", "z"), tol=2e-5)
-    plain = CompiledGraph(ce.load_onnx(model), batch=batch, blocked_layouts=False)
-    assert not plain.blocked_buffers
-    for _ in range(2):  # (a second run reuses the buffers)
-        got, want = compiled.run(x), plain.run(x)
-        for name in ("y", "z"):
-            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
+    assert not assert_matches_nchw_self(compiled, model, x, batch=batch).blocked_buffers
 
 
 @pytest.mark.usefixtures("no_forced_backend")
@@ -300,6 +290,4 @@ def test_an_inverted_residual_stays_blocked_through_its_depthwise_layer(batch):
     assert {s.node.name: s.conv.backend for s in compiled.steps if s.conv is not None}["depthwise"] == "grouped"
     x = np.random.default_rng(4).standard_normal((batch, 24, 9, 11)).astype(np.float32)
     assert_matches_onnx_runtime(compiled, model, x, outputs=("y", "g"), tol=2e-5)
-    plain = CompiledGraph(ce.load_onnx(model), batch=batch, blocked_layouts=False)
-    for name, value in compiled.run(x).items():
-        np.testing.assert_allclose(value, plain.run(x)[name], rtol=1e-5, atol=1e-5)
+    assert_matches_nchw_self(compiled, model, x, batch=batch)

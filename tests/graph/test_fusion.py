@@ -13,6 +13,7 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
+from conftest import assert_matches_nchw_self  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
 
 import convengine as ce  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
@@ -228,6 +229,4 @@ def test_a_squeeze_and_excitation_block_between_blocked_convolutions_runs_blocke
     assert any(k.function == "channel_scale_blocked" for k in compiled.kernels())
     want = _onnx_runtime(model, x)[0]
     assert _rel_error(compiled.run(x), want) < 1e-5
-    plain = CompiledGraph(ce.load_onnx(model), EXACT_ENGINE, blocked_layouts=False)
-    assert all(s.layouts == (NCHW, NCHW) for s in plain.steps)
-    np.testing.assert_allclose(compiled.run(x), plain.run(x), rtol=1e-5, atol=1e-5)
+    assert_matches_nchw_self(compiled, model, x, engine=EXACT_ENGINE)
