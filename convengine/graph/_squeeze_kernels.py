@@ -14,7 +14,7 @@ import numpy as np
 from numba import prange
 
 from ..backends._activations import finish
-from ..runtime.threads import numba_threads, serial_or_parallel
+from ..runtime.threads import parallel_chunks, serial_or_parallel
 
 # Numba's cache is keyed on this file's text, not on backends._activations's: after an edit to the activations
 # there, change this line so that cached kernels are compiled again (GELU).
@@ -135,9 +135,8 @@ def channel_scale_of_blocks(x: np.ndarray, scale: np.ndarray, in_place: bool) ->
     padded = np.zeros((n, blocks * lanes), x.dtype)
     padded[:, :scale.shape[1]] = scale
     if x.size:
-        chunks = 1 if x.size < PARALLEL_MIN else numba_threads()
         channel_scale_blocked(source.reshape(n * blocks, -1), y.reshape(n * blocks, -1), padded.reshape(n * blocks, lanes),
-                              chunks)
+                              parallel_chunks(x.size, PARALLEL_MIN, n * blocks))
     return y
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from ..core import epilogue
 from ..core.arrays import kernel_ready
 from ..core.layouts import BLOCK
-from ..runtime.threads import numba_threads
+from ..runtime.threads import parallel_chunks
 from .ir import GraphError, Node
 
 Shape = tuple[int, ...]
@@ -297,7 +297,7 @@ def _pool_module():
 
 def _chunks(x: np.ndarray, planes: int) -> int:
     """How many contiguous runs of ``x``'s ``planes`` a pool kernel splits them into: one per thread, one when small."""
-    return 1 if x.size < MIN_PARALLEL_POOL else max(1, min(numba_threads(), planes))
+    return parallel_chunks(x.size, MIN_PARALLEL_POOL, planes)
 
 
 def _run_pool(plan: _PoolPlan, x: np.ndarray) -> np.ndarray:

@@ -156,6 +156,13 @@ def serial_or_parallel(size: int, parallel_min: int, serial, parallel):
     return serial
 
 
+def parallel_chunks(size: int, parallel_min: int, jobs: int) -> int:
+    """How many contiguous runs a chunked kernel (``prange(chunks)``) splits its ``jobs`` into for ``size``
+    elements of work: one per thread (at most one per job) from ``parallel_min`` on, else one, which starts
+    no parallel region (:func:`serial_or_parallel`'s rule, for kernels of one form)."""
+    return 1 if size < parallel_min else max(1, min(numba_threads(), jobs))
+
+
 _blas_limit_applied: Optional[int] = None
 
 
