@@ -40,10 +40,12 @@ from .direct._simd import (
     _counted_loop,
     _data,
     _is_f32_array,
+    copy_floats,
     pack_block,
     tile_store_nchw,
     tile_store_rows,
     tile_zero,
+    zero_floats,
 )
 from .direct._tiles import LANES, TILE_WIDTHS
 from .direct._worksharing import job_claims, next_job
@@ -362,18 +364,13 @@ def _fill_blocked_band(x_flat, n, channels, height, width, c0, row0, rows_in, to
         base = r * row_floats
         h = row0 + r - top
         if h < 0 or h >= height:
-            for k in range(row_floats):
-                buf[U(base + k)] = 0.0
+            zero_floats(buf, base, row_floats)
             continue
-        for k in range(left * LANES):
-            buf[U(base + k)] = 0.0
-        for k in range((left + width) * LANES, row_floats):
-            buf[U(base + k)] = 0.0
+        zero_floats(buf, base, left * LANES)
+        zero_floats(buf, base + (left + width) * LANES, row_floats - (left + width) * LANES)
         if x_blocked:
             at = ((n * ((channels + LANES - 1) // LANES) + c0 // LANES) * height + h) * width * LANES
-            to = base + left * LANES
-            for k in range(width * LANES):
-                buf[U(to + k)] = x_flat[U(at + k)]
+            copy_floats(buf, base + left * LANES, x_flat, at, width * LANES)
             continue
         at = ((n * channels + c0) * height + h) * width
         for w0 in range(0, width, LANES):

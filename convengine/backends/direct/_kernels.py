@@ -31,12 +31,14 @@ from ._simd import (
     LINE_FLOATS,
     POINT_CHANNELS,
     POINT_PIXELS,
+    copy_floats,
     pack_block,
     pointwise_block,
     tile_conv,
     tile_store_nchw,
     tile_store_rows,
     wide_tile_zero,
+    zero_floats,
 )
 from ._tiles import LANES, LAYOUT_CODES, MAX_WIDTH, compiled_width, pairs_rows
 from ._worksharing import job_claims, next_job, phase_counter, phase_done
@@ -109,13 +111,14 @@ def _pack_row(x, x_flat, xb, xb_flat, row_index, top, left, x_blocked):
     cb = (row_index // hp) % c_blocks
     h = row_index % hp - top
     row = xb[n, cb, row_index % hp]
+    row_at = row_index * wp * block
     if h < 0 or h >= height:
-        row[:, :] = 0
+        zero_floats(xb_flat, row_at, wp * block)
         return
-    row[:left, :] = 0
-    row[left + width:, :] = 0
+    zero_floats(xb_flat, row_at, left * block)
+    zero_floats(xb_flat, row_at + (left + width) * block, (wp - left - width) * block)
     if x_blocked:  # already (N, Cb, H, W * 16): the row is one contiguous run
-        row[left:left + width, :] = x[n, cb, h].reshape(width, LANES)
+        copy_floats(xb_flat, row_at + left * block, x_flat, ((n * channels + cb) * height + h) * width * LANES, width * LANES)
         return
     if block == LANES:
         x_at = ((n * channels + cb * LANES) * height + h) * width

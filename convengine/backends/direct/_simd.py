@@ -732,3 +732,42 @@ def pack_block(typingctx, x, x_start, plane, channels, pixels, xb, xb_start):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def copy_floats(typingctx, dst, d_start, src, s_start, count):
+    """``dst[d_start:d_start + count] = src[s_start:s_start + count]`` as one ``memcpy`` (the runs must not overlap).
+
+    Why: the blocked input copy moves each padded row's pixels as one run, and Numba's own
+    slice assignments and loops of it ran at 9-14 GB/s on cached data where ``memcpy`` runs
+    at 36-45 (800 KiB, one thread): the copy was 6-11% of a 3x3 layer's time. No bounds checks.
+    """
+    if not (_is_f32_array(dst) and _is_f32_array(src)
+            and all(isinstance(t, types.Integer) for t in (d_start, s_start, count))):
+        return None
+    sig = types.void(dst, d_start, src, s_start, count)
+
+    def codegen(context, builder, sig, args):
+        d_start, s_start, count = (_as_i64(context, builder, args[i], sig.args[i]) for i in (1, 3, 4))
+        to = builder.gep(_data(context, builder, sig.args[0], args[0]), [d_start])
+        start = builder.gep(_data(context, builder, sig.args[2], args[2]), [s_start])
+        cgutils.raw_memcpy(builder, to, start, count, 4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def zero_floats(typingctx, dst, start, count):
+    """``dst[start:start + count] = 0`` as one ``memset`` (the padding beside :func:`copy_floats`' runs). No bounds checks."""
+    if not (_is_f32_array(dst) and all(isinstance(t, types.Integer) for t in (start, count))):
+        return None
+    sig = types.void(dst, start, count)
+
+    def codegen(context, builder, sig, args):
+        start, count = (_as_i64(context, builder, args[i], sig.args[i]) for i in (1, 2))
+        at = builder.gep(_data(context, builder, sig.args[0], args[0]), [start])
+        cgutils.memset(builder, at, builder.mul(count, ir.Constant(_I64, 4)), 0)
+        return context.get_dummy_value()
+
+    return sig, codegen
