@@ -45,7 +45,11 @@ from ._worksharing import job_claims, next_job, phase_counter, phase_done
 
 # Numba's cache is keyed on this file's text, not on _simd's: after an edit to the intrinsics
 # there or in ``.._activations``, change this line so that cached kernels are compiled again (GELU; tile_store_rows;
-# tile_conv's weight prefetch and paired rows; its fixed-step nests, keyed by width too; rows first; width 8; strided weights).
+# tile_conv's weight prefetch and paired rows; its fixed-step nests, keyed by width too; rows first; width 8; strided weights;
+# the RGB stem's step).
+
+#: Index type of the kernels' flat loops whose indices are never negative (Numba checks signed ones for wraparound).
+_U = np.uint64
 
 #: The layouts' codes, module constants for the kernels (NCHW is 0).
 NCHW16C, NHWC = LAYOUT_CODES[layouts.NCHW16C], LAYOUT_CODES[layouts.NHWC]
@@ -128,11 +132,14 @@ def _pack_row(x, x_flat, xb, xb_flat, row_index, top, left, x_blocked):
                        xb_flat, xb_at + w0 * LANES)
         return
     if block == 3:  # the RGB stem: one interleaving pass (2.5x the generic loop's speed, 224x224 rows)
-        red, green, blue = x[n, 0, h], x[n, 1, h], x[n, 2, h]
+        # flat unsigned indices: no negative-index wraparound to compute per element (a 3x3 stem's copy 7 -> 3% of it)
+        plane = height * width
+        red = (n * channels * height + h) * width
+        to = row_at + left * 3
         for w in range(width):
-            row[left + w, 0] = red[w]
-            row[left + w, 1] = green[w]
-            row[left + w, 2] = blue[w]
+            xb_flat[_U(to + 3 * w)] = x_flat[_U(red + w)]
+            xb_flat[_U(to + 3 * w + 1)] = x_flat[_U(red + plane + w)]
+            xb_flat[_U(to + 3 * w + 2)] = x_flat[_U(red + 2 * plane + w)]
         return
     for j in range(block):  # block == channels here: fewer than 16 channels, all present
         src = x[n, j, h]

@@ -41,7 +41,7 @@ _FIXED_KEY = 1 << 17
 #: the general registers, and the inner loop reloaded them from the stack (71 instructions a
 #: step against 54). 3x3 layers hot, one thread: 256 channels at 14x14 8-15% faster; whole
 #: models 3-10%; stride 2's nests ResNet-50 another 0-5% (hot alone, no faster: in the model).
-FIXED_STEPS = (16, 32)
+FIXED_STEPS = (16, 32, 6)
 #: The tile widths with fixed-step nests. 13 (AlexNet's 13x13, Inception's 17-pixel rows as
 #: 13 + 4) measured no faster, and Inception's 1x7 layers 5-10% slower: not fixed.
 FIXED_WIDTHS = (MAX_WIDTH,)
