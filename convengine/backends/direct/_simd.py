@@ -573,6 +573,7 @@ def tile_store_rows(typingctx, tile, y, y_start, block_step, pixel_step, channel
                 value = builder.select(has_residual, builder.fadd(value, r), value)
                 value = builder.select(lanes, activate_any(builder, value, act, p0, p1), zero)
                 builder.call(store, [value, builder.bitcast(builder.gep(yp, [at]), _VEC.as_pointer()), align, written])
+                _prefetch(builder, yp, builder.add(at, builder.mul(pixels, pixel_step)), write=True)
                 return []
 
             _counted_loop(builder, pixels, [], pixel)
