@@ -46,7 +46,7 @@ from ._worksharing import job_claims, next_job, phase_counter, phase_done
 # Numba's cache is keyed on this file's text, not on _simd's: after an edit to the intrinsics
 # there or in ``.._activations``, change this line so that cached kernels are compiled again (GELU; tile_store_rows;
 # tile_conv's weight prefetch and paired rows; its fixed-step nests, keyed by width too; rows first; width 8; strided weights;
-# the RGB stem's step; store prefetch; 13 fixed).
+# the RGB stem's step; store prefetch; 13 and 8 fixed).
 
 #: Index type of the kernels' flat loops whose indices are never negative (Numba checks signed ones for wraparound).
 _U = np.uint64
@@ -79,13 +79,14 @@ def precompile_kernels(function: str) -> list:
     i64, flag, f64 = types.int64, types.boolean, types.float64
     epilogue = (flag, i64, f64, f64)  # has_residual, then the activation: Epilogue.kernel_activation()
     signatures = {
-        # (8.2: Zen 4's 4.5 s scaled by the cold compile's growth on Intel, 5.6 -> 8.4 s with the two-vector tiles,
-        # 8.8 -> 10.7 s with the paired-row nests)
+        # (11.4: Zen 4's 4.5 s scaled by the cold compile's growth on Intel, 5.6 -> 8.4 s with the two-vector tiles,
+        # 8.8 -> 10.7 s with the paired-row nests, 8.1 -> 11.3 s with the fixed-step nests at 13 and 8 pixels;
+        # pointwise_tiles 8.0 -> 6.3 s once its call sites stopped building fixed-step nests)
         "tiled_conv": ((f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 7 + (f32(1), f32(4)) + epilogue + (f32(4), i64, i64,
-                       types.Array(types.int64, 2, "C"), i64, i64, i64, i64, i64, flag), 8.2),
+                       types.Array(types.int64, 2, "C"), i64, i64, i64, i64, i64, flag), 11.4),
         "pointwise_conv": ((f32(4), f32(4), i64, i64, f32(1), f32(1), f32(4)) + epilogue + (f32(4), i64, i64), 2.3),
         "pointwise_tiles": ((f32(4), f32(4), i64, i64, f32(1), i64, f32(1), f32(4)) + epilogue + (f32(4),) + (i64,) * 10,
-                            2.8),
+                            2.2),
     }
     signature, cost = signatures[function]
     return [Kernel(__name__, function, signature, cost)]
@@ -244,7 +245,7 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
                              * pf_lines * LINE_FLOATS)
                     acc = tile_conv(acc, xb, x_tile + (kh * dh * wp + kw * dw) * block, x_block, row_step, 1, sw * block,
                                     wb, w_tile + (kh * kw_size + kw) * block * o_lanes, w_block, group_blocks, tap_rows, count,
-                                    computed, vectors, None, pf_at, pf_lines, x_jump if both else 0, None)
+                                    computed, vectors, None, pf_at, pf_lines, x_jump if both else 0, None, 1)
                 if y_blocked:
                     tile_store_rows(acc, y_flat, (((n * y_channels + y_first + ob * vectors) * out_h + oh) * out_w + ow0) * LANES,
                                     out_h * out_w * LANES, LANES, min(o_lanes, out_channels - ob * o_lanes), 0, width,
@@ -386,17 +387,17 @@ def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, 
                 if x_layout == NCHW16C:  # rows of the reduction: the channel blocks; steps: a block's 16 channels
                     acc = tile_conv(wide_tile_zero(), x_flat, (n * channels * plane + start) * LANES, 0, plane * LANES, 1,
                                     LANES, wb, o0 * channels * LANES, 0, 1, channels, LANES, computed, vectors, prefetch, pf_at,
-                                    pf_lines, 0, None)
+                                    pf_lines, 0, None, None)
                 elif x_layout == NHWC:  # a pixel's channels are one contiguous row (no weight prefetch: it
                     # slowed these tiles, 14 pixels' channel rows read at once, by 10-47%)
                     w_step = o_lanes if w_rows == 0 else w_rows  # packed, or the (C, O) matrix's rows
                     acc = tile_conv(wide_tile_zero(), x_flat, (n * plane + start) * channels, chunk, 0, 1, channels,
                                     wb, o0 * channels if w_rows == 0 else o0, chunk * w_step, channels // chunk, 1, chunk,
-                                    computed, vectors, prefetch, None, 0, 0, w_step)
+                                    computed, vectors, prefetch, None, 0, 0, w_step, None)
                 else:
                     acc = tile_conv(wide_tile_zero(), x_flat, n * channels * plane + start, chunk * plane, 0, plane, 1,
                                     wb, o0 * channels, chunk * o_lanes, channels // chunk, 1, chunk, computed, vectors,
-                                    prefetch, pf_at, pf_lines, 0, None)
+                                    prefetch, pf_at, pf_lines, 0, None, None)
                 if y_layout == NCHW16C:
                     tile_store_rows(acc, y_flat, ((n * y_channels + y_first + o0 // LANES) * plane + start) * LANES,
                                     plane * LANES, LANES, min(o_lanes, out_channels - o0), p0 - start, p0 - start + stored,

@@ -36,15 +36,19 @@ _PAIRED_KEY = 1 << 16
 #: ... times 1 + i for the nests whose pixels are :data:`FIXED_STEPS`\ ``[i]`` floats apart.
 _FIXED_KEY = 1 << 17
 #: The pixel steps that the widest tiles get nests of their own for: strides 1 and 2 on the
-#: blocked input (16 channels a pixel). A step known when the nest is compiled puts the 14
-#: pixels at immediate offsets from one pointer; a run-time step needs 14 pointers, more than
-#: the general registers, and the inner loop reloaded them from the stack (71 instructions a
-#: step against 54). 3x3 layers hot, one thread: 256 channels at 14x14 8-15% faster; whole
-#: models 3-10%; stride 2's nests ResNet-50 another 0-5% (hot alone, no faster: in the model).
+#: blocked input (16 channels a pixel), and the RGB stems' stride 2 (3 channels a pixel). A
+#: step known when the nest is compiled puts the 14 pixels at immediate offsets from one
+#: pointer; a run-time step needs 14 pointers, more than the general registers, and the inner
+#: loop reloaded them from the stack (71 instructions a step against 54, later 104 against 54
+#: at 13 pixels). 3x3 layers hot, one thread: 256 channels at 14x14 8-15% faster; whole models
+#: 3-10%; stride 2's nests ResNet-50 another 0-5% (hot alone, no faster: in the model); the
+#: stems' step (3x3 and 7x7 at stride 2 on 224x224 RGB, two threads) 8-14%.
 FIXED_STEPS = (16, 32, 6)
-#: The tile widths with fixed-step nests. 13 (AlexNet's 13x13, Inception's 17-pixel rows as
-#: 13 + 4) measured no faster, and Inception's 1x7 layers 5-10% slower: not fixed.
-FIXED_WIDTHS = (MAX_WIDTH, 13)
+#: The tile widths with fixed-step nests: 14, and 13 (AlexNet's and SqueezeNet's 13x13 layers,
+#: Inception's 17-pixel rows as 13 + 4: those layers 6-11% faster, Inception-v3 1.8%, AlexNet 3%
+#: in the model; measured no faster in an earlier kernel) and 8 (Inception's 8x8 layers 4-7%,
+#: the model 1.2%), for about 1.5 s of compile time each.
+FIXED_WIDTHS = (MAX_WIDTH, 13, 8)
 
 _FLOAT = ir.FloatType()
 _VEC = ir.VectorType(_FLOAT, LANES)
@@ -204,7 +208,7 @@ STRIDED_WEIGHTS_AHEAD = 12
 
 @intrinsic
 def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x_step, w, w_start, w_block_step,
-              blocks, rows, count, width, vectors, prefetch, w_prefetch, w_lines, x_jump, w_step):
+              blocks, rows, count, width, vectors, prefetch, w_prefetch, w_lines, x_jump, w_step, fixed_steps):
     """Return ``tile`` plus, in its vector ``v`` < vectors at pixel ``p`` < width, the sum over
     b < blocks, r < rows, k < count of ``x[x_start + b*x_block_step + r*x_row_step + k*x_k_step + p*x_step]
     * w[w_start + b*w_block_step + (r*count + k)*w_step + 16*v : +16]``, ``w_step`` ``16*vectors``
@@ -240,22 +244,24 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
     block's rows overlaps the two (ResNet-50 6-7% faster; its 512-channel 3x3 layers' first
     call -20%). No bounds checks: the caller guarantees them (a prefetch does not fault). All
     loops are emitted here, in one call per tile, because a call passes the tile through
-    memory (about 150 cycles measured). A run-time ``x_step`` that is one of
-    :data:`FIXED_STEPS` runs nests of its own at the :data:`FIXED_WIDTHS` (the step a constant
-    there); a step the caller passes as a constant is folded into every nest anyway.
+    memory (about 150 cycles measured). ``fixed_steps`` (``None``: no such nests): a run-time
+    ``x_step`` that is one of :data:`FIXED_STEPS` runs nests of its own at the :data:`FIXED_WIDTHS`
+    (the step a constant there; a call site whose steps are never those leaves them out: seconds
+    of compile time each); a step the caller passes as a constant is folded into every nest anyway.
     """
     if not (isinstance(tile, Tile) and _is_f32_array(x) and _is_f32_array(w)):
         return None
     ints = (x_start, x_block_step, x_row_step, x_k_step, x_step, w_start, w_block_step, blocks, rows, count, width, vectors,
             w_lines, x_jump)
     if not (all(isinstance(t, types.Integer) for t in ints)
-            and all(isinstance(t, (types.Integer, types.NoneType)) for t in (prefetch, w_prefetch, w_step))):
+            and all(isinstance(t, (types.Integer, types.NoneType)) for t in (prefetch, w_prefetch, w_step, fixed_steps))):
         return None
     prefetching = isinstance(prefetch, types.Integer)
     weights_ahead = isinstance(w_prefetch, types.Integer)
     strided_weights = isinstance(w_step, types.Integer)
     sig = tile(tile, x, x_start, x_block_step, x_row_step, x_k_step, x_step, w, w_start, w_block_step, blocks, rows,
-               count, width, vectors, prefetch, w_prefetch, w_lines, x_jump, w_step)
+               count, width, vectors, prefetch, w_prefetch, w_lines, x_jump, w_step, fixed_steps)
+    fixing = isinstance(fixed_steps, types.Integer)
 
     def codegen(context, builder, sig, args):
         acc, xa, wa = args[0], args[1], args[7]
@@ -340,7 +346,7 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
                                     ir.Constant(_I64, _PAIRED_KEY), ir.Constant(_I64, 0))
         shape = builder.add(builder.add(builder.mul(vectors, ir.Constant(_I64, 256)), width), paired_key)
         # a step the caller passes as a constant is folded into every nest already: no nests of their own
-        steps = list(enumerate(FIXED_STEPS, 1)) if not isinstance(x_step, ir.Constant) else []  # (key multiple, step)
+        steps = list(enumerate(FIXED_STEPS, 1)) if fixing and not isinstance(x_step, ir.Constant) else []  # (key multiple, step)
         if steps:  # a fixed step's key only at the widths that have its nest: the others run the general one
             fixed_width = builder.icmp_signed("==", width, ir.Constant(_I64, FIXED_WIDTHS[0]))
             for w in FIXED_WIDTHS[1:]:
