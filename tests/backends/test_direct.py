@@ -107,14 +107,16 @@ def test_seven_pixel_rows_two_to_a_tile(params, out_height, batch, c_out, residu
 
 @pytest.mark.parametrize("stride", [1, 2, 3])
 @pytest.mark.parametrize("c_in", [3, 32])
-@pytest.mark.parametrize("out_width", [7, 14, 28])
+@pytest.mark.parametrize("out_width", [7, 8, 13, 14, 17, 28])
 def test_pixel_steps_compiled_in_or_not(stride, c_in, out_width):
-    """The widest tiles at strides 1 and 2 on 16-channel blocks run nests with the pixel step
-    compiled in (``_simd.FIXED_STEPS``); stride 3, and the stem's 3-channel block at any
-    stride, run the nests that take it at run time: all agree with the reference."""
-    from convengine.backends.direct._simd import FIXED_STEPS
+    """The 14-, 13- and 8-pixel tiles at strides 1 and 2 on 16-channel blocks, and at stride 2
+    on the stem's 3-channel block, run nests with the pixel step compiled in
+    (``_simd.FIXED_STEPS``, ``FIXED_WIDTHS``); stride 3, the stem at stride 1 or 3, and the
+    other widths run the nests that take it at run time: all agree with the reference."""
+    from convengine.backends.direct._simd import FIXED_STEPS, FIXED_WIDTHS
 
-    assert 16 in FIXED_STEPS and 32 in FIXED_STEPS and 48 not in FIXED_STEPS
+    assert {16, 32, 6} <= set(FIXED_STEPS) and not {48, 3, 9} & set(FIXED_STEPS)
+    assert set(FIXED_WIDTHS) == {14, 13, 8}
     rng = np.random.default_rng(stride * 100 + c_in + out_width)
     size = (out_width - 1) * stride + 1
     x, w, b = _data(rng, (2, c_in, size, size), (48, c_in, 3, 3))
@@ -244,6 +246,28 @@ def test_pointwise_blocks_tails_and_chunks(n, c_in, plane, c_out, tiles):
     assert relative_error(y, _reference(x, w, b)) < EXACT_F32
     fused = _run(DirectBackend(), x, w, b, residual=residual, activation="relu")
     assert relative_error(fused, np.maximum(_reference(x, w, b) + residual, 0)) < EXACT_F32
+
+
+@pytest.mark.parametrize("c_in", [16, 130, 320])  # one chunk; 8 + 1 blocks (the last partly padding); 8 + 8 + 4
+@pytest.mark.parametrize("output_layout", ["NCHW16c", "NCHW"])
+def test_blocked_pointwise_sums_channel_chunks_over_tile_batches(c_in, output_layout):
+    """A blocked input's 1x1 layer sums ``POINT_CHUNK_BLOCKS`` channel blocks at a time over
+    batches of ``POINT_BATCH_TILES`` tiles (partial sums put aside in between): a 23x23 plane is
+    37 tiles of 14 and a tail of 11 (batches of 16, 16, 6); bias, residual given up and ReLU
+    applied once, at the last chunk."""
+    from convengine.backends.direct._kernels import POINT_BATCH_TILES, POINT_CHUNK_BLOCKS
+    from convengine.core.layouts import to_layout
+
+    assert (POINT_CHUNK_BLOCKS, POINT_BATCH_TILES) == (8, 16)
+    rng = np.random.default_rng(c_in)
+    x, w, b = _data(rng, (2, c_in, 23, 23), (40, c_in, 1, 1))
+    residual = rng.standard_normal((2, 40, 23, 23)).astype(np.float32)
+    problem = ConvProblem.from_shapes(x.shape, w.shape, bias=True, input_layout="NCHW16c", output_layout=output_layout)
+    execute = DirectBackend().prepare(problem, w, b, epilogue=Epilogue(residual=True, activation="relu"))
+    given = to_layout(residual, output_layout)
+    y = execute(to_layout(x, "NCHW16c"), given, in_place=True)
+    expected = to_layout(np.maximum(_reference(x, w, b) + residual, 0).astype(np.float32), output_layout)
+    assert y is given and relative_error(y, expected) < EXACT_F32
 
 
 @pytest.mark.parametrize("stride", [2, (2, 3), 4])

@@ -198,6 +198,47 @@ def wide_tile_zero(typingctx):
     return _zero_tile(MAX_VECTORS)
 
 
+#: Floats one saved tile of :data:`MAX_VECTORS` vectors takes (:func:`tile_save`, :func:`tile_load`).
+TILE_FLOATS = MAX_VECTORS * MAX_WIDTH * LANES
+
+
+@intrinsic
+def tile_save(typingctx, tile, buf, start):
+    """Write the tile's accumulators, as they are, to ``buf[start:start + TILE_FLOATS]`` (a partial sum put aside)."""
+    if not (isinstance(tile, Tile) and tile.vectors == MAX_VECTORS and _is_f32_array(buf) and isinstance(start, types.Integer)):
+        return None
+    sig = types.void(tile, buf, start)
+
+    def codegen(context, builder, sig, args):
+        base = builder.gep(_data(context, builder, sig.args[1], args[1]), [_as_i64(context, builder, args[2], sig.args[2])])
+        vectors = builder.bitcast(base, _VEC.as_pointer())
+        for i in range(MAX_VECTORS * MAX_WIDTH):
+            builder.store(builder.extract_value(args[0], i), builder.gep(vectors, [ir.Constant(_I64, i)])).align = 4
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def tile_load(typingctx, buf, start):
+    """A tile of :data:`MAX_VECTORS` vectors read back from what :func:`tile_save` wrote at ``buf[start]``."""
+    if not (_is_f32_array(buf) and isinstance(start, types.Integer)):
+        return None
+    sig = Tile(MAX_VECTORS)(buf, start)
+
+    def codegen(context, builder, sig, args):
+        base = builder.gep(_data(context, builder, sig.args[0], args[0]), [_as_i64(context, builder, args[1], sig.args[1])])
+        vectors = builder.bitcast(base, _VEC.as_pointer())
+        tile = ir.Constant(ir.ArrayType(_VEC, MAX_VECTORS * MAX_WIDTH), ir.Undefined)
+        for i in range(MAX_VECTORS * MAX_WIDTH):
+            value = builder.load(builder.gep(vectors, [ir.Constant(_I64, i)]))
+            value.align = 4
+            tile = builder.insert_value(tile, value, i)
+        return tile
+
+    return sig, codegen
+
+
 #: Reduction steps ahead that :func:`tile_conv` prefetches weights read from rows far apart (a
 #: ``w_step``: a channels-last matrix read in place) into the first-level cache. Hot, two
 #: threads, batch 1, ConvNeXt-T's Linear layers on rows padded off the cache-set aliasing
