@@ -124,15 +124,23 @@ def test_pixel_steps_compiled_in_or_not(stride, c_in, out_width):
     assert relative_error(y, np.maximum(_reference(x, w, b, stride=stride, padding=1), 0)) < EXACT_F32
 
 
-@pytest.mark.parametrize("rows_first", [True, False])
+@pytest.mark.parametrize("order", ["rows", "blocks", "bands"])
 @pytest.mark.parametrize("out_size,stride", [(7, 1), (9, 2), (16, 1)])
-def test_jobs_row_by_row_or_block_by_block(monkeypatch, rows_first, out_size, stride):
-    """Jobs ordered row by row (weights that stay cached) or output block by block (the rest):
-    every image, row and block computed once, whichever order ``ROWS_FIRST_L2_SHARE`` picks."""
+def test_jobs_row_by_row_block_by_block_or_in_bands(monkeypatch, order, out_size, stride):
+    """Jobs ordered row by row (weights that stay cached), output block by block (input and
+    weights cached together) or in bands of rows (the rest; here of 3 rows, 2 with paired rows,
+    and the last band shorter): every image, row and block computed once, whichever order."""
     import convengine.backends.direct as direct
 
-    monkeypatch.setattr(direct, "ROWS_FIRST_L2_SHARE", 1 if rows_first else 1 << 40)
-    rng = np.random.default_rng(out_size * 10 + stride + rows_first)
+    l2 = direct.l2_cache_bytes()
+    monkeypatch.setattr(direct, "ROWS_FIRST_L2_SHARE", 1 if order == "rows" else 1 << 40)
+    band_row_bytes = stride * 2 * ((out_size - 1) * stride + 3) * 16 * 4  # input rows per output row: 2 blocks, padded
+    monkeypatch.setattr(direct, "BAND_L2_SHARE", 1 if order == "blocks" else l2 // (band_row_bytes * 7 // 2))
+    problem = ConvProblem.from_shapes((3, 32, (out_size - 1) * stride + 1, (out_size - 1) * stride + 1), (80, 32, 3, 3),
+                                      stride=stride, padding=1)
+    band = direct.band_rows(problem, 80 * 32 * 9 * 4, 16, l2)
+    assert band == {"rows": 1, "blocks": out_size, "bands": 3}[order]
+    rng = np.random.default_rng(out_size * 10 + stride + len(order))
     size = (out_size - 1) * stride + 1
     x, w, b = _data(rng, (3, 32, size, size), (80, 32, 3, 3))  # 3 output blocks: two of 32, one of 16
     r = rng.standard_normal((3, 80, out_size, out_size)).astype(np.float32)

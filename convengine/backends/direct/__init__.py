@@ -95,11 +95,30 @@ def tile_vectors(problem: ConvProblem, max_vectors: int = MAX_VECTORS) -> int:
 
 
 #: A layer whose packed weights fit in this fraction of one core's second-level cache runs its jobs
-#: row by row (``_kernels.tiled_conv``'s ``rows_first``): each thread then reads the input rows
+#: row by row (``_kernels.tiled_conv``'s ``band_rows`` 1): each thread then reads the input rows
 #: it copied. Hot, 2 threads, 5 alternating fresh-process pairs: 32->64 at 147x147 -11.5%,
 #: 64->128 at 112 -11%, 64->64 at 56 -6%. Row by row, the layers past the threshold ran slower
 #: (128->128 at 28 +4-10%, 256->256 at 14 +11%: their weights no longer read by one thread per block).
 ROWS_FIRST_L2_SHARE = 4
+#: The others run output block by output block (``band_rows`` all rows) where the padded input
+#: and the weights fit in this fraction of the second-level cache together; else in bands of
+#: as many output rows as read this fraction of it of input (see :func:`band_rows`).
+BAND_L2_SHARE = 4
+
+
+def band_rows(problem: ConvProblem, weight_bytes: int, block: int, l2_bytes: int) -> int:
+    """Output rows of a band (``_kernels.tiled_conv``'s ``band_rows``): 1 where the weights stay
+    cached (:data:`ROWS_FIRST_L2_SHARE`), every row where the input stays cached beside them, else
+    as many rows as read ``l2_bytes // BAND_L2_SHARE`` of input: the input is then read once per
+    band, not once per output block (ResNet-50's and Inception-v3's stride-2 layers, whose
+    input is four times their output)."""
+    if weight_bytes <= l2_bytes // ROWS_FIRST_L2_SHARE:
+        return 1
+    channel_blocks = -(-problem.in_channels // block)
+    row_bytes = channel_blocks * problem.padded_width * block * np.dtype(problem.dtype).itemsize
+    if weight_bytes + problem.batch * problem.padded_height * row_bytes <= l2_bytes // BAND_L2_SHARE * 2:
+        return problem.out_height
+    return max(1, l2_bytes // BAND_L2_SHARE // (problem.stride[0] * row_bytes))
 #: Share of extra output channels (over 16-channel blocks) that wide tiles may compute and throw away.
 WIDE_TILE_PADDING = 0.25
 
@@ -364,7 +383,7 @@ class DirectBackend(NumbaBackend):
         act = epilogue.kernel_activation()
         tiles = np.array(row_tiles(problem.out_width, self.tile_width, vectors), np.int64)
         slack = input_slack(sw, block)
-        rows_first = wb.nbytes <= l2_cache_bytes() // ROWS_FIRST_L2_SHARE
+        band = band_rows(problem, wb.nbytes, block, l2_cache_bytes())
 
         def execute(x: np.ndarray, residual=None, in_place: bool = False, out=None) -> np.ndarray:
             workers = numba_threads()
@@ -375,7 +394,7 @@ class DirectBackend(NumbaBackend):
             tiled_conv(kernel_view(x, problem.input_layout), flat[:flat.size - slack].reshape(shape), top, left, wb, kh,
                        kw, sh, sw, dh, dw, group_blocks, b, kernel_view(res, problem.output_layout), residual is not None,
                        *act, kernel_view(y, problem.output_layout), first, step, tiles, vectors, workers,
-                       x_layout, y_layout, self.tile_width, rows_first)
+                       x_layout, y_layout, self.tile_width, band)
             return y if out is None else out.view
 
         return execute

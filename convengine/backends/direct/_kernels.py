@@ -86,7 +86,7 @@ def precompile_kernels(function: str) -> list:
         # 8.8 -> 10.7 s with the paired-row nests, 8.1 -> 11.3 s with the fixed-step nests at 13 and 8 pixels;
         # pointwise_tiles 8.0 -> 6.3 s once its call sites stopped building fixed-step nests)
         "tiled_conv": ((f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 7 + (f32(1), f32(4)) + epilogue + (f32(4), i64, i64,
-                       types.Array(types.int64, 2, "C"), i64, i64, i64, i64, i64, flag), 11.4),
+                       types.Array(types.int64, 2, "C"), i64, i64, i64, i64, i64, i64), 11.4),
         "pointwise_conv": ((f32(4), f32(4), i64, i64, f32(1), f32(1), f32(4)) + epilogue + (f32(4), i64, i64), 2.3),
         "pointwise_tiles": ((f32(4), f32(4), i64, i64, f32(1), i64, f32(1), f32(4)) + epilogue + (f32(4),) + (i64,) * 10,
                             2.2),
@@ -154,7 +154,7 @@ def _pack_row(x, x_flat, xb, xb_flat, row_index, top, left, x_blocked):
 @numba.njit(parallel=True, cache=True, nogil=True)
 def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, group_blocks,
                bias, residual, has_residual, act, act_a, act_b, y, y_first, y_step, row_tiles, vectors, workers,
-               x_layout, y_layout, tile_width, rows_first):
+               x_layout, y_layout, tile_width, band_rows):
     """``y = act(conv(x) + bias (+ residual))``, ``x`` copied into ``blocked`` on the way, weights packed in ``wb`` (flat).
 
     ``blocked`` is the (N, Cb, Hp, Wp, block) view of a flat buffer with slack past its end.
@@ -169,11 +169,14 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
     reduction covers the ``group_blocks`` input blocks of its group (whole blocks: 16 and more
     channels per group, in and out).
 
-    Each thread takes a contiguous range of jobs first. They are ordered output block by
-    output block (each block's weights read by one thread, the next block's prefetched), or,
-    with ``rows_first``, row by row (all blocks of a row, then the next row): for layers whose
-    weights all stay cached, so that a thread reads the input rows it copied itself (the copy
-    goes row by row too) instead of half of the input from the other core's cache.
+    Each thread takes a contiguous range of jobs first. They are ordered in bands of
+    ``band_rows`` output rows (jobs) of an image: each output block over the band's rows (its
+    weights read by one thread, the next block's prefetched), then the next band. One band of
+    all rows: output block by output block. Bands of one row, row by row (all blocks of a row,
+    then the next row): for layers whose weights all stay cached, so that a thread reads the
+    input rows it copied itself (the copy goes row by row too) instead of half of the input
+    from the other core's cache. Bands in between: for inputs that do not stay cached beside
+    the weights, read once per band instead of once per output block.
     """
     _, c_blocks, hp, wp, block = blocked.shape
     xb = blocked.reshape(-1)  # (the flat buffer's start: the tiles read past the view's end, into the slack)
@@ -202,7 +205,8 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
     row_jobs = (out_h + job_rows - 1) // job_rows
     x_jump = sh * wp * block - out_w * sw * block
     ob_weights = group_blocks * w_block  # one output block's weights
-    pf_share = _prefetch_share(ob_weights, row_jobs * n_tiles, tile_rows, count)
+    band = max(1, min(band_rows, row_jobs))
+    pf_share = _prefetch_share(ob_weights, band * n_tiles, tile_rows, count)
     rows = job_claims(n_rows, workers)
     packed = phase_counter()
     claims = job_claims(n_images * o_blocks * row_jobs, workers)
@@ -222,15 +226,15 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
             job = next_job(claims, me)
             if job < 0:
                 break
-            n = job // (o_blocks * row_jobs)
-            if rows_first:
-                ob, oh = job % o_blocks, job // o_blocks % row_jobs * job_rows
-            else:
-                ob, oh = job // row_jobs % o_blocks, job % row_jobs * job_rows
+            n, j = job // (o_blocks * row_jobs), job % (o_blocks * row_jobs)
+            first = j // (band * o_blocks) * band  # the band's first row job, and its rows
+            within = j - first * o_blocks
+            ob = within // min(band, row_jobs - first)
+            oh = (first + within % min(band, row_jobs - first)) * job_rows
             both = pair and oh + 1 < out_h  # two rows in one tile
             tiles = 1 if both else n_tiles
             # the next output block's weights (tile_conv's w_prefetch), a slice per tile over its reduction rows
-            pf_lines = 0 if ob + 1 == o_blocks or rows_first else pf_share
+            pf_lines = 0 if ob + 1 == o_blocks or band == 1 else pf_share
             for t in range(tiles):
                 ow0, width = (0, 2 * out_w) if both else (row_tiles[t, 0], row_tiles[t, 1])  # first pixel, pixels stored
                 computed = _compiled_width(width)  # pixels computed (the extra ones read the slack)
@@ -244,7 +248,7 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
                 for tap in range(calls):
                     kh, kw = tap // kw_size, tap % kw_size
                     pf_at = (w_tile + ob_weights
-                             + ((((oh // job_rows) * n_tiles + t) * calls + tap) * group_blocks * tap_rows)
+                             + ((((oh // job_rows - first) * n_tiles + t) * calls + tap) * group_blocks * tap_rows)
                              * pf_lines * LINE_FLOATS)
                     acc = tile_conv(acc, xb, x_tile + (kh * dh * wp + kw * dw) * block, x_block, row_step, 1, sw * block,
                                     wb, w_tile + (kh * kw_size + kw) * block * o_lanes, w_block, group_blocks, tap_rows, count,
