@@ -256,6 +256,34 @@ def test_pointwise_blocks_tails_and_chunks(n, c_in, plane, c_out, tiles):
     assert relative_error(fused, np.maximum(_reference(x, w, b) + residual, 0)) < EXACT_F32
 
 
+@pytest.mark.parametrize("kh,pad,dil,size", [(7, 3, 1, 17), (3, 1, 1, 8), (3, 2, 2, 9), (5, 0, 1, 11)])
+@pytest.mark.parametrize("output_layout", ["NCHW16c", "NCHW"])
+def test_one_column_kernels_sweep_the_plane_as_one_row(kh, pad, dil, size, output_layout):
+    """Kernels one column wide at stride 1 without column padding run the flattened plane in
+    14-pixel tiles across rows (``flat_plane``, ``plane_tiles``), in jobs of several tiles: 2
+    images, 48 output channels (two blocks, so that each block's tiles split into jobs), bias,
+    residual given up and ReLU, against float64; the rows' tiling is not taken."""
+    from convengine.backends import direct
+    from convengine.core.layouts import to_layout
+
+    problem = ConvProblem.from_shapes((2, 32, size, size), (48, 32, kh, 1), bias=True, padding=(pad, 0),
+                                      dilation=(dil, 1), input_layout="NCHW16c", output_layout=output_layout)
+    assert direct.flat_plane(problem)
+    assert not direct.flat_plane(ConvProblem.from_shapes((1, 32, size, size), (48, 32, kh, 1), padding=(pad, 1)))
+    assert not direct.flat_plane(ConvProblem.from_shapes((1, 32, size, size), (48, 32, kh, 1), stride=2, padding=(pad, 0)))
+    out_h = problem.out_height
+    tiles = direct.plane_tiles(out_h * size, 14)
+    assert sum(width for _, width in tiles) == out_h * size and all(width == 14 for _, width in tiles[:-1])
+    rng = np.random.default_rng(kh * 10 + size)
+    x, w, b = _data(rng, (2, 32, size, size), (48, 32, kh, 1))
+    residual = rng.standard_normal((2, 48, out_h, size)).astype(np.float32)
+    execute = DirectBackend().prepare(problem, w, b, epilogue=Epilogue(residual=True, activation="relu"))
+    given = to_layout(residual, output_layout)
+    y = execute(to_layout(x, "NCHW16c"), given, in_place=True)
+    expected = np.maximum(_reference(x, w, b, padding=(pad, 0), dilation=(dil, 1)) + residual, 0).astype(np.float32)
+    assert y is given and relative_error(y, to_layout(expected, output_layout)) < EXACT_F32
+
+
 @pytest.mark.parametrize("c_in", [16, 130, 320])  # one chunk; 8 + 1 blocks (the last partly padding); 8 + 8 + 4
 @pytest.mark.parametrize("output_layout", ["NCHW16c", "NCHW"])
 def test_blocked_pointwise_sums_channel_chunks_over_tile_batches(c_in, output_layout):

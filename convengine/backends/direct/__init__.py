@@ -106,6 +106,27 @@ ROWS_FIRST_L2_SHARE = 4
 BAND_L2_SHARE = 4
 
 
+#: A flattened plane (:func:`flat_plane`) is split into at least this many jobs per image and
+#: thread pair (an output block's tiles in two or more runs where there are few blocks: 5 blocks
+#: of 32 channels on two threads would leave one idle a fifth of the time).
+MIN_FLAT_JOBS = 8
+
+
+def flat_plane(problem: ConvProblem) -> bool:
+    """Whether the layer's output plane is swept as one row (``_kernels.tiled_conv``'s ``job_tiles``):
+    a kernel one column wide at stride 1 with no column padding reads, for consecutive pixels
+    of the flattened plane, inputs that lie end to end across rows too."""
+    _, _, left, right = problem.padding
+    return problem.kernel_w == 1 and problem.stride == (1, 1) and left == right == 0 and problem.out_width > 1
+
+
+def plane_tiles(pixels: int, max_width: int) -> tuple:
+    """The tiles ``(start, width)`` of a flattened plane: full ones, and the rest in one (computed
+    as the next compiled width: its extra pixels read the padding rows and the buffer's slack)."""
+    full, rest = divmod(pixels, max_width)
+    return tuple((i * max_width, max_width) for i in range(full)) + (((full * max_width, rest),) if rest else ())
+
+
 def band_rows(problem: ConvProblem, weight_bytes: int, block: int, l2_bytes: int) -> int:
     """Output rows of a band (``_kernels.tiled_conv``'s ``band_rows``): 1 where the weights stay
     cached (:data:`ROWS_FIRST_L2_SHARE`), every row where the input stays cached beside them, else
@@ -381,7 +402,12 @@ class DirectBackend(NumbaBackend):
         hp, wp = problem.padded_height, problem.padded_width
         (sh, sw), (dh, dw) = problem.stride, problem.dilation
         act = epilogue.kernel_activation()
-        tiles = np.array(row_tiles(problem.out_width, self.tile_width, vectors), np.int64)
+        job_tiles = 0
+        if flat_plane(problem):  # the plane as one row, swept in tiles across its rows
+            tiles = np.array(plane_tiles(problem.out_height * problem.out_width, self.tile_width), np.int64)
+            job_tiles = -(-len(tiles) // max(1, -(-MIN_FLAT_JOBS // (problem.batch * o_blocks))))
+        else:
+            tiles = np.array(row_tiles(problem.out_width, self.tile_width, vectors), np.int64)
         slack = input_slack(sw, block)
         band = band_rows(problem, wb.nbytes, block, l2_cache_bytes())
 
@@ -394,7 +420,7 @@ class DirectBackend(NumbaBackend):
             tiled_conv(kernel_view(x, problem.input_layout), flat[:flat.size - slack].reshape(shape), top, left, wb, kh,
                        kw, sh, sw, dh, dw, group_blocks, b, kernel_view(res, problem.output_layout), residual is not None,
                        *act, kernel_view(y, problem.output_layout), first, step, tiles, vectors, workers,
-                       x_layout, y_layout, self.tile_width, band)
+                       x_layout, y_layout, self.tile_width, band, job_tiles)
             return y if out is None else out.view
 
         return execute

@@ -86,7 +86,7 @@ def precompile_kernels(function: str) -> list:
         # 8.8 -> 10.7 s with the paired-row nests, 8.1 -> 11.3 s with the fixed-step nests at 13 and 8 pixels;
         # pointwise_tiles 8.0 -> 6.3 s once its call sites stopped building fixed-step nests)
         "tiled_conv": ((f32(4), f32(5), i64, i64, f32(1)) + (i64,) * 7 + (f32(1), f32(4)) + epilogue + (f32(4), i64, i64,
-                       types.Array(types.int64, 2, "C"), i64, i64, i64, i64, i64, i64), 11.4),
+                       types.Array(types.int64, 2, "C"), i64, i64, i64, i64, i64, i64, i64), 11.4),
         "pointwise_conv": ((f32(4), f32(4), i64, i64, f32(1), f32(1), f32(4)) + epilogue + (f32(4), i64, i64), 2.3),
         "pointwise_tiles": ((f32(4), f32(4), i64, i64, f32(1), i64, f32(1), f32(4)) + epilogue + (f32(4),) + (i64,) * 10,
                             2.2),
@@ -154,7 +154,7 @@ def _pack_row(x, x_flat, xb, xb_flat, row_index, top, left, x_blocked):
 @numba.njit(parallel=True, cache=True, nogil=True)
 def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, group_blocks,
                bias, residual, has_residual, act, act_a, act_b, y, y_first, y_step, row_tiles, vectors, workers,
-               x_layout, y_layout, tile_width, band_rows):
+               x_layout, y_layout, tile_width, band_rows, job_tiles):
     """``y = act(conv(x) + bias (+ residual))``, ``x`` copied into ``blocked`` on the way, weights packed in ``wb`` (flat).
 
     ``blocked`` is the (N, Cb, Hp, Wp, block) view of a flat buffer with slack past its end.
@@ -177,6 +177,12 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
     input rows it copied itself (the copy goes row by row too) instead of half of the input
     from the other core's cache. Bands in between: for inputs that do not stay cached beside
     the weights, read once per band instead of once per output block.
+
+    ``job_tiles`` > 0: the output plane is swept as one row of ``out_h * out_w`` pixels (the
+    tiles ``row_tiles`` lists), ``job_tiles`` tiles a job. For kernels one column wide at stride
+    1 with no column padding, whose pixels' inputs lie end to end across rows as their outputs
+    do: Inception-v3's 7x1 layers at 17x17 then run 14-pixel tiles where each row was 13 + 4, its
+    3x1 layers at 8x8 14-pixel tiles where each row was one of 8 (each weight read for 14 pixels).
     """
     _, c_blocks, hp, wp, block = blocked.shape
     xb = blocked.reshape(-1)  # (the flat buffer's start: the tiles read past the view's end, into the slack)
@@ -200,13 +206,17 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
     tile_rows = calls * group_blocks * tap_rows  # reduction rows of one tile
     # Rows of PAIRED_WIDTH pixels go two to a tile, its second row's pixels reading the next input
     # rows (x_jump further); the output rows lie end to end (both layouts): stored as one run.
-    pair = _pairs_rows(out_w, out_h, tile_width)
+    flat = job_tiles > 0
+    if flat:
+        out_h, out_w = 1, out_h * out_w
+    pair = not flat and _pairs_rows(out_w, out_h, tile_width)
     job_rows = 2 if pair else 1
-    row_jobs = (out_h + job_rows - 1) // job_rows
+    row_jobs = (n_tiles + job_tiles - 1) // job_tiles if flat else (out_h + job_rows - 1) // job_rows
+    per_job = job_tiles if flat else n_tiles  # tiles (at most) a job sweeps
     x_jump = sh * wp * block - out_w * sw * block
     ob_weights = group_blocks * w_block  # one output block's weights
     band = max(1, min(band_rows, row_jobs))
-    pf_share = _prefetch_share(ob_weights, band * n_tiles, tile_rows, count)
+    pf_share = _prefetch_share(ob_weights, band * per_job, tile_rows, count)
     rows = job_claims(n_rows, workers)
     packed = phase_counter()
     claims = job_claims(n_images * o_blocks * row_jobs, workers)
@@ -230,12 +240,14 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
             first = j // (band * o_blocks) * band  # the band's first row job, and its rows
             within = j - first * o_blocks
             ob = within // min(band, row_jobs - first)
-            oh = (first + within % min(band, row_jobs - first)) * job_rows
+            rj = first + within % min(band, row_jobs - first)  # the row job: a row (two paired), or tiles of the plane
+            oh, t0 = (0, rj * job_tiles) if flat else (rj * job_rows, 0)
             both = pair and oh + 1 < out_h  # two rows in one tile
-            tiles = 1 if both else n_tiles
+            tiles = min(job_tiles, n_tiles - t0) if flat else (1 if both else n_tiles)
             # the next output block's weights (tile_conv's w_prefetch), a slice per tile over its reduction rows
             pf_lines = 0 if ob + 1 == o_blocks or band == 1 else pf_share
-            for t in range(tiles):
+            for i in range(tiles):
+                t = t0 + i
                 ow0, width = (0, 2 * out_w) if both else (row_tiles[t, 0], row_tiles[t, 1])  # first pixel, pixels stored
                 computed = _compiled_width(width)  # pixels computed (the extra ones read the slack)
                 cb0 = ob * o_lanes // out_per_group * group_blocks  # the group's first input block
@@ -248,7 +260,7 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
                 for tap in range(calls):
                     kh, kw = tap // kw_size, tap % kw_size
                     pf_at = (w_tile + ob_weights
-                             + ((((oh // job_rows - first) * n_tiles + t) * calls + tap) * group_blocks * tap_rows)
+                             + ((((rj - first) * per_job + i) * calls + tap) * group_blocks * tap_rows)
                              * pf_lines * LINE_FLOATS)
                     acc = tile_conv(acc, xb, x_tile + (kh * dh * wp + kw * dw) * block, x_block, row_step, 1, sw * block,
                                     wb, w_tile + (kh * kw_size + kw) * block * o_lanes, w_block, group_blocks, tap_rows, count,
