@@ -257,6 +257,20 @@ def test_blocked_pools_match_the_definition(case):
     np.testing.assert_array_equal(x, before)
 
 
+@pytest.mark.parametrize("op, kernel, stride, pads", [("MaxPool", (3, 3), (2, 2), (0, 0, 0, 0)),
+                                                      ("AveragePool", (3, 3), (1, 1), (1, 1, 1, 1)),
+                                                      ("AveragePool", (2, 3), (2, 3), (1, 2, 0, 1))])
+def test_blocked_pools_in_float64(op, kernel, stride, pads):
+    """The blocked pool's pixel vectors (``_blocked_rows.pixel_taps``) in float64 too: float64 graphs may run it."""
+    x = _input((1, 32, 11, 10), 7, np.float64)
+    node = _node(op, kernel, stride, pads, 0, 1)
+    got = ops.blocked_pool_step(node, x.shape, "float64")(to_layout(x, NCHW16C), False)
+    assert got.dtype == np.float64
+    want = _definition(x, op, kernel, stride, pads, 0, 1)
+    assert np.array_equal(np.isnan(to_nchw(got, NCHW16C, 32)), np.isnan(want))
+    np.testing.assert_allclose(to_nchw(got, NCHW16C, 32), want, rtol=1e-13, atol=1e-13)
+
+
 @pytest.mark.parametrize("dilations, stride", [((2, 2), (1, 1)), ((2, 3), (2, 1)), ((3, 1), (2, 2))])
 def test_blocked_dilated_max_pools_match_the_nchw_ones(dilations, stride):
     x = _input((2, 32, 13, 12), 4)
