@@ -33,7 +33,7 @@ from numba.extending import intrinsic
 
 from ._activations import finish
 from ._grouped_tiles import CHANNEL_BLOCKS, MAX_VECTORS
-from .direct._kernels import _compiled_width
+from .direct._kernels import _U, _compiled_width
 from .direct._simd import (
     Tile,
     _as_i64,
@@ -218,9 +218,7 @@ def precompile_kernels() -> list:
     return [Kernel(__name__, "grouped_conv", grouped, 4.0), Kernel(__name__, "depthwise_conv", depthwise, 3.0)]
 
 
-# Indices below are unsigned: Numba wraps negative signed indices around (a compare and a
-# select per access), which kept these copy and epilogue loops from vectorising (3-4x slower).
-U = np.uint64
+U = _U  # indices below are unsigned (see direct._kernels._U)
 
 
 @numba.njit(cache=True, nogil=True)

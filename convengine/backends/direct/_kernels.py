@@ -51,7 +51,9 @@ from ._worksharing import job_claims, next_job, phase_counter, phase_done
 # tile_conv's weight prefetch and paired rows; its fixed-step nests, keyed by width too; rows first; width 8; strided weights;
 # the RGB stem's step; store prefetch; 13 and 8 fixed; rows' prefetch per step).
 
-#: Index type of the kernels' flat loops whose indices are never negative (Numba checks signed ones for wraparound).
+#: Index type of flat loops whose indices are never negative: Numba wraps negative signed indices
+#: around (a compare and a select per access), which kept copy and epilogue loops from
+#: vectorising (3-4x slower; ``_grouped_kernels`` uses it too).
 _U = np.uint64
 
 #: The layouts' codes, module constants for the kernels (NCHW is 0).
@@ -118,7 +120,6 @@ def _pack_row(x, x_flat, xb, xb_flat, row_index, top, left, x_blocked):
     n = row_index // (c_blocks * hp)
     cb = (row_index // hp) % c_blocks
     h = row_index % hp - top
-    row = xb[n, cb, row_index % hp]
     row_at = row_index * wp * block
     if h < 0 or h >= height:
         zero_floats(xb_flat, row_at, wp * block)
@@ -145,6 +146,7 @@ def _pack_row(x, x_flat, xb, xb_flat, row_index, top, left, x_blocked):
             xb_flat[_U(to + 3 * w + 1)] = x_flat[_U(red + plane + w)]
             xb_flat[_U(to + 3 * w + 2)] = x_flat[_U(red + 2 * plane + w)]
         return
+    row = xb[n, cb, row_index % hp]
     for j in range(block):  # block == channels here: fewer than 16 channels, all present
         src = x[n, j, h]
         for w in range(width):
@@ -419,7 +421,6 @@ def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, 
     copied = phase_counter()
     claims = job_claims(n_images * n_groups * o_blocks, workers)
     batch_pixels = POINT_BATCH_TILES * tile_width
-    chunk_blocks = POINT_CHUNK_BLOCKS
     for thread in prange(max(planes.shape[0], claims.shape[0])):
         me = np.int64(thread)
         partial = np.empty(POINT_BATCH_TILES * TILE_FLOATS, np.float32)  # a batch's tiles between chunks
@@ -439,8 +440,8 @@ def pointwise_tiles(source, x, sh, sw, wb, chunk, bias, residual, has_residual, 
                 done = 0  # reduction rows run so far in this job (each prefetches its share of the next block's weights)
                 for b0 in range(g0, g1, batch_pixels):
                     b1 = min(g1, b0 + batch_pixels)
-                    for c0 in range(0, channels, chunk_blocks):
-                        nb = min(chunk_blocks, channels - c0)
+                    for c0 in range(0, channels, POINT_CHUNK_BLOCKS):
+                        nb = min(POINT_CHUNK_BLOCKS, channels - c0)
                         for i in range((b1 - b0 + tile_width - 1) // tile_width):
                             p0 = b0 + i * tile_width
                             stored = min(tile_width, b1 - p0)

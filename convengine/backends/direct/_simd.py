@@ -361,8 +361,6 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
                         x_at = builder.add(x_row, builder.mul(k, x_k_step))
                         # step k prefetches line k of the row's share; the steps past it, the weights they
                         # have just read (an L1 hit, dropped at once: no branch in this loop, no traffic)
-                        # step k prefetches line k of the row's share; the steps past it, the weights they
-                        # have just read (an L1 hit, dropped at once: no branch in this loop, no traffic)
                         if pf_row is not None:
                             pf_at = builder.select(builder.icmp_signed("<", k, w_lines),
                                                    builder.add(pf_row, builder.mul(k, ir.Constant(_I64, LINE_FLOATS))), w_at)
