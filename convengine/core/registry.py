@@ -31,6 +31,7 @@ BUILTIN_PLUGINS = (
     "convengine.backends.im2col",
     "convengine.backends.direct",
     "convengine.backends.grouped",
+    "convengine.backends.winograd",
     "convengine.backends.fft",
     "convengine.backends.cuda",
 )

@@ -415,7 +415,7 @@ class DirectBackend(NumbaBackend):
             workers = numba_threads()
             shape = (x.shape[0], c_blocks, hp, wp, block)
             flat = scratch("direct.input", (math.prod(shape) + slack,), np.float32)
-            y, first, step = _destination(problem, out, residual if in_place else None)
+            y, first, step = destination(problem, out, residual if in_place else None)
             res = y if residual is None else residual
             tiled_conv(kernel_view(x, problem.input_layout), flat[:flat.size - slack].reshape(shape), top, left, wb, kh,
                        kw, sh, sw, dh, dw, group_blocks, b, kernel_view(res, problem.output_layout), residual is not None,
@@ -458,7 +458,7 @@ class DirectBackend(NumbaBackend):
             workers = numba_threads()
             x = kernel_view(x, problem.input_layout)
             products_read = x if (sh, sw) == (1, 1) else scratch("direct.subsampled", subsampled, np.float32)
-            y, first, step = _destination(problem, out, residual if in_place else None)
+            y, first, step = destination(problem, out, residual if in_place else None)
             res = y if residual is None else residual
             if tiles:
                 pointwise_tiles(x, products_read, sh, sw, w_packed, chunk, b, kernel_view(res, problem.output_layout),
@@ -503,7 +503,7 @@ def _channels_last_matrix(weight: np.ndarray, rows: int):
     return np.lib.stride_tricks.as_strided(matrix, shape=(span,), strides=(matrix.itemsize,)), row_stride
 
 
-def _destination(problem: ConvProblem, out, over):
+def destination(problem: ConvProblem, out, over):
     """``(array, first channel, channel step)`` the kernels write to: a new array, the residual given up
     (``over``), or ``out``'s buffer (a slice that is one contiguous block passes as itself: a residual
     then shares its indices; a blocked buffer's first channel counts blocks)."""
