@@ -95,8 +95,8 @@ bench = _module("bench", "bench_model")
 #: Backends always on the axis, registered here or not (the built-ins and the two plugins). asv files a
 #: result by its position in the product of the axes, so an axis must not change with what a commit
 #: registers: "grouped" (a built-in since issue 14) missing here shifted every older commit's results by
-#: one place, and `asv continuous` then compared different cells.
-KNOWN_BACKENDS = ("naive", "im2col", "direct", "fft", "cuda", "winograd", "winograd4", "torch", "grouped")
+#: one place, and `asv continuous` then compared different cells. "tiled_winograd" (a built-in since session 16) the same.
+KNOWN_BACKENDS = ("naive", "im2col", "direct", "fft", "cuda", "winograd", "winograd4", "torch", "grouped", "tiled_winograd")
 
 
 def _registered_backends() -> tuple[str, ...]:

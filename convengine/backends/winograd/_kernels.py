@@ -151,8 +151,10 @@ def winograd_conv(x, padded, top, left, v, u, bias, residual, has_residual, act,
             computed = _compiled_width(width)
             for ob in range(ob0, ob1):
                 for pos in range(positions):
-                    acc = tile_conv(wide_tile_zero(), v, run_at + pos * pos_step, t_width * LANES, 0, 1, LANES,
-                                    u, (ob * positions + pos) * c_blocks * LANES * o_lanes, LANES * o_lanes, c_blocks, 1, LANES,
+                    # the channel blocks as reduction rows, not blocks: up to 16 of them (256 products) summed in
+                    # registers before the total, where each block was a sum of its own (28 zeroings and adds per 16 steps)
+                    acc = tile_conv(wide_tile_zero(), v, run_at + pos * pos_step, 0, t_width * LANES, 1, LANES,
+                                    u, (ob * positions + pos) * c_blocks * LANES * o_lanes, 0, 1, c_blocks, LANES,
                                     computed, vectors, None, None, 0, 0, None, None)
                     tile_save(acc, mb, saved + pos * TILE_FLOATS)
                 _store_run(mb, saved, t0, width, n_tiles, tw, ob, o_lanes, out_channels, vectors, y_flat, y_blocked,
