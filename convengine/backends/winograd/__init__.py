@@ -33,7 +33,7 @@ from ...core.hookspecs import hookimpl
 from ...core.layouts import NCHW16C, NHWC, kernel_view
 from ...core.problem import ConvProblem
 from ...runtime.hardware import l2_cache_bytes
-from ...runtime.threads import numba_threads
+from ...runtime.threads import get_num_threads, numba_threads
 from ...runtime.workspace import aligned_empty, scratch
 from .._numba import NumbaBackend
 from ..direct import DIRECT_EFFICIENCY, DirectBackend, destination, tile_vectors
@@ -43,15 +43,22 @@ from ._transforms import TILE, transformed_weights
 #: ``_kernels.winograd_conv``'s job orders (its ``order``; not imported from there: no Numba at startup).
 RUN_BY_RUN, BLOCK_BY_BLOCK, FUSED = 0, 1, 2
 
-#: Fixed cost of one position's matrix product on a run of tiles (zeroing the register tile,
-#: putting it aside), in reduction steps.
-POSITION_OVERHEAD_STEPS = 8
-#: Vector operations per tile and 16-channel block: the input transform's (12 transforms of 6
-#: vectors, ~4 terms each) and the output transform's with its epilogue.
-INPUT_TRANSFORM_OPS = 300
-OUTPUT_TRANSFORM_OPS = 300
-#: Vector operations per cycle the transforms sustain, against the FMA units' two.
+#: The cost model's constants, fitted to in-model times (ResNet-50, DenseNet-121, GoogLeNet: each
+#: layer's time with and without this backend, interleaved; 2-vCPU Xeon) so that its ratio to
+#: ``direct``'s estimate falls within 15% of the measured one on ten layers (64 -> 64 at 56x56:
+#: 0.64 against 0.68; 16 -> 32 at 28x28, which loses: 1.73 against 1.47). Fixed cost of one
+#: position's matrix product on a run (zeroing the register tile, putting it aside), in
+#: reduction steps ...
+POSITION_OVERHEAD_STEPS = 32
+#: ... vector operations per tile and 16-channel block of the input transform (with its loads
+#: and stores) and of the output transform (with the epilogue's loop over the 16 pixels) ...
+INPUT_TRANSFORM_OPS = 900
+OUTPUT_TRANSFORM_OPS = 1200
+#: ... at this many per FMA slot ...
 TRANSFORM_OPS_PER_FMA = 1.0
+#: ... and a call's cost beyond one kernel start: three phases and two barriers, the runs' loops
+#: (small layers lose to ``direct`` on it: GoogLeNet's 16 -> 32 at 28x28 0.066 -> 0.097 ms).
+CALL_OVERHEAD_S = 40e-6
 #: Images a call transforms at a time at most: the transformed input of a batch is 4x its size.
 MAX_IMAGES_BYTES = 64 * 1024 * 1024
 
@@ -139,24 +146,27 @@ class WinogradBackend(NumbaBackend):
         vectors = tile_vectors(problem, MAX_VECTORS)
         c_padded = -(-problem.in_channels // LANES) * LANES
         o_padded = -(-problem.out_channels // (vectors * LANES)) * vectors * LANES
-        full, rest = divmod(n_tiles, MAX_WIDTH)
-        computed = full * tile_cost(MAX_WIDTH, vectors) + (tile_cost(rest, vectors) if rest else 0)
+        itemsize = np.dtype(problem.dtype).itemsize
+        runs = run_tiles(problem.batch * n_tiles, MAX_WIDTH, get_num_threads())
+        computed = sum(tile_cost(width, vectors) for _, width in runs)
         flops = machine.gemm_flops(problem.dtype)
-        work = 2.0 * problem.batch * positions * c_padded * o_padded * computed
+        work = 2.0 * positions * c_padded * o_padded * computed
         rate = flops * DIRECT_EFFICIENCY * c_padded / (c_padded + POSITION_OVERHEAD_STEPS)
         vector_op = 2.0 * LANES / flops / TRANSFORM_OPS_PER_FMA  # seconds per vector operation (an FMA's share)
         transforms = problem.batch * n_tiles * vector_op * (INPUT_TRANSFORM_OPS * c_padded // LANES
                                                             + OUTPUT_TRANSFORM_OPS * o_padded // LANES)
-        itemsize = np.dtype(problem.dtype).itemsize
         weights = positions * c_padded * o_padded * itemsize / machine.bandwidth
         padded = problem.batch * c_padded * (TILE * th + 2) * (TILE * tw + 2) * itemsize
-        transformed = problem.batch * positions * c_padded * n_tiles * itemsize
+        order = job_order(positions * c_padded * vectors * LANES * itemsize, positions * c_padded * MAX_WIDTH * itemsize,
+                          len(runs))
+        # fused, a run's transformed input stays in the near caches; else it is written and read back
+        transformed = 0 if order == FUSED else problem.batch * positions * c_padded * n_tiles * itemsize
         output = int(np.prod(problem.output_shape)) * itemsize
         copies = (2 * padded + 2 * transformed + output) / machine.bandwidth
         # added, not overlapped: inside a network the transformed weights (4x a 3x3 layer's) are cold, and
         # at batch 1 the 14x14 and 7x7 stages' products wait on them (256 channels at 14x14: 1.4 ms in
         # ResNet-50 against 0.6 hot)
-        return work / rate + weights + transforms + copies + machine.parallel_launch_s
+        return work / rate + weights + transforms + copies + machine.parallel_launch_s + CALL_OVERHEAD_S
 
     def prepare(self, problem: ConvProblem, weight, bias, epilogue: Epilogue = NONE):
         from ..direct._simd import TILE_FLOATS, preferred_width
