@@ -1,17 +1,20 @@
 """The Winograd kernel: pad, transform the input, multiply on the register tiles, transform the output.
 
-One parallel region, three phases (``direct._worksharing``: jobs claimed at run time, a barrier
-between phases instead of a kernel start each):
+One parallel region (``direct._worksharing``: jobs claimed at run time, a barrier between
+phases instead of a kernel start each):
 
 1. the input copied into a zero-padded NCHW16c buffer that covers every tile (``direct``'s row
-   copy), so that the transform reads whole tiles with no bounds;
-2. each ``(m+2) x (m+2)`` input tile transformed per 16-channel block, written as
-   ``(m+2)^2`` planes of ``(channel blocks, tiles, 16)``;
-3. per output block of 32 (or 16) channels and run of up to 14 tiles (of one image or several): for each of the
-   ``(m+2)^2`` positions, the run's products over every input channel on ``direct``'s register
-   tile (a 1x1 convolution whose pixels are tiles), put aside in a per-thread buffer; then each
-   tile's output transform with bias, residual and activation, stored in the output's layout.
-   The products of one run never leave the near caches.
+   copy), so that the transform reads whole tiles with no bounds, and checked for NaN and Inf
+   row by row as it is copied (if one is found, the kernel stops there and the caller takes an
+   exact path);
+2. the products, in runs of up to 14 tiles (of one image or several) x 32 (or 16) output
+   channels: for each of the 36 positions, the run's products over every input channel on
+   ``direct``'s register tile (a 1x1 convolution whose pixels are tiles), put aside in a
+   per-thread buffer; then each tile's output transform with bias, residual and activation,
+   stored in the output's layout. A job either transforms its run's input tiles itself, into a
+   per-thread buffer that stays in the near caches (``FUSED``), or reads them from a phase of
+   their own between 1 and 2 (where a block's weights and a run's input do not fit the
+   second-level cache together).
 """
 
 from __future__ import annotations
