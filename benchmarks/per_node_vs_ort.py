@@ -118,14 +118,14 @@ def onnx_groups(path: str, steps: set[str], absorbed_by: dict[str, str]) -> tupl
     return group, producer
 
 
-def compare(path: str, threads: int, runs: int) -> list[dict]:
+def compare(path: str, threads: int, runs: int, batch: int = 1) -> list[dict]:
     graph = load_onnx(path, name=os.path.splitext(os.path.basename(path))[0])
     import onnx
 
     model = onnx.load(path, load_external_data=False).graph
     inits = {t.name for t in model.initializer}
     dims = next(i for i in model.input if i.name not in inits).type.tensor_type.shape.dim
-    x = np.random.default_rng(0).random([d.dim_value or 1 for d in dims], dtype=np.float32)
+    x = np.random.default_rng(0).random([batch] + [d.dim_value or 1 for d in dims[1:]], dtype=np.float32)
     ort_times, ort_total, ort_outputs = ort_node_times(path, x, threads, runs)
     set_num_threads(threads)
     rows, ours_total = layer_times(graph, x, engine=ce.Engine(), runs=runs)
@@ -158,12 +158,13 @@ def main(argv=None) -> int:
     parser.add_argument("files", nargs="+", help="ONNX files (globs allowed)")
     parser.add_argument("--threads", type=int, default=2, help="threads for both runtimes (default 2)")
     parser.add_argument("--runs", type=int, default=50, help="profiled/timed runs per runtime (default 50)")
+    parser.add_argument("--batch", type=int, default=1, help="images per run (default 1)")
     parser.add_argument("--top", type=int, default=10, help="groups with the largest gap to print (default 10)")
     parser.add_argument("--json", action="store_true", help="every group as JSON lines instead")
     args = parser.parse_args(argv)
     paths = [p for pattern in args.files for p in (sorted(glob.glob(pattern)) or [pattern])]
     for path in paths:
-        rows = compare(path, args.threads, args.runs)
+        rows = compare(path, args.threads, args.runs, args.batch)
         if args.json:
             for row in rows:
                 print(json.dumps(dict(row, model=path)))
