@@ -222,16 +222,16 @@ class WinogradBackend(NumbaBackend):
             return n_runs * positions * c_blocks * t_width * LANES * 4
 
         def execute(x: np.ndarray, residual=None, in_place: bool = False, out=None) -> np.ndarray:
+            # (a batch in several calls: one may have written its outputs, and over its residual, before a
+            # later one meets a NaN; so such a batch is checked whole, first)
+            if not finite_weights or (chunk < problem.batch and not all_finite(x)):
+                return exact()(x, residual, in_place, out)
             workers = numba_threads()
             y, first, step = destination(problem, out, residual if in_place else None)
             res = y if residual is None else residual
             x_k, y_k, res_k = (kernel_view(x, problem.input_layout), kernel_view(y, problem.output_layout),
                                kernel_view(res, problem.output_layout))
             mb = scratch("winograd.products", (workers * positions * TILE_FLOATS,), np.float32)
-            # (a batch in several calls: one may have written its outputs, and over its residual, before a
-            # later one meets a NaN; so such a batch is checked whole, first)
-            if not finite_weights or (chunk < problem.batch and not all_finite(x)):
-                return exact()(x, residual, in_place, out)
             nonfinite = np.zeros(1, np.int64)
             for n0 in range(0, problem.batch, chunk):
                 images = min(chunk, problem.batch - n0)
