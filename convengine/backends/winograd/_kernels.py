@@ -62,7 +62,7 @@ def winograd_conv(x, padded, top, left, v, u, bias, residual, has_residual, act,
 
     ``padded``: the (N, Cb, Hp, Wp, 16) zero-padded blocked buffer (Hp, Wp = 4 * tiles + 2).
     The tiles of all N images, numbered image after image, are computed in ``runs`` (``(first
-    tile, tiles)`` rows, at most ``t_width`` each: ``_tiles.row_tiles`` of the numbered tiles);
+    tile, tiles)`` rows, at most ``t_width`` each: the backend's ``run_tiles``);
     ``slots[t]`` is tile ``t``'s place ``run * t_width + i`` in ``v``, the transformed input,
     flat ``(runs, 36, Cb, t_width, 16)``: a run's products read one contiguous stream (the
     prefetchers follow it; planes of all tiles made each position's read a cold start).
