@@ -191,6 +191,33 @@ def scale_shift_parallel(x, y, factor, shift, relu):
         _scale_shift_plane(x[job // channels, c], y[job // channels, c], factor[c], shift[c], relu)
 
 
+#: Channels a pixel holds in the blocked layout (``core.layouts.BLOCK``).
+LANES = 16
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath=_FAST)
+def scale_shift_lanes(x, image_floats, y, factor, shift, relu):
+    """``y`` (N, Cb, P * 16), blocked, from the blocked images in ``x`` (flat: image ``n``'s ``Cb * P * 16``
+    floats from ``n * image_floats``, a channel slice of a larger blocked buffer too): lane ``j`` of block
+    ``cb`` times ``factor[cb * 16 + j]`` plus ``shift[...]``, then ``max(., 0)`` if ``relu`` (``factor`` and
+    ``shift`` padded with zeros to whole blocks: the padding channels stay 0). Batch norm + ReLU on a
+    blocked tensor (DenseNet's, between a block's concatenation and its 1x1 layer)."""
+    n_images, blocks, floats = y.shape
+    for job in prange(n_images * blocks):
+        n, cb = job // blocks, job % blocks
+        src, dst = n * image_floats + cb * floats, (n * blocks + cb) * floats
+        y_flat = y.reshape(-1)
+        f, s = factor[cb * LANES:(cb + 1) * LANES], shift[cb * LANES:(cb + 1) * LANES]
+        for p in range(0, floats, LANES):
+            if relu:
+                for j in range(LANES):
+                    v = x[src + p + j] * f[j] + s[j]
+                    y_flat[dst + p + j] = 0 if v < 0 else v  # (NaN stays: NaN < 0 is false)
+            else:
+                for j in range(LANES):
+                    y_flat[dst + p + j] = x[src + p + j] * f[j] + s[j]
+
+
 #: Tile side for :func:`layer_scale_residual`: a 32 x 32 tile of each array is 4 KiB in float32.
 TILE = 32
 
@@ -294,9 +321,24 @@ def layer_scale_residual(x: np.ndarray, residual: np.ndarray, bias: np.ndarray, 
     return y
 
 
+def scale_shift_blocked(x: np.ndarray, factor: np.ndarray, shift: np.ndarray, relu: bool) -> np.ndarray:
+    """:func:`scale_shift_lanes` on the blocked ``(N, Cb, H, W, 16)`` array ``x`` (a channel slice of a larger
+    buffer too, whose images are each contiguous), ``factor`` and ``shift`` padded to whole blocks: a new array."""
+    if not (x[0].flags.c_contiguous and x.strides[0] % x.itemsize == 0):
+        x = np.ascontiguousarray(x)
+    n = x.shape[0]
+    image_floats = x.strides[0] // x.itemsize
+    per_image = x[0].size
+    flat = np.lib.stride_tricks.as_strided(x, shape=((n - 1) * image_floats + per_image,), strides=(x.itemsize,))
+    y = np.empty(x.shape, x.dtype)
+    scale_shift_lanes(flat, image_floats, y.reshape(n, x.shape[1], -1), factor, shift, bool(relu))
+    return y
+
+
 def precompile_kernels(function: str, dtype: str) -> list:
-    """The kernels ``function`` (``erf``, ``gelu``, ``bias_gelu``, ``scale_shift``, ``layer_scale_residual``) calls
-    on ``dtype`` activations (see :mod:`convengine.runtime.precompile`): its serial and parallel forms."""
+    """The kernels ``function`` (``erf``, ``gelu``, ``bias_gelu``, ``scale_shift``, ``scale_shift_lanes``,
+    ``layer_scale_residual``) calls on ``dtype`` activations (see :mod:`convengine.runtime.precompile`): its serial
+    and parallel forms (``scale_shift_lanes``: its parallel one)."""
     from numba import types
 
     from ..runtime.precompile import Kernel
@@ -309,6 +351,9 @@ def precompile_kernels(function: str, dtype: str) -> list:
     elif function == "scale_shift":
         planes = types.Array(element, 3, "C")
         signature = (planes, planes, flat, flat, types.boolean)
+    elif function == "scale_shift_lanes":  # one form, parallel
+        return [Kernel(__name__, function, (flat, types.int64, types.Array(element, 3, "C"), flat, flat, types.boolean),
+                       cost=1.5)]
     elif function == "bias_gelu":
         rows = types.Array(element, 2, "C")
         signature = (rows, rows, flat, element)

@@ -30,6 +30,12 @@ blocked tensor (``graph._pool_kernels.blocked_pool``). ResNet's and SqueezeNet's
 (convolution -> max pool -> convolution) then stay blocked, where the stem used to write
 NCHW for the pool and the next convolution read NCHW.
 
+A batch norm + ReLU step (:class:`.fusion.PointwiseChain`) passes the layout through the same way,
+writing a new blocked array: DenseNet's, between each dense layer's concatenation and its 1x1
+layer, so that its block's buffer is held blocked, its 3x3 layers write their slots there and its
+1x1 layers read blocked (in-process, interleaved: DenseNet-121 0.953x at batch 1, 0.985-1.013x at
+batch 32, 1.022x at batch 8, the time of holding the buffer NCHW with a copy per concatenation).
+
 A squeeze-and-excitation block (:class:`.fusion.SqueezeExcitation`, one step) passes the layout
 through the same way: the channel means of the blocked tensor, the two dense layers, and each
 lane scaled in place (``SqueezeExcitation.prepare_blocked``), so that EfficientNet's and

@@ -43,6 +43,7 @@ from .folding import ConvWeights, foldable_batchnorms
 from .fusion import (
     ChannelsLastLinear,
     EpilogueFusion,
+    PointwiseChain,
     SqueezeExcitation,
     channels_last_linears,
     fused_blocks,
@@ -149,6 +150,7 @@ class CompiledGraph:
                 step.node = Node(node.name, block.op, list(block.inputs), [block.output])
             self.steps.append(step)
         produced = {out for s in self.steps if s.linear is None for out in s.node.outputs}  # (NHWC: not a channel slice)
+        self.blocked_layouts = blocked_layouts
         self.placement = (plan_placement(graph, produced, readers, self._overwritten_alone()) if concat_in_place
                           else Placement({}, {}, {}))
         self.blocked_buffers: set[str] = set()  # the placement's buffers held channel-blocked (see .blocking)
@@ -200,6 +202,9 @@ class CompiledGraph:
                        if isinstance(s.squeeze, SqueezeExcitation) and dtype in ("float32", "float64")
                        and len(self.graph.shapes.get(s.inputs[0], ())) == 4}
         pools.update(excitations)
+        # so does a batch norm + ReLU (DenseNet's, between a block's concatenation and its 1x1 layer)
+        chains = {i: (s.inputs[0], s.node.outputs[0]) for i, s in enumerate(self.steps) if self._blockable_chain(s, dtype)}
+        pools.update(chains)
         sinks = {i: s.inputs[0] for i, s in enumerate(self.steps)
                  if s.node.op == "GlobalAveragePool" and s.block is None and not s.homes and len(s.inputs) == 1
                  and len(self.graph.shapes.get(s.inputs[0], ())) == 4 and dtype in ("float32", "float64")
@@ -233,7 +238,7 @@ class CompiledGraph:
         for i, step in enumerate(self.steps):
             if i in plan.layouts:
                 step.layouts = plan.layouts[i]
-            if i in excitations and i in plan.layouts:
+            if (i in excitations or i in chains) and i in plan.layouts:
                 step.block = step.squeeze.prepare_blocked(self.graph.params, dtype)
             elif i in pools and i in plan.layouts:
                 step.block = blocked_pool_step(step.node, self._batch_shape(step.inputs[0]), dtype)
@@ -301,13 +306,21 @@ class CompiledGraph:
 
     def _overwritten_alone(self) -> set[str]:
         """Tensors read by one step only, one that may run in place over its first input (an elementwise
-        operator, a fused block): DenseNet's batch norm + ReLU after each concatenation."""
+        operator, a fused block): DenseNet's batch norm + ReLU after each concatenation, unless that may run
+        on blocked tensors (:meth:`_blockable_chain`), where it writes a new array anyway."""
         reads: dict[str, int] = {}
         for step in self.steps:
             for name in step.inputs:
                 reads[name] = reads.get(name, 0) + 1
+        dtype = self.graph.inputs[0].dtype if self.graph.inputs else "float32"
         return {s.inputs[0] for s in self.steps
-                if s.inputs and (s.node.op in INPLACE or s.block is not None) and reads[s.inputs[0]] == 1}
+                if s.inputs and (s.node.op in INPLACE or s.block is not None) and reads[s.inputs[0]] == 1
+                and not (self.blocked_layouts and self._blockable_chain(s, dtype))}
+
+    def _blockable_chain(self, step: Step, dtype: str) -> bool:
+        """Whether ``step`` is a batch norm + ReLU that can pass the blocked layout through (as a pool does)."""
+        return (isinstance(step.squeeze, PointwiseChain) and step.squeeze.kind == "batchnorm_relu" and dtype == "float32"
+                and len(self.graph.shapes.get(step.inputs[0], ())) == 4)
 
     def _place(self) -> None:
         """Turn the planned ``Concat`` nodes into gathers, drop the shuffles they absorbed, mark placed outputs."""
@@ -335,7 +348,7 @@ class CompiledGraph:
         for step in self.steps:
             if step.conv is not None:
                 kernels += step.conv.kernels()
-            elif isinstance(step.squeeze, SqueezeExcitation) and step.layouts == (NCHW16C, NCHW16C):
+            elif isinstance(step.squeeze, (SqueezeExcitation, PointwiseChain)) and step.layouts == (NCHW16C, NCHW16C):
                 kernels += step.squeeze.blocked_kernels(dtype)
             elif step.squeeze is not None:
                 kernels += step.squeeze.kernels((self.batch,) + tuple(self.graph.shapes[step.squeeze.x][1:]), dtype, params)

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Union
 import numpy as np
 
 from ..core.epilogue import Epilogue, apply_activation
+from ..core.layouts import BLOCK
 from .folding import foldable_batchnorms
 from .ir import Node
 from .ops import GELU_SCALE, KERNELS, OPS, batchnorm_affine
@@ -399,6 +400,23 @@ class PointwiseChain(FusedBlock):
         bn = self.absorbed[0]
         factor, shift = batchnorm_affine(bn, [params[name] for name in bn.inputs[1:5]], dtype)
         return lambda x, in_place: scale_shift(x, factor, shift, True, out=x if in_place else None)
+
+    def blocked_kernels(self, dtype: str) -> list:
+        """The compiled kernels the run :meth:`prepare_blocked` returns calls."""
+        from ._pointwise_kernels import precompile_kernels
+
+        return precompile_kernels("scale_shift_lanes", dtype)
+
+    def prepare_blocked(self, params, dtype) -> Callable[[np.ndarray, bool], np.ndarray]:
+        """``run(x, in_place) -> y`` for a ``batchnorm_relu`` chain on NCHW16c tensors (see :mod:`.blocking`): a
+        new blocked array (its input is a view of a concatenation's buffer, which later layers read)."""
+        from ._pointwise_kernels import scale_shift_blocked
+
+        bn = self.absorbed[0]
+        factor, shift = batchnorm_affine(bn, [params[name] for name in bn.inputs[1:5]], dtype)
+        whole = -(-factor.size // BLOCK) * BLOCK  # zeros for the padding channels: they stay 0
+        factor, shift = (np.concatenate([a, np.zeros(whole - a.size, a.dtype)]) for a in (factor, shift))
+        return lambda x, in_place: scale_shift_blocked(x, factor, shift, True)
 
 
 def _scalar(params, name: str, value) -> bool:

@@ -12,8 +12,10 @@ DenseNet concatenates all earlier features again in every layer (``Concat(x0, f1
 ``Concat(x0, f1, f2)``, ...): planned from the last one back, the block's features are placed
 once in the last, widest buffer and every earlier ``Concat`` is a prefix of it, where each
 layer used to copy all of them. Except where a ``Concat``'s one reader runs in place over it
-(torchvision's DenseNet: batch norm + ReLU after each): that one keeps its copy, which its
-reader then overwrites; reading the shared buffer into a new array measured slower.
+(torchvision's DenseNet held NCHW: batch norm + ReLU after each): that one keeps its copy, which
+its reader then overwrites; reading the shared buffer into a new array measured slower. Where the
+executor may hold it blocked (float32), the batch norm + ReLU writes a new blocked array anyway
+(:mod:`.blocking`), and every ``Concat`` of the block is a view.
 
 ShuffleNet's channel shuffle, ``Reshape(N, g, C/g, H, W) -> Transpose(0, 2, 1, 3, 4) ->
 Reshape(N, C, H, W)`` after a ``Concat`` whose inputs each lie within one of the ``g`` groups,

@@ -14,6 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402  (after importorskip: without onnx the module is skipped)
 
 import convengine as ce  # noqa: E402  (after importorskip: without onnx the module is skipped)
+from convengine.core.layouts import NCHW16C  # noqa: E402  (after importorskip: without onnx the module is skipped)
 from convengine.graph import ops  # noqa: E402  (after importorskip: without onnx the module is skipped)
 from convengine.graph.executor import CompiledGraph  # noqa: E402  (after importorskip: without onnx the module is skipped)
 from convengine.models import shufflenet_v2_x1_0, squeezenet1_1  # noqa: E402  (after importorskip: without onnx the module is skipped)
@@ -127,7 +128,7 @@ def shufflenet_like() -> bytes:
     return b.model([b.conv(x, 32, 8)])
 
 
-GRAPHS = {"inception": (inception_like, 2), "densenet": (densenet_like, 1),
+GRAPHS = {"inception": (inception_like, 2), "densenet": (densenet_like, 4),  # (blocked: see the next test)
           "densenet without batch norm": (lambda: densenet_like(batchnorm=False), 4), "fire": (fire_like, 2),
           "shufflenet": (shufflenet_like, 2)}  # builder, Concat nodes that become views
 
@@ -259,13 +260,31 @@ def test_zoo_models_match_the_copying_executor(factory, gathered):
 
 
 def test_a_concat_whose_one_reader_runs_in_place_keeps_its_copy():
-    """DenseNet: batch norm + ReLU (one fused step) overwrite each concatenation in place; those stay
+    """DenseNet held NCHW: batch norm + ReLU (one fused step) overwrite each concatenation in place; those stay
     copies (measured faster than reading a shared buffer), the block's last one, read by a convolution, does not."""
-    compiled = CompiledGraph(ce.load_onnx(densenet_like(layers=4)))
+    compiled = CompiledGraph(ce.load_onnx(densenet_like(layers=4)), blocked_layouts=False)
     concats = [s for s in compiled.steps if s.node.op == "Concat"]
     assert [s.gather is not None for s in concats] == [False, False, False, True]
     outputs = {s.node.outputs[0] for s in concats}
     assert [s.inplace for s in compiled.steps if s.block is not None and s.inputs[0] in outputs] == [True] * 3
+
+
+def test_a_blocked_batch_norm_lets_every_concat_be_a_view_of_one_blocked_buffer():
+    """DenseNet with blocked layouts: batch norm + ReLU passes the layout through as a pool does, writing a new
+    blocked array, so no concatenation keeps its copy, the block's buffer is blocked (the 3x3 layers write
+    their slots in place) and each 1x1 layer reads blocked; the result as ONNX Runtime's."""
+    model = densenet_like(layers=4)
+    compiled = CompiledGraph(ce.load_onnx(model))
+    concats = [s for s in compiled.steps if s.node.op == "Concat"]
+    assert all(s.gather is not None and not s.copies for s in concats[:-1])
+    norms = [s for s in compiled.steps if s.node.op == "BatchNormalization+Relu"]
+    assert len(norms) == 4 and all(s.layouts == (NCHW16C, NCHW16C) and not s.inplace for s in norms)
+    assert compiled.blocked_buffers
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 8, H, H)).astype(np.float32)
+        want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        assert _rel_error(compiled.run(x) if batch == 1 else CompiledGraph(ce.load_onnx(model), batch=batch).run(x),
+                          want) < 1e-5
 
 
 def test_an_in_place_operator_never_writes_over_a_placed_tensor_another_view_still_needs():

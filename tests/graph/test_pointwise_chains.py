@@ -266,3 +266,31 @@ def test_float64_chains_match_the_float64_definitions():
     got = compiled.run(x)
     assert got.dtype == np.float64
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels", [16, 40, 5])
+@pytest.mark.parametrize("sliced", [False, True])
+def test_batchnorm_relu_on_blocked_tensors_keeps_padding_and_nan(channels, sliced):
+    """The blocked form (DenseNet's concatenation held NCHW16c): each lane by its channel's factor and shift, a
+    channel slice of a larger blocked buffer read in place, the padding channels of a partial block left 0, NaN
+    kept and negative values clipped, as the NCHW definition does."""
+    from convengine.core.layouts import to_layout, to_nchw
+    from convengine.graph._pointwise_kernels import scale_shift_blocked
+
+    rng = np.random.default_rng(channels)
+    x = rng.standard_normal((3, channels, 5, 7)).astype(np.float32)
+    x[1, channels - 1, 2, 3] = np.nan
+    blocked = to_layout(x, "NCHW16c")
+    if sliced:  # the same blocks inside a buffer with more blocks after them
+        buffer = to_layout(np.concatenate([x, rng.standard_normal((3, 32, 5, 7)).astype(np.float32)], axis=1)
+                           if channels % 16 == 0 else x, "NCHW16c")
+        blocked = buffer[:, :-(-channels // 16)]
+    factor, shift = rng.uniform(0.5, 2, channels).astype(np.float32), rng.standard_normal(channels).astype(np.float32)
+    pad = -(-channels // 16) * 16 - channels
+    y = scale_shift_blocked(blocked, np.concatenate([factor, np.zeros(pad, np.float32)]),
+                            np.concatenate([shift, np.zeros(pad, np.float32)]), True)
+    want = np.maximum(x * factor[None, :, None, None] + shift[None, :, None, None], 0)
+    want[np.isnan(x)] = np.nan
+    got = to_nchw(y, "NCHW16c", y.shape[1] * 16)
+    np.testing.assert_allclose(got[:, :channels], want, rtol=1e-6, atol=1e-6)
+    assert not got[:, channels:].any()
