@@ -21,6 +21,7 @@ import numpy as np
 from numba import prange
 
 from ..backends._activations import ERF_LARGE, ERF_MID, ERF_P, ERF_S, ERF_SMALL  # the fits, shared with the fused GELU
+from ..core.layouts import BLOCK as LANES  # channels a blocked pixel holds (BLOCK here: a parallel job's elements)
 from ..runtime.threads import serial_or_parallel
 
 f32 = np.float32
@@ -191,10 +192,6 @@ def scale_shift_parallel(x, y, factor, shift, relu):
         _scale_shift_plane(x[job // channels, c], y[job // channels, c], factor[c], shift[c], relu)
 
 
-#: Channels a pixel holds in the blocked layout (``core.layouts.BLOCK``).
-LANES = 16
-
-
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=_FAST)
 def scale_shift_lanes(x, image_floats, y, factor, shift, relu):
     """``y`` (N, Cb, P * 16), blocked, from the blocked images in ``x`` (flat: image ``n``'s ``Cb * P * 16``
@@ -203,10 +200,10 @@ def scale_shift_lanes(x, image_floats, y, factor, shift, relu):
     ``shift`` padded with zeros to whole blocks: the padding channels stay 0). Batch norm + ReLU on a
     blocked tensor (DenseNet's, between a block's concatenation and its 1x1 layer)."""
     n_images, blocks, floats = y.shape
+    y_flat = y.reshape(-1)
     for job in prange(n_images * blocks):
         n, cb = job // blocks, job % blocks
         src, dst = n * image_floats + cb * floats, (n * blocks + cb) * floats
-        y_flat = y.reshape(-1)
         f, s = factor[cb * LANES:(cb + 1) * LANES], shift[cb * LANES:(cb + 1) * LANES]
         for p in range(0, floats, LANES):
             if relu:

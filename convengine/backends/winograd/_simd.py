@@ -2,8 +2,9 @@
 
 Why IR: a tile's transform reads (m+2)^2 vectors and writes as many; written as a Numba loop
 over the 16 lanes, LLVM cannot prove that the input and the transformed buffer do not overlap
-and leaves the loop scalar. Here every vector is an SSA value, one multiply-add per non-zero
-coefficient of the matrices in :mod:`._transforms` (0 and +-1 cost an add or nothing).
+and leaves the loop scalar. Here every vector is an SSA value, and ``B^T`` and ``A^T`` of
+:mod:`._transforms` are applied in Lavin and Gray's factorised form (shared sums, a fused
+multiply-add per other coefficient).
 """
 
 from __future__ import annotations
@@ -26,27 +27,9 @@ from ..direct._simd import (
     _splat,
 )
 from ..direct._tiles import LANES
-from ._transforms import TILE, input_matrix, output_matrix
+from ._transforms import TILE
 
 _I64 = ir.IntType(64)
-
-
-def _combine(builder, coefficients, vectors):
-    """``sum(c * v)`` over the non-zero coefficients (at least one)."""
-    total = None
-    for c, v in zip(coefficients, vectors):
-        if c == 0:
-            continue
-        if total is None:
-            total = v if c == 1 else (builder.fsub(ir.Constant(_VEC, [0.0] * LANES), v) if c == -1
-                                      else builder.fmul(v, ir.Constant(_VEC, [c] * LANES)))
-        elif c == 1:
-            total = builder.fadd(total, v)
-        elif c == -1:
-            total = builder.fsub(total, v)
-        else:
-            total = _fma(builder, v, ir.Constant(_VEC, [c] * LANES), total)
-    return total
 
 
 def _scaled(builder, v, c, total):
@@ -73,21 +56,13 @@ def _output_rows4(builder, m):
             builder.fadd(_scaled(builder, d, 8.0, b), m[5])]
 
 
-def _rows(builder, matrix, vectors, factorised):
-    """``matrix @ vectors`` (a list of vectors): the factorised form where there is one, else term by term."""
-    if factorised is not None:
-        return factorised(builder, vectors)
-    return [_combine(builder, row, vectors) for row in matrix]
-
-
 def _vector_at(builder, base, index):
     return builder.bitcast(builder.gep(base, [index]), _VEC.as_pointer())
 
 
 def _input_transform(m: int):
-    bt = input_matrix(m)
+    apply_bt = {4: _input_rows4}[m]  # B^T applied to six vectors
     a = m + 2
-    factorised = _input_rows4 if m == 4 else None
 
     def typer(typingctx, x, x_start, row_step, v, v_start, pos_step):
         """``V = B^T d B`` of the ``(m+2) x (m+2)`` tile of 16-channel pixels at ``x[x_start]`` (rows
@@ -109,9 +84,9 @@ def _input_transform(m: int):
                     value.align = 4
                     loads.append(value)
                 d.append(loads)
-            columns = [_rows(builder, bt, [d[r][c] for r in range(a)], factorised) for c in range(a)]  # (c, i)
+            columns = [apply_bt(builder, [d[r][c] for r in range(a)]) for c in range(a)]  # (c, i)
             for i in range(a):
-                for j, value in enumerate(_rows(builder, bt, [columns[c][i] for c in range(a)], factorised)):
+                for j, value in enumerate(apply_bt(builder, [columns[c][i] for c in range(a)])):
                     index = builder.add(v_start, builder.mul(pos_step, ir.Constant(_I64, i * a + j)))
                     builder.store(value, _vector_at(builder, vp, index)).align = 4
             return context.get_dummy_value()
@@ -123,9 +98,8 @@ def _input_transform(m: int):
 
 
 def _output_transform(m: int):
-    at = output_matrix(m)
+    apply_at = {4: _output_rows4}[m]  # A^T applied to six vectors
     a = m + 2
-    factorised = _output_rows4 if m == 4 else None
 
     def typer(typingctx, mb, m_start, pos_step, y, y_start, row_step, pixel_step, lane_step, written, rows, cols,
               channels, bias, b_start, residual, has_residual, act, act_a, act_b):
@@ -162,11 +136,11 @@ def _output_transform(m: int):
                     value = builder.load(_vector_at(builder, mp, index))
                     value.align = 4
                     products.append(value)
-            columns = [_rows(builder, at, [products[i * a + j] for i in range(a)], factorised) for j in range(a)]  # (j, k)
+            columns = [apply_at(builder, [products[i * a + j] for i in range(a)]) for j in range(a)]  # (j, k)
             # the m x m results through a stack array: the epilogue below is emitted once, not m * m times
             out = cgutils.alloca_once(builder, _VEC, size=m * m)  # (in the entry block: this code runs in loops)
             for k in range(m):
-                for c, value in enumerate(_rows(builder, at, [columns[j][k] for j in range(a)], factorised)):
+                for c, value in enumerate(apply_at(builder, [columns[j][k] for j in range(a)])):
                     builder.store(builder.fadd(value, bias), builder.gep(out, [ir.Constant(_I64, k * m + c)]))
 
             def pixel(k, c):
