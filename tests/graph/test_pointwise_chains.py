@@ -270,12 +270,18 @@ def test_float64_chains_match_the_float64_definitions():
 
 @pytest.mark.parametrize("channels", [16, 40, 5])
 @pytest.mark.parametrize("sliced", [False, True])
-def test_batchnorm_relu_on_blocked_tensors_keeps_padding_and_nan(channels, sliced):
+@pytest.mark.parametrize("streamed", [False, True])
+def test_batchnorm_relu_on_blocked_tensors_keeps_padding_and_nan(channels, sliced, streamed, monkeypatch):
     """The blocked form (DenseNet's concatenation held NCHW16c): each lane by its channel's factor and shift, a
     channel slice of a larger blocked buffer read in place, the padding channels of a partial block left 0, NaN
-    kept and negative values clipped, as the NCHW definition does."""
+    kept and negative values clipped, as the NCHW definition does; the same with streaming stores (a large
+    output's), into an array aligned for them."""
+    import convengine.graph._pointwise_kernels as kernels
     from convengine.core.layouts import to_layout, to_nchw
+    from convengine.graph._lane_stores import STREAM_ALIGNMENT
     from convengine.graph._pointwise_kernels import scale_shift_blocked
+
+    monkeypatch.setattr(kernels, "STREAM_MIN_L2", 0 if streamed else 1 << 30)
 
     rng = np.random.default_rng(channels)
     x = rng.standard_normal((3, channels, 5, 7)).astype(np.float32)
@@ -294,3 +300,29 @@ def test_batchnorm_relu_on_blocked_tensors_keeps_padding_and_nan(channels, slice
     got = to_nchw(y, "NCHW16c", y.shape[1] * 16)
     np.testing.assert_allclose(got[:, :channels], want, rtol=1e-6, atol=1e-6)
     assert not got[:, channels:].any()
+    if streamed:
+        assert y.ctypes.data % STREAM_ALIGNMENT == 0
+
+
+@pytest.mark.parametrize("misalign", [0, 1, 4])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_lane_affine_streams_only_into_aligned_memory(misalign, parallel):
+    """Asked to stream into memory off a vector boundary (where ``movntps`` would fault), the kernel stores as
+    usual; on it, it streams; both give the affine + ReLU of each lane, NaN kept."""
+    from convengine.graph._lane_stores import STREAM_ALIGNMENT
+    from convengine.graph._pointwise_kernels import scale_shift_lanes_parallel, scale_shift_lanes_serial
+
+    rng = np.random.default_rng(misalign)
+    images, blocks, pixels = 3, 2, 9
+    x = rng.standard_normal(images * blocks * pixels * 16).astype(np.float32)
+    x[5] = np.nan
+    factor, shift = rng.uniform(0.5, 2, blocks * 16).astype(np.float32), rng.standard_normal(blocks * 16).astype(np.float32)
+    room = np.empty(x.size + 64, np.float32)
+    start = (-room.ctypes.data % STREAM_ALIGNMENT) // 4 + misalign
+    y = room[start:start + x.size].reshape(images, blocks, pixels * 16)
+    kernel = scale_shift_lanes_parallel if parallel else scale_shift_lanes_serial
+    kernel(x, blocks * pixels * 16, y, factor, shift, True, True)
+    lanes = x.reshape(images, blocks, pixels, 16)
+    want = np.maximum(lanes * factor.reshape(blocks, 1, 16) + shift.reshape(blocks, 1, 16), 0)
+    want[np.isnan(lanes)] = np.nan
+    np.testing.assert_allclose(y.reshape(want.shape), want, rtol=1e-6, atol=1e-6)
