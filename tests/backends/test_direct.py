@@ -361,6 +361,14 @@ def test_large_pointwise_inputs_are_swept_in_pixel_groups():
     assert direct.pixel_group(cached, 14) == 1568  # 4 blocks of 16 channels x 2 groups: 8 jobs
     assert direct.pixel_group(cached, 14, vectors=2) == 784  # 2 blocks of 32 x 4 groups
     assert direct.pixel_group(ConvProblem.from_shapes((8, 256, 56, 56), (64, 256, 1, 1)), 14, 2) == 3136
+    # fewer images than threads: the pixels shared out where the input outweighs the weights
+    wide = ConvProblem.from_shapes((1, 64, 56, 56), (256, 64, 1, 1))
+    assert direct.pixel_group(wide, 14, 2, threads=1) == 3136  # 8 blocks of 32: 8 jobs, each the whole plane
+    assert direct.pixel_group(wide, 14, 2, threads=2) == 1568  # a half-plane each, all 256 channels
+    assert direct.pixel_group(wide, 14, 2, threads=3) == 1050  # (thirds, in whole tiles)
+    deep = ConvProblem.from_shapes((1, 256, 14, 14), (1024, 256, 1, 1))  # 196 pixels, 1 MiB of weights
+    assert direct.pixel_group(deep, 14, 2, threads=2) == 196
+    assert direct.pixel_group(ConvProblem.from_shapes((2, 64, 56, 56), (256, 64, 1, 1)), 14, 2, threads=2) == 3136
     assert direct.computed_pixels(49, 14) == 49 and direct.computed_pixels(25, 14) == 27 and direct.computed_pixels(62, 7) == 63
     rng = np.random.default_rng(9)
     x, w, b = _data(rng, (2, 40, 9, 23), (24, 40, 1, 1))
