@@ -105,17 +105,17 @@ def test_seven_pixel_rows_two_to_a_tile(params, out_height, batch, c_out, residu
         assert relative_error(y, expected) < EXACT_F32
 
 
-@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("stride", [1, 2, 3, 4])
 @pytest.mark.parametrize("c_in", [3, 32])
 @pytest.mark.parametrize("out_width", [7, 8, 13, 14, 17, 28])
 def test_pixel_steps_compiled_in_or_not(stride, c_in, out_width):
-    """The 14-, 13- and 8-pixel tiles at strides 1 and 2 on 16-channel blocks, and at stride 2
-    on the stem's 3-channel block, run nests with the pixel step compiled in
-    (``_simd.FIXED_STEPS``, ``FIXED_WIDTHS``); stride 3, the stem at stride 1 or 3, and the
-    other widths run the nests that take it at run time: all agree with the reference."""
+    """The 14-, 13- and 8-pixel tiles at strides 1 and 2 on 16-channel blocks, and at strides 2
+    and 4 on the stem's 3-channel block (ResNet's, AlexNet's), run nests with the pixel step compiled in
+    (``_simd.FIXED_STEPS``, ``FIXED_WIDTHS``); strides 3 and 4 on blocks, the stem at stride 1 or 3,
+    and the other widths run the nests that take it at run time: all agree with the reference."""
     from convengine.backends.direct._simd import FIXED_STEPS, FIXED_WIDTHS
 
-    assert {16, 32, 6} <= set(FIXED_STEPS) and not {48, 3, 9} & set(FIXED_STEPS)
+    assert {16, 32, 6, 12} <= set(FIXED_STEPS) and not {48, 64, 3, 9} & set(FIXED_STEPS)
     assert set(FIXED_WIDTHS) == {14, 13, 8}
     rng = np.random.default_rng(stride * 100 + c_in + out_width)
     size = (out_width - 1) * stride + 1

@@ -36,14 +36,15 @@ _PAIRED_KEY = 1 << 16
 #: ... times 1 + i for the nests whose pixels are :data:`FIXED_STEPS`\ ``[i]`` floats apart.
 _FIXED_KEY = 1 << 17
 #: The pixel steps that the widest tiles get nests of their own for: strides 1 and 2 on the
-#: blocked input (16 channels a pixel), and the RGB stems' stride 2 (3 channels a pixel). A
+#: blocked input (16 channels a pixel), and the RGB stems' strides 2 and 4 (3 channels a pixel). A
 #: step known when the nest is compiled puts the 14 pixels at immediate offsets from one
 #: pointer; a run-time step needs 14 pointers, more than the general registers, and the inner
 #: loop reloaded them from the stack (71 instructions a step against 54, later 104 against 54
 #: at 13 pixels). 3x3 layers hot, one thread: 256 channels at 14x14 8-15% faster; whole models
 #: 3-10%; stride 2's nests ResNet-50 another 0-5% (hot alone, no faster: in the model); the
-#: stems' step (3x3 and 7x7 at stride 2 on 224x224 RGB, two threads) 8-14%.
-FIXED_STEPS = (16, 32, 6)
+#: stems' step (3x3 and 7x7 at stride 2 on 224x224 RGB, two threads) 8-14%; AlexNet's 11x11
+#: stride-4 stem in the model (per node, batch 1) 0.60 -> 0.52 ms, ONNX Runtime's 0.43-0.45.
+FIXED_STEPS = (16, 32, 6, 12)
 #: The tile widths with fixed-step nests: 14, and 13 (AlexNet's and SqueezeNet's 13x13 layers,
 #: Inception's 17-pixel rows as 13 + 4: those layers 6-11% faster, Inception-v3 1.8%, AlexNet 3%
 #: in the model; measured no faster in an earlier kernel) and 8 (Inception's 8x8 layers 4-7%,

@@ -33,7 +33,7 @@ from ._transforms import TILE
 _input, _output = input_transform, output_transform
 
 # Numba's cache is keyed on this file's text, not on _simd's nor direct's: after an edit to the
-# intrinsics there or in ``.._activations``, change this line (factorised only; lanes written; finiteness).
+# intrinsics there or in ``.._activations``, change this line (factorised only; lanes written; finiteness; stride-4 stems).
 
 #: ``winograd_conv``'s job orders (``order``).
 RUN_BY_RUN, BLOCK_BY_BLOCK, FUSED = 0, 1, 2
