@@ -24,7 +24,7 @@ import numpy as np
 from numba import prange
 
 from ..direct._kernels import _compiled_width, _pack_row
-from ..direct._simd import TILE_FLOATS, tile_conv, tile_save, wide_tile_zero
+from ..direct._simd import LINE_FLOATS, TILE_FLOATS, tile_conv, tile_save, wide_tile_zero
 from ..direct._tiles import LANES, MAX_WIDTH
 from ..direct._worksharing import job_claims, next_job, phase_counter, phase_done
 from ._simd import any_nonfinite, input_transform, output_transform
@@ -33,7 +33,7 @@ from ._transforms import TILE
 _input, _output = input_transform, output_transform
 
 # Numba's cache is keyed on this file's text, not on _simd's nor direct's: after an edit to the
-# intrinsics there or in ``.._activations``, change this line (factorised only; lanes written; finiteness; stride-4 stems; pf).
+# intrinsics there or in ``.._activations``, change this line (factorised; lanes written; finiteness; stride-4 stems; 2 streams).
 
 #: ``winograd_conv``'s job orders (``order``).
 RUN_BY_RUN, BLOCK_BY_BLOCK, FUSED = 0, 1, 2
@@ -161,8 +161,9 @@ def winograd_conv(x, padded, top, left, v, u, bias, residual, has_residual, act,
                     # A/B: 0.981x; GoogLeNet 0.977x, DenseNet-121 0.990x)
                     w_at = (ob * positions + pos) * c_blocks * LANES * o_lanes
                     w_next = w_at + c_blocks * LANES * o_lanes
+                    half = c_blocks * LANES * LINE_FLOATS
                     acc = tile_conv(wide_tile_zero(), v, run_at + pos * pos_step, 0, t_width * LANES, 1, LANES,
-                                    u, w_at, 0, 1, c_blocks, LANES, computed, vectors, None, w_next,
+                                    u, w_at, 0, 1, c_blocks, LANES, computed, vectors, None, (w_next, w_next + half),
                                     LANES if w_next < u.size else 0, 0, None, None)
                     tile_save(acc, mb, saved + pos * TILE_FLOATS)
                 _store_run(mb, saved, t0, width, n_tiles, tw, ob, o_lanes, out_channels, vectors, y_flat, y_blocked,
