@@ -368,6 +368,8 @@ def test_large_pointwise_inputs_are_swept_in_pixel_groups():
     assert direct.pixel_group(wide, 14, 2, threads=3) == 1050  # (thirds, in whole tiles)
     deep = ConvProblem.from_shapes((1, 256, 14, 14), (1024, 256, 1, 1))  # 196 pixels, 1 MiB of weights
     assert direct.pixel_group(deep, 14, 2, threads=2) == 196
+    reducing = ConvProblem.from_shapes((1, 1024, 14, 14), (256, 1024, 1, 1))  # input 0.8 MiB, weights 1 MiB
+    assert direct.pixel_group(reducing, 14, 2, threads=2) == 98
     assert direct.pixel_group(ConvProblem.from_shapes((2, 64, 56, 56), (256, 64, 1, 1)), 14, 2, threads=2) == 3136
     assert direct.computed_pixels(49, 14) == 49 and direct.computed_pixels(25, 14) == 27 and direct.computed_pixels(62, 7) == 63
     rng = np.random.default_rng(9)

@@ -226,13 +226,15 @@ def splits_plane(problem: ConvProblem, threads: int) -> bool:
     output channels (each the whole plane), where there are fewer images than threads.
 
     A thread then reads its share of the input and all weights, instead of all the input and its
-    share of the weights: less when the input is the larger (more pixels than output channels).
-    And it reads the pixels that the layer before wrote on the same core, and writes those that
-    the next reads there: ResNet-50's 1x1 layers, whose output blocks had run a thread's half of
-    the channels over the whole plane each, then read half their input from the other core's
-    cache. ResNet-50 at batch 1, in-process interleaved (2-vCPU Xeon): 0.970-0.972x.
+    share of the weights; and it reads the pixels that the layer before wrote on the same core,
+    and writes those that the next reads there. ResNet-50's 1x1 layers had run a thread's half of
+    the output channels over the whole plane each, and read half their input from the other
+    core's cache. Where the input is at least half the weights' size (twice the pixels as output
+    channels): input read from the other core cost more than weights read from the shared cache.
+    ResNet-50 at batch 1, in-process interleaved (2-vCPU Xeon): 0.970-0.972x for the layers with
+    more pixels than output channels; its 1024 -> 256 layers at 14x14 too, 0.976-0.994x more.
     """
-    return problem.batch < threads and problem.out_height * problem.out_width > problem.out_channels
+    return problem.batch < threads and 2 * problem.out_height * problem.out_width > problem.out_channels
 
 
 def computed_pixels(pixels: int, tile_width: int) -> int:
