@@ -283,6 +283,19 @@ class Engine:
     def __repr__(self) -> str:
         return f"Engine(policy={self.policy!r}, max_rel_error={self.max_rel_error!r})"
 
+    def chooses(self) -> bool:
+        """Whether this engine picks backends itself (the ``auto`` or ``tune`` policy, or a preference list that
+        falls back), rather than running the one its policy or ``CONVENGINE_BACKEND`` names."""
+        return not os.environ.get(ENV_BACKEND) and (isinstance(self.policy, tuple)
+                                                     or self.policy in selection.NAMED_POLICIES)
+
+    def narrowed(self, max_rel_error: float) -> "Engine":
+        """An engine with this one's policy, tuning cache and registry, and an accuracy budget of at most
+        ``max_rel_error`` (this one's if that is smaller): for the layers of a network that must run exact."""
+        budget = max_rel_error if self.max_rel_error is None else min(self.max_rel_error, max_rel_error)
+        return Engine(self.policy, max_rel_error=budget, tuning_cache=self._tuning_cache_arg,
+                      tune_budget_s=self.tune_budget_s, registry=self._registry)
+
     # -- public API --------------------------------------------------------------------------
     @property
     def registry(self) -> Registry:

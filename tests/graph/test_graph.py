@@ -385,3 +385,35 @@ def test_a_one_row_gemm_propagates_nan_and_inf_like_blas():
     w[1, 0] = np.inf
     y = OPS["Gemm"].run(Node("fc", "Gemm", ["a", "w"], ["y"], dict(transB=1)), [a, w])[0]
     assert np.isnan(y[0, 0]) and y[0, 1] == np.inf and y[0, 2] == k
+
+
+def test_narrow_layers_run_exact_whatever_the_budget():
+    """A convolution with fewer than ``LOSSY_MIN_CHANNELS`` input channels never gets a lossy backend
+    where the engine chooses (a plan or a policy naming one backend is obeyed): its error is amplified by every
+    later layer. With Winograd preferred: the 32-channel layer takes ``direct``, the 64-channel one Winograd."""
+    import types
+
+    from convengine.core.contract import ERROR_BOUNDS, EXACT
+    from convengine.graph.executor import LOSSY_MIN_CHANNELS
+
+    assert LOSSY_MIN_CHANNELS == 64
+    b = GraphBuilder("narrow-then-wide", (32, 10, 10), seed=3)
+    x = b.relu(b.conv(b.input.name, 64, 3, padding=1, name="narrow"))
+    graph = b.build(b.conv(x, 64, 3, padding=1, name="wide"))
+    engine = ce.Engine(["tiled_winograd", "direct"])
+    compiled = CompiledGraph(graph, engine, blocked_layouts=False)
+    assert compiled.layer_backends_for(1) == {"narrow": "direct", "wide": "tiled_winograd"}
+    x_in = _input(graph, batch=1)
+    exact = CompiledGraph(graph, ce.Engine("direct"), blocked_layouts=False).run(x_in)
+    got = compiled.run(x_in)
+    assert np.linalg.norm(got - exact) / np.linalg.norm(exact) < 1e-4
+    # the narrowed engine: the caller's policy, the exact budget (or the caller's, if smaller)
+    assert engine.narrowed(1e-6).max_rel_error == ERROR_BOUNDS[EXACT]["float32"]
+    assert ce.Engine(max_rel_error=1e-9).narrowed(1e-6).max_rel_error == 1e-9
+    assert engine.narrowed(1e-6).policy == engine.policy
+    planned = CompiledGraph(graph, engine, plan=types.SimpleNamespace(layers={"narrow": "tiled_winograd"}),
+                            blocked_layouts=False)
+    assert planned.layer_backends_for(1)["narrow"] == "tiled_winograd"  # a plan's choice stands
+    named = CompiledGraph(graph, ce.Engine("tiled_winograd"), blocked_layouts=False)  # so does a named backend
+    assert named.layer_backends_for(1) == {"narrow": "tiled_winograd", "wide": "tiled_winograd"}
+    assert ce.Engine().chooses() and engine.chooses() and not ce.Engine("direct").chooses()
