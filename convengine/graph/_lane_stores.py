@@ -19,9 +19,11 @@ from numba.extending import intrinsic
 
 from ..backends.direct._simd import _VEC, _as_i64, _counted_loop, _data, _is_f32_array, _splat
 from ..core.layouts import BLOCK as LANES
+from ..runtime.workspace import ALIGNMENT
 
-#: Bytes a streaming store's address must be a multiple of (an AVX-512 vector, a cache line).
-STREAM_ALIGNMENT = 64
+#: Bytes a streaming store's address must be a multiple of (an AVX-512 vector, a cache line;
+#: ``runtime.workspace.aligned_empty`` gives such arrays).
+STREAM_ALIGNMENT = ALIGNMENT
 #: Streaming stores are emitted on x86 only (``movntps``; with an ``sfence`` before the job ends).
 STREAMS = binding.get_process_triple().startswith(("x86_64", "i686", "i386"))
 

@@ -24,7 +24,8 @@ from ..backends._activations import ERF_LARGE, ERF_MID, ERF_P, ERF_S, ERF_SMALL 
 from ..core.layouts import BLOCK as LANES  # channels a blocked pixel holds (BLOCK here: a parallel job's elements)
 from ..runtime.hardware import l2_cache_bytes
 from ..runtime.threads import serial_or_parallel
-from ._lane_stores import STREAM_ALIGNMENT, lanes_affine
+from ..runtime.workspace import aligned_empty
+from ._lane_stores import lanes_affine
 
 f32 = np.float32
 _SMALL = f32(ERF_SMALL)  # below: the odd polynomial; above: 1 - exp(...)
@@ -343,22 +344,12 @@ def scale_shift_blocked(x: np.ndarray, factor: np.ndarray, shift: np.ndarray, re
     per_image = x[0].size
     flat = np.lib.stride_tricks.as_strided(x, shape=((n - 1) * image_floats + per_image,), strides=(x.itemsize,))
     stream = x.nbytes >= STREAM_MIN_L2 * l2_cache_bytes()
-    y = _aligned_empty(x.shape, x.dtype) if stream else np.empty(x.shape, x.dtype)
+    y = aligned_empty(x.shape, x.dtype) if stream else np.empty(x.shape, x.dtype)  # (streaming needs 64-byte lines)
     # (parallel from PARALLEL_MIN: DenseNet-121 at batch 1, in-process interleaved, 1.00x always parallel,
     # 1.03x from 256K elements, 1.08x from MEMORY_BOUND_PARALLEL_MIN)
     kernel = serial_or_parallel(x.size, PARALLEL_MIN, scale_shift_lanes_serial, scale_shift_lanes_parallel)
     kernel(flat, image_floats, y.reshape(n, x.shape[1], -1), factor, shift, bool(relu), stream)
     return y
-
-
-def _aligned_empty(shape: tuple, dtype) -> np.ndarray:
-    """An uninitialised array whose first element lies on a :data:`STREAM_ALIGNMENT` boundary (what
-    streaming stores need; ``np.empty`` gives 16 bytes)."""
-    itemsize = np.dtype(dtype).itemsize
-    size = int(np.prod(shape))
-    buffer = np.empty(size + STREAM_ALIGNMENT // itemsize, dtype)
-    skip = (-buffer.ctypes.data % STREAM_ALIGNMENT) // itemsize
-    return buffer[skip:skip + size].reshape(shape)
 
 
 def precompile_kernels(function: str, dtype: str) -> list:

@@ -106,7 +106,7 @@ class CompiledGraph:
         self.batch = batch
         self.engine = engine or default_engine()
         self.plan = plan
-        self._exact_engine = None  # (see _engine_for)
+        self._exact_engines: dict = {}  # dtype -> the engine of the narrow layers (see _engine_for)
         self.steps: list[Step] = []
         layers = dict(plan.layers) if plan is not None else {}
         readers = consumers(graph.nodes)  # one map, for folding and fusion alike
@@ -187,10 +187,10 @@ class CompiledGraph:
         if (backend is not None or self.graph.shapes[node.inputs[0]][1] >= LOSSY_MIN_CHANNELS
                 or not self.engine.chooses()):
             return self.engine
-        if self._exact_engine is None:
-            dtype = str(self.graph.params[node.inputs[1]].dtype)
-            self._exact_engine = self.engine.narrowed(ERROR_BOUNDS[EXACT].get(dtype, ERROR_BOUNDS[EXACT]["float32"]))
-        return self._exact_engine
+        dtype = str(self.graph.params[node.inputs[1]].dtype)
+        if dtype not in self._exact_engines:
+            self._exact_engines[dtype] = self.engine.narrowed(ERROR_BOUNDS[EXACT].get(dtype, ERROR_BOUNDS[EXACT]["float32"]))
+        return self._exact_engines[dtype]
 
     def _prepare_conv(self, node: Node, fold, backend: Optional[str], fusion: Optional[EpilogueFusion],
                       layouts: tuple = (NCHW, NCHW)):

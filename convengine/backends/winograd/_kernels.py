@@ -156,8 +156,8 @@ def winograd_conv(x, padded, top, left, v, u, bias, residual, has_residual, act,
                 for pos in range(positions):
                     # the channel blocks as reduction rows, not blocks: up to 16 of them (256 products) summed in
                     # registers before the total, where each block was a sum of its own (28 zeroings and adds per 16 steps)
-                    # each reduction row also prefetches its rows of the next position's weights into L2, two lines a
-                    # step (one from each half): cold in a network, they were read at the rate memory gives them.
+                    # each reduction row also prefetches its share of the next position's weights into L2 (16 lines of
+                    # each half, two lines a step): cold in a network, they were read at the rate memory gives them.
                     # ResNet-50 at batch 1, in-process A/B: half of them 0.981x, all 0.990-0.997x more; GoogLeNet
                     # 0.977x, 0.983x; DenseNet-121 0.990x, 1.00x
                     w_at = (ob * positions + pos) * c_blocks * LANES * o_lanes
