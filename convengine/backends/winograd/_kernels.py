@@ -24,7 +24,7 @@ import numpy as np
 from numba import prange
 
 from ..direct._kernels import _compiled_width, _pack_row
-from ..direct._simd import LINE_FLOATS, TILE_FLOATS, tile_conv, tile_save, wide_tile_zero
+from ..direct._simd import TILE_FLOATS, tile_conv, tile_save, wide_tile_zero
 from ..direct._tiles import LANES, MAX_WIDTH
 from ..direct._worksharing import job_claims, next_job, phase_counter, phase_done
 from ._simd import any_nonfinite, input_transform, output_transform
@@ -94,6 +94,7 @@ def winograd_conv(x, padded, top, left, v, u, bias, residual, has_residual, act,
     x_blocked = x_layout == 1
     y_blocked = y_layout == 1
     pos_step = c_blocks * t_width * LANES  # one position's share of a run
+    pos_weights = c_blocks * LANES * o_lanes  # one position's weights for one output block: o_lanes lines a row
     run_floats = positions * pos_step
     row = wp * LANES
     n_rows = n_images * c_blocks * hp
@@ -156,16 +157,16 @@ def winograd_conv(x, padded, top, left, v, u, bias, residual, has_residual, act,
                 for pos in range(positions):
                     # the channel blocks as reduction rows, not blocks: up to 16 of them (256 products) summed in
                     # registers before the total, where each block was a sum of its own (28 zeroings and adds per 16 steps)
-                    # each reduction row also prefetches its share of the next position's weights into L2 (16 lines of
-                    # each half, two lines a step): cold in a network, they were read at the rate memory gives them.
-                    # ResNet-50 at batch 1, in-process A/B: half of them 0.981x, all 0.990-0.997x more; GoogLeNet
+                    # each reduction row also prefetches its share of the next position's weights into L2 (o_lanes / 2
+                    # lines of each half, two lines a step): cold in a network, they were read at the rate memory gives
+                    # them. ResNet-50 at batch 1, in-process A/B: half of them 0.981x, all 0.990-0.997x more; GoogLeNet
                     # 0.977x, 0.983x; DenseNet-121 0.990x, 1.00x
-                    w_at = (ob * positions + pos) * c_blocks * LANES * o_lanes
-                    w_next = w_at + c_blocks * LANES * o_lanes
-                    half = c_blocks * LANES * LINE_FLOATS
+                    w_at = (ob * positions + pos) * pos_weights
+                    w_next = w_at + pos_weights
                     acc = tile_conv(wide_tile_zero(), v, run_at + pos * pos_step, 0, t_width * LANES, 1, LANES,
-                                    u, w_at, 0, 1, c_blocks, LANES, computed, vectors, None, (w_next, w_next + half),
-                                    LANES if w_next < u.size else 0, 0, None, None)
+                                    u, w_at, 0, 1, c_blocks, LANES, computed, vectors, None,
+                                    (w_next, w_next + pos_weights // 2), o_lanes // 2 if w_next < u.size else 0, 0, None,
+                                    None)
                     tile_save(acc, mb, saved + pos * TILE_FLOATS)
                 _store_run(mb, saved, t0, width, n_tiles, tw, ob, o_lanes, out_channels, vectors, y_flat, y_blocked,
                            y_channels, y_first, y_step, out_h, out_w, bias, residual_flat, has_residual, act, act_a, act_b)
