@@ -215,7 +215,7 @@ class CompiledGraph:
         ``blocked_buffers``."""
         convs = {i: ConvTensors(s.inputs[0], s.fusion.residual if s.fusion else None, s.node.outputs[0])
                  for i, s in enumerate(self.steps) if id(s) in pending}
-        dtype = self.graph.inputs[0].dtype if self.graph.inputs else "float32"
+        dtype = self._dtype()
         pools = {i: (s.inputs[0], s.node.outputs[0]) for i, s in enumerate(self.steps)
                  if s.node.op in ("MaxPool", "AveragePool") and s.conv is None and s.block is None and s.inputs
                  and s.inputs[0] in self.graph.shapes and pools_blocked(s.node, self._batch_shape(s.inputs[0]), dtype)}
@@ -335,10 +335,14 @@ class CompiledGraph:
         for step in self.steps:
             for name in step.inputs:
                 reads[name] = reads.get(name, 0) + 1
-        dtype = self.graph.inputs[0].dtype if self.graph.inputs else "float32"
+        dtype = self._dtype()
         return {s.inputs[0] for s in self.steps
                 if s.inputs and (s.node.op in INPLACE or s.block is not None) and reads[s.inputs[0]] == 1
                 and not (self.blocked_layouts and self._blockable_chain(s, dtype))}
+
+    def _dtype(self) -> str:
+        """The activations' dtype: the graph input's (float32 for a graph without inputs)."""
+        return self.graph.inputs[0].dtype if self.graph.inputs else "float32"
 
     def _blockable_chain(self, step: Step, dtype: str) -> bool:
         """Whether ``step`` is a batch norm + ReLU that can pass the blocked layout through (as a pool does)."""
@@ -366,7 +370,7 @@ class CompiledGraph:
         nobody compiles on first call instead.
         """
         params = self.graph.params
-        dtype = self.graph.inputs[0].dtype if self.graph.inputs else "float32"
+        dtype = self._dtype()
         kernels = []
         for step in self.steps:
             if step.conv is not None:

@@ -397,9 +397,13 @@ class PointwiseChain(FusedBlock):
                 return y
 
             return run
-        bn = self.absorbed[0]
-        factor, shift = batchnorm_affine(bn, [params[name] for name in bn.inputs[1:5]], dtype)
+        factor, shift = self._batchnorm_affine(params, dtype)
         return lambda x, in_place: scale_shift(x, factor, shift, True, out=x if in_place else None)
+
+    def _batchnorm_affine(self, params, dtype):
+        """A ``batchnorm_relu`` chain's per-channel ``(factor, shift)``."""
+        bn = self.absorbed[0]
+        return batchnorm_affine(bn, [params[name] for name in bn.inputs[1:5]], dtype)
 
     def blocked_kernels(self, dtype: str) -> list:
         """The compiled kernels the run :meth:`prepare_blocked` returns calls."""
@@ -412,8 +416,7 @@ class PointwiseChain(FusedBlock):
         new blocked array (its input is a view of a concatenation's buffer, which later layers read)."""
         from ._pointwise_kernels import scale_shift_blocked
 
-        bn = self.absorbed[0]
-        factor, shift = batchnorm_affine(bn, [params[name] for name in bn.inputs[1:5]], dtype)
+        factor, shift = self._batchnorm_affine(params, dtype)
         whole = -(-factor.size // BLOCK) * BLOCK  # zeros for the padding channels: they stay 0
         factor, shift = (np.concatenate([a, np.zeros(whole - a.size, a.dtype)]) for a in (factor, shift))
         return lambda x, in_place: scale_shift_blocked(x, factor, shift, True)
