@@ -354,11 +354,13 @@ def test_a_large_one_row_gemm_runs_on_numba_and_matches_the_definition(dtype, ro
     """A classifier's last layer at batch 1 is a matrix-vector product: it runs on Numba's threads
     (OpenBLAS's would spin after it); more rows, or small weights, stay on BLAS."""
     from convengine.graph import ops
+    from convengine.graph._dense_kernels import ROWS
     from convengine.graph.ops import MATVEC_MIN_BYTES, OPS
 
     rng = np.random.default_rng(rows)
     k = 640
-    n = MATVEC_MIN_BYTES // (k * np.dtype(dtype).itemsize) + 5  # just past the threshold; not a multiple of 4 rows
+    n = MATVEC_MIN_BYTES // (k * np.dtype(dtype).itemsize) + 5  # just past the threshold
+    assert n % ROWS, "the kernel's tail rows (fewer than ROWS) must be exercised"
     a = rng.standard_normal((rows, k)).astype(dtype)
     w = rng.standard_normal((n, k)).astype(dtype)
     c = rng.standard_normal(n).astype(dtype)
