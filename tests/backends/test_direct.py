@@ -126,26 +126,34 @@ def test_pixel_steps_compiled_in_or_not(stride, c_in, out_width):
 
 @pytest.mark.parametrize("order", ["rows", "blocks", "bands"])
 @pytest.mark.parametrize("out_size,stride", [(7, 1), (9, 2), (16, 1)])
-def test_jobs_row_by_row_block_by_block_or_in_bands(monkeypatch, order, out_size, stride):
+@pytest.mark.parametrize("c_in,groups", [(32, 1), (16, 1), (64, 2)])
+def test_jobs_row_by_row_block_by_block_or_in_bands(monkeypatch, order, out_size, stride, c_in, groups):
     """Jobs ordered row by row (weights that stay cached), output block by block (input and
     weights cached together) or in bands of rows (the rest; here of 3 rows, 2 with paired rows,
-    and the last band shorter): every image, row and block computed once, whichever order."""
+    and the last band shorter): every image, row and block computed once, whichever order. In
+    bands of more than one row, two or more input blocks (per group) are summed in chunks of one
+    (``_kernels.CHUNK_BLOCKS``) over jobs of several rows (``CHUNK_TILES`` tiles: 16 pixels a row
+    is two tiles, the last job of a band shorter); one block is summed whole."""
     import convengine.backends.direct as direct
+    from convengine.backends.direct._kernels import CHUNK_BLOCKS, CHUNK_TILES
 
+    assert CHUNK_BLOCKS == 1 and 2 * 3 < CHUNK_TILES < 2 * 16  # what the shapes here are chosen for
     l2 = direct.l2_cache_bytes()
     monkeypatch.setattr(direct, "ROWS_FIRST_L2_SHARE", 1 if order == "rows" else 1 << 40)
-    band_row_bytes = stride * 2 * ((out_size - 1) * stride + 3) * 16 * 4  # input rows per output row: 2 blocks, padded
+    blocks = c_in // 16
+    band_row_bytes = stride * blocks * ((out_size - 1) * stride + 3) * 16 * 4  # input rows per output row, padded
     monkeypatch.setattr(direct, "BAND_L2_SHARE", 1 if order == "blocks" else l2 // (band_row_bytes * 7 // 2))
-    problem = ConvProblem.from_shapes((3, 32, (out_size - 1) * stride + 1, (out_size - 1) * stride + 1), (80, 32, 3, 3),
-                                      stride=stride, padding=1)
-    band = direct.band_rows(problem, 80 * 32 * 9 * 4, 16, l2)
-    assert band == {"rows": 1, "blocks": out_size, "bands": 3}[order]
-    rng = np.random.default_rng(out_size * 10 + stride + len(order))
     size = (out_size - 1) * stride + 1
-    x, w, b = _data(rng, (3, 32, size, size), (80, 32, 3, 3))  # 3 output blocks: two of 32, one of 16
-    r = rng.standard_normal((3, 80, out_size, out_size)).astype(np.float32)
-    y = _run(DirectBackend(), x, w, b, residual=r, activation="relu", stride=stride, padding=1)
-    assert relative_error(y, np.maximum(_reference(x, w, b, stride=stride, padding=1) + r, 0)) < EXACT_F32
+    problem = ConvProblem.from_shapes((3, c_in, size, size), (80 * groups, c_in // groups, 3, 3), stride=stride,
+                                      padding=1, groups=groups)
+    band = direct.band_rows(problem, 80 * groups * c_in // groups * 9 * 4, 16, l2)
+    assert band == {"rows": 1, "blocks": out_size, "bands": 3}[order]
+    rng = np.random.default_rng(out_size * 10 + stride + len(order) + c_in)
+    x, w, b = _data(rng, (3, c_in, size, size), (80 * groups, c_in // groups, 3, 3))  # per group 3 output blocks: 32, 32, 16
+    r = rng.standard_normal((3, 80 * groups, out_size, out_size)).astype(np.float32)
+    y = _run(DirectBackend(), x, w, b, residual=r, activation="relu", stride=stride, padding=1, groups=groups)
+    expected = np.maximum(_reference(x, w, b, stride=stride, padding=1, groups=groups) + r, 0)
+    assert relative_error(y, expected) < EXACT_F32
 
 
 def test_rows_pair_only_where_the_tiles_hold_two():
