@@ -14,7 +14,8 @@ from numba import prange
 #: Rows of weights one thread reads side by side: eight streams per core draw more of the memory
 #: bandwidth a 1-row product is bound by than four. In-process A/B inside AlexNet at batch 1
 #: (fc6-fc8 cold, as in the model): 7.40 -> 7.15 ms over its three layers (whole model 0.976x);
-#: sixteen rows were slower than eight (1.03x).
+#: sixteen rows were slower than eight (1.03x). The kernel's body names its eight rows and sums one
+#: by one: this is their count, for the callers and tests, not a setting (change both together).
 ROWS = 8
 
 
