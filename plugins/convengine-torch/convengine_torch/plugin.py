@@ -18,6 +18,15 @@ def _torch():
     return torch
 
 
+#: Input channels per group from which a grouped F.conv2d runs at the rate of an ungrouped one; with
+#: fewer, its rate falls in proportion. Measured on this project's 2-vCPU Xeon (numpy's GEMM 310
+#: GFLOP/s), 3x3 layers of 8 channels per group (RegNetY-400MF's, ResNeXt-50's layer2.0.conv2):
+#: 34-42 GFLOP/s at batch 1, 19-45 at batch 32 on the larger planes, where the ungrouped formula
+#: assumed 155 and chose torch for layers the ``grouped`` backend ran 20-30% (batch 1) and
+#: 1.7-2.6x (batch 32) faster; 4 per group (ResNeXt's first stage, batch 32): 16 GFLOP/s.
+GROUP_FULL_RATE_CHANNELS = 32
+
+
 class TorchBackend(convengine.Backend):
     name = "torch"
     numerical_class = convengine.EXACT
@@ -65,10 +74,12 @@ class TorchBackend(convengine.Backend):
         # Measured against numpy's GEMM rate on ResNet-50 and AlexNet layers at batch 1 (2 cores):
         # F.conv2d on NCHW tensors reaches 35-55% of it, reorders to oneDNN's blocked layout and
         # back included (which is the memory term: input and output read and written once more).
+        # Grouped, less in proportion to the channels per group (GROUP_FULL_RATE_CHANNELS).
         itemsize = 4 if problem.dtype == "float32" else 8
         reorder = 2 * itemsize * problem.batch * (problem.in_channels * problem.height * problem.width
                                                   + problem.out_channels * problem.out_height * problem.out_width)
-        return problem.flops / (0.5 * machine.gemm_flops(problem.dtype)) + reorder / machine.bandwidth + 3e-5
+        share = 0.5 * min(1.0, problem.in_channels // problem.groups / GROUP_FULL_RATE_CHANNELS)
+        return problem.flops / (share * machine.gemm_flops(problem.dtype)) + reorder / machine.bandwidth + 3e-5
 
     def prepare(self, problem, weight, bias):
         torch = _torch()
