@@ -246,6 +246,12 @@ def tile_load(typingctx, buf, start):
 #: (:mod:`convengine.runtime.strides`): 768 -> 3072 at 7x7 1.24 ms without against 1.00
 #: packed; 4 steps 1.02-1.03, 8 1.00-1.03, 12 0.98-1.01, 16 1.00-1.03.
 STRIDED_WEIGHTS_AHEAD = 12
+#: ...and, further on, into the second-level cache: inside a model those rows come from memory
+#: (the model's other layers ran since), at a latency 12 steps do not cover. In-process A/B on
+#: ConvNeXt-T at batch 1, both orders: 0.963x and 0.960x the whole model (its 3072 -> 768 layers at
+#: 7x7 1.60 -> 1.32-1.39 ms, the 1536 -> 384 ones at 14x14 ~15% faster; the 96 <-> 384 ones at 56x56,
+#: whose weights stay cached, 4-6% slower). One line a step instead of the step's two: 0.992x.
+STRIDED_WEIGHTS_FAR = 64
 
 
 @intrinsic
@@ -256,7 +262,7 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
     * w[w_start + b*w_block_step + (r*count + k)*w_step + 16*v : +16]``, ``w_step`` ``16*vectors``
     where it is ``None`` (weights packed step after step) and the floats between two steps' weights
     otherwise (a channels-last ``(C, O)`` matrix read in place: its row stride; each step then
-    prefetches the weights :data:`STRIDED_WEIGHTS_AHEAD` steps on).
+    prefetches the weights :data:`STRIDED_WEIGHTS_AHEAD` steps on, and :data:`STRIDED_WEIGHTS_FAR` into L2).
 
     A convolution's whole reduction for one output tile: ``blocks`` channel blocks of
     ``rows`` kernel rows, each one contiguous run of ``count`` (kw, channel) steps; pixel
@@ -386,6 +392,9 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
                             ahead = builder.add(w_at, builder.mul(w_steps, ir.Constant(_I64, STRIDED_WEIGHTS_AHEAD)))
                             for j in range(v):
                                 _prefetch(builder, wp, builder.add(ahead, ir.Constant(_I64, LANES * j)), False)
+                            far = builder.add(w_at, builder.mul(w_steps, ir.Constant(_I64, STRIDED_WEIGHTS_FAR)))
+                            for j in range(v):
+                                _prefetch(builder, wp, builder.add(far, ir.Constant(_I64, LANES * j)), False, 2)
                         if prefetching:  # this step's input, ``prefetch`` floats on: a later tile's
                             _prefetch(builder, xp, builder.add(x_at, prefetch), write=False)
                         out = list(regs)
