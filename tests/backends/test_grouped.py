@@ -144,7 +144,7 @@ def test_every_depthwise_tile_width_and_split(out_width, stride):
 
 
 def test_band_buffers_bound_large_planes():
-    """112x112 planes run in bands that fit the core's first-level cache."""
+    """112x112 planes run in bands of bounded size (the core's caches), not whole planes."""
     problem = ConvProblem.from_shapes((1, 64, 112, 112), (128, 4, 3, 3), groups=16, padding=1)
     geo = Geometry(problem, 1)
     assert geo.in_floats <= grouped.BAND_FLOATS + geo.hq_extra * geo.wq * 4 + geo.slack
