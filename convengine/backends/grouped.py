@@ -36,9 +36,9 @@ from .direct._tiles import LANES, MAX_WIDTH, compiled_width
 BAND_FLOATS = 6144
 #: Jobs per thread wanted, so that threads that start late or run slow even out.
 JOBS_PER_THREAD = 4
-#: Bytes of a depthwise job's blocked input rows (96 KiB: from the second-level cache, two to four
-#: times the first-level one): each band copies its kernel's extra rows again, and 48 KiB bands of
-#: 112-pixel rows (4 output rows from 6 input rows) copied half as much again. Two graphs in one
+#: Bytes of a depthwise job's blocked input rows (96 KiB: past the first-level cache, 32-48 KiB, so
+#: read from the second-level one): each band copies its kernel's extra rows again, and 48 KiB bands
+#: of 112-pixel rows (4 output rows from 6 input rows) copied half as much again. Two graphs in one
 #: process, alternating, batch 1, against 48 KiB: the depthwise layers of MNASNet 0.955x and 0.970x,
 #: MobileNetV2 0.975x, EfficientNet-B0 0.974x, MobileNetV3-Large 0.970x, ShuffleNetV2 unchanged
 #: (whole models 0.986-0.990x; an A/A control 0.995-0.998x); batch 32, MobileNetV2 0.930x,
