@@ -389,12 +389,11 @@ def tile_conv(typingctx, tile, x, x_start, x_block_step, x_row_step, x_k_step, x
                                                        builder.add(pf_row2, builder.mul(k, ir.Constant(_I64, LINE_FLOATS))), w_at)
                                 _prefetch(builder, wp, pf_at, False, 2)
                         if w_steps is not None:  # rows far apart: the hardware prefetchers do not follow them
-                            ahead = builder.add(w_at, builder.mul(w_steps, ir.Constant(_I64, STRIDED_WEIGHTS_AHEAD)))
-                            for j in range(v):
-                                _prefetch(builder, wp, builder.add(ahead, ir.Constant(_I64, LANES * j)), False)
-                            far = builder.add(w_at, builder.mul(w_steps, ir.Constant(_I64, STRIDED_WEIGHTS_FAR)))
-                            for j in range(v):
-                                _prefetch(builder, wp, builder.add(far, ir.Constant(_I64, LANES * j)), False, 2)
+                            for steps, locality in ((STRIDED_WEIGHTS_AHEAD, 3), (STRIDED_WEIGHTS_FAR, 2)):  # L1, L2
+                                ahead = builder.add(w_at, builder.mul(w_steps, ir.Constant(_I64, steps)))
+                                for j in range(v):
+                                    _prefetch(builder, wp, builder.add(ahead, ir.Constant(_I64, LANES * j)), False,
+                                              locality)
                         if prefetching:  # this step's input, ``prefetch`` floats on: a later tile's
                             _prefetch(builder, xp, builder.add(x_at, prefetch), write=False)
                         out = list(regs)
