@@ -52,6 +52,12 @@ def kernel_ready(array: np.ndarray) -> np.ndarray:
     return array if array.flags.writeable else array.copy()
 
 
+def is_kernel_ready(array: np.ndarray) -> bool:
+    """Whether :func:`kernel_ready` would return ``array`` itself (C-contiguous and writable)."""
+    flags = array.flags
+    return flags.c_contiguous and flags.writeable
+
+
 def all_finite(array: np.ndarray) -> bool:
     """Whether no element is NaN or Inf: one BLAS pass (the sum of squares), no temporary array.
 

@@ -481,7 +481,7 @@ class CompiledGraph:
                     slot = step.homes[0][1]
                     out = OutputSlice(self._buffer(buffers, slot.buffer, args[0]), slot.start, slot.channels, slot.step,
                                       step.layouts[1])
-                outputs = [step.conv(*args, consume_residual=step.consume_residual, out=out)]
+                outputs = [step.conv.run_validated(*args, consume_residual=step.consume_residual, out=out)]
             elif step.gather is not None:
                 outputs = [self._gather(step, env, params, buffers)]
             elif step.block is not None:

@@ -283,6 +283,45 @@ def test_a_backend_failing_over_a_consumed_residual_raises_instead_of_retrying_o
     np.testing.assert_array_equal(residual, 1.0)
 
 
+@pytest.mark.parametrize("consume", [False, True])
+def test_run_validated_computes_what_a_call_does(consume):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 16, 6, 6)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    prepared = Engine("direct").prepare(w, input_shape=x.shape, padding=1, residual=True, activation="relu")
+    residual = rng.standard_normal(x.shape).astype(np.float32)
+    expected = prepared(x, residual.copy())
+    np.testing.assert_array_equal(prepared.run_validated(x, residual.copy(), consume_residual=consume), expected)
+
+
+class _WrongShape(_FusesWrongly):
+    """Fuses, and returns an output of the wrong shape: the engine must exclude it on every path."""
+
+    name = "wrong-shape"
+
+    def prepare(self, problem, weight, bias, epilogue=None):
+        return lambda x, residual=None: np.zeros((1, 1, 1, 1), problem.dtype)
+
+
+def test_run_validated_still_checks_the_output_and_retries_elsewhere():
+    registry = Registry.load(extra_plugins=[make_plugin("bad", _WrongShape())], load_entry_points=False)
+    prepared = Engine(["wrong-shape", "im2col"], registry=registry).prepare(
+        np.ones((1, 1, 3, 3)), input_shape=(1, 1, 4, 4), activation="relu")
+    assert prepared.backend == "wrong-shape"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y = prepared.run_validated(np.ones((1, 1, 4, 4)))
+    np.testing.assert_array_equal(y, np.full((1, 1, 2, 2), 9.0))
+    assert prepared.backend == "im2col"
+    assert any(issubclass(c.category, PluginWarning) and "wrong-shape" in str(c.message) for c in caught)
+
+
+def test_run_validated_validates_where_nothing_is_prepared_for_the_batch():
+    prepared = Engine("im2col").prepare(np.ones((1, 1, 3, 3)), input_shape=(1, 1, 4, 4))
+    with pytest.raises(ValueError, match="input must have shape"):
+        prepared.run_validated(np.ones((2, 1, 5, 5)))
+
+
 def test_fusing_backends_are_checked_by_the_conformance_kit():
     """The kit's epilogue test fails a backend that claims a fusion it does not do."""
     from convengine.testing import BackendConformance

@@ -163,8 +163,8 @@ class _Spy:
     def __init__(self, conv, calls):
         self.conv, self.calls = conv, calls
 
-    def __call__(self, *args, **kwargs):
-        y = self.conv(*args, **kwargs)
+    def run_validated(self, *args, **kwargs):  # what the executor calls
+        y = self.conv.run_validated(*args, **kwargs)
         self.calls.append((kwargs.get("out"), y))
         return y
 
