@@ -34,7 +34,7 @@ import numpy as np
 from ...core.contract import EXACT
 from ...core.epilogue import NONE, Epilogue
 from ...core.hookspecs import hookimpl
-from ...core.layouts import NCHW, NCHW16C, NHWC, kernel_view
+from ...core.layouts import NCHW, NCHW16C, NHWC, kernel_shape
 from ...core.problem import ConvProblem
 from ...runtime.hardware import l2_cache_bytes
 from ...runtime.strides import aliases
@@ -428,17 +428,24 @@ class DirectBackend(NumbaBackend):
             tiles = np.array(row_tiles(problem.out_width, self.tile_width, vectors), np.int64)
         slack = input_slack(sw, block)
         band = band_rows(problem, wb.nbytes, block, l2_cache_bytes())
+        shape = (problem.batch, c_blocks, hp, wp, block)  # the padded blocked copy's
+        floats = math.prod(shape)
+        x_shape, y_blocked = kernel_shape(problem.input_array_shape, problem.input_layout), problem.output_layout == NCHW16C
+        weights = (top, left, wb, kh, kw, sh, sw, dh, dw, group_blocks, b)
+        sweep = (tiles, vectors)
+        layout = (x_layout, y_layout, self.tile_width, band, job_tiles)
 
         def execute(x: np.ndarray, residual=None, in_place: bool = False, out=None) -> np.ndarray:
             workers = numba_threads()
-            shape = (x.shape[0], c_blocks, hp, wp, block)
-            flat = scratch("direct.input", (math.prod(shape) + slack,), np.float32)
+            blocked = scratch("direct.input", (floats + slack,), np.float32)[:floats].reshape(shape)
             y, first, step = destination(problem, out, residual if in_place else None)
-            res = y if residual is None else residual
-            tiled_conv(kernel_view(x, problem.input_layout), flat[:flat.size - slack].reshape(shape), top, left, wb, kh,
-                       kw, sh, sw, dh, dw, group_blocks, b, kernel_view(res, problem.output_layout), residual is not None,
-                       *act, kernel_view(y, problem.output_layout), first, step, tiles, vectors, workers,
-                       x_layout, y_layout, self.tile_width, band, job_tiles)
+            res = y if residual is None else np.ascontiguousarray(residual)
+            y_kernel = y
+            if y_blocked:  # (y may be a larger buffer: a concatenation's)
+                res, y_kernel = _as_4d(res), _as_4d(y)
+            x = np.ascontiguousarray(x)  # (a view from a direct caller; the engine's are already)
+            tiled_conv(x if x_shape is None else x.reshape(x_shape), blocked, *weights, res, residual is not None, *act,
+                       y_kernel, first, step, *sweep, workers, *layout)
             return y if out is None else out.view
 
         return execute
@@ -472,16 +479,24 @@ class DirectBackend(NumbaBackend):
         chunk, tile_width = reduction_chunk(problem.in_channels), self.tile_width
         group = pixel_group(problem, tile_width, vectors, get_num_threads())
 
+        x_shape, y_blocked = kernel_shape(problem.input_array_shape, problem.input_layout), problem.output_layout == NCHW16C
+        strided = (sh, sw) != (1, 1)
+
         def execute(x: np.ndarray, residual=None, in_place: bool = False, out=None) -> np.ndarray:
             workers = numba_threads()
-            x = kernel_view(x, problem.input_layout)
-            products_read = x if (sh, sw) == (1, 1) else scratch("direct.subsampled", subsampled, np.float32)
+            x = np.ascontiguousarray(x)  # (a view from a direct caller; the engine's are already)
+            if x_shape is not None:
+                x = x.reshape(x_shape)
+            products_read = scratch("direct.subsampled", subsampled, np.float32) if strided else x
             y, first, step = destination(problem, out, residual if in_place else None)
-            res = y if residual is None else residual
+            res = y if residual is None else np.ascontiguousarray(residual)
             if tiles:
-                pointwise_tiles(x, products_read, sh, sw, w_packed, chunk, b, kernel_view(res, problem.output_layout),
-                                residual is not None, *act, kernel_view(y, problem.output_layout), first, step, tile_width,
-                                group, vectors, workers, POINTWISE_PREFETCH, x_layout, y_layout, w_rows)
+                y_kernel = y
+                if y_blocked:
+                    res, y_kernel = _as_4d(res), _as_4d(y)
+                pointwise_tiles(x, products_read, sh, sw, w_packed, chunk, b, res, residual is not None, *act, y_kernel,
+                                first, step, tile_width, group, vectors, workers, POINTWISE_PREFETCH, x_layout, y_layout,
+                                w_rows)
             else:
                 pointwise_conv(x, products_read, sh, sw, w_packed, b, res, residual is not None, *act, y, first, workers)
             return y if out is None else out.view
@@ -519,6 +534,12 @@ def _channels_last_matrix(weight: np.ndarray, rows: int):
     row_stride = row_bytes // matrix.itemsize
     span = (in_channels - 1) * row_stride + out_channels
     return np.lib.stride_tricks.as_strided(matrix, shape=(span,), strides=(matrix.itemsize,)), row_stride
+
+
+def _as_4d(blocked: np.ndarray) -> np.ndarray:
+    """A C-contiguous (N, C/16, H, W, 16) array as the kernels take it, (N, C/16, H, W * 16) (``kernel_view``)."""
+    n, blocks, h = blocked.shape[:3]
+    return blocked.reshape(n, blocks, h, -1)
 
 
 def destination(problem: ConvProblem, out, over):
