@@ -198,6 +198,28 @@ def activate(builder, v, code: int, p0, p1):
     raise ValueError(f"unknown activation code {code}")
 
 
+def for_each_activation(builder, code, emit) -> None:
+    """Emit ``emit(c)`` once for each of :data:`CODES`, under one switch on the run-time ``code`` (an
+    integer LLVM value; an unknown one runs :data:`KERNEL_NONE`'s, as :func:`activate_any` leaves
+    ``v`` as it is); ``emit`` may add blocks and leaves the builder where its code ends.
+
+    Why: a loop over a tile's stored vectors that calls :func:`activate_any` switches on the code
+    once per vector, an indirect jump and a merge each time; emitting the loop once per code, the
+    switch taken once before it, leaves each loop its activation's few instructions.
+    """
+    done = builder.append_basic_block("acts.done")
+    cases = {c: builder.append_basic_block(f"acts.{c}") for c in CODES}
+    switch = builder.switch(code, cases[KERNEL_NONE])
+    for c, block in cases.items():
+        if c != KERNEL_NONE:
+            switch.add_case(ir.Constant(code.type, c), block)
+    for c, block in cases.items():
+        builder.position_at_end(block)
+        emit(c)
+        builder.branch(done)
+    builder.position_at_end(done)
+
+
 def activate_any(builder, v, code, p0, p1):
     """:func:`activate` for a run-time ``code`` (an integer LLVM value): a switch over :data:`CODES`.
 

@@ -21,7 +21,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-from .._activations import activate_any
+from .._activations import activate, activate_any, for_each_activation
 from ._tiles import LANES, MAX_VECTORS, MAX_WIDTH, PAIRED_WIDTH, TILE_WIDTHS  # the tile's shape (shared with the cost model)
 
 #: Products one register sum takes before it is added to the tile's running total (whole kernel
@@ -566,15 +566,19 @@ def tile_store_nchw(typingctx, tile, y, y_start, plane, channels, first, width, 
         limit = ir.Constant(_I64, n_vectors * LANES)
         stored = builder.select(builder.icmp_signed("<", channels, limit), channels, limit)
 
-        def store_row(c, _):
-            v = activate_any(builder, builder.load(builder.gep(rows, [c])), act, p0, p1)
-            at = builder.add(y_start, builder.mul(plane, c))
-            if STORE_PREFETCH:
-                _prefetch(builder, yp, builder.add(at, ir.Constant(_I64, STORE_PREFETCH)), write=True)
-            builder.call(store, [v, builder.bitcast(builder.gep(yp, [at]), _VEC.as_pointer()), ir.Constant(i32, 4), mask])
-            return []
+        def store_rows(code):  # the loop for one activation (see for_each_activation)
+            def store_row(c, _):
+                v = activate(builder, builder.load(builder.gep(rows, [c])), code, p0, p1)
+                at = builder.add(y_start, builder.mul(plane, c))
+                if STORE_PREFETCH:
+                    _prefetch(builder, yp, builder.add(at, ir.Constant(_I64, STORE_PREFETCH)), write=True)
+                builder.call(store, [v, builder.bitcast(builder.gep(yp, [at]), _VEC.as_pointer()), ir.Constant(i32, 4),
+                                     mask])
+                return []
 
-        _counted_loop(builder, stored, [], store_row)
+            _counted_loop(builder, stored, [], store_row)
+
+        for_each_activation(builder, act, store_rows)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -634,28 +638,37 @@ def tile_store_rows(typingctx, tile, y, y_start, block_step, pixel_step, channel
         pixels = builder.sub(width, first)
         rest = _splat(builder, zero_rest)
 
-        def vector(v, _):
-            lanes = _lanes_below(builder, builder.sub(channels, builder.mul(v, ir.Constant(_I64, LANES))))
-            written = builder.or_(lanes, rest)
-            residual_lanes = builder.and_(lanes, _splat(builder, has_residual))
-            base = builder.add(y_start, builder.mul(v, block_step))
+        def vectors(code, with_residual):  # the loops for one activation, with or without a residual
+            def vector(v, _):
+                lanes = _lanes_below(builder, builder.sub(channels, builder.mul(v, ir.Constant(_I64, LANES))))
+                written = builder.or_(lanes, rest)
+                base = builder.add(y_start, builder.mul(v, block_step))
 
-            def pixel(i, _):
-                p = builder.add(first, i)
-                at = builder.add(base, builder.mul(p, pixel_step))
-                value = builder.load(builder.gep(rows, [builder.add(builder.mul(v, ir.Constant(_I64, MAX_WIDTH)), p)]))
-                r = builder.call(load, [builder.bitcast(builder.gep(rp, [at]), _VEC.as_pointer()), align, residual_lanes,
-                                        zero])
-                value = builder.select(has_residual, builder.fadd(value, r), value)
-                value = builder.select(lanes, activate_any(builder, value, act, p0, p1), zero)
-                builder.call(store, [value, builder.bitcast(builder.gep(yp, [at]), _VEC.as_pointer()), align, written])
-                _prefetch(builder, yp, builder.add(at, builder.mul(pixels, pixel_step)), write=True)
+                def pixel(i, _):
+                    p = builder.add(first, i)
+                    at = builder.add(base, builder.mul(p, pixel_step))
+                    value = builder.load(builder.gep(rows, [builder.add(builder.mul(v, ir.Constant(_I64, MAX_WIDTH)), p)]))
+                    if with_residual:
+                        value = builder.fadd(value, builder.call(load, [builder.bitcast(builder.gep(rp, [at]), _VEC.as_pointer()),
+                                                                        align, lanes, zero]))
+                    value = builder.select(lanes, activate(builder, value, code, p0, p1), zero)
+                    builder.call(store, [value, builder.bitcast(builder.gep(yp, [at]), _VEC.as_pointer()), align, written])
+                    _prefetch(builder, yp, builder.add(at, builder.mul(pixels, pixel_step)), write=True)
+                    return []
+
+                _counted_loop(builder, pixels, [], pixel)
                 return []
 
-            _counted_loop(builder, pixels, [], pixel)
-            return []
+            _counted_loop(builder, used, [], vector)
 
-        _counted_loop(builder, used, [], vector)
+        def both(code):  # the residual's test taken once too
+            with builder.if_else(has_residual) as (added, alone):
+                with added:
+                    vectors(code, True)
+                with alone:
+                    vectors(code, False)
+
+        for_each_activation(builder, act, both)
         return context.get_dummy_value()
 
     return sig, codegen
