@@ -171,6 +171,11 @@ def _activate_rows(builder, yp, y_start, row_step, n_rows, first, last, act, p0,
         _counted_loop(builder, n_rows, [], row)
 
 
+def _activated(builder, v, code, act, p0, p1):
+    """``v`` activated by ``code`` (:func:`for_each_activation`'s), or by the run-time ``act`` where ``code`` is ``None``."""
+    return activate_any(builder, v, act, p0, p1) if code is None else activate(builder, v, code, p0, p1)
+
+
 def _activation_args(context, builder, sig, args, at):
     """The activation code (i64) and its two parameters spread over LANES float32 lanes, from ``args[at:at + 3]``."""
     act = _as_i64(context, builder, args[at], sig.args[at])
@@ -568,7 +573,7 @@ def tile_store_nchw(typingctx, tile, y, y_start, plane, channels, first, width, 
 
         def store_rows(code):  # the loop for one activation (see for_each_activation)
             def store_row(c, _):
-                v = activate(builder, builder.load(builder.gep(rows, [c])), code, p0, p1)
+                v = _activated(builder, builder.load(builder.gep(rows, [c])), code, act, p0, p1)
                 at = builder.add(y_start, builder.mul(plane, c))
                 if STORE_PREFETCH:
                     _prefetch(builder, yp, builder.add(at, ir.Constant(_I64, STORE_PREFETCH)), write=True)
@@ -651,7 +656,7 @@ def tile_store_rows(typingctx, tile, y, y_start, block_step, pixel_step, channel
                     if with_residual:
                         value = builder.fadd(value, builder.call(load, [builder.bitcast(builder.gep(rp, [at]), _VEC.as_pointer()),
                                                                         align, lanes, zero]))
-                    value = builder.select(lanes, activate(builder, value, code, p0, p1), zero)
+                    value = builder.select(lanes, _activated(builder, value, code, act, p0, p1), zero)
                     builder.call(store, [value, builder.bitcast(builder.gep(yp, [at]), _VEC.as_pointer()), align, written])
                     _prefetch(builder, yp, builder.add(at, builder.mul(pixels, pixel_step)), write=True)
                     return []
@@ -661,7 +666,7 @@ def tile_store_rows(typingctx, tile, y, y_start, block_step, pixel_step, channel
 
             _counted_loop(builder, used, [], vector)
 
-        def both(code):  # the residual's test taken once too
+        def both(code):  # the residual's test taken once too (ResNet-50: 1% of the gain)
             with builder.if_else(has_residual) as (added, alone):
                 with added:
                     vectors(code, True)
