@@ -47,7 +47,7 @@ REFERENCE = [
     ("What users call, and what they see", [
         ("convengine.conv2d", None),
         ("convengine.Engine", ["conv2d", "prepare", "explain"]),
-        ("convengine.PreparedConv", ["__call__", "backend"]),
+        ("convengine.PreparedConv", ["__call__", "run_validated", "backend"]),
         ("convengine.list_backends", None),
         ("convengine.BackendInfo", None),
         ("convengine.BackendError", None),
