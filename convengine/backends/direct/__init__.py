@@ -34,7 +34,7 @@ import numpy as np
 from ...core.contract import EXACT
 from ...core.epilogue import NONE, Epilogue
 from ...core.hookspecs import hookimpl
-from ...core.layouts import NCHW, NCHW16C, NHWC, kernel_shape
+from ...core.layouts import NCHW, NCHW16C, NHWC, kernel_shape, kernel_view
 from ...core.problem import ConvProblem
 from ...runtime.hardware import l2_cache_bytes
 from ...runtime.strides import aliases
@@ -442,7 +442,7 @@ class DirectBackend(NumbaBackend):
             res = y if residual is None else np.ascontiguousarray(residual)
             y_kernel = y
             if y_blocked:  # (y may be a larger buffer: a concatenation's)
-                res, y_kernel = _as_4d(res), _as_4d(y)
+                res, y_kernel = kernel_view(res, NCHW16C), kernel_view(y, NCHW16C)
             x = np.ascontiguousarray(x)  # (a view from a direct caller; the engine's are already)
             tiled_conv(x if x_shape is None else x.reshape(x_shape), blocked, *weights, res, residual is not None, *act,
                        y_kernel, first, step, *sweep, workers, *layout)
@@ -493,7 +493,7 @@ class DirectBackend(NumbaBackend):
             if tiles:
                 y_kernel = y
                 if y_blocked:
-                    res, y_kernel = _as_4d(res), _as_4d(y)
+                    res, y_kernel = kernel_view(res, NCHW16C), kernel_view(y, NCHW16C)
                 pointwise_tiles(x, products_read, sh, sw, w_packed, chunk, b, res, residual is not None, *act, y_kernel,
                                 first, step, tile_width, group, vectors, workers, POINTWISE_PREFETCH, x_layout, y_layout,
                                 w_rows)
@@ -534,12 +534,6 @@ def _channels_last_matrix(weight: np.ndarray, rows: int):
     row_stride = row_bytes // matrix.itemsize
     span = (in_channels - 1) * row_stride + out_channels
     return np.lib.stride_tricks.as_strided(matrix, shape=(span,), strides=(matrix.itemsize,)), row_stride
-
-
-def _as_4d(blocked: np.ndarray) -> np.ndarray:
-    """A C-contiguous (N, C/16, H, W, 16) array as the kernels take it, (N, C/16, H, W * 16) (``kernel_view``)."""
-    n, blocks, h = blocked.shape[:3]
-    return blocked.reshape(n, blocks, h, -1)
 
 
 def destination(problem: ConvProblem, out, over):

@@ -239,9 +239,9 @@ class WinogradBackend(NumbaBackend):
                 shape = (images, c_blocks, hp, wp, LANES)
                 padded = scratch("winograd.padded", shape, np.float32)
                 v = scratch("winograd.transformed", (runs_bytes(held) // 4,), np.float32)
-                if images < problem.batch:  # (one chunk: the arrays themselves, no views to make)
+                if images < problem.batch:
                     x_n, res_n, y_n = x_k[n0:n0 + images], res_k[n0:n0 + images], y_k[n0:n0 + images]
-                else:
+                else:  # one chunk: the arrays themselves, no views to make
                     x_n, res_n, y_n = x_k, res_k, y_k
                 winograd_conv(x_n, padded, top, left, v, u, b, res_n, residual is not None, *act, y_n, first, step,
                               problem.out_height, problem.out_width, vectors, workers, x_layout, y_layout, t_width,
