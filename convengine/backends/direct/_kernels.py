@@ -206,7 +206,7 @@ def tiled_conv(x, blocked, top, left, wb, kh_size, kw_size, sh, sw, dh, dw, grou
 
     Each thread takes a contiguous range of jobs first. They are ordered in bands of
     ``band_rows`` output rows (jobs) of an image: each output block over the band's rows (its
-    weights read by one thread, the next block's prefetched), then the next band. One band of
+    weights read by one thread, prefetched ahead), then the next band. One band of
     all rows: output block by output block. Bands of one row, row by row (all blocks of a row,
     then the next row): for layers whose weights all stay cached, so that a thread reads the
     input rows it copied itself (the copy goes row by row too) instead of half of the input
