@@ -116,8 +116,12 @@ class PreparedConv:
             problem = self.problem.with_batch(0)
             self.engine.select(problem, self._backend)
             return np.empty(problem.output_array_shape, problem.dtype) if out is None else out.view
-        prepared = self._prepared(batch)
-        x = kernel_ready(x)
+        return self._run(self._prepared(batch), kernel_ready(x), residual, consume_residual, out)
+
+    def _run(self, prepared: "_Prepared", x, residual, consume_residual: bool, out: Optional[OutputSlice]) -> np.ndarray:
+        """The call once its arrays are checked (:meth:`__call__`) or known good (:meth:`run_validated`):
+        the backend, its failures retried elsewhere, and the epilogue it does not fuse."""
+        batch = x.shape[0]
         if out is not None:
             return self._into(prepared, out, x, residual, consume_residual)
         try:
@@ -146,33 +150,18 @@ class PreparedConv:
         """:meth:`__call__` for a caller that made ``x``, ``residual`` and ``out`` to this convolution's
         prepared shapes, dtype and layouts itself: the graph executor, whose tensors' shapes were
         checked when the graph was compiled. Their validation is skipped, nothing else: the backend's
-        output is checked, a failing backend excluded and the call retried, as by :meth:`__call__`,
-        whose path any other case takes (a batch size not prepared yet, an epilogue the backend does
-        not fuse, an array the kernels cannot take as it is).
+        output is checked, a failing backend excluded and the call retried, and an epilogue the backend
+        does not fuse applied, as by :meth:`__call__`, whose path any other case takes (a batch size not
+        prepared yet, an array the kernels cannot take as it is).
 
         Why: inside a model each step's Python runs with cold caches (the kernels stream megabytes
         through them between two steps), so each function call and check costs several times its
         hot-loop time: ~30 us a convolution step on ResNet-50 at batch 1, 1.7 ms of its 28.
         """
         prepared = self._by_batch.get(x.shape[0])
-        if (prepared is None or not prepared.fused or not is_kernel_ready(x)
-                or (residual is not None and not is_kernel_ready(residual))):
+        if prepared is None or not is_kernel_ready(x) or (residual is not None and not is_kernel_ready(residual)):
             return self(x, residual, consume_residual=consume_residual, out=out)
-        if out is not None:
-            return self._into(prepared, out, x, residual, consume_residual)
-        try:
-            if self.epilogue.residual:
-                in_place = consume_residual and prepared.residual_in_place
-                return self.engine._run_checked(prepared, (x, residual), in_place=in_place)
-            return self.engine._run_checked(prepared, (x,))
-        except _Retry:
-            with self._lock:
-                self._by_batch.pop(x.shape[0], None)
-            return self(x, residual, consume_residual=consume_residual)
-        except BackendFailedError:
-            with self._lock:
-                self._by_batch.pop(x.shape[0], None)
-            raise
+        return self._run(prepared, x, residual, consume_residual, out)
 
     def _into(self, prepared: "_Prepared", out: OutputSlice, x, residual, consume_residual: bool) -> np.ndarray:
         """The call with ``out``: the backend writes into the slice if it says it can, else its output is copied there."""
