@@ -24,7 +24,7 @@ import numpy as np
 from ..core.contract import EXACT
 from ..core.epilogue import NONE, Epilogue
 from ..core.hookspecs import hookimpl
-from ..core.layouts import NCHW, NCHW16C, kernel_shape
+from ..core.layouts import NCHW, NCHW16C, kernel_view
 from ..core.problem import ConvProblem
 from ..runtime.threads import get_num_threads, numba_threads
 from ..runtime.workspace import scratch
@@ -285,26 +285,19 @@ class GroupedBackend(NumbaBackend):
         x_blocked, y_blocked = p.input_layout == NCHW16C, p.output_layout == NCHW16C
 
         out_shape = p.output_array_shape
-        x_shape, y_shape = kernel_shape(p.input_array_shape, p.input_layout), kernel_shape(out_shape, p.output_layout)
         taps = (p.kernel_h, p.kernel_w, sh, sw, dh, dw, top, left)
 
         def execute(x: np.ndarray, residual=None, in_place: bool = False) -> np.ndarray:
             n_workers = numba_threads()
             geo = by_workers.get(n_workers)
-            if geo is None:  # (the geometry's numbers the kernel takes, and its rows' floats)
-                geometry = DepthwiseGeometry(p, n_workers, tile_width)
-                geo = by_workers[n_workers] = (geometry.wp, geometry.band_rows), (n_workers, geometry.floats)
+            if geo is None:
+                geo = by_workers[n_workers] = DepthwiseGeometry(p, n_workers, tile_width)
             out = residual if in_place else np.empty(out_shape, np.float32)
-            res = out if residual is None else np.ascontiguousarray(residual)
-            x = np.ascontiguousarray(x)  # (a view from a direct caller; the engine's are already)
-            if x_shape is not None:
-                x = x.reshape(x_shape)
-            out_k = out
-            if y_shape is not None:
-                out_k, res = out.reshape(y_shape), res.reshape(y_shape)
-            rows = scratch("grouped.blocked", geo[1], np.float32)  # rows start on cache lines
-            depthwise_conv(x, out_k, w_packed, b, res, residual is not None, act, p0, p1, *taps, *geo[0], tile_width,
-                           n_workers, rows, p.in_channels, x_blocked, y_blocked)
+            res = out if residual is None else residual
+            rows = scratch("grouped.blocked", (n_workers, geo.floats), np.float32)  # rows start on cache lines
+            depthwise_conv(kernel_view(x, p.input_layout), kernel_view(out, p.output_layout), w_packed, b,
+                           kernel_view(res, p.output_layout), residual is not None, act, p0, p1, *taps, geo.wp,
+                           geo.band_rows, tile_width, n_workers, rows, p.in_channels, x_blocked, y_blocked)
             return out
 
         return execute

@@ -73,17 +73,6 @@ def kernel_view(a: np.ndarray, layout: str) -> np.ndarray:
     return a.reshape(a.shape[0], a.shape[1], a.shape[2], -1) if layout == NCHW16C else a
 
 
-def kernel_shape(shape: tuple, layout: str) -> tuple | None:
-    """The shape :func:`kernel_view` gives a C-contiguous array of shape ``shape`` in ``layout``, or ``None``
-    where it gives the array itself. Why: a backend that knows its arrays' shapes when it prepares reshapes
-    them with it (``a if shape is None else a.reshape(shape)``), one call fewer per array and kernel call,
-    which counts inside a model (see ``PreparedConv.run_validated``)."""
-    if layout != NCHW16C:
-        return None
-    n, blocks, h, w, lanes = shape
-    return (n, blocks, h, w * lanes)
-
-
 def to_layout(x: np.ndarray, layout: str) -> np.ndarray:
     """A new C-contiguous copy of the NCHW array ``x`` in ``layout`` (padding channels zero)."""
     if layout == NHWC:

@@ -34,7 +34,7 @@ import numpy as np
 from ...core.contract import EXACT
 from ...core.epilogue import NONE, Epilogue
 from ...core.hookspecs import hookimpl
-from ...core.layouts import NCHW, NCHW16C, NHWC, kernel_shape, kernel_view
+from ...core.layouts import NCHW, NCHW16C, NHWC, kernel_view
 from ...core.problem import ConvProblem
 from ...runtime.hardware import l2_cache_bytes
 from ...runtime.strides import aliases
@@ -430,7 +430,6 @@ class DirectBackend(NumbaBackend):
         band = band_rows(problem, wb.nbytes, block, l2_cache_bytes())
         shape = (problem.batch, c_blocks, hp, wp, block)  # the padded blocked copy's
         floats = math.prod(shape)
-        x_shape, y_blocked = kernel_shape(problem.input_array_shape, problem.input_layout), problem.output_layout == NCHW16C
         weights = (top, left, wb, kh, kw, sh, sw, dh, dw, group_blocks, b)
         sweep = (tiles, vectors)
         layout = (x_layout, y_layout, self.tile_width, band, job_tiles)
@@ -439,13 +438,10 @@ class DirectBackend(NumbaBackend):
             workers = numba_threads()
             blocked = scratch("direct.input", (floats + slack,), np.float32)[:floats].reshape(shape)
             y, first, step = destination(problem, out, residual if in_place else None)
-            res = y if residual is None else np.ascontiguousarray(residual)
-            y_kernel = y
-            if y_blocked:  # (y may be a larger buffer: a concatenation's)
-                res, y_kernel = kernel_view(res, NCHW16C), kernel_view(y, NCHW16C)
-            x = np.ascontiguousarray(x)  # (a view from a direct caller; the engine's are already)
-            tiled_conv(x if x_shape is None else x.reshape(x_shape), blocked, *weights, res, residual is not None, *act,
-                       y_kernel, first, step, *sweep, workers, *layout)
+            res = y if residual is None else residual
+            tiled_conv(kernel_view(x, problem.input_layout), blocked, *weights, kernel_view(res, problem.output_layout),
+                       residual is not None, *act, kernel_view(y, problem.output_layout), first, step, *sweep, workers,
+                       *layout)
             return y if out is None else out.view
 
         return execute
@@ -479,24 +475,18 @@ class DirectBackend(NumbaBackend):
         chunk, tile_width = reduction_chunk(problem.in_channels), self.tile_width
         group = pixel_group(problem, tile_width, vectors, get_num_threads())
 
-        x_shape, y_blocked = kernel_shape(problem.input_array_shape, problem.input_layout), problem.output_layout == NCHW16C
         strided = (sh, sw) != (1, 1)
 
         def execute(x: np.ndarray, residual=None, in_place: bool = False, out=None) -> np.ndarray:
             workers = numba_threads()
-            x = np.ascontiguousarray(x)  # (a view from a direct caller; the engine's are already)
-            if x_shape is not None:
-                x = x.reshape(x_shape)
+            x = kernel_view(x, problem.input_layout)
             products_read = scratch("direct.subsampled", subsampled, np.float32) if strided else x
             y, first, step = destination(problem, out, residual if in_place else None)
-            res = y if residual is None else np.ascontiguousarray(residual)
+            res = y if residual is None else residual
             if tiles:
-                y_kernel = y
-                if y_blocked:
-                    res, y_kernel = kernel_view(res, NCHW16C), kernel_view(y, NCHW16C)
-                pointwise_tiles(x, products_read, sh, sw, w_packed, chunk, b, res, residual is not None, *act, y_kernel,
-                                first, step, tile_width, group, vectors, workers, POINTWISE_PREFETCH, x_layout, y_layout,
-                                w_rows)
+                pointwise_tiles(x, products_read, sh, sw, w_packed, chunk, b, kernel_view(res, problem.output_layout),
+                                residual is not None, *act, kernel_view(y, problem.output_layout), first, step, tile_width,
+                                group, vectors, workers, POINTWISE_PREFETCH, x_layout, y_layout, w_rows)
             else:
                 pointwise_conv(x, products_read, sh, sw, w_packed, b, res, residual is not None, *act, y, first, workers)
             return y if out is None else out.view
