@@ -52,7 +52,7 @@ from .direct._worksharing import job_claims, next_job
 
 # Numba's cache is keyed on this file's text, not on direct._simd's: after an edit to the intrinsics
 # there or in ``._activations``, change this line so that cached kernels are compiled again (GELU; blocked depthwise;
-# stores unswitched on the common activations).
+# stores unswitched on the common activations; width 12).
 
 _FLOAT = ir.FloatType()
 _VEC = ir.VectorType(_FLOAT, LANES)

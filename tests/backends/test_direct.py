@@ -64,7 +64,7 @@ def test_every_tile_width_and_split(out_width):
     assert relative_error(y, _reference(x, w, b)) < EXACT_F32
 
 
-@pytest.mark.parametrize("out_width", [1, 4, 6, 7, 8, 13, 14, 15, 29])
+@pytest.mark.parametrize("out_width", [1, 4, 6, 7, 8, 12, 13, 14, 15, 29])
 @pytest.mark.parametrize("c_in,c_out,groups,vectors", [
     (20, 32, 1, 2), (16, 96, 1, 2), (16, 48, 1, 1),  # 48: three single-vector blocks, not two of 32 (64 computed)
     (16, 24, 1, 2), (16, 80, 1, 2), (16, 40, 1, 1), (8, 1000, 1, 2),  # one group: wide tiles where little is padded
@@ -107,12 +107,12 @@ def test_seven_pixel_rows_two_to_a_tile(params, out_height, batch, c_out, residu
 
 @pytest.mark.parametrize("stride", [1, 2, 3, 4])
 @pytest.mark.parametrize("c_in", [3, 32])
-@pytest.mark.parametrize("out_width", [7, 8, 13, 14, 17, 28])
+@pytest.mark.parametrize("out_width", [7, 8, 12, 13, 14, 17, 28])
 def test_pixel_steps_compiled_in_or_not(stride, c_in, out_width):
     """The 14-, 13- and 8-pixel tiles at strides 1 and 2 on 16-channel blocks, and at strides 2
     and 4 on the stem's 3-channel block (ResNet's, AlexNet's), run nests with the pixel step compiled in
     (``_simd.FIXED_STEPS``, ``FIXED_WIDTHS``); strides 3 and 4 on blocks, the stem at stride 1 or 3,
-    and the other widths run the nests that take it at run time: all agree with the reference."""
+    and the other widths (12: the package's AlexNet) run the nests that take it at run time: all agree with the reference."""
     from convengine.backends.direct._simd import FIXED_STEPS, FIXED_WIDTHS
 
     assert {16, 32, 6, 12} <= set(FIXED_STEPS) and not {48, 64, 3, 9} & set(FIXED_STEPS)
@@ -378,7 +378,8 @@ def test_large_pointwise_inputs_are_swept_in_pixel_groups():
     reducing = ConvProblem.from_shapes((1, 1024, 14, 14), (256, 1024, 1, 1))  # input 0.8 MiB, weights 1 MiB
     assert direct.pixel_group(reducing, 14, 2, threads=2) == 98
     assert direct.pixel_group(ConvProblem.from_shapes((2, 64, 56, 56), (256, 64, 1, 1)), 14, 2, threads=2) == 3136
-    assert direct.computed_pixels(49, 14) == 49 and direct.computed_pixels(25, 14) == 27 and direct.computed_pixels(62, 7) == 63
+    # 25 pixels: a 14-pixel tile and 11 computed as the next compiled width, 12; 62 at 7: 8 tiles of 7 and 6 as 7
+    assert direct.computed_pixels(49, 14) == 49 and direct.computed_pixels(25, 14) == 26 and direct.computed_pixels(62, 7) == 63
     rng = np.random.default_rng(9)
     x, w, b = _data(rng, (2, 40, 9, 23), (24, 40, 1, 1))
     residual = rng.standard_normal((2, 24, 9, 23)).astype(np.float32)
@@ -472,7 +473,7 @@ def test_the_backend_s_copies_of_the_kernel_constants_match_the_kernels():
     assert _tiles.MAX_WIDTH in _tiles.TILE_WIDTHS and _simd.preferred_width() in _tiles.TILE_WIDTHS
 
 
-@pytest.mark.parametrize("width, compiled", [(1, 4), (4, 4), (5, 7), (7, 7), (8, 8), (9, 13), (13, 13), (14, 14)])
+@pytest.mark.parametrize("width, compiled", [(1, 4), (4, 4), (5, 7), (7, 7), (8, 8), (9, 12), (12, 12), (13, 13), (14, 14)])
 def test_a_run_of_pixels_is_computed_as_the_next_compiled_tile_width(width, compiled):
     """One compiled_width, read by the cost model as Python and inlined into the kernels by Numba."""
     from convengine.backends.direct import _kernels, _tiles, computed_pixels

@@ -50,7 +50,8 @@ from ._worksharing import job_claims, next_job, phase_counter, phase_done
 # there or in ``.._activations``, change this line so that cached kernels are compiled again (GELU; tile_store_rows;
 # tile_conv's weight prefetch and paired rows; its fixed-step nests, keyed by width too; rows first; width 8; strided weights;
 # the RGB stem's step; store prefetch; 13 and 8 fixed; rows' prefetch per step; stride 4's RGB step; two prefetch streams;
-# channel blocks in chunks over several tiles; strided weights far ahead; stores unswitched on the activation, common ones only).
+# channel blocks in chunks over several tiles; strided weights far ahead; stores unswitched on the activation, common ones only;
+# width 12).
 
 #: Index type of flat loops whose indices are never negative: Numba wraps negative signed indices
 #: around (a compare and a select per access), which kept copy and epilogue loops from

@@ -24,8 +24,11 @@ MAX_VECTORS = 2
 #: 14 and 7 cover ResNet's 112/56/28/14/7-pixel rows exactly; 13, AlexNet's 13x13 layers
 #: (5-7% faster than as 14-wide tiles, for 0.5 s more compile time); 8, Inception-v3's 8x8
 #: layers (16 accumulators where two 4-pixel tiles held 8 each: its 8x8 convolutions 5.0 ->
-#: 4.0 ms inside the model, for 0.4 + 0.7 s more compile time); 4, small images.
-TILE_WIDTHS = (4, 7, 8, 13, 14)
+#: 4.0 ms inside the model, for 0.4 + 0.7 s more compile time); 12, the 12x12 layers of the
+#: package's own AlexNet at 224 pixels (as 13-wide tiles they computed 8% extra: those three
+#: layers 3.40 -> 2.94 ms, for 0.5 s more compile time; no fixed-step nests of its own, which
+#: cost 3 s more and were no faster, see ``_simd.FIXED_WIDTHS``); 4, small images.
+TILE_WIDTHS = (4, 7, 8, 12, 13, 14)
 
 
 #: Output rows this wide run two to a tile (``_kernels.tiled_conv``; ``_simd.tile_conv``'s
