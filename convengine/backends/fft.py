@@ -66,6 +66,13 @@ class FFTBackend(Backend):
                     "every kernel to the input's size (on ResNet-50, a minute and ~17 GB of spectra)")
         return None
 
+    def extra_weight_bytes(self, problem: ConvProblem) -> int:
+        """Its kernel spectra: a complex value per frequency of the padded input's transform and channel
+        pair (AlexNet's 5x5 layer at 27x27: 47 MiB for 1.2 MiB of weights)."""
+        fh, fw = fft_shape(problem)
+        pairs = problem.out_channels * (problem.in_channels // problem.groups)
+        return pairs * fh * (fw // 2 + 1) * 2 * np.dtype(problem.dtype).itemsize
+
     def estimate_seconds(self, problem: ConvProblem, machine) -> float:
         fh, fw = fft_shape(problem)
         points = fh * fw

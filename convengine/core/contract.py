@@ -158,6 +158,16 @@ class Backend:
         """
         return None
 
+    def extra_weight_bytes(self, problem: ConvProblem) -> Optional[int]:
+        """Bytes its prepared state holds for ``problem`` beyond the layer's own weights (as many again
+        in its layout does not count): Winograd's transforms, FFT's kernel spectra. ``None``: none
+        worth counting (the default).
+
+        Read by the engine's weight-memory budget (``Engine(max_extra_weight_bytes=...)``), which
+        keeps a backend whose preparation would hold more out of what the engine chooses.
+        """
+        return None
+
     def fingerprint(self) -> dict:
         """What this backend's speed depends on, as a JSON-serialisable ``dict`` (tuning-cache key).
 

@@ -30,6 +30,14 @@ from .selection import Decision, Policy
 
 ENV_BACKEND = "CONVENGINE_BACKEND"
 
+#: The engine's default weight-memory budget (``Engine(max_extra_weight_bytes=...)``): 16 MiB a layer
+#: beyond its own weights. Winograd's transforms of a 3x3 layer of up to 384 channels in and out
+#: fit; those of larger ones (Wide ResNet-50's 512 and 1024 channels: 27 and 108 MiB more each,
+#: chosen at batch 32) and FFT's spectra of AlexNet's 5x5 layer (47 MiB for 1.2 MiB of weights)
+#: do not: with them, Wide ResNet-50 at batch 32 peaked at 1.7x ONNX Runtime's memory (which
+#: expands no weights), AlexNet at 1.3-1.4x.
+DEFAULT_MAX_EXTRA_WEIGHT_BYTES = 16 << 20
+
 
 class PreparedConv:
     """A convolution with fixed weights, ready to run on many inputs (the graph executor's unit).
@@ -275,6 +283,13 @@ class Engine:
     tuning_cache:
         Where ``"tune"`` keeps its measurements: a :class:`~convengine.core.tuning_cache.TuningCache`,
         a path, ``None`` for the default per-user location, or ``False`` for no persistence.
+    max_extra_weight_bytes:
+        Weight-memory budget, in bytes: where the engine chooses (``auto``, ``tune``, a preference
+        list), backends whose prepared weights would take more than this beyond the layer's own
+        are excluded (``Backend.extra_weight_bytes``: Winograd's transforms hold 4x a 3x3 layer's
+        weights, FFT's spectra far more), and ``explain`` says so; a backend named explicitly
+        runs regardless. The default, :data:`DEFAULT_MAX_EXTRA_WEIGHT_BYTES`, keeps a network's
+        prepared weights near the size of its own; ``None`` admits every backend.
     tune_budget_s:
         Time allowed to measure all candidates for one problem (each runs at least once).
     registry:
@@ -286,6 +301,7 @@ class Engine:
         policy: Policy = "auto",
         *,
         max_rel_error: Optional[float] = None,
+        max_extra_weight_bytes: Optional[int] = DEFAULT_MAX_EXTRA_WEIGHT_BYTES,
         tuning_cache=None,
         tune_budget_s: float = 1.0,
         registry: Optional[Registry] = None,
@@ -293,6 +309,12 @@ class Engine:
         self.policy = _check_policy(policy)
         if max_rel_error is not None and not _positive_number(max_rel_error):
             raise ValueError(f"max_rel_error must be a positive number or None, got {max_rel_error!r}")
+        if max_extra_weight_bytes is not None and (isinstance(max_extra_weight_bytes, bool)
+                                                   or not isinstance(max_extra_weight_bytes, (int, np.integer))
+                                                   or max_extra_weight_bytes < 0):
+            raise ValueError("max_extra_weight_bytes must be a number of bytes (an int >= 0) or None, "
+                             f"got {max_extra_weight_bytes!r}")
+        self.max_extra_weight_bytes = None if max_extra_weight_bytes is None else int(max_extra_weight_bytes)
         if not _positive_number(tune_budget_s):
             raise ValueError(f"tune_budget_s must be a positive number of seconds, got {tune_budget_s!r}")
         self.max_rel_error = None if max_rel_error is None else float(max_rel_error)
@@ -315,8 +337,8 @@ class Engine:
         """An engine with this one's policy, tuning cache and registry, and an accuracy budget of at most
         ``max_rel_error`` (this one's if that is smaller): for the layers of a network that must run exact."""
         budget = max_rel_error if self.max_rel_error is None else min(self.max_rel_error, max_rel_error)
-        return Engine(self.policy, max_rel_error=budget, tuning_cache=self._tuning_cache_arg,
-                      tune_budget_s=self.tune_budget_s, registry=self._registry)
+        return Engine(self.policy, max_rel_error=budget, max_extra_weight_bytes=self.max_extra_weight_bytes,
+                      tuning_cache=self._tuning_cache_arg, tune_budget_s=self.tune_budget_s, registry=self._registry)
 
     # -- public API --------------------------------------------------------------------------
     @property
@@ -412,7 +434,8 @@ class Engine:
         policy: Policy = forced or backend or self.policy
         explicit = bool(forced or backend) or (isinstance(policy, str) and policy not in selection.NAMED_POLICIES)
         decision = Decision(problem=problem, policy=selection.describe_policy(policy), explicit=explicit)
-        selection.screen(problem, self.registry, self.max_rel_error, decision)
+        selection.screen(problem, self.registry, self.max_rel_error, decision,
+                         None if explicit else self.max_extra_weight_bytes)
         if forced:
             decision.notes.append(f"forced by {ENV_BACKEND}={forced}")
             selection.choose_explicit(decision, forced, f"set by {ENV_BACKEND}", self.registry)

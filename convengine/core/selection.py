@@ -87,15 +87,41 @@ def describe_policy(policy: Policy) -> str:
     return policy if isinstance(policy, str) else "prefer " + " > ".join(policy)
 
 
-def screen(problem: ConvProblem, registry: Registry, max_rel_error: Optional[float], decision: Decision) -> None:
-    """Fill ``decision.candidates`` with every registered backend, excluded ones with their reason."""
+def screen(problem: ConvProblem, registry: Registry, max_rel_error: Optional[float], decision: Decision,
+           max_extra_weight_bytes: Optional[int] = None) -> None:
+    """Fill ``decision.candidates`` with every registered backend, excluded ones with their reason.
+
+    ``max_extra_weight_bytes`` (the engine's weight-memory budget, where it chooses) excludes a
+    backend whose prepared weights would take more than that beyond the layer's own
+    (``Backend.extra_weight_bytes``).
+    """
     for entry in registry.entries():
         row = Candidate(name=entry.name, device=entry.attribute("device"),
                         numerical_class=entry.attribute("numerical_class"))
         decision.candidates.append(row)
         reason = _exclusion_reason(entry, problem, max_rel_error)
+        if not reason and max_extra_weight_bytes is not None:
+            reason = _weight_memory_reason(entry, problem, max_extra_weight_bytes)
         if reason:
             row.status, row.reason = "excluded", reason
+
+
+def _weight_memory_reason(entry: BackendEntry, problem: ConvProblem, limit: int) -> Optional[str]:
+    ask = getattr(entry.backend, "extra_weight_bytes", None)  # optional for backends not built on Backend
+    if ask is None:
+        return None
+    try:
+        extra = ask(problem)
+    except Exception as exc:
+        return _plugin_fault(entry.name, f"extra_weight_bytes() raised {type(exc).__name__}: {exc}")
+    if extra is None:
+        return None
+    if not isinstance(extra, (int, float)) or isinstance(extra, bool) or not extra >= 0:
+        return _plugin_fault(entry.name, f"extra_weight_bytes() returned {extra!r}, not a number of bytes")
+    if extra > limit:
+        return (f"memory: its prepared weights would take {extra / 2**20:.1f} MiB more than the layer's own, "
+                f"above the budget max_extra_weight_bytes={limit / 2**20:g} MiB")
+    return None
 
 
 def _exclusion_reason(entry: BackendEntry, problem: ConvProblem, max_rel_error: Optional[float]) -> Optional[str]:

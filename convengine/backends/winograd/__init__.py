@@ -38,7 +38,7 @@ from ...runtime.workspace import aligned_empty, scratch
 from .._numba import NumbaBackend
 from ..direct import DIRECT_EFFICIENCY, DirectBackend, destination, tile_vectors
 from ..direct._tiles import LANES, MAX_VECTORS, MAX_WIDTH, tile_cost
-from ._transforms import TILE, transformed_weights
+from ._transforms import TILE, restored_weights, transformed_weights
 
 #: ``_kernels.winograd_conv``'s job orders (its ``order``; not imported from there: no Numba at startup).
 RUN_BY_RUN, BLOCK_BY_BLOCK, FUSED = 0, 1, 2
@@ -139,6 +139,15 @@ class WinogradBackend(NumbaBackend):
 
         return precompile_kernels()
 
+    def extra_weight_bytes(self, problem: ConvProblem) -> int:
+        """Its transformed weights (36 values per channel pair, the channels padded to whole blocks)
+        less the layer's 3x3 weights: 3x those more (the originals are not kept, see ``exact``)."""
+        o_padded = -(-problem.out_channels // (tile_vectors(problem, MAX_VECTORS) * LANES)) * tile_vectors(
+            problem, MAX_VECTORS) * LANES
+        c_padded = -(-problem.in_channels // LANES) * LANES
+        itemsize = np.dtype(problem.dtype).itemsize
+        return ((TILE + 2) ** 2 * c_padded * o_padded - 9 * problem.in_channels * problem.out_channels) * itemsize
+
     def estimate_seconds(self, problem: ConvProblem, machine) -> float:
         th, tw = tiles(problem)
         n_tiles = th * tw
@@ -198,13 +207,19 @@ class WinogradBackend(NumbaBackend):
         chunk = max(1, min(problem.batch, MAX_IMAGES_BYTES // (4 * positions * c_blocks * LANES * (n_tiles + t_width))))
         plans = {}
         finite_weights = all_finite(weight)
+        kept = None if finite_weights else weight  # (every call takes the exact path: the weights as given)
         fallback = []
 
         def exact():
             """``direct``'s executor for the same problem (prepared on first use): NaN and Inf then reach exactly
-            the outputs whose window holds them, as in a direct convolution."""
+            the outputs whose window holds them, as in a direct convolution. Its weights are read back from
+            ``u`` (:func:`restored_weights`), so that the originals are not held beside their transforms."""
             if not fallback:
-                fallback.append(DirectBackend().prepare(problem, weight, bias, epilogue=epilogue))
+                w = kept if kept is not None else restored_weights(
+                    u.reshape(o_blocks, positions, c_blocks, LANES, o_lanes).transpose(0, 4, 2, 3, 1).reshape(
+                        o_blocks * o_lanes, c_blocks * LANES, TILE + 2, TILE + 2)[:problem.out_channels, :problem.in_channels],
+                    TILE)
+                fallback.append(DirectBackend().prepare(problem, w, bias, epilogue=epilogue))
             return fallback[0]
 
         def plan(images: int, workers: int):

@@ -101,6 +101,12 @@ class WinogradBackend(convengine.Backend):
         launches = 2 * getattr(machine, "parallel_launch_s", 5e-6)
         return compute + traffic + launches + OVERHEAD_S + per_group
 
+    def extra_weight_bytes(self, problem: convengine.ConvProblem) -> int:
+        """The transformed weights ``U`` (``positions`` values per channel pair), held beside the
+        weights themselves (its exact path runs on those): the engine's weight-memory budget."""
+        pairs = problem.out_channels * (problem.in_channels // problem.groups)
+        return self.positions * pairs * np.dtype(problem.dtype).itemsize
+
     def fingerprint(self) -> dict:
         import numba
 
