@@ -31,3 +31,30 @@ def padding(text: str):
 def policy(text: str):
     return tuple(text.split(",")) if "," in text else text
 
+
+
+#: What ``--max-extra-weight-mib`` leaves alone: the engine's own default budget.
+ENGINE_DEFAULT = "default"
+BUDGET_HELP = ("weight-memory budget: MiB a backend's prepared weights may hold beyond a layer's own (default 16; "
+               "'none': no budget); keeps Winograd's transforms and FFT's spectra off large layers")
+
+
+def weight_budget(args: argparse.Namespace) -> dict:
+    """The ``Engine`` keyword ``--max-extra-weight-mib`` asks for: none when it was not given."""
+    chosen = args.max_extra_weight_mib
+    return {} if chosen == ENGINE_DEFAULT else {"max_extra_weight_bytes": chosen}
+
+
+def mebibytes_or_none(text: str):
+    """``--max-extra-weight-mib``: a number of MiB (an int of bytes for the engine), ``none`` (no budget)."""
+    if text == ENGINE_DEFAULT:  # (argparse passes a string default through the type too)
+        return ENGINE_DEFAULT
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of MiB >= 0 or 'none', got {text!r}")
+    return int(value * (1 << 20))

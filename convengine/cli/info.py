@@ -47,13 +47,16 @@ def _explain_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", type=arguments.policy, default="auto",
                         help="auto (cost model, default), tune (measure), a backend name, or a comma-separated preference list")
     parser.add_argument("--max-rel-error", type=float, default=None, help="accuracy budget; e.g. 1e-6 excludes lossy backends")
+    parser.add_argument("--max-extra-weight-mib", type=arguments.mebibytes_or_none, default=arguments.ENGINE_DEFAULT,
+                        metavar="MIB|none", help=arguments.BUDGET_HELP)
 
 
 @command("explain", "show which backend a problem would run on, and why", _explain_args)
 def _explain(args: argparse.Namespace) -> int:
     from ..core.engine import Engine
 
-    engine = Engine(policy=args.policy, max_rel_error=args.max_rel_error)
+    budget = arguments.weight_budget(args)
+    engine = Engine(policy=args.policy, max_rel_error=args.max_rel_error, **budget)
     decision = engine.explain(args.input, args.weight, True if args.bias else None, stride=args.stride,
                               padding=args.padding, dilation=args.dilation, groups=args.groups, dtype=args.dtype)
     print(decision)

@@ -133,3 +133,18 @@ def test_fft_states_the_spectra_it_keeps():
     weight = np.random.default_rng(4).standard_normal(problem.weight_shape).astype(np.float32)
     held = _closure_arrays(backend.prepare(problem, weight, None))
     assert max(a.nbytes for a in held) == backend.extra_weight_bytes(problem)
+
+
+def test_the_explain_command_takes_the_budget_in_mebibytes_or_none(capsys):
+    from convengine.cli import main
+
+    layer = ["explain", "--input", "32,1024,7,7", "--weight", "1024,1024,3,3", "--padding", "1"]
+    assert main(layer) == 0
+    assert "max_extra_weight_bytes=16 MiB" in capsys.readouterr().out  # the engine's default, tiled_winograd's row
+    assert main(layer + ["--max-extra-weight-mib", "none"]) == 0
+    assert "memory:" not in capsys.readouterr().out
+    assert main(layer + ["--max-extra-weight-mib", "2.5"]) == 0
+    assert "max_extra_weight_bytes=2.5 MiB" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(layer + ["--max-extra-weight-mib", "-3"])
+    assert exit_info.value.code == 2 and "--max-extra-weight-mib" in capsys.readouterr().err
