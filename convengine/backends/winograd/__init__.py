@@ -142,8 +142,8 @@ class WinogradBackend(NumbaBackend):
     def extra_weight_bytes(self, problem: ConvProblem) -> int:
         """Its transformed weights (36 values per channel pair, the channels padded to whole blocks)
         less the layer's 3x3 weights: 3x those more (the originals are not kept, see ``exact``)."""
-        o_padded = -(-problem.out_channels // (tile_vectors(problem, MAX_VECTORS) * LANES)) * tile_vectors(
-            problem, MAX_VECTORS) * LANES
+        o_lanes = tile_vectors(problem, MAX_VECTORS) * LANES  # output channels per block, as prepare() pads them
+        o_padded = -(-problem.out_channels // o_lanes) * o_lanes
         c_padded = -(-problem.in_channels // LANES) * LANES
         itemsize = np.dtype(problem.dtype).itemsize
         return ((TILE + 2) ** 2 * c_padded * o_padded - 9 * problem.in_channels * problem.out_channels) * itemsize
