@@ -35,8 +35,14 @@ def policy(text: str):
 
 #: What ``--max-extra-weight-mib`` leaves alone: the engine's own default budget.
 ENGINE_DEFAULT = "default"
-BUDGET_HELP = ("weight-memory budget: MiB a backend's prepared weights may hold beyond a layer's own (default 16; "
+BUDGET_HELP = ("weight-memory budget: MiB a backend's prepared weights may hold beyond a layer's own (default 20; "
                "'none': no budget); keeps Winograd's transforms and FFT's spectra off large layers")
+
+
+def add_weight_budget(parser: argparse.ArgumentParser) -> None:
+    """The ``--max-extra-weight-mib`` option (``explain``, ``run``)."""
+    parser.add_argument("--max-extra-weight-mib", type=mebibytes_or_none, default=ENGINE_DEFAULT, metavar="MIB|none",
+                        help=BUDGET_HELP)
 
 
 def weight_budget(args: argparse.Namespace) -> dict:

@@ -47,8 +47,7 @@ def _explain_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", type=arguments.policy, default="auto",
                         help="auto (cost model, default), tune (measure), a backend name, or a comma-separated preference list")
     parser.add_argument("--max-rel-error", type=float, default=None, help="accuracy budget; e.g. 1e-6 excludes lossy backends")
-    parser.add_argument("--max-extra-weight-mib", type=arguments.mebibytes_or_none, default=arguments.ENGINE_DEFAULT,
-                        metavar="MIB|none", help=arguments.BUDGET_HELP)
+    arguments.add_weight_budget(parser)
 
 
 @command("explain", "show which backend a problem would run on, and why", _explain_args)

@@ -26,8 +26,7 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
                              "or a comma-separated preference list")
     parser.add_argument("--backend", help="run every convolution on this backend (same as --policy NAME)")
     parser.add_argument("--max-rel-error", type=float, help="accuracy budget; e.g. 1e-6 keeps lossy backends out")
-    parser.add_argument("--max-extra-weight-mib", type=arguments.mebibytes_or_none, default=arguments.ENGINE_DEFAULT,
-                        metavar="MIB|none", help=arguments.BUDGET_HELP)
+    arguments.add_weight_budget(parser)
     parser.add_argument("--threads", type=int, help="threads for every backend (default: usable cores)")
 
 

@@ -30,13 +30,13 @@ from .selection import Decision, Policy
 
 ENV_BACKEND = "CONVENGINE_BACKEND"
 
-#: The engine's default weight-memory budget (``Engine(max_extra_weight_bytes=...)``): 16 MiB a layer
-#: beyond its own weights. Winograd's transforms of a 3x3 layer of up to 384 channels in and out
-#: fit; those of larger ones (Wide ResNet-50's 512 and 1024 channels: 27 and 108 MiB more each,
-#: chosen at batch 32) and FFT's spectra of AlexNet's 5x5 layer (47 MiB for 1.2 MiB of weights)
-#: do not: with them, Wide ResNet-50 at batch 32 peaked at 1.7x ONNX Runtime's memory (which
+#: The engine's default weight-memory budget (``Engine(max_extra_weight_bytes=...)``): 20 MiB a layer
+#: beyond its own weights. Winograd's transforms of a 3x3 layer of up to ~145,000 channel pairs
+#: (VGG's 256 -> 512: 18 MiB) fit; those of larger ones (Wide ResNet-50's 512 and 1024 channels:
+#: 36 and 144 MiB each, chosen at batch 32) and FFT's spectra of AlexNet's 5x5 layer (51 MiB for
+#: 1.2 MiB of weights) do not: with them, Wide ResNet-50 at batch 32 peaked at 1.7x ONNX Runtime's memory (which
 #: expands no weights), AlexNet at 1.3-1.4x.
-DEFAULT_MAX_EXTRA_WEIGHT_BYTES = 16 << 20
+DEFAULT_MAX_EXTRA_WEIGHT_BYTES = 20 << 20
 
 
 class PreparedConv:
@@ -325,7 +325,8 @@ class Engine:
         self._decisions: dict[tuple[ConvProblem, Optional[str], Optional[str]], Decision] = {}  # + CONVENGINE_BACKEND
 
     def __repr__(self) -> str:
-        return f"Engine(policy={self.policy!r}, max_rel_error={self.max_rel_error!r})"
+        return (f"Engine(policy={self.policy!r}, max_rel_error={self.max_rel_error!r}, "
+                f"max_extra_weight_bytes={self.max_extra_weight_bytes!r})")
 
     def chooses(self) -> bool:
         """Whether this engine picks backends itself (the ``auto`` or ``tune`` policy, or a preference list that

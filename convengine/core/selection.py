@@ -15,6 +15,7 @@ The outcome is a :class:`Decision`, whose ``str()`` is the report ``explain`` pr
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
@@ -116,7 +117,7 @@ def _weight_memory_reason(entry: BackendEntry, problem: ConvProblem, limit: int)
         return _plugin_fault(entry.name, f"extra_weight_bytes() raised {type(exc).__name__}: {exc}")
     if extra is None:
         return None
-    if not isinstance(extra, (int, float)) or isinstance(extra, bool) or not extra >= 0:
+    if not isinstance(extra, numbers.Real) or isinstance(extra, bool) or not extra >= 0:  # (numpy's ints too)
         return _plugin_fault(entry.name, f"extra_weight_bytes() returned {extra!r}, not a number of bytes")
     if extra > limit:
         return (f"memory: its prepared weights would take {extra / 2**20:.1f} MiB more than the layer's own, "

@@ -186,6 +186,24 @@ def test_nan_and_inf_take_the_exact_path(batch, chunk_images, layout, monkeypatc
     assert relative_error(y[finite], expected[finite]) < 1e-5  # direct's exact sums
 
 
+def test_an_inf_meeting_zero_and_tiny_weights_lands_as_in_a_direct_convolution():
+    """Inf times a zero weight is NaN, times a tiny one an Inf of its sign: the exact path runs on the
+    weights themselves (ones read back from the transforms come back near zero, not at it, and a tap a
+    billionth of its kernel's largest with either sign)."""
+    rng = np.random.default_rng(13)
+    problem = _problem((1, 16, 10, 10), (32, 16, 3, 3), padding=1)
+    x, w, _ = _data(rng, problem.input_shape, problem.weight_shape)
+    w[:, 4, 1, 1] = 0.0
+    w[:, 7, 0, 2] = 1e-9 * np.where(np.arange(32) % 2, 1.0, -1.0)
+    x[0, 4, 5, 5], x[0, 7, 2, 3] = np.inf, -np.inf
+    y = WinogradBackend().prepare(problem, w, None)(x)
+    with np.errstate(invalid="ignore"):
+        expected = _reference(x, w, None, problem)
+    assert np.isnan(expected).any() and np.isinf(expected).any()
+    for test in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(test(y), test(expected))
+
+
 def test_weights_that_are_not_all_finite_take_the_exact_path():
     rng = np.random.default_rng(12)
     problem = _problem((1, 16, 9, 9), (16, 16, 3, 3), padding=1, bias=True)

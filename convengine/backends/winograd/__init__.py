@@ -38,7 +38,7 @@ from ...runtime.workspace import aligned_empty, scratch
 from .._numba import NumbaBackend
 from ..direct import DIRECT_EFFICIENCY, DirectBackend, destination, tile_vectors
 from ..direct._tiles import LANES, MAX_VECTORS, MAX_WIDTH, tile_cost
-from ._transforms import TILE, restored_weights, transformed_weights
+from ._transforms import TILE, transformed_weights
 
 #: ``_kernels.winograd_conv``'s job orders (its ``order``; not imported from there: no Numba at startup).
 RUN_BY_RUN, BLOCK_BY_BLOCK, FUSED = 0, 1, 2
@@ -65,6 +65,13 @@ MAX_IMAGES_BYTES = 64 * 1024 * 1024
 
 #: Jobs per thread below which a layer's runs are made equal and a multiple of the threads.
 BALANCED_JOBS = 8
+
+
+def padded_channels(problem: ConvProblem) -> tuple:
+    """``(input, output)`` channels as the transformed weights hold them: whole blocks of 16 inputs,
+    and of the outputs a register tile takes (16 or 32, :func:`..direct.tile_vectors`)."""
+    o_lanes = tile_vectors(problem, MAX_VECTORS) * LANES
+    return -(-problem.in_channels // LANES) * LANES, -(-problem.out_channels // o_lanes) * o_lanes
 
 
 def run_tiles(total: int, width: int, workers: int) -> list:
@@ -140,21 +147,17 @@ class WinogradBackend(NumbaBackend):
         return precompile_kernels()
 
     def extra_weight_bytes(self, problem: ConvProblem) -> int:
-        """Its transformed weights (36 values per channel pair, the channels padded to whole blocks)
-        less the layer's 3x3 weights: 3x those more (the originals are not kept, see ``exact``)."""
-        o_lanes = tile_vectors(problem, MAX_VECTORS) * LANES  # output channels per block, as prepare() pads them
-        o_padded = -(-problem.out_channels // o_lanes) * o_lanes
-        c_padded = -(-problem.in_channels // LANES) * LANES
-        itemsize = np.dtype(problem.dtype).itemsize
-        return ((TILE + 2) ** 2 * c_padded * o_padded - 9 * problem.in_channels * problem.out_channels) * itemsize
+        """Its transformed weights: 36 values per channel pair, the channels padded to whole blocks (4x a
+        3x3 layer's weights, which it keeps too, for ``exact``)."""
+        c_padded, o_padded = padded_channels(problem)
+        return (TILE + 2) ** 2 * c_padded * o_padded * np.dtype(problem.dtype).itemsize
 
     def estimate_seconds(self, problem: ConvProblem, machine) -> float:
         th, tw = tiles(problem)
         n_tiles = th * tw
         positions = (TILE + 2) ** 2
         vectors = tile_vectors(problem, MAX_VECTORS)
-        c_padded = -(-problem.in_channels // LANES) * LANES
-        o_padded = -(-problem.out_channels // (vectors * LANES)) * vectors * LANES
+        c_padded, o_padded = padded_channels(problem)
         itemsize = np.dtype(problem.dtype).itemsize
         runs = run_tiles(problem.batch * n_tiles, MAX_WIDTH, get_num_threads())
         computed = sum(tile_cost(width, vectors) for _, width in runs)
@@ -207,19 +210,15 @@ class WinogradBackend(NumbaBackend):
         chunk = max(1, min(problem.batch, MAX_IMAGES_BYTES // (4 * positions * c_blocks * LANES * (n_tiles + t_width))))
         plans = {}
         finite_weights = all_finite(weight)
-        kept = None if finite_weights else weight  # (every call takes the exact path: the weights as given)
         fallback = []
 
         def exact():
             """``direct``'s executor for the same problem (prepared on first use): NaN and Inf then reach exactly
-            the outputs whose window holds them, as in a direct convolution. Its weights are read back from
-            ``u`` (:func:`restored_weights`), so that the originals are not held beside their transforms."""
+            the outputs whose window holds them, as in a direct convolution. On the original weights: ones
+            read back from ``u`` are within a rounding of them, but not exactly 0 where they are (Inf times
+            0 is NaN), nor of their sign where a tap is tiny (the sign of an Inf)."""
             if not fallback:
-                w = kept if kept is not None else restored_weights(
-                    u.reshape(o_blocks, positions, c_blocks, LANES, o_lanes).transpose(0, 4, 2, 3, 1).reshape(
-                        o_blocks * o_lanes, c_blocks * LANES, TILE + 2, TILE + 2)[:problem.out_channels, :problem.in_channels],
-                    TILE)
-                fallback.append(DirectBackend().prepare(problem, w, bias, epilogue=epilogue))
+                fallback.append(DirectBackend().prepare(problem, weight, bias, epilogue=epilogue))
             return fallback[0]
 
         def plan(images: int, workers: int):

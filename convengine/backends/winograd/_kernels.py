@@ -33,7 +33,8 @@ from ._transforms import TILE
 _input, _output = input_transform, output_transform
 
 # Numba's cache is keyed on this file's text, not on _simd's nor direct's: after an edit to the
-# intrinsics there or in ``.._activations``, change this line (factorised; lanes written; finiteness; stride-4 stems; 2 streams).
+# intrinsics there or in ``.._activations``, change this line (factorised; lanes written; finiteness; stride-4 stems; 2 streams;
+# direct's width 12).
 
 #: ``winograd_conv``'s job orders (``order``).
 RUN_BY_RUN, BLOCK_BY_BLOCK, FUSED = 0, 1, 2

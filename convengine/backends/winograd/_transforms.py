@@ -60,15 +60,3 @@ def transformed_weights(weight: np.ndarray, m: int) -> np.ndarray:
     g = np.array([[float(c) for c in row] for row in MATRICES[m][1]])
     return np.einsum("ai,ocij,bj->ocab", g, weight.astype(np.float64), g, optimize=True).astype(np.float32)
 
-
-def restored_weights(transformed: np.ndarray, m: int) -> np.ndarray:
-    """The 3x3 kernels ``g`` whose :func:`transformed_weights` ``transformed`` (O, C, m + 2, m + 2) is:
-    ``g = G+ U G+^T`` with ``G+`` the left inverse of ``G`` (its columns are independent), in float64.
-
-    Why: the backend's exact path (inputs holding NaN or Inf) then needs no copy of the original
-    weights beside the transformed ones (a quarter of their size again); it reads them back as
-    float32, within a rounding of the originals.
-    """
-    g = np.array([[float(c) for c in row] for row in MATRICES[m][1]])
-    left = np.linalg.pinv(g)
-    return np.einsum("ia,ocab,jb->ocij", left, transformed.astype(np.float64), left, optimize=True).astype(np.float32)
