@@ -32,7 +32,6 @@ def policy(text: str):
     return tuple(text.split(",")) if "," in text else text
 
 
-
 #: What ``--max-extra-weight-mib`` leaves alone: the engine's own default budget.
 ENGINE_DEFAULT = "default"
 BUDGET_HELP = ("weight-memory budget: MiB a backend's prepared weights may hold beyond a layer's own (default 20; "

@@ -34,8 +34,8 @@ ENV_BACKEND = "CONVENGINE_BACKEND"
 #: beyond its own weights. Winograd's transforms of a 3x3 layer of up to ~145,000 channel pairs
 #: (VGG's 256 -> 512: 18 MiB) fit; those of larger ones (Wide ResNet-50's 512 and 1024 channels:
 #: 36 and 144 MiB each, chosen at batch 32) and FFT's spectra of AlexNet's 5x5 layer (51 MiB for
-#: 1.2 MiB of weights) do not: with them, Wide ResNet-50 at batch 32 peaked at 1.7x ONNX Runtime's memory (which
-#: expands no weights), AlexNet at 1.3-1.4x.
+#: 1.2 MiB of weights) do not: with them, Wide ResNet-50 at batch 32 peaked at 1.7x ONNX Runtime's
+#: memory (which expands no weights), AlexNet at 1.3-1.4x.
 DEFAULT_MAX_EXTRA_WEIGHT_BYTES = 20 << 20
 
 

@@ -187,12 +187,12 @@ class WinogradBackend(NumbaBackend):
         x_layout = 1 if problem.input_layout == NCHW16C else 0
         y_layout = 1 if problem.output_layout == NCHW16C else 0
         positions = (TILE + 2) ** 2
-        c_blocks = -(-problem.in_channels // LANES)
         vectors = tile_vectors(problem, MAX_VECTORS)
         o_lanes = vectors * LANES
-        o_blocks = -(-problem.out_channels // o_lanes)
+        c_padded, o_padded = padded_channels(problem)  # (as extra_weight_bytes counts them)
+        c_blocks, o_blocks = c_padded // LANES, o_padded // o_lanes
         transformed = transformed_weights(weight, TILE)  # (O, C, 6, 6)
-        padded_u = np.zeros((o_blocks * o_lanes, c_blocks * LANES, positions), np.float32)
+        padded_u = np.zeros((o_padded, c_padded, positions), np.float32)
         padded_u[:problem.out_channels, :problem.in_channels] = transformed.reshape(problem.out_channels, problem.in_channels, -1)
         del transformed
         # (ob, o, cb, c, pos) -> (ob, pos, cb, c, o): a block's products read its weights as one stream

@@ -59,4 +59,3 @@ def transformed_weights(weight: np.ndarray, m: int) -> np.ndarray:
     ``(O, C, m + 2, m + 2)`` float32: computed in float64 and rounded once."""
     g = np.array([[float(c) for c in row] for row in MATRICES[m][1]])
     return np.einsum("ai,ocij,bj->ocab", g, weight.astype(np.float64), g, optimize=True).astype(np.float32)
-
