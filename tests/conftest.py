@@ -122,6 +122,20 @@ def no_forced_backend():
 
 
 @pytest.fixture
+def typical_machine(monkeypatch):
+    """The cost model's machine profile fixed for a test whose expected choices assume one: an AVX-512 2-core
+    VM's GEMM rates and bandwidth, and its parallel kernels starting in the typical 5 us (the profile's
+    default). Why: the profile is measured once per process, and a pytest-xdist worker that measures
+    the start-up time while its sibling compiles (Numba's threads asleep) gets ~40 us, which moves
+    small layers to backends that start fewer kernels (measured: the layout tests of tests/graph then
+    keep convolutions NCHW)."""
+    from convengine.core import costmodel
+
+    monkeypatch.setattr(costmodel, "_profile", costmodel.MachineProfile(
+        gemm_flops_float32=2.8e11, gemm_flops_float64=1.4e11, bandwidth=1.5e10))
+
+
+@pytest.fixture
 def isolated_env(monkeypatch, tmp_path):
     """Never touch the user's tuning cache, nor pick up the caller's backend or plugin overrides."""
     monkeypatch.setenv("CONVENGINE_CACHE_DIR", str(tmp_path / "cache"))

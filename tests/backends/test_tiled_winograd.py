@@ -238,7 +238,7 @@ def test_it_is_lossy_and_an_accuracy_budget_keeps_it_out():
     assert decision.chosen != "tiled_winograd"
 
 
-def test_the_cost_model_prefers_it_on_wide_planes_and_not_on_a_7x7_stage():
+def test_the_cost_model_prefers_it_on_wide_planes_and_not_on_a_7x7_stage(typical_machine):
     """ResNet's 56x56 3x3 layer: 4x fewer products; its 512-channel 7x7 one at batch 1: 4x the weights to read
     for 4 tiles an image, where ``direct`` wins (the cost model's choice: no weight-memory budget, which would
     keep the 512-channel layer's transforms out on its own)."""

@@ -13,6 +13,8 @@ import pytest
 from convengine.core.layouts import NCHW, NCHW16C
 from convengine.graph.blocking import BLOCKED_SUFFIX, Conversion, ConvTensors, pads_little, plan_layouts
 
+pytestmark = pytest.mark.usefixtures("typical_machine")  # (the layouts follow the cost model's choices)
+
 B = NCHW16C
 
 

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402  (after importo
 import convengine as ce  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
 from convengine.graph.executor import CompiledGraph  # noqa: E402  (after importorskip: without onnx the module is skipped, not an error)
 
-pytestmark = pytest.mark.usefixtures("no_forced_backend")
+pytestmark = pytest.mark.usefixtures("no_forced_backend", "typical_machine")  # (layouts follow the cost model's choices)
 
 EXACT_ENGINE = ce.Engine(max_rel_error=1e-6)
 C, H = 8, 9
